@@ -1,0 +1,79 @@
+//! Per-VM credentials: 256 random bits handed to the VM once; only their SHA-256 is
+//! stored. A fast hash is right here (unlike passwords): the secret has full entropy,
+//! so there is nothing to brute-force.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// A secret as handed to its holder (hex, 64 characters).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(hex::encode(bytes))
+    }
+
+    /// Wrap a presented secret (from a header). Shape is not checked: a wrong secret
+    /// simply fails to match.
+    pub fn presented(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> SecretHash {
+        SecretHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// What we store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretHash(pub [u8; 32]);
+
+impl SecretHash {
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        b.try_into().ok().map(Self)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Constant-time comparison with a presented secret.
+    pub fn matches(&self, presented: &Secret) -> bool {
+        let other = presented.hash();
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_only_their_own_hash_matches() {
+        let a = Secret::generate();
+        let b = Secret::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 64);
+        assert!(a.hash().matches(&a));
+        assert!(!a.hash().matches(&b));
+        assert!(!a.hash().matches(&Secret::presented("")));
+        assert!(!format!("{a:?}").contains(a.expose()));
+    }
+}

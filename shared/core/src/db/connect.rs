@@ -1,0 +1,239 @@
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OnceCell};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::Settings;
+
+/// The connection future of one client; whoever connects with [`DbConfig::connect_raw`]
+/// must poll it (the holder does, to read notifications).
+pub type PgConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(String),
+    #[error("cannot make an RDS IAM auth token: {0}")]
+    Token(String),
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// True when the error is a unique-constraint violation on `constraint`.
+    pub fn is_unique_violation(&self, constraint: &str) -> bool {
+        match self {
+            DbError::Query(e) => e.as_db_error().is_some_and(|d| {
+                d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    && d.constraint() == Some(constraint)
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// How the password is obtained.
+#[derive(Clone)]
+pub enum DbAuth {
+    /// From the URL or `PGPASSWORD` (or none: trust/peer auth).
+    Password,
+    /// A fresh RDS IAM auth token per connection (valid 15 minutes, used only to log in).
+    IamToken { region: String },
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct DbConfig {
+    pg: tokio_postgres::Config,
+    auth: DbAuth,
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("DbConfig")
+            .field("host", &self.pg.get_hosts())
+            .field("port", &self.pg.get_ports())
+            .field("user", &self.pg.get_user())
+            .field("dbname", &self.pg.get_dbname())
+            .field("iam", &matches!(self.auth, DbAuth::IamToken { .. }))
+            .finish()
+    }
+}
+
+impl DbConfig {
+    /// `DATABASE_URL`, or `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE` with `PGPASSWORD` or
+    /// `LABLINK_DB_IAM_AUTH=true` (then `AWS_REGION` is required and TLS is required).
+    /// `PGSSLMODE` is `disable`, `prefer` (default) or `require`.
+    pub fn read(s: &mut Settings) -> Option<Self> {
+        if s.raw("DATABASE_URL").is_some() {
+            let pg = s.required_with("DATABASE_URL", "a postgres:// URL", |v| {
+                tokio_postgres::Config::from_str(v).map_err(|e| e.to_string())
+            })?;
+            return Some(Self {
+                pg,
+                auth: DbAuth::Password,
+            });
+        }
+        let iam = s.flag("LABLINK_DB_IAM_AUTH", false);
+        let host: Option<String> = s.required("PGHOST", "the database host name (or set DATABASE_URL)");
+        let port = s.ranged::<u16>("PGPORT", 5432, 1, 65535);
+        let user: Option<String> = s.required("PGUSER", "the database user name");
+        let dbname: String = s
+            .optional("PGDATABASE", "a database name")
+            .unwrap_or_else(|| "lablink".into());
+        let ssl_default = if iam { SslMode::Require } else { SslMode::Prefer };
+        let ssl = s
+            .optional_with("PGSSLMODE", "disable, prefer or require", |v| match v {
+                "disable" => Ok(SslMode::Disable),
+                "prefer" => Ok(SslMode::Prefer),
+                "require" | "verify-full" | "verify-ca" => Ok(SslMode::Require),
+                _ => Err("unknown mode"),
+            })
+            .unwrap_or(ssl_default);
+        if iam && ssl == SslMode::Disable {
+            s.report(
+                "PGSSLMODE",
+                "is disable",
+                "require when LABLINK_DB_IAM_AUTH is on (RDS refuses IAM logins without TLS)",
+            );
+        }
+        let auth = if iam {
+            let region: Option<String> = s.required("AWS_REGION", "the AWS region of the RDS instance");
+            DbAuth::IamToken { region: region? }
+        } else {
+            DbAuth::Password
+        };
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&host?)
+            .port(port)
+            .user(&user?)
+            .dbname(&dbname)
+            .ssl_mode(ssl);
+        if let (DbAuth::Password, Some(pw)) = (&auth, s.raw("PGPASSWORD")) {
+            pg.password(pw);
+        }
+        pg.application_name("lablink");
+        Some(Self { pg, auth })
+    }
+
+    pub fn from_url(url: &str) -> Result<Self, DbError> {
+        let pg = tokio_postgres::Config::from_str(url).map_err(|e| DbError::Connect(e.to_string()))?;
+        Ok(Self {
+            pg,
+            auth: DbAuth::Password,
+        })
+    }
+
+    pub fn dbname(&self) -> Option<&str> {
+        self.pg.get_dbname()
+    }
+
+    /// Connect and hand back the connection future for the caller to poll.
+    pub async fn connect_raw(&self) -> Result<(tokio_postgres::Client, PgConnection), DbError> {
+        let mut pg = self.pg.clone();
+        if let DbAuth::IamToken { region } = &self.auth {
+            pg.password(iam_token(&pg, region).await?);
+        }
+        pg.connect_timeout(std::time::Duration::from_secs(10));
+        pg.connect(tls())
+            .await
+            .map_err(|e| DbError::Connect(e.to_string()))
+    }
+
+    /// Connect, driving the connection on its own task.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, DbError> {
+        let (client, conn) = self.connect_raw().await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "postgres connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+fn tls() -> MakeRustlsConnect {
+    static CONFIG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the aws-lc-rs provider supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    });
+    MakeRustlsConnect::new(config.clone())
+}
+
+async fn iam_token(pg: &tokio_postgres::Config, region: &str) -> Result<String, DbError> {
+    use aws_sdk_rds::auth_token::{AuthTokenGenerator, Config};
+    static SDK: OnceCell<aws_config::SdkConfig> = OnceCell::const_new();
+    let sdk = SDK
+        .get_or_init(|| async {
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await
+        })
+        .await;
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => return Err(DbError::Token("IAM auth needs a TCP host name".into())),
+    };
+    let user = pg
+        .get_user()
+        .ok_or_else(|| DbError::Token("IAM auth needs a user name".into()))?;
+    let cfg = Config::builder()
+        .hostname(host)
+        .port(u64::from(pg.get_ports().first().copied().unwrap_or(5432)))
+        .username(user)
+        .region(aws_config::Region::new(region.to_owned()))
+        .build()
+        .map_err(|e| DbError::Token(e.to_string()))?;
+    let token = AuthTokenGenerator::new(cfg)
+        .auth_token(sdk)
+        .await
+        .map_err(|e| DbError::Token(e.to_string()))?;
+    Ok(token.as_str().to_owned())
+}
+
+/// A lazily made, shared connection. Cloning the returned client handle is cheap and
+/// tokio-postgres pipelines concurrent queries over it.
+pub struct Db {
+    config: DbConfig,
+    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl Db {
+    /// No network work: the first query connects.
+    pub fn new(config: DbConfig) -> Self {
+        Self {
+            config,
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &DbConfig {
+        &self.config
+    }
+
+    /// The live client, connecting (again) if there is none or the last one broke.
+    pub async fn client(&self) -> Result<Arc<tokio_postgres::Client>, DbError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.config.connect().await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}

@@ -1,0 +1,90 @@
+//! Append-only VM log lines. Appending costs the same whatever a VM already has
+//! (classic read, appended and rewrote the whole log), and a redelivered batch changes
+//! nothing: `(hostname, event_id)` is unique and duplicates are skipped.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use super::DbError;
+use crate::domain::Hostname;
+
+/// One line to store. `event_id` is CloudWatch's event id, or one the sender made up
+/// that is stable across its retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub event_id: String,
+    pub logged_at: DateTime<Utc>,
+    pub message: String,
+}
+
+/// A stored line; `cursor` orders lines and is what readers pass back as `after`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredLine {
+    pub cursor: i64,
+    pub event_id: String,
+    pub logged_at: DateTime<Utc>,
+    pub message: String,
+}
+
+/// Append a batch in one round trip. Returns `None` when the VM is unknown (nothing is
+/// written), else how many lines were new.
+pub async fn append(client: &Client, hostname: &Hostname, lines: &[LogLine]) -> Result<Option<u64>, DbError> {
+    let ids: Vec<&str> = lines.iter().map(|l| l.event_id.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = lines.iter().map(|l| l.logged_at).collect();
+    let messages: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
+    // The VM check and the insert are one statement: `vm` is empty for an unknown host,
+    // so nothing is inserted and `known` says why.
+    let row = client
+        .query_one(
+            "WITH vm AS (SELECT hostname FROM vms WHERE hostname = $1),
+                  ins AS (
+                      INSERT INTO vm_log_lines (hostname, event_id, logged_at, message)
+                      SELECT vm.hostname, t.e, t.l, t.m
+                      FROM vm, unnest($2::text[], $3::timestamptz[], $4::text[]) WITH ORDINALITY AS t(e, l, m, n)
+                      ORDER BY t.n
+                      ON CONFLICT (hostname, event_id) DO NOTHING
+                      RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM vm), (SELECT count(*) FROM ins)",
+            &[&hostname.as_str(), &ids, &times, &messages],
+        )
+        .await?;
+    let known: bool = row.get(0);
+    let inserted: i64 = row.get(1);
+    Ok(known.then_some(inserted as u64))
+}
+
+/// Lines after `after` (exclusive), oldest first, at most `limit`.
+pub async fn read_after(
+    client: &Client,
+    hostname: &Hostname,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredLine>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, event_id, logged_at, message FROM vm_log_lines
+             WHERE hostname = $1 AND id > $2 ORDER BY id LIMIT $3",
+            &[&hostname.as_str(), &after, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredLine {
+            cursor: r.get(0),
+            event_id: r.get(1),
+            logged_at: r.get(2),
+            message: r.get(3),
+        })
+        .collect())
+}
+
+/// Whether the VM has any stored line (for the classic 503 "still initializing").
+pub async fn has_lines(client: &Client, hostname: &Hostname) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM vm_log_lines WHERE hostname = $1)",
+            &[&hostname.as_str()],
+        )
+        .await?;
+    Ok(row.get(0))
+}

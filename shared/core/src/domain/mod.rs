@@ -1,0 +1,17 @@
+//! Validated domain types. A value of one of these types is valid by construction:
+//! functions take `&Hostname`, never `&str`. Nothing here knows about HTTP, Lambda,
+//! Postgres or AWS.
+
+mod crd;
+mod email;
+mod hostname;
+mod pin;
+mod status;
+mod timings;
+
+pub use crd::{CRD_REDIRECT_URL, CrdCommand, CrdError, START_HOST_PATH};
+pub use email::{Email, EmailError};
+pub use hostname::{Hostname, HostnameError};
+pub use pin::{Pin, PinError};
+pub use status::{GpuHealth, GpuHealthError, VmStatus, VmStatusError};
+pub use timings::{Phase, StartupTimings, TimingsError};

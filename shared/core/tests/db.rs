@@ -1,0 +1,497 @@
+//! The queries against a real Postgres (a fresh database per test; see lablink-testkit).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use lablink_core::credential::Secret;
+use lablink_core::db::{self, Db, logs, vms};
+use lablink_core::domain::{CrdCommand, Email, GpuHealth, Hostname, Phase, Pin, StartupTimings, VmStatus};
+use lablink_testkit::TestDb;
+
+fn host(s: &str) -> Hostname {
+    Hostname::parse(s).unwrap()
+}
+
+fn email(i: usize) -> Email {
+    Email::parse(&format!("participant{i}@uni.edu")).unwrap()
+}
+
+fn command(i: usize) -> CrdCommand {
+    CrdCommand::from_code(&format!("4/0Acode{i}")).unwrap()
+}
+
+async fn running_vms(client: &tokio_postgres::Client, n: usize) -> Vec<Hostname> {
+    let new: Vec<vms::NewVm> = (0..n)
+        .map(|i| vms::NewVm {
+            hostname: host(&format!("vm-{i:04}")),
+            instance_id: Some(format!("i-{i:08x}")),
+            credential_hash: Some(Secret::generate().hash()),
+            status: VmStatus::Running,
+            provision: None,
+        })
+        .collect();
+    assert_eq!(vms::create_vms(client, &new).await.unwrap(), n as u64);
+    new.into_iter().map(|v| v.hostname).collect()
+}
+
+/// `n` connections, so concurrent statements really run in different sessions.
+async fn clients(db: &TestDb, n: usize) -> Vec<Arc<tokio_postgres::Client>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Arc::new(db.client().await));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_concurrent_requests_for_100_vms_give_exactly_100_distinct_assignments() {
+    let db = TestDb::new().await;
+    let setup = db.client().await;
+    running_vms(&setup, 100).await;
+    let pool = clients(&db, 40).await;
+
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let c = pool[i % pool.len()].clone();
+            tokio::spawn(async move { vms::assign(&c, &email(i), &command(i), &Pin::generate()).await })
+        })
+        .collect();
+    let mut assigned = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Some(a) => {
+                assert!(a.fresh);
+                assigned.push(a.hostname);
+            }
+            None => refused += 1,
+        }
+    }
+    let distinct: HashSet<_> = assigned.iter().cloned().collect();
+    assert_eq!(assigned.len(), 100);
+    assert_eq!(distinct.len(), 100, "no VM was handed out twice");
+    assert_eq!(refused, 900);
+    assert_eq!(vms::free_seat_count(&setup).await.unwrap(), 0);
+    let holders: i64 = setup
+        .query_one(
+            "SELECT count(DISTINCT user_email) FROM vms WHERE user_email IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        holders, 100,
+        "every stored assignment belongs to a different email"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_pairs_with_the_same_email_get_fifty_vms_each_pair_the_same() {
+    let db = TestDb::new().await;
+    let setup = db.client().await;
+    running_vms(&setup, 100).await;
+    let pool = clients(&db, 20).await;
+
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let c = pool[i % pool.len()].clone();
+            let who = i / 2;
+            tokio::spawn(async move {
+                (
+                    who,
+                    vms::assign(&c, &email(who), &command(i), &Pin::generate()).await,
+                )
+            })
+        })
+        .collect();
+    let mut by_email: HashMap<usize, Vec<vms::Assignment>> = HashMap::new();
+    for t in tasks {
+        let (who, r) = t.await.unwrap();
+        by_email
+            .entry(who)
+            .or_default()
+            .push(r.unwrap().expect("there are enough VMs"));
+    }
+    assert_eq!(by_email.len(), 50);
+    let mut hosts = HashSet::new();
+    for (who, pair) in &by_email {
+        assert_eq!(pair.len(), 2);
+        assert_eq!(pair[0].hostname, pair[1].hostname, "email {who} got two VMs");
+        assert_eq!(
+            pair[0].pin, pair[1].pin,
+            "the second request sees the first one's PIN"
+        );
+        assert_eq!(pair.iter().filter(|a| a.fresh).count(), 1);
+        hosts.insert(pair[0].hostname.clone());
+    }
+    assert_eq!(hosts.len(), 50);
+    assert_eq!(vms::free_seat_count(&setup).await.unwrap(), 50);
+}
+
+#[tokio::test]
+async fn same_email_twice_gets_the_same_vm_and_no_free_vm_is_a_clean_none() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    running_vms(&c, 1).await;
+    let first = vms::assign(&c, &email(1), &command(1), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = vms::assign(&c, &email(1), &command(2), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.hostname.clone(), first.pin.clone(), again.fresh),
+        (again.hostname, again.pin, false)
+    );
+    assert_eq!(
+        vms::assign(&c, &email(2), &command(3), &Pin::generate())
+            .await
+            .unwrap(),
+        None
+    );
+    // The stored command is the normalized safe form.
+    let stored: String = c
+        .query_one("SELECT crd_command FROM vms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, command(1).normalized());
+}
+
+#[tokio::test]
+async fn a_listener_gets_the_three_key_payload_for_every_assignment() {
+    use futures_util::StreamExt;
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    running_vms(&c, 5).await;
+
+    let (listener, mut conn) = db.config.connect_raw().await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN vm_updates").await.unwrap();
+
+    let mut expected = HashMap::new();
+    for i in 0..5 {
+        let pin = Pin::generate();
+        let a = vms::assign(&c, &email(i), &command(i), &pin)
+            .await
+            .unwrap()
+            .unwrap();
+        expected.insert(a.hostname.to_string(), (command(i).normalized(), pin.to_string()));
+    }
+    for _ in 0..5 {
+        let (channel, payload) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a notification per assignment")
+            .unwrap();
+        assert_eq!(channel, "vm_updates");
+        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        let obj = v.as_object().unwrap();
+        let keys: HashSet<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys, HashSet::from(["HostName", "CrdCommand", "Pin"]));
+        let (cmd, pin) = expected
+            .remove(obj["HostName"].as_str().unwrap())
+            .expect("one per host");
+        assert_eq!(obj["CrdCommand"], cmd.as_str());
+        assert_eq!(obj["Pin"], pin.as_str());
+    }
+    assert!(expected.is_empty());
+    // Status changes and clearing do not notify.
+    vms::set_status(&c, &host("vm-0000"), VmStatus::Error, Some("x"))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn log_lines_appended_twice_with_the_same_event_ids_are_stored_once() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 2).await;
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
+    let batch: Vec<logs::LogLine> = (0..50)
+        .map(|i| logs::LogLine {
+            event_id: format!("ev-{i}"),
+            logged_at: t0 + chrono::Duration::seconds(i),
+            message: format!("line {i}"),
+        })
+        .collect();
+    assert_eq!(logs::append(&c, &hosts[0], &batch).await.unwrap(), Some(50));
+    assert_eq!(logs::append(&c, &hosts[0], &batch).await.unwrap(), Some(0));
+    // The same event id on another VM is another line; a duplicate within a batch is dropped.
+    let mut dup = batch[..2].to_vec();
+    dup.push(batch[0].clone());
+    assert_eq!(logs::append(&c, &hosts[1], &dup).await.unwrap(), Some(2));
+    // An unknown VM stores nothing.
+    assert_eq!(logs::append(&c, &host("nope"), &batch).await.unwrap(), None);
+
+    let first = logs::read_after(&c, &hosts[0], 0, 20).await.unwrap();
+    assert_eq!(first.len(), 20);
+    assert_eq!(first[0].message, "line 0");
+    let rest = logs::read_after(&c, &hosts[0], first.last().unwrap().cursor, 1000)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 30);
+    assert_eq!(rest.last().unwrap().message, "line 49");
+    assert!(logs::has_lines(&c, &hosts[1]).await.unwrap());
+    let total: i64 = c
+        .query_one("SELECT count(*) FROM vm_log_lines", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 52);
+}
+
+#[tokio::test]
+async fn free_seats_count_only_running_unassigned_and_not_unhealthy_vms() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 5).await;
+    vms::set_status(&c, &hosts[0], VmStatus::Initializing, None)
+        .await
+        .unwrap();
+    vms::set_gpu_health(&c, &hosts[1], GpuHealth::Unhealthy)
+        .await
+        .unwrap();
+    vms::set_gpu_health(&c, &hosts[2], GpuHealth::NotAvailable)
+        .await
+        .unwrap();
+    vms::assign(&c, &email(1), &command(1), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(vms::free_seat_count(&c).await.unwrap(), 2);
+    // An unhealthy or initializing VM is never assigned.
+    vms::assign(&c, &email(2), &command(2), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    vms::assign(&c, &email(3), &command(3), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        vms::assign(&c, &email(4), &command(4), &Pin::generate())
+            .await
+            .unwrap(),
+        None
+    );
+    let got: HashSet<String> = c
+        .query("SELECT hostname FROM vms WHERE user_email IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!got.contains(hosts[0].as_str()) && !got.contains(hosts[1].as_str()));
+}
+
+#[tokio::test]
+async fn status_in_use_and_gpu_health_are_set_and_unknown_vms_are_reported() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 2).await;
+    let ghost = host("ghost");
+    assert!(
+        vms::set_status(&c, &hosts[0], VmStatus::Error, Some("start-host failed"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !vms::set_status(&c, &ghost, VmStatus::Running, None)
+            .await
+            .unwrap()
+    );
+    assert!(vms::set_in_use(&c, &hosts[0], true).await.unwrap());
+    assert!(!vms::set_in_use(&c, &ghost, true).await.unwrap());
+    assert!(
+        vms::set_gpu_health(&c, &hosts[0], GpuHealth::NotAvailable)
+            .await
+            .unwrap()
+    );
+    assert!(!vms::set_gpu_health(&c, &ghost, GpuHealth::Healthy).await.unwrap());
+    assert_eq!(
+        vms::get_status(&c, &hosts[0]).await.unwrap(),
+        Some(VmStatus::Error)
+    );
+    assert_eq!(vms::get_status(&c, &ghost).await.unwrap(), None);
+    let vm = vms::get_vm(&c, &hosts[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (vm.in_use, vm.healthy.as_deref(), vm.status_reason.as_deref()),
+        (true, Some("N/A"), Some("start-host failed"))
+    );
+    assert!(vms::get_vm(&c, &ghost).await.unwrap().is_none());
+    let all = vms::list_statuses(&c).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            (hosts[0].clone(), VmStatus::Error),
+            (hosts[1].clone(), VmStatus::Running)
+        ]
+    );
+    assert_eq!(vms::list_vms(&c).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn timings_are_recorded_and_total_startup_spans_provisioning_to_the_last_end() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let t = |m: i64| Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap() + chrono::Duration::minutes(m);
+    let h = host("vm-timed");
+    vms::create_vms(
+        &c,
+        &[vms::NewVm {
+            hostname: h.clone(),
+            instance_id: None,
+            credential_hash: None,
+            status: VmStatus::Initializing,
+            provision: Some(Phase::new("provisioning", t(0), t(1)).unwrap()),
+        }],
+    )
+    .await
+    .unwrap();
+    let cloud_init = StartupTimings {
+        cloud_init: Some(Phase::new("cloud-init", t(2), t(8)).unwrap()),
+        container: None,
+    };
+    assert_eq!(
+        vms::record_timings(&c, &h, &cloud_init).await.unwrap(),
+        Some(480.0)
+    );
+    let container = StartupTimings {
+        cloud_init: None,
+        container: Some(Phase::new("container", t(5), t(10)).unwrap()),
+    };
+    assert_eq!(
+        vms::record_timings(&c, &h, &container).await.unwrap(),
+        Some(600.0)
+    );
+    let vm = vms::get_vm(&c, &h).await.unwrap().unwrap();
+    assert_eq!(vm.cloud_init.unwrap().seconds(), 360.0);
+    assert_eq!(vm.container.unwrap().seconds(), 300.0);
+    assert_eq!(vm.provision.unwrap().seconds(), 60.0);
+    assert_eq!(
+        vms::record_timings(&c, &host("ghost"), &container).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn an_undelivered_assignment_is_found_until_marked_delivered() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 1).await;
+    assert_eq!(vms::undelivered_assignment(&c, &hosts[0]).await.unwrap(), None);
+    let pin = Pin::generate();
+    vms::assign(&c, &email(1), &command(1), &pin)
+        .await
+        .unwrap()
+        .unwrap();
+    let pending = vms::undelivered_assignment(&c, &hosts[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (pending.command.as_str(), &pending.pin),
+        (command(1).normalized().as_str(), &pin)
+    );
+    // A stale timestamp does not mark a newer assignment.
+    assert!(
+        !vms::mark_delivered(&c, &hosts[0], pending.assigned_at - chrono::Duration::seconds(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        vms::mark_delivered(&c, &hosts[0], pending.assigned_at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !vms::mark_delivered(&c, &hosts[0], pending.assigned_at)
+            .await
+            .unwrap()
+    );
+    assert_eq!(vms::undelivered_assignment(&c, &hosts[0]).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn creating_vms_keeps_credentials_hashed_and_a_retry_changes_nothing() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let secret = Secret::generate();
+    let vm = vms::NewVm {
+        hostname: host("vm-a"),
+        instance_id: Some("i-1".into()),
+        credential_hash: Some(secret.hash()),
+        status: VmStatus::Initializing,
+        provision: None,
+    };
+    assert_eq!(vms::create_vms(&c, std::slice::from_ref(&vm)).await.unwrap(), 1);
+    assert_eq!(vms::create_vms(&c, &[vm]).await.unwrap(), 0);
+    let stored = vms::credential_hash(&c, &host("vm-a"))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(stored.matches(&secret));
+    assert!(!stored.matches(&Secret::generate()));
+    assert_eq!(vms::credential_hash(&c, &host("ghost")).await.unwrap(), None);
+    let raw: Vec<u8> = c
+        .query_one("SELECT credential_hash FROM vms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(raw, secret.expose().as_bytes());
+    assert_eq!(vms::clear_all(&c).await.unwrap(), 1);
+    assert!(vms::list_vms(&c).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_report_the_schema_version() {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    let v = db::migrate(&mut c).await.unwrap();
+    assert_eq!(v, Some(db::latest_known_version()));
+    assert_eq!(db::schema_version(&c).await.unwrap(), v);
+}
+
+#[tokio::test]
+async fn the_lazy_connection_connects_on_first_use_and_again_after_it_breaks() {
+    let db = TestDb::new().await;
+    // Nothing listens on port 1: building a Db does no network work.
+    let _unused = Db::new(lablink_core::db::DbConfig::from_url("postgres://x@127.0.0.1:1/x").unwrap());
+    let lazy = Db::new(db.config.clone());
+    let first = lazy.client().await.unwrap();
+    let pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin = db.client().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    // The broken connection is noticed (the query fails) and the next call reconnects.
+    let _ = first.query_one("SELECT 1", &[]).await;
+    drop(first);
+    let second = lazy.client().await.unwrap();
+    let pid2: i32 = second
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(pid, pid2);
+}

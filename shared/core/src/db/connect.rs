@@ -55,6 +55,9 @@ pub enum DbAuth {
 pub struct DbConfig {
     pg: tokio_postgres::Config,
     auth: DbAuth,
+    /// Extra trusted CA certificates (PEM), e.g. RDS's global bundle for direct
+    /// connections to an RDS instance.
+    root_cert: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -79,9 +82,11 @@ impl DbConfig {
             let pg = s.required_with("DATABASE_URL", "a postgres:// URL", |v| {
                 tokio_postgres::Config::from_str(v).map_err(|e| e.to_string())
             })?;
+            let root_cert = read_root_cert(s);
             return Some(Self {
                 pg,
                 auth: DbAuth::Password,
+                root_cert,
             });
         }
         let iam = s.flag("LABLINK_DB_IAM_AUTH", false);
@@ -107,8 +112,13 @@ impl DbConfig {
                 "require when LABLINK_DB_IAM_AUTH is on (RDS refuses IAM logins without TLS)",
             );
         }
+        let region: Option<String> = if iam {
+            s.required("AWS_REGION", "the AWS region of the RDS instance")
+        } else {
+            None
+        };
+        let root_cert = read_root_cert(s);
         let auth = if iam {
-            let region: Option<String> = s.required("AWS_REGION", "the AWS region of the RDS instance");
             DbAuth::IamToken { region: region? }
         } else {
             DbAuth::Password
@@ -123,7 +133,7 @@ impl DbConfig {
             pg.password(pw);
         }
         pg.application_name("lablink");
-        Some(Self { pg, auth })
+        Some(Self { pg, auth, root_cert })
     }
 
     pub fn from_url(url: &str) -> Result<Self, DbError> {
@@ -131,6 +141,7 @@ impl DbConfig {
         Ok(Self {
             pg,
             auth: DbAuth::Password,
+            root_cert: None,
         })
     }
 
@@ -145,7 +156,11 @@ impl DbConfig {
             pg.password(iam_token(&pg, region).await?);
         }
         pg.connect_timeout(std::time::Duration::from_secs(10));
-        pg.connect(tls())
+        let extra = self
+            .root_cert
+            .as_deref()
+            .filter(|_| pg.get_ssl_mode() != SslMode::Disable);
+        pg.connect(tls(extra)?)
             .await
             .map_err(|e| DbError::Connect(e.to_string()))
     }
@@ -162,17 +177,39 @@ impl DbConfig {
     }
 }
 
-fn tls() -> MakeRustlsConnect {
-    static CONFIG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+fn read_root_cert(s: &mut Settings) -> Option<std::path::PathBuf> {
+    s.optional_with(
+        "PGSSLROOTCERT",
+        "the path of a readable PEM file of CA certificates",
+        |v| {
+            let p = std::path::PathBuf::from(v);
+            if p.is_file() { Ok(p) } else { Err("no such file") }
+        },
+    )
+}
+
+/// The TLS connector: Mozilla's roots plus the configured extra CA file.
+fn tls(extra: Option<&std::path::Path>) -> Result<MakeRustlsConnect, DbError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| DbError::Connect(format!("cannot read PGSSLROOTCERT {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| DbError::Connect(format!("bad certificate in {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| DbError::Connect(format!("bad certificate in {}: {e}", path.display())))?;
+        }
+    }
+    let config =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
             .with_safe_default_protocol_versions()
-            .expect("the aws-lc-rs provider supports the default TLS versions")
+            .map_err(|e| DbError::Connect(e.to_string()))?
             .with_root_certificates(roots)
-            .with_no_client_auth()
-    });
-    MakeRustlsConnect::new(config.clone())
+            .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 async fn iam_token(pg: &tokio_postgres::Config, region: &str) -> Result<String, DbError> {
@@ -235,5 +272,68 @@ impl Db {
         let c = Arc::new(self.config.connect().await?);
         *slot = Some(c.clone());
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        Settings::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn missing_database_settings_are_all_named() {
+        let mut s = settings(&[
+            ("LABLINK_DB_IAM_AUTH", "true"),
+            ("PGSSLMODE", "disable"),
+            ("PGSSLROOTCERT", "/nope.pem"),
+        ]);
+        assert!(DbConfig::read(&mut s).is_none());
+        let msg = s.finish(|| ()).unwrap_err().to_string();
+        for name in [
+            "PGHOST is not set",
+            "PGUSER is not set",
+            "AWS_REGION is not set",
+            "PGSSLMODE is disable",
+            "PGSSLROOTCERT is invalid",
+        ] {
+            assert!(msg.contains(name), "{name:?} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn a_url_or_pg_variables_configure_the_connection() {
+        let mut s = settings(&[("DATABASE_URL", "postgres://u:secret@db.example:6543/lab")]);
+        let cfg = DbConfig::read(&mut s).unwrap();
+        assert_eq!(cfg.dbname(), Some("lab"));
+        assert!(
+            !format!("{cfg:?}").contains("secret"),
+            "the password is never printed"
+        );
+        let mut s = settings(&[
+            ("PGHOST", "h"),
+            ("PGUSER", "u"),
+            ("LABLINK_DB_IAM_AUTH", "1"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        let cfg = DbConfig::read(&mut s).unwrap();
+        assert!(matches!(cfg.auth, DbAuth::IamToken { .. }));
+        assert_eq!(cfg.pg.get_ssl_mode(), SslMode::Require);
+        assert_eq!(cfg.dbname(), Some("lablink"));
+        let mut s = settings(&[("DATABASE_URL", "mysql:/nonsense")]);
+        assert!(DbConfig::read(&mut s).is_none());
+        assert!(
+            s.finish(|| ())
+                .unwrap_err()
+                .to_string()
+                .contains("DATABASE_URL is invalid")
+        );
     }
 }

@@ -486,6 +486,13 @@ async fn the_lazy_connection_connects_on_first_use_and_again_after_it_breaks() {
         .unwrap();
     // The broken connection is noticed (the query fails) and the next call reconnects.
     let _ = first.query_one("SELECT 1", &[]).await;
+    for _ in 0..100 {
+        if first.is_closed() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(first.is_closed());
     drop(first);
     let second = lazy.client().await.unwrap();
     let pid2: i32 = second

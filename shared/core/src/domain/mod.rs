@@ -14,4 +14,4 @@ pub use email::{Email, EmailError};
 pub use hostname::{Hostname, HostnameError};
 pub use pin::{Pin, PinError};
 pub use status::{GpuHealth, GpuHealthError, VmStatus, VmStatusError};
-pub use timings::{Phase, StartupTimings, TimingsError};
+pub use timings::{Phase, RawTimings, StartupTimings, TimingsError};

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Regenerate the API Gateway v2 (HTTP API) event fixtures in events/<function>/.
+
+Each function gets `valid*.json` (answered 2xx) and `invalid-*.json` (answered 4xx,
+changing nothing). They are used by the tests and by
+`cargo lambda invoke <function> --data-file events/<function>/valid.json`.
+
+The fixtures name the VM `lablink-vm-test-1`, whose credential is FIXTURE_VM_TOKEN, and
+carry an admin session cookie signed with FIXTURE_SESSION_KEY that expires in 2100.
+Those values are for tests only; a deployment has its own random ones.
+"""
+import base64, hashlib, hmac, json, os, urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HOST = "lablink-vm-test-1"
+FIXTURE_VM_TOKEN = "fixture-credential-of-lablink-vm-test-1-not-a-secret"
+OTHER_VM_TOKEN = "fixture-credential-of-lablink-vm-test-2-not-a-secret"
+FIXTURE_SESSION_KEY = "ab" * 32
+CODE = "4/0AanRJrjkgQxYzFixtureCode_-123"
+PASTED = ('DISPLAY= /opt/google/chrome-remote-desktop/start-host --code="%s" '
+          '--redirect-url="https://remotedesktop.google.com/_/oauthredirect" --name=$(hostname)' % CODE)
+
+
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def admin_cookie():
+    payload = "v1.%s.%d" % (b64(b"admin"), 4102444800)  # 2100-01-01
+    sig = hmac.new(bytes.fromhex(FIXTURE_SESSION_KEY), payload.encode(), hashlib.sha256).digest()
+    return "lablink_session=%s.%s" % (payload, b64(sig))
+
+
+def event(method, path, route, body=None, headers=None, query="", path_params=None, cookies=None):
+    h = {"host": "abc123.execute-api.us-east-1.amazonaws.com", "user-agent": "fixture"}
+    h.update(headers or {})
+    ev = {
+        "version": "2.0",
+        "routeKey": "%s %s" % (method, route),
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": h,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "203.0.113.7", "userAgent": "fixture"},
+            "requestId": "fixture-request",
+            "routeKey": "%s %s" % (method, route),
+            "stage": "$default",
+            "time": "23/Nov/2026:10:00:00 +0000",
+            "timeEpoch": 1795428000000,
+        },
+        "isBase64Encoded": False,
+    }
+    if query:
+        ev["queryStringParameters"] = dict(urllib.parse.parse_qsl(query))
+    if path_params:
+        ev["pathParameters"] = path_params
+    if cookies:
+        ev["cookies"] = cookies
+    if body is not None:
+        ev["body"] = body
+    return ev
+
+
+def vm(token=FIXTURE_VM_TOKEN):
+    return {"authorization": "Bearer " + token, "content-type": "application/json"}
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+ADMIN = [admin_cookie()]
+
+
+def fixtures():
+    j = json.dumps
+    hp = {"hostname": HOST}
+    yield "index", "valid", event("GET", "/", "/")
+    yield "index", "invalid-method", event("POST", "/", "/", body="")
+    yield "request-vm", "valid", event("POST", "/api/request_vm", "/api/request_vm", headers=FORM,
+        body=urllib.parse.urlencode({"email": "ada@uni.edu", "crd_command": PASTED}))
+    yield "request-vm", "invalid-injection", event("POST", "/api/request_vm", "/api/request_vm", headers=FORM,
+        body=urllib.parse.urlencode({"email": "eve@uni.edu", "crd_command": PASTED + "; rm -rf /"}))
+    yield "request-vm", "invalid-email", event("POST", "/api/request_vm", "/api/request_vm", headers=FORM,
+        body=urllib.parse.urlencode({"email": "not-an-email", "crd_command": PASTED}))
+    yield "request-vm", "invalid-too-large", event("POST", "/api/request_vm", "/api/request_vm", headers=FORM,
+        body="email=a%40b.org&crd_command=" + "x" * 20000)
+    yield "unassigned-vms-count", "valid", event("GET", "/api/unassigned_vms_count", "/api/unassigned_vms_count")
+    yield "unassigned-vms-count", "invalid-method", event("DELETE", "/api/unassigned_vms_count", "/api/unassigned_vms_count")
+    yield "update-inuse-status", "valid", event("POST", "/api/update_inuse_status", "/api/update_inuse_status",
+        headers=vm(), body=j({"hostname": HOST, "status": True}))
+    yield "update-inuse-status", "invalid-json", event("POST", "/api/update_inuse_status", "/api/update_inuse_status",
+        headers=vm(), body='{"hostname": "%s", "status": ' % HOST)
+    yield "update-inuse-status", "invalid-no-credential", event("POST", "/api/update_inuse_status",
+        "/api/update_inuse_status", headers={"content-type": "application/json"}, body=j({"hostname": HOST, "status": True}))
+    yield "update-inuse-status", "invalid-other-vm", event("POST", "/api/update_inuse_status", "/api/update_inuse_status",
+        headers=vm(OTHER_VM_TOKEN), body=j({"hostname": HOST, "status": True}))
+    yield "gpu-health", "valid", event("POST", "/api/gpu_health", "/api/gpu_health",
+        headers=vm(), body=j({"hostname": HOST, "gpu_status": "N/A"}))
+    yield "gpu-health", "invalid-value", event("POST", "/api/gpu_health", "/api/gpu_health",
+        headers=vm(), body=j({"hostname": HOST, "gpu_status": 42}))
+    yield "post-vm-status", "valid", event("POST", "/api/vm-status", "/api/vm-status",
+        headers=vm(), body=j({"hostname": HOST, "status": "running"}))
+    yield "post-vm-status", "invalid-status", event("POST", "/api/vm-status", "/api/vm-status",
+        headers=vm(), body=j({"hostname": HOST, "status": "exploding"}))
+    yield "post-vm-status", "invalid-unknown-vm", event("POST", "/api/vm-status", "/api/vm-status",
+        headers=vm(), body=j({"hostname": "lablink-vm-nope", "status": "running"}))
+    yield "list-vm-status", "valid", event("GET", "/api/vm-status", "/api/vm-status", cookies=ADMIN)
+    yield "list-vm-status", "invalid-no-session", event("GET", "/api/vm-status", "/api/vm-status")
+    yield "get-vm-status", "valid", event("GET", "/api/vm-status/" + HOST, "/api/vm-status/{hostname}",
+        headers=vm(), path_params=hp)
+    yield "get-vm-status", "invalid-hostname", event("GET", "/api/vm-status/bad_name", "/api/vm-status/{hostname}",
+        headers=vm(), path_params={"hostname": "bad_name"})
+    yield "post-vm-logs", "valid", event("POST", "/api/vm-logs", "/api/vm-logs", headers=vm(),
+        body=j({"log_group": "lablink-cloud-init-test", "log_stream": HOST,
+                "messages": ["Cloud-init v. 24.1 running", "Docker container started"],
+                "event_ids": ["fixture-1", "fixture-2"]}))
+    yield "post-vm-logs", "invalid-shape", event("POST", "/api/vm-logs", "/api/vm-logs", headers=vm(),
+        body=j({"log_group": "lablink-cloud-init-test", "log_stream": HOST, "messages": "not a list"}))
+    yield "get-vm-logs", "valid", event("GET", "/api/vm-logs/" + HOST, "/api/vm-logs/{hostname}",
+        path_params=hp, query="after=0&limit=100", cookies=ADMIN)
+    yield "get-vm-logs", "invalid-limit", event("GET", "/api/vm-logs/" + HOST, "/api/vm-logs/{hostname}",
+        path_params=hp, query="limit=-5", cookies=ADMIN)
+    yield "post-vm-metrics", "valid", event("POST", "/api/vm-metrics/" + HOST, "/api/vm-metrics/{hostname}",
+        headers=vm(), path_params=hp, body=j({
+            "cloud_init_start": "2025-11-13T10:00:00Z", "cloud_init_end": "2025-11-13T10:05:30Z",
+            "container_start": "2025-11-13T10:03:00Z", "container_ready": "2025-11-13T10:05:30Z"}))
+    yield "post-vm-metrics", "invalid-order", event("POST", "/api/vm-metrics/" + HOST, "/api/vm-metrics/{hostname}",
+        headers=vm(), path_params=hp, body=j({
+            "cloud_init_start": "2025-11-13T10:05:00Z", "cloud_init_end": "2025-11-13T10:00:00Z"}))
+    yield "health", "valid", event("GET", "/api/health", "/api/health")
+    yield "health", "invalid-method", event("POST", "/api/health", "/api/health", body="{}")
+
+
+def main():
+    for function, name, ev in fixtures():
+        d = os.path.join(HERE, function)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, name + ".json"), "w") as f:
+            json.dump(ev, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

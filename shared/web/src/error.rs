@@ -1,0 +1,102 @@
+//! One error type for every handler, mapped to a response in exactly one place.
+
+use lablink_core::db::DbError;
+use lambda_http::http::{StatusCode, header};
+use lambda_http::{Body, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("this credential may not act on this resource")]
+    Forbidden,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed; use {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl ApiError {
+    pub fn bad_request(msg: impl std::fmt::Display) -> Self {
+        Self::BadRequest(msg.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // The database being unreachable is an outage, not a bug: 503 tells
+            // clients to retry.
+            Self::Db(DbError::Connect(_) | DbError::Token(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON error response. Internal details are logged, not sent.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let message = match &self {
+            Self::Db(DbError::Connect(_) | DbError::Token(_)) => {
+                tracing::error!(error = %self, "database unavailable");
+                "the database is unavailable; try again shortly".to_owned()
+            }
+            Self::Db(e) => {
+                tracing::error!(error = %e, "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut b = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-store");
+        match &self {
+            Self::MethodNotAllowed(allow) => b = b.header(header::ALLOW, *allow),
+            Self::Unauthorized => b = b.header(header::WWW_AUTHENTICATE, "Bearer realm=\"lablink\""),
+            _ => {}
+        }
+        b.body(Body::from(serde_json::json!({ "error": message }).to_string()))
+            .expect("static headers are valid")
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(value.to_string()))
+        .expect("static headers are valid")
+}
+
+/// An HTML page.
+pub fn html(status: StatusCode, page: maud_markup::Markup) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header("x-content-type-options", "nosniff")
+        .header("x-frame-options", "DENY")
+        .header("referrer-policy", "no-referrer")
+        .body(Body::from(page.into_string()))
+        .expect("static headers are valid")
+}
+
+/// Re-exported so this crate needs no direct maud dependency.
+pub mod maud_markup {
+    pub use lablink_templates::Markup;
+}

@@ -1,0 +1,20 @@
+//! LabLink's HTTP layer, shared by every route's Lambda and by the local runner.
+//!
+//! A request goes: [`routes::Route::handle`] checks the method, a handler parses typed
+//! input once ([`request`]), checks who is calling ([`auth`]), calls the core
+//! (`lablink-core`) and renders JSON or a page (`lablink-templates`). Every failure is an
+//! [`error::ApiError`], mapped to a response in one place: client mistakes are 4xx with
+//! a message, never a 500 or a panic.
+
+pub mod auth;
+pub mod error;
+pub mod lambda;
+pub mod request;
+pub mod routes;
+pub mod state;
+
+pub use error::ApiError;
+pub use routes::Route;
+pub use state::{AppConfig, AppState};
+
+pub use lambda_http::{Body, Request, Response};

@@ -1,0 +1,102 @@
+//! Turning a request into typed input, one helper per input shape, so handlers read as
+//! parse → call the core → render. Every failure is a 4xx with a message.
+
+use lablink_core::domain::Hostname;
+use lambda_http::{Request, RequestExt};
+use serde::de::DeserializeOwned;
+
+use crate::ApiError;
+
+/// Bodies of forms and VM reports.
+pub const SMALL_BODY: usize = 16 * 1024;
+/// Log batches (`POST /api/vm-logs`); API Gateway itself stops at 10 MB.
+pub const LOG_BODY: usize = 1024 * 1024;
+
+/// The body, refused when over `limit`.
+pub fn body(req: &Request, limit: usize) -> Result<&[u8], ApiError> {
+    let b: &[u8] = req.body().as_ref();
+    if b.len() > limit {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    Ok(b)
+}
+
+/// A JSON body of type `T`.
+pub fn json<T: DeserializeOwned>(req: &Request, limit: usize) -> Result<T, ApiError> {
+    let b = body(req, limit)?;
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// A URL-encoded form body of type `T`.
+pub fn form<T: DeserializeOwned>(req: &Request, limit: usize) -> Result<T, ApiError> {
+    let b = body(req, limit)?;
+    serde_urlencoded::from_bytes(b).map_err(|e| ApiError::bad_request(format!("invalid form: {e}")))
+}
+
+/// A path parameter: from API Gateway's `pathParameters`, else the last path segment
+/// (for routes with one trailing `{param}`, as mounted by the local runner).
+pub fn path_param(req: &Request, name: &str) -> Option<String> {
+    if let Some(v) = req.path_parameters_ref().and_then(|p| p.first(name)) {
+        return Some(v.to_owned());
+    }
+    let path = req.uri().path();
+    let last = path.rsplit('/').next().filter(|s| !s.is_empty())?;
+    Some(percent_decode(last))
+}
+
+/// The `{hostname}` of the path.
+pub fn path_hostname(req: &Request) -> Result<Hostname, ApiError> {
+    let raw = path_param(req, "hostname").ok_or_else(|| ApiError::bad_request("the path has no hostname"))?;
+    Hostname::parse(&raw).map_err(|e| ApiError::bad_request(format!("invalid hostname in path: {e}")))
+}
+
+/// A query-string parameter parsed as `T`; absent → `None`, bad → 400.
+pub fn query<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, ApiError> {
+    let params = req.query_string_parameters();
+    match params.first(name) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("query parameter {name} is invalid: {v:?}"))),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_handles_edges() {
+        assert_eq!(percent_decode("vm-1"), "vm-1");
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(percent_decode("bad%2"), "bad%2");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%é1"), "%é1");
+    }
+}

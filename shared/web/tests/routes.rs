@@ -1,0 +1,485 @@
+//! Every route's handler, called in-process with the API Gateway v2 fixtures of
+//! `events/` against a real Postgres.
+
+use std::path::PathBuf;
+
+use lablink_core::credential::Secret;
+use lablink_core::db::vms;
+use lablink_core::domain::{Hostname, VmStatus};
+use lablink_testkit::TestDb;
+use lablink_web::auth::SessionKey;
+use lablink_web::{AppConfig, AppState, Body, Request, Response, Route};
+use lambda_http::http::{HeaderValue, header};
+
+const HOST: &str = "lablink-vm-test-1";
+const OTHER: &str = "lablink-vm-test-2";
+const TOKEN: &str = "fixture-credential-of-lablink-vm-test-1-not-a-secret";
+const OTHER_TOKEN: &str = "fixture-credential-of-lablink-vm-test-2-not-a-secret";
+const FORWARDER_TOKEN: &str = "forwarder-token-for-tests";
+const SESSION_KEY: &str = "abababababababababababababababababababababababababababababababab";
+
+struct Fixture {
+    db: TestDb,
+    state: AppState,
+    client: tokio_postgres::Client,
+}
+
+async fn setup(legacy: bool) -> Fixture {
+    let db = TestDb::new().await;
+    let config = AppConfig {
+        db: db.config.clone(),
+        legacy_vm_auth: legacy,
+        session_key: Some(SessionKey::from_hex(SESSION_KEY).unwrap()),
+        forwarder_token_hash: Some(Secret::presented(FORWARDER_TOKEN).hash()),
+    };
+    let client = db.client().await;
+    let new = [(HOST, TOKEN), (OTHER, OTHER_TOKEN)].map(|(h, t)| vms::NewVm {
+        hostname: Hostname::parse(h).unwrap(),
+        instance_id: None,
+        credential_hash: Some(Secret::presented(t).hash()),
+        status: VmStatus::Running,
+        provision: None,
+    });
+    vms::create_vms(&client, &new).await.unwrap();
+    Fixture {
+        state: AppState::new(config),
+        db,
+        client,
+    }
+}
+
+fn events_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../events")
+}
+
+fn fixture(function: &str, name: &str) -> Request {
+    let path = events_dir().join(function).join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn route_of(function: &str) -> Route {
+    Route::ALL
+        .into_iter()
+        .find(|r| r.function_name() == function)
+        .unwrap()
+}
+
+fn text(r: &Response<Body>) -> String {
+    String::from_utf8_lossy(r.body().as_ref()).into_owned()
+}
+
+/// Everything a refusal must leave untouched.
+async fn snapshot(c: &tokio_postgres::Client) -> String {
+    let row = c
+        .query_one(
+            "SELECT coalesce((SELECT string_agg(v::text, '|' ORDER BY hostname) FROM vms v), '')
+                 || (SELECT count(*)::text FROM vm_log_lines)",
+            &[],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test]
+async fn every_fixture_gets_its_expected_answer_and_refusals_change_nothing() {
+    let f = setup(false).await;
+    let mut functions: Vec<_> = std::fs::read_dir(events_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    functions.sort();
+    assert_eq!(functions.len(), Route::ALL.len(), "one fixture folder per route");
+    for function in functions {
+        let route = route_of(&function);
+        let mut names: Vec<String> = std::fs::read_dir(events_dir().join(&function))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".json")
+                    .to_owned()
+            })
+            .collect();
+        names.sort(); // invalid-* before valid
+        assert!(
+            names.iter().any(|n| n.starts_with("invalid")),
+            "{function} has an invalid fixture"
+        );
+        for name in names {
+            let before = snapshot(&f.client).await;
+            let resp = route.handle(&f.state, fixture(&function, &name)).await;
+            let status = resp.status();
+            if name.starts_with("valid") {
+                assert!(status.is_success(), "{function}/{name}: {status} {}", text(&resp));
+            } else {
+                assert!(
+                    status.is_client_error(),
+                    "{function}/{name}: {status} {}",
+                    text(&resp)
+                );
+                assert_eq!(
+                    snapshot(&f.client).await,
+                    before,
+                    "{function}/{name} changed data"
+                );
+                let body = text(&resp);
+                assert!(
+                    body.contains("error") || body.contains("role=\"alert\""),
+                    "{function}/{name}: no message"
+                );
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Nobody,
+    OtherVm,
+    OwnVm,
+    Admin,
+    Forwarder,
+}
+
+fn as_caller(mut req: Request, who: Caller) -> Request {
+    let h = req.headers_mut();
+    h.remove(header::AUTHORIZATION);
+    h.remove(header::COOKIE);
+    match who {
+        Caller::Nobody => {}
+        Caller::OtherVm => {
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {OTHER_TOKEN}")).unwrap(),
+            );
+        }
+        Caller::OwnVm => {
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap(),
+            );
+        }
+        Caller::Forwarder => {
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {FORWARDER_TOKEN}")).unwrap(),
+            );
+        }
+        Caller::Admin => {
+            let key = SessionKey::from_hex(SESSION_KEY).unwrap();
+            let v = lablink_web::auth::issue_session(
+                &key,
+                "admin",
+                chrono::Utc::now() + chrono::Duration::hours(1),
+            );
+            h.insert(
+                header::COOKIE,
+                HeaderValue::from_str(&format!("lablink_session={v}")).unwrap(),
+            );
+        }
+    }
+    req
+}
+
+#[tokio::test]
+async fn the_auth_matrix_holds_for_every_vm_side_and_admin_read_route() {
+    use Caller::*;
+    let f = setup(false).await;
+    // (function, [(caller, expected status)])
+    let writes = [200, 401, 403, 200];
+    let matrix: Vec<(&str, Vec<(Caller, u16)>)> = vec![
+        (
+            "update-inuse-status",
+            vec![
+                (OwnVm, writes[0]),
+                (Nobody, writes[1]),
+                (OtherVm, writes[2]),
+                (Admin, 401),
+            ],
+        ),
+        (
+            "gpu-health",
+            vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 401)],
+        ),
+        (
+            "post-vm-status",
+            vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 401)],
+        ),
+        (
+            "post-vm-metrics",
+            vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 401)],
+        ),
+        (
+            "post-vm-logs",
+            vec![
+                (OwnVm, 200),
+                (Nobody, 401),
+                (OtherVm, 403),
+                (Admin, 401),
+                (Forwarder, 200),
+            ],
+        ),
+        (
+            "get-vm-status",
+            vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 200)],
+        ),
+        (
+            "get-vm-logs",
+            vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 200)],
+        ),
+        (
+            "list-vm-status",
+            vec![(Admin, 200), (Nobody, 401), (OtherVm, 401), (OwnVm, 401)],
+        ),
+    ];
+    for (function, cases) in matrix {
+        for (who, want) in cases {
+            let before = snapshot(&f.client).await;
+            let resp = route_of(function)
+                .handle(&f.state, as_caller(fixture(function, "valid"), who))
+                .await;
+            assert_eq!(
+                resp.status().as_u16(),
+                want,
+                "{function} as {who:?}: {}",
+                text(&resp)
+            );
+            if want >= 400 {
+                assert_eq!(
+                    snapshot(&f.client).await,
+                    before,
+                    "{function} as {who:?} changed data"
+                );
+            }
+        }
+    }
+    // The other VM's row is untouched by everything above.
+    let other = vms::get_vm(&f.client, &Hostname::parse(OTHER).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!other.in_use && other.healthy.is_none() && other.cloud_init.is_none());
+}
+
+#[tokio::test]
+async fn legacy_mode_accepts_classic_calls_without_a_credential_but_still_checks_one_given() {
+    let f = setup(true).await;
+    let classic = as_caller(fixture("update-inuse-status", "valid"), Caller::Nobody);
+    assert_eq!(
+        Route::UpdateInuseStatus.handle(&f.state, classic).await.status(),
+        200
+    );
+    let wrong = as_caller(fixture("update-inuse-status", "valid"), Caller::OtherVm);
+    assert_eq!(
+        Route::UpdateInuseStatus.handle(&f.state, wrong).await.status(),
+        403
+    );
+    // Reads that can show a participant's data still need a credential.
+    let read = as_caller(fixture("get-vm-logs", "valid"), Caller::Nobody);
+    assert_eq!(Route::GetVmLogs.handle(&f.state, read).await.status(), 401);
+}
+
+async fn request_vm(state: &AppState, email: &str, code: &str) -> Response<Body> {
+    let pasted = format!(
+        "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+    );
+    let body = format!(
+        "email={}&crd_command={}",
+        email.replace('@', "%40"),
+        pasted
+            .replace('%', "%25")
+            .replace(' ', "+")
+            .replace('"', "%22")
+            .replace('$', "%24")
+            .replace('/', "%2F")
+    );
+    let mut req = fixture("request-vm", "valid");
+    *req.body_mut() = Body::from(body);
+    Route::RequestVm.handle(state, req).await
+}
+
+fn field(page: &str, id: &str) -> String {
+    let start = page.find(&format!("id=\"{id}\">")).unwrap() + id.len() + 6;
+    page[start..].split('<').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
+    let f = setup(false).await;
+    let a = request_vm(&f.state, "ada@uni.edu", "4/0Aaaaa").await;
+    let b = request_vm(&f.state, "bob@uni.edu", "4/0Abbbb").await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let (pa, pb) = (text(&a), text(&b));
+    let (ha, hb) = (field(&pa, "hostname"), field(&pb, "hostname"));
+    let (pin_a, pin_b) = (field(&pa, "pin"), field(&pb, "pin"));
+    assert_ne!(ha, hb);
+    for pin in [&pin_a, &pin_b] {
+        assert!(pin.len() == 6 && pin.bytes().all(|c| c.is_ascii_digit()), "{pin}");
+    }
+    // Two draws from a million can collide, but not by construction (classic: 123456).
+    let stored: Vec<(String, String)> = f
+        .client
+        .query(
+            "SELECT pin, crd_command FROM vms WHERE user_email IS NOT NULL ORDER BY user_email",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored[0].0, pin_a);
+    assert_eq!(stored[1].0, pin_b);
+    assert_eq!(
+        stored[0].1,
+        "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0Aaaaa\" --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+    );
+    // Several assignments give different PINs (20 requests on fresh databases would be
+    // slow; the PIN generator's own test covers the distribution).
+    assert!(pin_a != pin_b || pin_a != "123456");
+    // The same person again gets the same VM and PIN.
+    let again = text(&request_vm(&f.state, "ADA@uni.edu", "4/0Acccc").await);
+    assert_eq!((field(&again, "hostname"), field(&again, "pin")), (ha, pin_a));
+}
+
+#[tokio::test]
+async fn no_free_vm_gives_the_form_back_and_public_pages_leak_nothing() {
+    let f = setup(false).await;
+    request_vm(&f.state, "ada@uni.edu", "4/0Asecretcode1").await;
+    request_vm(&f.state, "bob@uni.edu", "4/0Asecretcode2").await;
+    let before = snapshot(&f.client).await;
+    let full = request_vm(&f.state, "cy@uni.edu", "4/0Acode3").await;
+    assert_eq!(full.status(), 200);
+    let page = text(&full);
+    assert!(
+        page.contains("No VMs available") && page.contains("value=\"cy@uni.edu\""),
+        "{page}"
+    );
+    assert!(page.contains("<form"), "the form, not an error page");
+    assert_eq!(snapshot(&f.client).await, before);
+
+    for (route, function) in [
+        (Route::Index, "index"),
+        (Route::UnassignedVmsCount, "unassigned-vms-count"),
+    ] {
+        let body = text(&route.handle(&f.state, fixture(function, "valid")).await);
+        for secret in ["ada@uni.edu", "secretcode", "bob@"] {
+            assert!(!body.contains(secret), "{function} shows {secret}");
+        }
+    }
+    let count = text(
+        &Route::UnassignedVmsCount
+            .handle(&f.state, fixture("unassigned-vms-count", "valid"))
+            .await,
+    );
+    assert_eq!(count, "{\"count\":0}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx() {
+    let f = setup(false).await;
+    let mut big = fixture("post-vm-logs", "valid");
+    *big.body_mut() = Body::from(format!(
+        "{{\"log_stream\":\"{HOST}\",\"messages\":[\"{}\"]}}",
+        "x".repeat(2 << 20)
+    ));
+    let r = Route::PostVmLogs.handle(&f.state, big).await;
+    assert_eq!(r.status(), 413);
+
+    let r = Route::Health
+        .handle(&f.state, fixture("health", "invalid-method"))
+        .await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()[header::ALLOW], "GET");
+
+    let mut empty = fixture("gpu-health", "valid");
+    *empty.body_mut() = Body::Empty;
+    let r = Route::GpuHealth.handle(&f.state, empty).await;
+    assert_eq!(r.status(), 400);
+    assert!(text(&r).contains("empty"));
+
+    // An unknown hostname is 404 (after the credential check: 401 comes first).
+    let text = std::fs::read_to_string(events_dir().join("post-vm-metrics/valid.json")).unwrap();
+    let unknown = lambda_http::request::from_str(&text.replace(HOST, "lablink-vm-ghost")).unwrap();
+    assert_eq!(Route::PostVmMetrics.handle(&f.state, unknown).await.status(), 404);
+
+    let mut bad = fixture("get-vm-logs", "valid");
+    *bad.uri_mut() = "/api/vm-logs/lablink-vm-test-1?after=abc".parse().unwrap();
+    let bad = lambda_http::RequestExt::with_query_string_parameters(
+        bad,
+        std::collections::HashMap::from([("after".to_string(), "abc".to_string())]),
+    );
+    assert_eq!(Route::GetVmLogs.handle(&f.state, bad).await.status(), 400);
+}
+
+#[tokio::test]
+async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
+    let f = setup(false).await;
+    let resp = Route::PostVmLogs
+        .handle(&f.state, fixture("post-vm-logs", "valid"))
+        .await;
+    assert_eq!(
+        text(&resp),
+        "{\"message\":\"VM logs posted successfully.\",\"stored\":2}"
+    );
+    // Redelivery stores nothing new.
+    let resp = Route::PostVmLogs
+        .handle(&f.state, fixture("post-vm-logs", "valid"))
+        .await;
+    assert!(text(&resp).contains("\"stored\":0"));
+    let r = Route::GetVmLogs
+        .handle(&f.state, fixture("get-vm-logs", "valid"))
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(v["logs"], "Cloud-init v. 24.1 running\nDocker container started");
+    let next = v["next"].as_i64().unwrap();
+    let later = lambda_http::RequestExt::with_query_string_parameters(
+        fixture("get-vm-logs", "valid"),
+        std::collections::HashMap::from([("after".to_string(), next.to_string())]),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&text(&Route::GetVmLogs.handle(&f.state, later).await)).unwrap();
+    assert_eq!(v["lines"].as_array().unwrap().len(), 0);
+    assert_eq!(v["next"], next);
+
+    vms::set_status(
+        &f.client,
+        &Hostname::parse(OTHER).unwrap(),
+        VmStatus::Initializing,
+        None,
+    )
+    .await
+    .unwrap();
+    let text_other = std::fs::read_to_string(events_dir().join("get-vm-logs/valid.json"))
+        .unwrap()
+        .replace(HOST, OTHER);
+    let r = Route::GetVmLogs
+        .handle(&f.state, lambda_http::request::from_str(&text_other).unwrap())
+        .await;
+    assert_eq!(r.status(), 503);
+    drop(f.db);
+}
+
+#[tokio::test]
+async fn health_reports_the_schema_version() {
+    let f = setup(false).await;
+    let r = Route::Health.handle(&f.state, fixture("health", "valid")).await;
+    let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["schema_version"], lablink_core::db::latest_known_version());
+}
+
+#[test]
+fn routes_match_their_paths_only() {
+    assert!(Route::GetVmStatus.matches_path("/api/vm-status/vm-1"));
+    assert!(!Route::GetVmStatus.matches_path("/api/vm-status"));
+    assert!(!Route::GetVmStatus.matches_path("/api/vm-status/"));
+    assert!(Route::ListVmStatus.matches_path("/api/vm-status"));
+    assert!(Route::Index.matches_path("/"));
+    assert!(!Route::Index.matches_path("/x"));
+}

@@ -1,0 +1,148 @@
+//! LabLink's HTML pages, rendered with maud (every interpolated value is escaped).
+//! Self-contained: inline CSS and a few lines of JS, no CDN, readable on a phone.
+//! Pages take plain values; they know nothing of HTTP or the database.
+
+pub use maud::Markup;
+use maud::{DOCTYPE, PreEscaped, html};
+
+pub const CRD_HEADLESS_URL: &str = "https://remotedesktop.google.com/headless";
+pub const CRD_ACCESS_URL: &str = "https://remotedesktop.google.com/access";
+
+const CSS: &str = r#"
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330;line-height:1.5}
+main{max-width:40rem;margin:0 auto;padding:1.5rem 1rem}
+h1{font-size:1.6rem;margin:.2rem 0 1rem}
+.card{background:#fff;border-radius:.6rem;padding:1.2rem;box-shadow:0 1px 3px rgba(0,0,0,.12);margin-bottom:1rem}
+label{display:block;font-weight:600;margin:.8rem 0 .3rem}
+input[type=email],textarea{width:100%;padding:.6rem;border:1px solid #b8bfcc;border-radius:.4rem;font:inherit}
+textarea{min-height:6rem;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9rem}
+button{margin-top:1rem;padding:.7rem 1.4rem;border:0;border-radius:.4rem;background:#2456d6;color:#fff;font:inherit;font-weight:600;cursor:pointer}
+button:hover{background:#1b44ab}
+.error{background:#fdecec;border:1px solid #e3a1a1;color:#8a1c1c;padding:.7rem;border-radius:.4rem}
+.count{font-size:1.1rem}
+.count strong{font-size:1.4rem}
+.big{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:1.6rem;font-weight:700;letter-spacing:.08em}
+ol{padding-left:1.3rem}
+.hint{color:#5a6275;font-size:.9rem}
+a{color:#2456d6}
+"#;
+
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · LabLink" }
+                style { (PreEscaped(CSS)) }
+            }
+            body { main { (body) } }
+        }
+    }
+}
+
+/// What the participant page shows.
+pub struct ParticipantPage<'a> {
+    /// Free VMs right now (kept live by the page's script).
+    pub free_vms: i64,
+    /// What the participant typed, kept when the form comes back with an error.
+    pub email: &'a str,
+    pub error: Option<&'a str>,
+}
+
+/// `GET /` and the form re-rendered with an error.
+pub fn participant_page(p: &ParticipantPage<'_>) -> Markup {
+    layout(
+        "Get a VM",
+        html! {
+            h1 { "Get your lab VM" }
+            div.card {
+                p.count { "Free VMs right now: " strong #free-count { (p.free_vms) } }
+                ol {
+                    li { "Open " a href=(CRD_HEADLESS_URL) target="_blank" rel="noopener" { "Google's Chrome Remote Desktop set-up page" }
+                         ", click " em { "Begin" } ", " em { "Next" } ", " em { "Authorize" } "." }
+                    li { "Copy the " strong { "Debian Linux" } " command it shows (it starts with " code { "DISPLAY=" } ")." }
+                    li { "Paste it below with your email and press " em { "Get my VM" } "." }
+                }
+            }
+            form.card method="post" action="/api/request_vm" {
+                @if let Some(e) = p.error {
+                    p.error role="alert" #form-error { (e) }
+                }
+                label for="email" { "Email" }
+                input #email type="email" name="email" required autocomplete="email" value=(p.email);
+                label for="crd_command" { "Chrome Remote Desktop command" }
+                textarea #crd_command name="crd_command" required spellcheck="false"
+                    placeholder="DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0A…\" …" {}
+                p.hint { "The code in the command works once and expires after a few minutes; get a fresh one if it is old." }
+                button type="submit" { "Get my VM" }
+            }
+            script { (PreEscaped(COUNT_JS)) }
+        },
+    )
+}
+
+const COUNT_JS: &str = r#"
+(function(){var el=document.getElementById('free-count');
+function poll(){fetch('/api/unassigned_vms_count',{cache:'no-store'}).then(function(r){return r.ok?r.json():null})
+.then(function(j){if(j&&typeof j.count==='number'){el.textContent=j.count;}}).catch(function(){});}
+setInterval(poll,5000);})();
+"#;
+
+/// After a successful request.
+pub fn success_page(hostname: &str, pin: &str) -> Markup {
+    layout(
+        "Your VM",
+        html! {
+            h1 { "Your VM is ready" }
+            div.card {
+                p { "Your VM: " }
+                p.big #hostname { (hostname) }
+                p { "Your PIN: " }
+                p.big #pin { (pin) }
+                p.hint { "Keep this PIN: you type it every time you connect." }
+            }
+            div.card {
+                ol {
+                    li { "Open " a href=(CRD_ACCESS_URL) target="_blank" rel="noopener" { "Chrome Remote Desktop" } " with the same Google account." }
+                    li { "Within a minute the computer " strong { (hostname) } " appears under " em { "Remote devices" } "." }
+                    li { "Click it and enter the PIN above." }
+                }
+                p.hint { "If it does not appear after a few minutes, ask your instructor." }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_input_is_escaped_and_the_form_keeps_the_email() {
+        let page = participant_page(&ParticipantPage {
+            free_vms: 3,
+            email: "\"><script>alert(1)</script>",
+            error: Some("<b>bad</b>"),
+        })
+        .into_string();
+        assert!(!page.contains("<script>alert(1)"));
+        assert!(page.contains("&lt;b&gt;bad&lt;/b&gt;"));
+        assert!(page.contains("value=\"&quot;&gt;&lt;script&gt;"));
+        assert!(page.contains("id=\"free-count\">3<"));
+        assert!(page.contains("<label for=\"email\">") && page.contains("<label for=\"crd_command\">"));
+        assert!(
+            !page.contains("http://") && !page.contains("cdn"),
+            "self-contained"
+        );
+    }
+
+    #[test]
+    fn the_success_page_shows_host_pin_and_the_access_link() {
+        let page = success_page("vm-1", "012345").into_string();
+        assert!(page.contains("id=\"hostname\">vm-1<") && page.contains("id=\"pin\">012345<"));
+        assert!(page.contains(CRD_ACCESS_URL));
+    }
+}

@@ -43,6 +43,16 @@ impl Settings {
         Self::from_map(std::env::vars().collect())
     }
 
+    /// From literal pairs (tests, and the local runner's file).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
     pub fn from_map(values: HashMap<String, String>) -> Self {
         Self {
             values,
@@ -176,12 +186,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        Settings::from_map(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Settings::from_pairs(pairs)
     }
 
     #[test]

@@ -237,6 +237,21 @@ async fn log_lines_appended_twice_with_the_same_event_ids_are_stored_once() {
     let mut dup = batch[..2].to_vec();
     dup.push(batch[0].clone());
     assert_eq!(logs::append(&c, &hosts[1], &dup).await.unwrap(), Some(2));
+    // A NUL byte (which Postgres text cannot hold) is replaced, not a failure.
+    let nul = [logs::LogLine {
+        event_id: "nul\0id".into(),
+        logged_at: t0,
+        message: "bin\0ary".into(),
+    }];
+    assert_eq!(logs::append(&c, &hosts[1], &nul).await.unwrap(), Some(1));
+    assert!(
+        vms::set_status(&c, &hosts[1], VmStatus::Error, Some("bad\0reason"))
+            .await
+            .unwrap()
+    );
+    c.execute("DELETE FROM vm_log_lines WHERE message LIKE 'bin%ary'", &[])
+        .await
+        .unwrap();
     // An unknown VM stores nothing.
     assert_eq!(logs::append(&c, &host("nope"), &batch).await.unwrap(), None);
 

@@ -29,9 +29,10 @@ pub struct StoredLine {
 /// Append a batch in one round trip. Returns `None` when the VM is unknown (nothing is
 /// written), else how many lines were new.
 pub async fn append(client: &Client, hostname: &Hostname, lines: &[LogLine]) -> Result<Option<u64>, DbError> {
-    let ids: Vec<&str> = lines.iter().map(|l| l.event_id.as_str()).collect();
+    // Postgres text cannot hold NUL; a log line may (binary output), so it is replaced.
+    let ids: Vec<String> = lines.iter().map(|l| without_nul(&l.event_id)).collect();
     let times: Vec<DateTime<Utc>> = lines.iter().map(|l| l.logged_at).collect();
-    let messages: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
+    let messages: Vec<String> = lines.iter().map(|l| without_nul(&l.message)).collect();
     // The VM check and the insert are one statement: `vm` is empty for an unknown host,
     // so nothing is inserted and `known` says why.
     let row = client
@@ -51,6 +52,10 @@ pub async fn append(client: &Client, hostname: &Hostname, lines: &[LogLine]) -> 
     let known: bool = row.get(0);
     let inserted: i64 = row.get(1);
     Ok(known.then_some(inserted as u64))
+}
+
+pub(crate) fn without_nul(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
 }
 
 /// Lines after `after` (exclusive), oldest first, at most `limit`.

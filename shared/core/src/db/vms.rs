@@ -178,7 +178,8 @@ pub async fn set_status(
     status: VmStatus,
     reason: Option<&str>,
 ) -> Result<bool, DbError> {
-    let reason: Option<String> = reason.map(|r| r.chars().take(1024).collect());
+    let reason: Option<String> =
+        reason.map(|r| super::logs::without_nul(&r.chars().take(1024).collect::<String>()));
     let n = client
         .execute(
             "UPDATE vms SET status = $2, status_reason = $3, updated_at = now(), last_seen_at = now()

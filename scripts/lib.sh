@@ -22,3 +22,20 @@ ensure_postgres() {
   fi
   apt_install postgresql
 }
+
+# The Python tools the tests use (cargo-lambda with its zig, moto_server, cfn-lint), in a
+# venv reused between runs. Prints the venv's bin dir.
+LABLINK_VENV="${LABLINK_VENV:-$HOME/.cache/lablink-venv}"
+ensure_venv() {
+  local stamp="$LABLINK_VENV/.lablink-requirements"
+  if [ -f "$stamp" ] && cmp -s "$stamp" scripts/requirements.txt; then
+    echo "$LABLINK_VENV/bin"; return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt_install python3-venv >&2
+  fi
+  python3 -m venv "$LABLINK_VENV" >&2
+  "$LABLINK_VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements.txt >&2
+  cp scripts/requirements.txt "$stamp"
+  echo "$LABLINK_VENV/bin"
+}

@@ -422,22 +422,41 @@ async fn an_undelivered_assignment_is_found_until_marked_delivered() {
         (pending.command.as_str(), &pending.pin),
         (command(1).normalized().as_str(), &pin)
     );
-    // A stale timestamp does not mark a newer assignment.
+    let (hash, looked_up) = vms::startup_lookup(&c, &hosts[0]).await.unwrap().unwrap();
+    assert!(hash.is_some());
+    assert_eq!(looked_up.as_ref(), Some(&pending));
+    assert_eq!(
+        vms::undelivered_assignments(&c, &[hosts[0].clone(), host("ghost")])
+            .await
+            .unwrap(),
+        vec![(hosts[0].clone(), pending.clone())]
+    );
+    // Another PIN (a newer assignment) is not marked by an older delivery.
+    let other = Pin::parse(if pin.as_str() == "000000" {
+        "111111"
+    } else {
+        "000000"
+    })
+    .unwrap();
     assert!(
-        !vms::mark_delivered(&c, &hosts[0], pending.assigned_at - chrono::Duration::seconds(1))
+        !vms::mark_delivered(&c, &hosts[0], &other, &pending.command)
             .await
             .unwrap()
     );
     assert!(
-        vms::mark_delivered(&c, &hosts[0], pending.assigned_at)
+        vms::mark_delivered(&c, &hosts[0], &pin, &pending.command)
             .await
             .unwrap()
     );
     assert!(
-        !vms::mark_delivered(&c, &hosts[0], pending.assigned_at)
+        !vms::mark_delivered(&c, &hosts[0], &pin, &pending.command)
             .await
             .unwrap()
     );
+    let (_, looked_up) = vms::startup_lookup(&c, &hosts[0]).await.unwrap().unwrap();
+    assert_eq!(looked_up, None);
+    assert!(vms::undelivered_assignments(&c, &hosts).await.unwrap().is_empty());
+    assert_eq!(vms::startup_lookup(&c, &host("ghost")).await.unwrap(), None);
     assert_eq!(vms::undelivered_assignment(&c, &hosts[0]).await.unwrap(), None);
 }
 

@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod error;
 pub mod lambda;
+#[cfg(feature = "local")]
+pub mod local;
 pub mod request;
 pub mod routes;
 pub mod state;

@@ -145,6 +145,14 @@ impl DbConfig {
         })
     }
 
+    /// Name this process's sessions in `pg_stat_activity` (unless the URL named them).
+    pub fn with_application_name(mut self, name: &str) -> Self {
+        if self.pg.get_application_name().is_none() {
+            self.pg.application_name(name);
+        }
+        self
+    }
+
     pub fn dbname(&self) -> Option<&str> {
         self.pg.get_dbname()
     }

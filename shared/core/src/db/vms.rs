@@ -302,21 +302,83 @@ pub async fn undelivered_assignment(
     .transpose()
 }
 
-/// Mark the assignment made at `assigned_at` delivered. A newer assignment (the VM was
-/// freed and re-assigned meanwhile) is left undelivered. Returns whether a row changed.
+/// Mark an assignment delivered, identified by what was delivered (the holder knows the
+/// PIN and command from the notification, not the row's timestamps). A newer assignment
+/// (the VM was freed and re-assigned meanwhile, with a fresh PIN) stays undelivered.
+/// Returns whether a row changed.
 pub async fn mark_delivered(
     client: &Client,
     hostname: &Hostname,
-    assigned_at: DateTime<Utc>,
+    pin: &Pin,
+    command: &str,
 ) -> Result<bool, DbError> {
     let n = client
         .execute(
             "UPDATE vms SET delivered_at = now(), updated_at = now(), last_seen_at = now()
-             WHERE hostname = $1 AND assigned_at = $2 AND delivered_at IS NULL",
-            &[&hostname.as_str(), &assigned_at],
+             WHERE hostname = $1 AND pin = $2 AND crd_command = $3 AND delivered_at IS NULL",
+            &[&hostname.as_str(), &pin.as_str(), &command],
         )
         .await?;
     Ok(n == 1)
+}
+
+/// What the holder needs to answer a VM's poll, in one round trip: the VM's credential
+/// hash (`None` for legacy rows without one) and its undelivered assignment, if any.
+/// `Ok(None)` for an unknown VM.
+pub async fn startup_lookup(
+    client: &Client,
+    hostname: &Hostname,
+) -> Result<Option<(Option<SecretHash>, Option<PendingAssignment>)>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT credential_hash, crd_command, pin, assigned_at, delivered_at FROM vms WHERE hostname = $1",
+            &[&hostname.as_str()],
+        )
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let hash = r
+        .get::<_, Option<Vec<u8>>>(0)
+        .and_then(|b| SecretHash::from_slice(&b));
+    let pending = pending_from(r.get(1), r.get(2), r.get(3), r.get(4))?;
+    Ok(Some((hash, pending)))
+}
+
+/// The undelivered assignments of many VMs in one statement (the holder's re-check of
+/// every waiter after its listening connection came back).
+pub async fn undelivered_assignments(
+    client: &Client,
+    hostnames: &[Hostname],
+) -> Result<Vec<(Hostname, PendingAssignment)>, DbError> {
+    let names: Vec<&str> = hostnames.iter().map(Hostname::as_str).collect();
+    let rows = client
+        .query(
+            "SELECT hostname, crd_command, pin, assigned_at FROM vms
+             WHERE hostname = ANY($1) AND crd_command IS NOT NULL AND delivered_at IS NULL",
+            &[&names],
+        )
+        .await?;
+    rows.iter()
+        .filter_map(|r| {
+            let p = pending_from(r.get(1), r.get(2), r.get(3), None).transpose()?;
+            Some(host(r.get(0)).and_then(|h| p.map(|p| (h, p))))
+        })
+        .collect()
+}
+
+fn pending_from(
+    command: Option<String>,
+    pin: Option<String>,
+    assigned_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+) -> Result<Option<PendingAssignment>, DbError> {
+    match (command, pin, assigned_at, delivered_at) {
+        (Some(command), Some(pin), Some(assigned_at), None) => Ok(Some(PendingAssignment {
+            command,
+            pin: Pin::parse(&pin).map_err(|e| corrupt("pin", e))?,
+            assigned_at,
+        })),
+        _ => Ok(None),
+    }
 }
 
 /// Create VM rows in one statement. A hostname that exists already is left as it is

@@ -1,0 +1,177 @@
+//! The daemon's calls to LabLink: the classic paths and bodies, plus the VM's
+//! credential as a bearer token (when it has one).
+
+use std::time::Duration;
+
+use lablink_core::domain::{GpuHealth, Hostname, VmStatus};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach {url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+}
+
+impl ApiError {
+    /// A refusal that retrying will not fix by itself (bad credential, unknown VM...).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, ApiError::Status { status, .. } if status.is_client_error())
+    }
+}
+
+/// What the holder answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    Assigned { command: String, pin: String },
+    NothingYet,
+}
+
+pub struct Api {
+    http: reqwest::Client,
+    api: reqwest::Url,
+    holder: reqwest::Url,
+    host: Hostname,
+    credential: Option<String>,
+    poll_wait: Duration,
+}
+
+impl Api {
+    pub fn new(cfg: &Config) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("lablink-client-daemon/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds with static settings");
+        Self {
+            http,
+            api: cfg.api_url.clone(),
+            holder: cfg.holder_url.clone(),
+            host: cfg.hostname.clone(),
+            credential: cfg.credential.clone(),
+            poll_wait: cfg.poll_wait,
+        }
+    }
+
+    fn url(base: &reqwest::Url, path: &str) -> String {
+        format!("{}{}", base.as_str().trim_end_matches('/'), path)
+    }
+
+    fn request(&self, url: &str) -> reqwest::RequestBuilder {
+        let r = self.http.post(url);
+        match &self.credential {
+            Some(c) => r.bearer_auth(c),
+            None => r,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
+        let url = Self::url(&self.api, path);
+        let resp = self
+            .request(&url)
+            .timeout(Duration::from_secs(30))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|source| ApiError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| ApiError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        if !status.is_success() {
+            return Err(ApiError::Status {
+                url,
+                status,
+                body: text.chars().take(300).collect(),
+            });
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn status(&self, status: VmStatus, reason: Option<&str>) -> Result<(), ApiError> {
+        let mut body = json!({ "hostname": self.host, "status": status.as_str() });
+        if let Some(r) = reason {
+            body["reason"] = Value::String(r.chars().take(1000).collect());
+        }
+        self.post("/api/vm-status", body).await.map(drop)
+    }
+
+    pub async fn gpu_health(&self, h: GpuHealth) -> Result<(), ApiError> {
+        self.post(
+            "/api/gpu_health",
+            json!({ "hostname": self.host, "gpu_status": h.to_json() }),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn in_use(&self, in_use: bool) -> Result<(), ApiError> {
+        self.post(
+            "/api/update_inuse_status",
+            json!({ "hostname": self.host, "status": in_use }),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn metrics(&self, timings: &Value) -> Result<(), ApiError> {
+        self.post(&format!("/api/vm-metrics/{}", self.host), timings.clone())
+            .await
+            .map(drop)
+    }
+
+    /// One long-poll: held by the holder up to the configured window.
+    pub async fn poll(&self) -> Result<Poll, ApiError> {
+        let url = format!(
+            "{}?wait={}",
+            Self::url(&self.holder, "/vm_startup"),
+            self.poll_wait.as_secs()
+        );
+        let resp = self
+            .request(&url)
+            // The holder answers by the end of the window; allow for a slow network.
+            .timeout(self.poll_wait + Duration::from_secs(30))
+            .json(&json!({ "hostname": self.host }))
+            .send()
+            .await
+            .map_err(|source| ApiError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Poll::NothingYet);
+        }
+        let text = resp.text().await.map_err(|source| ApiError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let bad = |body: String| ApiError::Status {
+            url: url.clone(),
+            status,
+            body,
+        };
+        if !status.is_success() {
+            return Err(bad(text.chars().take(300).collect()));
+        }
+        let v: Value = serde_json::from_str(&text).map_err(|_| bad("not JSON".into()))?;
+        match (v["status"].as_str(), v["command"].as_str(), v["pin"].as_str()) {
+            (Some("success"), Some(c), Some(p)) => Ok(Poll::Assigned {
+                command: c.to_owned(),
+                pin: p.to_owned(),
+            }),
+            _ => Err(bad("a 200 without status, command and pin".into())),
+        }
+    }
+}

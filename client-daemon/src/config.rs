@@ -1,0 +1,155 @@
+//! Flags and environment (every flag has a `LABLINK_*` variable; systemd passes them
+//! through `EnvironmentFile=`, see `dist/lablink-client.env`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use lablink_core::domain::{Hostname, START_HOST_PATH};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "lablink-client-daemon", version, about)]
+pub struct Args {
+    /// Base URL of the LabLink API (the API Gateway URL, or the local runner).
+    #[arg(long, env = "LABLINK_API_URL")]
+    pub api_url: reqwest::Url,
+
+    /// Base URL of the holder that answers `POST /vm_startup` (default: the API URL,
+    /// where API Gateway routes it to the holder).
+    #[arg(long, env = "LABLINK_HOLDER_URL")]
+    pub holder_url: Option<reqwest::Url>,
+
+    /// This VM's hostname as LabLink knows it (default: the system's hostname).
+    #[arg(long, env = "LABLINK_HOSTNAME")]
+    pub hostname: Option<String>,
+
+    /// File holding this VM's credential (one line). Without it (and without
+    /// LABLINK_CREDENTIAL) the daemon makes classic unauthenticated calls, which only a
+    /// deployment in legacy mode accepts.
+    #[arg(
+        long,
+        env = "LABLINK_CREDENTIAL_FILE",
+        default_value = "/etc/lablink/credential"
+    )]
+    pub credential_file: PathBuf,
+
+    /// The credential itself (prefer the file: the environment is visible to more readers).
+    #[arg(long, env = "LABLINK_CREDENTIAL", hide_env_values = true)]
+    pub credential: Option<String>,
+
+    /// Where the daemon remembers what it has done (assignment, posted timings).
+    #[arg(long, env = "LABLINK_STATE_DIR", default_value = "/var/lib/lablink")]
+    pub state_dir: PathBuf,
+
+    /// Chrome Remote Desktop's start-host program.
+    #[arg(long, env = "LABLINK_START_HOST", default_value = START_HOST_PATH)]
+    pub start_host: PathBuf,
+
+    /// Longest start-host may run before it is killed.
+    #[arg(long, env = "LABLINK_START_HOST_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub start_host_timeout_seconds: u64,
+
+    /// Chrome Remote Desktop's host config directory: a `host#*.json` there means this
+    /// host is registered already and the daemon does not wait for an assignment.
+    #[arg(long, env = "LABLINK_CRD_CONFIG_DIR")]
+    pub crd_config_dir: Option<PathBuf>,
+
+    /// The hold window asked of the holder (`?wait=`); 25 s fits behind API Gateway.
+    #[arg(long, env = "LABLINK_POLL_WAIT_SECONDS", default_value_t = 25)]
+    pub poll_wait_seconds: u64,
+
+    /// The GPU check program.
+    #[arg(long, env = "LABLINK_NVIDIA_SMI", default_value = "nvidia-smi")]
+    pub nvidia_smi: PathBuf,
+
+    #[arg(long, env = "LABLINK_GPU_INTERVAL_SECONDS", default_value_t = 20)]
+    pub gpu_interval_seconds: u64,
+
+    /// The process name whose presence means a participant is using the VM (classic
+    /// SUBJECT_SOFTWARE, e.g. `sleap`). Without it in-use is not reported.
+    #[arg(long, env = "LABLINK_SUBJECT_SOFTWARE")]
+    pub subject_software: Option<String>,
+
+    #[arg(long, env = "LABLINK_INUSE_INTERVAL_SECONDS", default_value_t = 20)]
+    pub inuse_interval_seconds: u64,
+
+    /// JSON with the cloud-init (and optionally container) timings written by the VM's
+    /// user-data, in the `POST /api/vm-metrics` shape (default: `<state-dir>/timings.json`).
+    #[arg(long, env = "LABLINK_TIMINGS_FILE")]
+    pub timings_file: Option<PathBuf>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api_url: reqwest::Url,
+    pub holder_url: reqwest::Url,
+    pub hostname: Hostname,
+    pub credential: Option<String>,
+    pub state_dir: PathBuf,
+    pub start_host: PathBuf,
+    pub start_host_timeout: Duration,
+    pub crd_config_dir: Option<PathBuf>,
+    pub poll_wait: Duration,
+    pub nvidia_smi: PathBuf,
+    pub gpu_interval: Duration,
+    pub subject_software: Option<String>,
+    pub inuse_interval: Duration,
+    pub timings_file: PathBuf,
+}
+
+impl Args {
+    /// Check everything; the error names the flag.
+    pub fn into_config(self) -> Result<Config, String> {
+        let raw_host = match self.hostname {
+            Some(h) => h,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("--hostname not given and the system hostname is unreadable: {e}"))?,
+        };
+        let hostname = Hostname::parse(&raw_host).map_err(|e| format!("--hostname {raw_host:?}: {e}"))?;
+        let credential = match self.credential {
+            Some(c) => Some(c.trim().to_owned()),
+            None => match std::fs::read_to_string(&self.credential_file) {
+                Ok(s) => Some(s.trim().to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(format!(
+                        "--credential-file {}: {e}",
+                        self.credential_file.display()
+                    ));
+                }
+            },
+        }
+        .filter(|c| !c.is_empty());
+        for (name, v) in [
+            ("--gpu-interval-seconds", self.gpu_interval_seconds),
+            ("--inuse-interval-seconds", self.inuse_interval_seconds),
+            ("--start-host-timeout-seconds", self.start_host_timeout_seconds),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let home_crd =
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/chrome-remote-desktop"));
+        Ok(Config {
+            holder_url: self.holder_url.unwrap_or_else(|| self.api_url.clone()),
+            api_url: self.api_url,
+            hostname,
+            credential,
+            timings_file: self
+                .timings_file
+                .unwrap_or_else(|| self.state_dir.join("timings.json")),
+            state_dir: self.state_dir,
+            start_host: self.start_host,
+            start_host_timeout: Duration::from_secs(self.start_host_timeout_seconds),
+            crd_config_dir: self.crd_config_dir.or(home_crd),
+            poll_wait: Duration::from_secs(self.poll_wait_seconds),
+            nvidia_smi: self.nvidia_smi,
+            gpu_interval: Duration::from_secs(self.gpu_interval_seconds),
+            subject_software: self.subject_software.filter(|s| !s.is_empty()),
+            inuse_interval: Duration::from_secs(self.inuse_interval_seconds),
+        })
+    }
+}

@@ -1,0 +1,305 @@
+//! The LabLink client daemon, run by systemd on each VM (see `dist/`).
+//!
+//! It reports `initializing`, checks it can do its job, reports `running` (or `error`
+//! with the reason), posts its start-up timings once, keeps GPU health and in-use
+//! current, and waits for its assignment on the holder: on one, it runs start-host
+//! (see [`starthost`]) and remembers that on disk (see [`state`]).
+
+pub mod api;
+pub mod config;
+pub mod monitor;
+pub mod starthost;
+pub mod state;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lablink_core::domain::VmStatus;
+use rand::Rng;
+
+use crate::api::{Api, Poll};
+use crate::config::Config;
+use crate::state::{AssignmentRecord, Phase, StateDir};
+
+const METRICS_MARKER: &str = "metrics-posted";
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Capped exponential backoff with jitter (so a fleet does not retry in step).
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self {
+            next: Duration::from_millis(500),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    pub async fn wait(&mut self) {
+        let d = self.next.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(d).await;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Retry `f` until it succeeds; the daemon never gives up on the server.
+async fn retry<F, Fut, T>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, api::ApiError>>,
+{
+    let mut b = Backoff::new();
+    loop {
+        match f().await {
+            Ok(t) => return t,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                b.wait().await;
+            }
+        }
+    }
+}
+
+/// Why this VM cannot serve a participant, if it cannot.
+fn preflight(cfg: &Config) -> Result<(), String> {
+    let meta = std::fs::metadata(&cfg.start_host)
+        .map_err(|e| format!("start-host {} is unusable: {e}", cfg.start_host.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!(
+            "start-host {} is not an executable file",
+            cfg.start_host.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A `host#*.json` in CRD's config directory: this host is registered already.
+fn crd_configured(cfg: &Config) -> bool {
+    let Some(dir) = &cfg.crd_config_dir else {
+        return false;
+    };
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("host#") && n.ends_with(".json")
+        })
+    })
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The start-up timings: cloud-init's from the file user-data wrote (if any); the
+/// container phase is this daemon's own start-up unless the file has one.
+fn timings(cfg: &Config, started: DateTime<Utc>, ready: DateTime<Utc>) -> serde_json::Value {
+    let mut v = match std::fs::read(&cfg.timings_file) {
+        Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => {
+                tracing::warn!(file = %cfg.timings_file.display(), "timings file is not a JSON object; ignoring it");
+                serde_json::json!({})
+            }
+        },
+        Err(_) => serde_json::json!({}),
+    };
+    if v.get("container_start").is_none()
+        && v.get("container_end").is_none()
+        && v.get("container_ready").is_none()
+    {
+        v["container_start"] = rfc3339(started).into();
+        v["container_end"] = rfc3339(ready).into();
+    }
+    v
+}
+
+async fn post_metrics_once(api: &Api, state: &StateDir, body: serde_json::Value) {
+    if state.has_marker(METRICS_MARKER) {
+        return;
+    }
+    let mut b = Backoff::new();
+    loop {
+        match api.metrics(&body).await {
+            Ok(()) => {
+                tracing::info!("start-up timings reported");
+                if let Err(e) = state.set_marker(METRICS_MARKER) {
+                    tracing::warn!(error = %e, "cannot record that timings were posted");
+                }
+                return;
+            }
+            Err(e) if e.is_client_error() => {
+                tracing::error!(error = %e, "the server refused the start-up timings; not retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot report start-up timings; retrying");
+                b.wait().await;
+            }
+        }
+    }
+}
+
+/// Run the daemon until the process is stopped.
+pub async fn run(cfg: Config) -> std::io::Result<()> {
+    let state = StateDir::open(&cfg.state_dir)?;
+    let api = Arc::new(Api::new(&cfg));
+    if cfg.credential.is_none() {
+        tracing::warn!(
+            "no VM credential configured: making classic unauthenticated calls (legacy mode only)"
+        );
+    }
+    let started = Utc::now();
+    retry("reporting initializing", || {
+        api.status(VmStatus::Initializing, None)
+    })
+    .await;
+
+    let gpu = tokio::spawn({
+        let (api, path, every) = (Arc::clone(&api), cfg.nvidia_smi.clone(), cfg.gpu_interval);
+        async move { monitor::gpu_loop(&api, &path, every).await }
+    });
+    let inuse = cfg.subject_software.clone().map(|name| {
+        let (api, every) = (Arc::clone(&api), cfg.inuse_interval);
+        tokio::spawn(async move { monitor::inuse_loop(&api, &name, every).await })
+    });
+
+    if let Err(reason) = preflight(&cfg) {
+        tracing::error!(%reason, "cannot serve a participant");
+        retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+        while preflight(&cfg).is_err() {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    }
+    retry("reporting running", || api.status(VmStatus::Running, None)).await;
+    let ready = Utc::now();
+    tracing::info!(host = %cfg.hostname, "running");
+    let body = timings(&cfg, started, ready);
+    post_metrics_once(&api, &state, body).await;
+
+    assignment_loop(&cfg, &api, &state).await?;
+    // Registered: the monitors go on for the life of the VM.
+    let _ = gpu.await;
+    if let Some(h) = inuse {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+/// Wait for this VM's assignment and run it, exactly once across restarts.
+async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::Result<()> {
+    match state.assignment()? {
+        Some(r) if r.phase == Phase::Received => {
+            tracing::warn!("resuming an assignment received before a restart");
+            if let (Some(command), Some(pin)) = (r.command.clone(), r.pin.clone())
+                && execute(cfg, api, state, r.key.clone(), &command, &pin).await?
+            {
+                return Ok(());
+            }
+        }
+        Some(r) if r.succeeded() => {
+            tracing::info!("this VM's assignment was run before; not waiting for another");
+            return Ok(());
+        }
+        _ => {}
+    }
+    if crd_configured(cfg) {
+        tracing::info!(
+            "Chrome Remote Desktop is already configured on this host; not waiting for an assignment"
+        );
+        return Ok(());
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        match api.poll().await {
+            Ok(Poll::NothingYet) => backoff.reset(),
+            Ok(Poll::Assigned { command, pin }) => {
+                backoff.reset();
+                let key = AssignmentRecord::key_of(cfg.hostname.as_str(), &pin, &command);
+                if state
+                    .assignment()?
+                    .is_some_and(|r| r.key == key && r.phase == Phase::Done)
+                {
+                    tracing::info!("the holder handed over an assignment already run; ignoring it");
+                    continue;
+                }
+                if execute(cfg, api, state, key, &command, &pin).await? {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for an assignment failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Record, run, record the outcome, report it. True when start-host succeeded.
+async fn execute(
+    cfg: &Config,
+    api: &Api,
+    state: &StateDir,
+    key: String,
+    command: &str,
+    pin: &str,
+) -> std::io::Result<bool> {
+    state.save_assignment(&AssignmentRecord {
+        key: key.clone(),
+        phase: Phase::Received,
+        command: Some(command.to_owned()),
+        pin: Some(pin.to_owned()),
+        outcome: None,
+    })?;
+    tracing::info!("assignment received; running start-host");
+    let result = starthost::run(
+        &cfg.start_host,
+        command,
+        pin,
+        &cfg.hostname,
+        cfg.start_host_timeout,
+    )
+    .await;
+    let outcome = match &result {
+        Ok(stdout) => {
+            tracing::info!(output = %stdout, "start-host succeeded");
+            "ok".to_owned()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "start-host failed");
+            e.to_string()
+        }
+    };
+    state.save_assignment(&AssignmentRecord {
+        key,
+        phase: Phase::Done,
+        command: None,
+        pin: None,
+        outcome: Some(outcome.clone()),
+    })?;
+    match result {
+        Ok(_) => {
+            retry("reporting running", || api.status(VmStatus::Running, None)).await;
+            Ok(true)
+        }
+        Err(_) => {
+            let reason = format!("start-host failed: {outcome}");
+            retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+            Ok(false)
+        }
+    }
+}

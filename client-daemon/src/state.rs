@@ -1,0 +1,137 @@
+//! What the daemon must remember across restarts, in `<state-dir>/assignment.json`
+//! (mode 0600: it holds a PIN and a one-time code until the run is done):
+//! an assignment is recorded as `received` BEFORE start-host runs and as `done` after,
+//! so a restart re-runs an interrupted assignment (not lost) and never re-runs a
+//! finished one (not repeated), even when the holder hands it over again.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Received,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    /// SHA-256 of hostname, PIN and command: identifies the assignment.
+    pub key: String,
+    pub phase: Phase,
+    /// Kept only while `received` (needed to run it after a restart); cleared when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// `ok`, or why start-host failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+impl AssignmentRecord {
+    pub fn key_of(host: &str, pin: &str, command: &str) -> String {
+        let mut h = Sha256::new();
+        for part in [host, pin, command] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.phase == Phase::Done && self.outcome.as_deref() == Some("ok")
+    }
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn assignment(&self) -> std::io::Result<Option<AssignmentRecord>> {
+        match std::fs::read(self.path("assignment.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn save_assignment(&self, r: &AssignmentRecord) -> std::io::Result<()> {
+        self.write_atomic("assignment.json", &serde_json::to_vec_pretty(r)?)
+    }
+
+    pub fn has_marker(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    pub fn set_marker(&self, name: &str) -> std::io::Result<()> {
+        self.write_atomic(name, b"")
+    }
+
+    /// Write to a temporary file, fsync, rename, fsync the directory: a crash leaves the
+    /// old or the new content, never a torn file.
+    fn write_atomic(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.path(name))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening_and_keys_separate_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        assert_eq!(s.assignment().unwrap(), None);
+        let r = AssignmentRecord {
+            key: AssignmentRecord::key_of("vm-1", "123456", "cmd"),
+            phase: Phase::Received,
+            command: Some("cmd".into()),
+            pin: Some("123456".into()),
+            outcome: None,
+        };
+        s.save_assignment(&r).unwrap();
+        let again = StateDir::open(dir.path()).unwrap();
+        assert_eq!(again.assignment().unwrap(), Some(r));
+        let mode = std::fs::metadata(dir.path().join("assignment.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_ne!(
+            AssignmentRecord::key_of("vm-1", "12", "3456cmd"),
+            AssignmentRecord::key_of("vm-1", "123456", "cmd")
+        );
+        assert!(!s.has_marker("metrics-posted"));
+        s.set_marker("metrics-posted").unwrap();
+        assert!(s.has_marker("metrics-posted"));
+    }
+}

@@ -1,0 +1,266 @@
+//! `POST /vm_startup` and `GET /healthz`.
+//!
+//! A poll: check the VM's credential and look for an undelivered assignment (one
+//! query); if there is none, register as the hostname's waiter, look once more (an
+//! assignment committed between the two is otherwise missed: its notification found no
+//! waiter), then wait for the notification, the end of the window, or shutdown.
+//! The assignment is marked delivered once its response body has been handed to the
+//! connection; if that mark is lost, the VM gets the same assignment again on its next
+//! poll and the daemon's on-disk record keeps it from running twice.
+
+use std::pin::Pin as StdPin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body::Frame;
+use lablink_core::credential::Secret;
+use lablink_core::db::vms;
+use lablink_core::domain::Hostname;
+use serde_json::json;
+
+use crate::Holder;
+use crate::registry::Delivery;
+
+/// Largest `POST /vm_startup` body accepted (it is `{"hostname": "..."}`).
+const BODY_LIMIT: usize = 4 * 1024;
+
+pub fn router(holder: Arc<Holder>) -> Router {
+    Router::new()
+        .route("/vm_startup", post(vm_startup))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(holder)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn nothing_yet() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Params {
+    wait: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Body_ {
+    hostname: String,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn vm_startup(
+    State(holder): State<Arc<Holder>>,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let cfg = &holder.config;
+    // ---- parse: every refusal is a 4xx and changes nothing
+    let Ok(Query(params)) = params else {
+        return error(StatusCode::BAD_REQUEST, "invalid query string");
+    };
+    if body.len() > BODY_LIMIT {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {BODY_LIMIT} bytes"),
+        );
+    }
+    let parsed: Body_ = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    let host = match Hostname::parse(&parsed.hostname) {
+        Ok(h) => h,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid hostname: {e}")),
+    };
+    let token = bearer(&headers);
+    if token.is_none() && !cfg.legacy_vm_auth {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a VM credential (Authorization: Bearer) is required",
+        );
+    }
+    let window = match params.wait.as_deref() {
+        Some(v) => match v.parse::<u64>() {
+            Ok(s) => Duration::from_secs(s).min(cfg.max_wait),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("wait must be whole seconds, got {v:?}"),
+                );
+            }
+        },
+        // A classic client sleeps 60 s after a 204, so it is held as long as allowed.
+        None if token.is_none() => cfg.max_wait,
+        None => cfg.default_wait,
+    };
+
+    // ---- authenticate and look for an assignment made while the VM was not waiting
+    let Some(client) = holder.link.client().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unavailable; retry shortly",
+        );
+    };
+    let (hash, pending) = match vms::startup_lookup(&client, &host).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown VM {host}")),
+        Err(e) => {
+            tracing::error!(error = %e, %host, "startup look-up failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable; retry shortly",
+            );
+        }
+    };
+    if let Some(token) = token
+        && !hash.is_some_and(|h| h.matches(&Secret::presented(token)))
+    {
+        return error(StatusCode::FORBIDDEN, "this credential is not the one of this VM");
+    }
+    if let Some(p) = pending {
+        return deliver(
+            &holder,
+            host,
+            Delivery {
+                command: p.command,
+                pin: p.pin,
+            },
+        );
+    }
+
+    // ---- wait
+    let mut reg = holder.registry.register(&host);
+    match vms::undelivered_assignment(&client, &host).await {
+        Ok(Some(p)) => {
+            return deliver(
+                &holder,
+                host,
+                Delivery {
+                    command: p.command,
+                    pin: p.pin,
+                },
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, %host, "startup re-check failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable; retry shortly",
+            );
+        }
+    }
+    drop(client);
+    let outcome = tokio::select! {
+        r = &mut reg.rx => r.ok(),
+        () = tokio::time::sleep(window) => None,
+        () = holder.stop.cancelled() => None,
+    };
+    drop(reg);
+    match outcome {
+        Some(d) => deliver(&holder, host, d),
+        None => nothing_yet(),
+    }
+}
+
+/// The 200 answer; the delivery is marked once the body has been taken by the connection.
+fn deliver(holder: &Arc<Holder>, host: Hostname, d: Delivery) -> Response {
+    let body = serde_json::to_vec(&json!({
+        "status": "success",
+        "pin": d.pin.as_str(),
+        "command": d.command,
+        "hostname": host.as_str(),
+    }))
+    .expect("a JSON object serializes");
+    let mark = MarkOnSent {
+        body: Some(Bytes::from(body)),
+        sent: false,
+        on_sent: Some((Arc::clone(holder), host, d)),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::new(mark))
+        .expect("static headers are valid")
+}
+
+/// A one-chunk body that records the delivery when dropped after its chunk was taken.
+struct MarkOnSent {
+    body: Option<Bytes>,
+    sent: bool,
+    on_sent: Option<(Arc<Holder>, Hostname, Delivery)>,
+}
+
+impl http_body::Body for MarkOnSent {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: StdPin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match this.body.take() {
+            Some(b) => {
+                this.sent = true;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.body.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+impl Drop for MarkOnSent {
+    fn drop(&mut self) {
+        if !self.sent {
+            // Never handed to the client (it went away first): stays undelivered and is
+            // found again by the VM's next poll.
+            return;
+        }
+        if let Some((holder, host, d)) = self.on_sent.take() {
+            tokio::spawn(async move { holder.mark_delivered(host, d).await });
+        }
+    }
+}
+
+async fn healthz(State(holder): State<Arc<Holder>>) -> Response {
+    let up = holder.link.is_up().await;
+    let body = json!({
+        "listener": if up { "listening" } else { "reconnecting" },
+        "waiters": holder.registry.len(),
+        "connections": holder.link.generation(),
+    });
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}

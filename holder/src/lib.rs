@@ -1,0 +1,140 @@
+//! The holder: a small always-on service that answers the VMs' long-polls
+//! (`POST /vm_startup`). API Gateway cuts a request at about 30 s and a Lambda at
+//! 15 minutes, so neither can hold a VM's request while it waits for a participant; the
+//! holder holds them all, multiplexed over ONE Postgres connection that `LISTEN`s on
+//! `vm_updates` (see docs/architecture.md, "The holder").
+
+pub mod http;
+pub mod listener;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lablink_core::config::{ConfigError, Settings};
+use lablink_core::db::{DbConfig, vms};
+use lablink_core::domain::Hostname;
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::Link;
+use crate::registry::{Delivery, Registry};
+
+/// Settings, all from the environment.
+#[derive(Clone, Debug)]
+pub struct HolderConfig {
+    pub db: DbConfig,
+    /// `LABLINK_HOLDER_ADDR` (default `0.0.0.0:8080`).
+    pub addr: SocketAddr,
+    /// `LABLINK_HOLDER_DEFAULT_WAIT_SECONDS` (default 25: fits behind API Gateway's 30 s):
+    /// the window of a poll without `?wait=`.
+    pub default_wait: Duration,
+    /// `LABLINK_HOLDER_MAX_WAIT_SECONDS` (default 900): the largest window; also the window
+    /// of a legacy (credential-less) poll without `?wait=`.
+    pub max_wait: Duration,
+    /// `LABLINK_LEGACY_VM_AUTH` as for the functions: accept polls without a credential.
+    pub legacy_vm_auth: bool,
+}
+
+impl HolderConfig {
+    pub fn read(s: &mut Settings) -> Option<Self> {
+        let db = DbConfig::read(s);
+        let addr = s
+            .optional_with("LABLINK_HOLDER_ADDR", "an address like 0.0.0.0:8080", |v| {
+                v.parse::<SocketAddr>().map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let default_wait = s.ranged::<u64>("LABLINK_HOLDER_DEFAULT_WAIT_SECONDS", 25, 0, 86_400);
+        let max_wait = s.ranged::<u64>("LABLINK_HOLDER_MAX_WAIT_SECONDS", 900, 1, 7 * 86_400);
+        if default_wait > max_wait {
+            s.report(
+                "LABLINK_HOLDER_DEFAULT_WAIT_SECONDS",
+                default_wait.to_string(),
+                "at most LABLINK_HOLDER_MAX_WAIT_SECONDS",
+            );
+        }
+        let legacy_vm_auth = s.flag("LABLINK_LEGACY_VM_AUTH", false);
+        Some(Self {
+            db: db?.with_application_name("lablink-holder"),
+            addr,
+            default_wait: Duration::from_secs(default_wait),
+            max_wait: Duration::from_secs(max_wait),
+            legacy_vm_auth,
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut s = Settings::from_env();
+        let cfg = Self::read(&mut s);
+        s.finish(|| cfg.expect("settings without errors build"))
+    }
+}
+
+/// Everything a request handler borrows.
+pub struct Holder {
+    pub config: HolderConfig,
+    pub registry: Arc<Registry>,
+    pub link: Arc<Link>,
+    /// Cancelled at shutdown: every waiter answers 204 at once.
+    pub stop: CancellationToken,
+}
+
+impl Holder {
+    /// Record a delivery. Retried a few times while the connection comes back; if it
+    /// still fails, the VM is handed the same assignment on its next poll (harmless: the
+    /// daemon remembers what it ran).
+    async fn mark_delivered(&self, host: Hostname, d: Delivery) {
+        for attempt in 0..5u32 {
+            if let Some(client) = self.link.client().await {
+                match vms::mark_delivered(&client, &host, &d.pin, &d.command).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(error = %e, %host, attempt, "marking a delivery failed"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        tracing::error!(%host, "could not mark a delivery; the VM will be handed it again");
+    }
+}
+
+/// A running holder.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub holder: Arc<Holder>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Answer every waiter with 204, stop accepting, finish in-flight responses.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.holder.stop.cancel();
+        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+/// Bind, start the listening connection and serve until [`Running::shutdown`] (or the
+/// token in [`Holder::stop`] is cancelled).
+pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    let holder = Arc::new(Holder {
+        link: Arc::new(Link::default()),
+        registry: Arc::new(Registry::default()),
+        stop: CancellationToken::new(),
+        config,
+    });
+    tokio::spawn(listener::supervise(
+        holder.config.db.clone(),
+        Arc::clone(&holder.link),
+        Arc::clone(&holder.registry),
+        holder.stop.clone(),
+    ));
+    let app = http::router(Arc::clone(&holder));
+    let stop = holder.stop.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    Ok(Running { addr, holder, task })
+}

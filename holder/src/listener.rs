@@ -1,0 +1,180 @@
+//! The holder's ONE Postgres connection: it `LISTEN`s on `vm_updates`, routes each
+//! notification to the waiter of its hostname, and also carries the holder's few
+//! queries (credential check, undelivered-assignment look-up, delivery marks), pipelined.
+//!
+//! When the connection drops, the supervisor reconnects with capped, jittered backoff,
+//! listens again, and only then re-checks the database for every current waiter, so an
+//! assignment committed during the gap is still delivered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lablink_core::db::{DbConfig, vms};
+use lablink_core::domain::{Hostname, Pin};
+use rand::Rng;
+use tokio::sync::{RwLock, watch};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Delivery, Registry};
+
+pub const CHANNEL: &str = "vm_updates";
+
+/// The connection as the request handlers see it.
+#[derive(Default)]
+pub struct Link {
+    client: RwLock<Option<Arc<Client>>>,
+    /// Counts (re)connections: `/healthz` reports it, tests wait on it.
+    generation: watch::Sender<u64>,
+}
+
+impl Link {
+    /// The live client, if the connection is up and listening.
+    pub async fn client(&self) -> Option<Arc<Client>> {
+        self.client.read().await.clone()
+    }
+
+    pub async fn is_up(&self) -> bool {
+        self.client.read().await.is_some()
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+/// The classic payload (seed 000 §3): `{"HostName","CrdCommand","Pin"}`.
+#[derive(serde::Deserialize)]
+struct Payload {
+    #[serde(rename = "HostName")]
+    host: String,
+    #[serde(rename = "CrdCommand")]
+    command: String,
+    #[serde(rename = "Pin")]
+    pin: String,
+}
+
+fn parse_payload(payload: &str) -> Option<(Hostname, Delivery)> {
+    let p: Payload = serde_json::from_str(payload).ok()?;
+    Some((
+        Hostname::parse(&p.host).ok()?,
+        Delivery {
+            command: p.command,
+            pin: Pin::parse(&p.pin).ok()?,
+        },
+    ))
+}
+
+/// Keep the listening connection up until `stop` is cancelled.
+pub async fn supervise(db: DbConfig, link: Arc<Link>, registry: Arc<Registry>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let (client, mut conn) = db.connect_raw().await?;
+            // Drive the connection: query replies are handled inside; notifications come
+            // out here. Ends when the connection breaks.
+            let routed = Arc::clone(&registry);
+            let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
+            tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                let reason = loop {
+                    match messages.next().await {
+                        Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
+                            match parse_payload(n.payload()) {
+                                Some((host, delivery)) => {
+                                    let woke = routed.deliver(&host, delivery);
+                                    tracing::debug!(%host, woke, "assignment notification");
+                                }
+                                None => tracing::warn!("ignoring a malformed vm_updates payload"),
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "closed by the server".to_owned(),
+                    }
+                };
+                let _ = ended_tx.send(reason);
+            });
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            Ok::<_, lablink_core::db::DbError>((Arc::new(client), ended_rx))
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            () = stop.cancelled() => return,
+        };
+        match result {
+            Ok((client, ended)) => {
+                *link.client.write().await = Some(Arc::clone(&client));
+                link.generation.send_modify(|g| *g += 1);
+                tracing::info!(generation = link.generation(), "listening on {CHANNEL}");
+                backoff = Duration::from_millis(100);
+                recheck_waiters(&client, &registry).await;
+                let reason = tokio::select! {
+                    r = ended => r.unwrap_or_else(|_| "connection task ended".into()),
+                    () = stop.cancelled() => return,
+                };
+                *link.client.write().await = None;
+                tracing::error!(%reason, waiters = registry.len(), "lost the listening connection; reconnecting");
+            }
+            Err(e) => tracing::error!(error = %e, ?backoff, "cannot connect the listening connection"),
+        }
+        let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        tokio::select! {
+            () = tokio::time::sleep(jittered) => {}
+            () = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// After (re)connecting: anything assigned while no one was listening is handed over now.
+async fn recheck_waiters(client: &Client, registry: &Registry) {
+    let hosts = registry.hosts();
+    if hosts.is_empty() {
+        return;
+    }
+    match vms::undelivered_assignments(client, &hosts).await {
+        Ok(found) => {
+            let n = found.len();
+            for (host, p) in found {
+                registry.deliver(
+                    &host,
+                    Delivery {
+                        command: p.command,
+                        pin: p.pin,
+                    },
+                );
+            }
+            tracing::info!(
+                waiters = hosts.len(),
+                delivered = n,
+                "re-checked waiters after connecting"
+            );
+        }
+        // The connection broke again; the next reconnect re-checks.
+        Err(e) => tracing::error!(error = %e, "re-checking waiters failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse_only_when_complete_and_valid() {
+        let (h, d) =
+            parse_payload(r#"{"HostName":"vm-1","CrdCommand":"start-host --code=x","Pin":"123456"}"#)
+                .unwrap();
+        assert_eq!(h.as_str(), "vm-1");
+        assert_eq!(d.pin.as_str(), "123456");
+        assert!(parse_payload(r#"{"HostName":"vm-1","CrdCommand":"c","Pin":"12"}"#).is_none());
+        assert!(parse_payload(r#"{"HostName":"bad host","CrdCommand":"c","Pin":"123456"}"#).is_none());
+        assert!(parse_payload("not json").is_none());
+    }
+}

@@ -1,0 +1,483 @@
+//! The holder in-process against a real Postgres, over real HTTP: auth and bad input,
+//! immediate delivery of an assignment made while the VM was away, waking by NOTIFY,
+//! newest waiter wins, abandoned waits freed, reconnect re-check, several holders,
+//! legacy mode, and shutdown.
+
+use std::time::{Duration, Instant};
+
+use lablink_core::credential::Secret;
+use lablink_core::db::vms;
+use lablink_core::domain::{CrdCommand, Email, Hostname, Pin, VmStatus};
+use lablink_holder::{HolderConfig, Running};
+use lablink_testkit::TestDb;
+use tokio::io::AsyncWriteExt;
+
+struct Vm {
+    host: Hostname,
+    secret: Secret,
+}
+
+async fn setup(n: usize) -> (TestDb, tokio_postgres::Client, Vec<Vm>) {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let made: Vec<Vm> = (0..n)
+        .map(|i| Vm {
+            host: Hostname::parse(&format!("hold-{i}")).unwrap(),
+            secret: Secret::generate(),
+        })
+        .collect();
+    let new: Vec<vms::NewVm> = made
+        .iter()
+        .map(|v| vms::NewVm {
+            hostname: v.host.clone(),
+            instance_id: None,
+            credential_hash: Some(v.secret.hash()),
+            status: VmStatus::Running,
+            provision: None,
+        })
+        .collect();
+    vms::create_vms(&client, &new).await.unwrap();
+    (db, client, made)
+}
+
+async fn start(db: &TestDb, extra: &[(&str, &str)]) -> Running {
+    let mut pairs = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("PGSSLMODE", "disable"),
+        ("LABLINK_HOLDER_ADDR", "127.0.0.1:0"),
+    ];
+    pairs.extend_from_slice(extra);
+    let mut s = lablink_core::config::Settings::from_pairs(&pairs);
+    let cfg = HolderConfig::read(&mut s);
+    let cfg = s.finish(|| cfg.unwrap()).unwrap();
+    let running = lablink_holder::start(cfg).await.unwrap();
+    // Wait until it listens, so tests do not race the first connection.
+    let mut gen_rx = running.holder.link.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), gen_rx.wait_for(|g| *g >= 1))
+        .await
+        .expect("the holder connects within 10 s")
+        .unwrap();
+    running
+}
+
+fn url(r: &Running, wait: Option<&str>) -> String {
+    match wait {
+        Some(w) => format!("http://{}/vm_startup?wait={w}", r.addr),
+        None => format!("http://{}/vm_startup", r.addr),
+    }
+}
+
+async fn poll(
+    http: &reqwest::Client,
+    r: &Running,
+    host: &str,
+    token: Option<&str>,
+    wait: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = http
+        .post(url(r, wait))
+        .json(&serde_json::json!({ "hostname": host }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn assign(client: &tokio_postgres::Client, n: u32) -> (Hostname, Pin, String) {
+    let email = Email::parse(&format!("p{n}@example.edu")).unwrap();
+    let cmd = CrdCommand::from_code(&format!("4/0AholderTest{n}")).unwrap();
+    let pin = Pin::generate();
+    let a = vms::assign(client, &email, &cmd, &pin).await.unwrap().unwrap();
+    (a.hostname, pin, cmd.normalized())
+}
+
+async fn delivered(client: &tokio_postgres::Client, host: &Hostname) -> bool {
+    for _ in 0..100 {
+        if vms::get_vm(client, host)
+            .await
+            .unwrap()
+            .unwrap()
+            .delivered_at
+            .is_some()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_a_clear_4xx() {
+    let (db, _client, vms_) = setup(2).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let (host, own, other) = (
+        vms_[0].host.as_str(),
+        vms_[0].secret.expose(),
+        vms_[1].secret.expose(),
+    );
+
+    assert_eq!(poll(&http, &r, host, None, Some("1")).await.0, 401);
+    assert_eq!(poll(&http, &r, host, Some(other), Some("1")).await.0, 403);
+    assert_eq!(poll(&http, &r, "ghost", Some(own), Some("1")).await.0, 404);
+    assert_eq!(poll(&http, &r, "bad host!", Some(own), Some("1")).await.0, 400);
+    let (status, body) = poll(&http, &r, host, Some(own), Some("soon")).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("wait"), "{body}");
+    let resp = http
+        .post(url(&r, Some("1")))
+        .bearer_auth(own)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let big = format!(r#"{{"hostname":"{host}","pad":"{}"}}"#, "x".repeat(10_000));
+    let resp = http
+        .post(url(&r, Some("1")))
+        .bearer_auth(own)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let resp = http.get(url(&r, None)).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    // Nothing registered by any refusal.
+    assert!(r.holder.registry.is_empty());
+
+    // The window ends with 204 and no body; ?wait= over the maximum is capped.
+    let t = Instant::now();
+    let (status, _) = poll(&http, &r, host, Some(own), Some("1")).await;
+    assert_eq!(status, 204);
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_assignment_made_while_away_is_answered_at_once_and_marked_delivered() {
+    let (db, client, vms_) = setup(1).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let (host, pin, command) = assign(&client, 1).await;
+    assert_eq!(host, vms_[0].host);
+    let t = Instant::now();
+    let (status, body) = poll(
+        &http,
+        &r,
+        host.as_str(),
+        Some(vms_[0].secret.expose()),
+        Some("30"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["pin"], pin.as_str());
+    assert_eq!(body["command"], command.as_str());
+    assert!(delivered(&client, &host).await);
+    // Once delivered, the next poll waits (here: a 1 s window).
+    let (status, _) = poll(&http, &r, host.as_str(), Some(vms_[0].secret.expose()), Some("1")).await;
+    assert_eq!(status, 204);
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_waiter_is_woken_by_its_notification_and_only_its_own() {
+    let (db, client, vms_) = setup(2).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let waiters: Vec<_> = vms_
+        .iter()
+        .map(|v| {
+            let (http, url, host, token) = (
+                http.clone(),
+                url(&r, Some("20")),
+                v.host.to_string(),
+                v.secret.expose().to_owned(),
+            );
+            tokio::spawn(async move {
+                let resp = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({ "hostname": host }))
+                    .send()
+                    .await
+                    .unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap(), Instant::now())
+            })
+        })
+        .collect();
+    while r.holder.registry.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (host, pin, _) = assign(&client, 1).await;
+    let assigned_at = Instant::now();
+    let mut results = Vec::new();
+    for w in waiters {
+        results.push(w);
+    }
+    let i = vms_.iter().position(|v| v.host == host).unwrap();
+    let (status, body, at) = results.remove(i).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(pin.as_str()));
+    assert!(at.duration_since(assigned_at) < Duration::from_secs(2));
+    // The other VM is still waiting.
+    assert_eq!(r.holder.registry.len(), 1);
+    assert!(delivered(&client, &host).await);
+    r.shutdown().await.unwrap();
+    let (status, _, _) = results.remove(0).await.unwrap();
+    assert_eq!(status, 204, "shutdown answers every waiter");
+}
+
+#[tokio::test]
+async fn the_newest_waiter_wins_and_an_abandoned_wait_is_freed_at_once() {
+    let (db, _client, vms_) = setup(1).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let (host, token) = (vms_[0].host.to_string(), vms_[0].secret.expose().to_owned());
+    let first = tokio::spawn({
+        let (http, url, host, token) = (http.clone(), url(&r, Some("20")), host.clone(), token.clone());
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "hostname": host }))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    });
+    while r.holder.registry.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A second poll for the same VM supersedes the first, which answers 204 at once.
+    let second = tokio::spawn({
+        let (http, url, host, token) = (http.clone(), url(&r, Some("20")), host.clone(), token.clone());
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "hostname": host }))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    });
+    let t = Instant::now();
+    assert_eq!(first.await.unwrap(), 204);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(r.holder.registry.len(), 1);
+    second.abort();
+
+    // A raw client that goes away mid-wait: its registration disappears without waiting
+    // for the window to end.
+    let body = format!(r#"{{"hostname":"{host}"}}"#);
+    let mut sock = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    sock.write_all(
+        format!(
+            "POST /vm_startup?wait=600 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    while r.holder.registry.len() != 1 && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(sock);
+    let t = Instant::now();
+    while !r.holder.registry.is_empty() && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(r.holder.registry.is_empty(), "the abandoned wait was not freed");
+    eprintln!("abandoned wait freed in {:?}", t.elapsed());
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_losing_its_connection_the_holder_reconnects_and_rechecks_its_waiters() {
+    let (db, client, vms_) = setup(1).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let waiter = tokio::spawn({
+        let (http, url, host, token) = (
+            http.clone(),
+            url(&r, Some("60")),
+            vms_[0].host.to_string(),
+            vms_[0].secret.expose().to_owned(),
+        );
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "hostname": host }))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    });
+    while r.holder.registry.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut generation = r.holder.link.subscribe();
+    // Cut the connection, and assign before the holder is back: the notification is
+    // lost (no one listens), only the re-check can find it.
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'lablink-holder'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (_, pin, _) = assign(&client, 1).await;
+    tokio::time::timeout(Duration::from_secs(15), generation.wait_for(|g| *g >= 2))
+        .await
+        .expect("the holder reconnects")
+        .unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(pin.as_str()));
+    let health: serde_json::Value = http
+        .get(format!("http://{}/healthz", r.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["listener"], "listening");
+    assert_eq!(health["connections"], 2);
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn several_holders_share_one_database() {
+    let (db, client, vms_) = setup(2).await;
+    let a = start(&db, &[]).await;
+    let b = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let on = |r: &Running, v: &Vm| {
+        let (http, url, host, token) = (
+            http.clone(),
+            url(r, Some("20")),
+            v.host.to_string(),
+            v.secret.expose().to_owned(),
+        );
+        tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "hostname": host }))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    let wa = on(&a, &vms_[0]);
+    let wb = on(&b, &vms_[1]);
+    while a.holder.registry.len() + b.holder.registry.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (h1, p1, _) = assign(&client, 1).await;
+    let (h2, p2, _) = assign(&client, 2).await;
+    let (ra, rb) = (wa.await.unwrap(), wb.await.unwrap());
+    let pin_of = |h: &Hostname| {
+        if *h == h1 {
+            p1.as_str()
+        } else {
+            assert_eq!(*h, h2);
+            p2.as_str()
+        }
+    };
+    assert_eq!(ra.0, 200);
+    assert!(ra.1.contains(pin_of(&vms_[0].host)));
+    assert_eq!(rb.0, 200);
+    assert!(rb.1.contains(pin_of(&vms_[1].host)));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn legacy_mode_accepts_classic_polls_and_holds_them_for_the_maximum() {
+    let (db, client, vms_) = setup(1).await;
+    let r = start(
+        &db,
+        &[
+            ("LABLINK_LEGACY_VM_AUTH", "true"),
+            ("LABLINK_HOLDER_MAX_WAIT_SECONDS", "2"),
+            ("LABLINK_HOLDER_DEFAULT_WAIT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let host = vms_[0].host.as_str();
+    // No ?wait=, no credential: the classic client is held for the maximum window.
+    let t = Instant::now();
+    let (status, _) = poll(&http, &r, host, None, None).await;
+    assert_eq!(status, 204);
+    assert!(t.elapsed() >= Duration::from_millis(1900), "{:?}", t.elapsed());
+    // A wrong credential is still refused.
+    assert_eq!(poll(&http, &r, host, Some("nope"), Some("1")).await.0, 403);
+    let (_, pin, _) = assign(&client, 1).await;
+    let (status, body) = poll(&http, &r, host, None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["pin"], pin.as_str());
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_waiter_promptly() {
+    let (db, _client, vms_) = setup(3).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let mut raw = Vec::new();
+    for v in &vms_ {
+        let (http, url, host, token) = (
+            http.clone(),
+            url(&r, Some("600")),
+            v.host.to_string(),
+            v.secret.expose().to_owned(),
+        );
+        raw.push(tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "hostname": host }))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }));
+    }
+    while r.holder.registry.len() < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), r.shutdown())
+        .await
+        .expect("shutdown is prompt")
+        .unwrap();
+    for w in raw {
+        assert_eq!(w.await.unwrap(), 204);
+    }
+    eprintln!("shutdown with 3 waiters took {:?}", t.elapsed());
+}

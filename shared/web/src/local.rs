@@ -1,0 +1,86 @@
+//! Every route mounted at its API Gateway path on one plain HTTP server (feature
+//! `local`): the local runner and the end-to-end tests serve the same handlers the
+//! Lambdas run, with API Gateway's request shape rebuilt from the HTTP request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body as AxumBody;
+use axum::extract::Request as AxumRequest;
+use axum::response::{IntoResponse, Response as AxumResponse};
+use axum::routing::{MethodFilter, on};
+use lambda_http::RequestExt;
+use lambda_http::http::StatusCode;
+
+use crate::error::json;
+use crate::request::LOG_BODY;
+use crate::{AppState, Route};
+
+/// A router serving every [`Route`] (unknown paths: 404 JSON; known path, other method: 405).
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r = Router::new();
+    for route in Route::ALL {
+        let (method, path) = route.method_and_path();
+        let filter = MethodFilter::try_from(method).expect("routes use standard methods");
+        let st = Arc::clone(&state);
+        r = r.route(
+            path,
+            on(filter, move |req: AxumRequest| {
+                let st = Arc::clone(&st);
+                async move { serve(route, &st, req).await }
+            }),
+        );
+    }
+    r.fallback(|| async {
+        to_axum(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": "no such route" }),
+        ))
+    })
+}
+
+async fn serve(route: Route, state: &AppState, req: AxumRequest) -> AxumResponse {
+    let (parts, body) = req.into_parts();
+    // One byte over the largest accepted body is enough for the handler to answer 413.
+    let bytes = match axum::body::to_bytes(body, LOG_BODY + 1).await {
+        Ok(b) => b,
+        Err(_) => {
+            return to_axum(json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({ "error": format!("the request body is over {LOG_BODY} bytes") }),
+            ));
+        }
+    };
+    let query: HashMap<String, Vec<String>> = parts
+        .uri
+        .query()
+        .map(|q| {
+            serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                .unwrap_or_default()
+                .into_iter()
+                .fold(HashMap::new(), |mut m, (k, v)| {
+                    m.entry(k).or_insert_with(Vec::new).push(v);
+                    m
+                })
+        })
+        .unwrap_or_default();
+    let body = if bytes.is_empty() {
+        lambda_http::Body::Empty
+    } else {
+        lambda_http::Body::Binary(bytes.to_vec())
+    };
+    let req = lambda_http::http::Request::from_parts(parts, body).with_query_string_parameters(query);
+    to_axum(route.handle(state, req).await)
+}
+
+fn to_axum(resp: lambda_http::Response<lambda_http::Body>) -> AxumResponse {
+    let (parts, body) = resp.into_parts();
+    let bytes: Vec<u8> = match body {
+        lambda_http::Body::Empty => Vec::new(),
+        lambda_http::Body::Text(t) => t.into_bytes(),
+        lambda_http::Body::Binary(b) => b,
+        _ => Vec::new(),
+    };
+    AxumResponse::from_parts(parts, AxumBody::from(bytes)).into_response()
+}

@@ -1,0 +1,260 @@
+//! Real processes for end-to-end tests and benchmarks: the holder and client-daemon
+//! binaries (built next to the test or bench binary), the routes on a real HTTP server,
+//! and helpers to make VMs with credentials. Every child is killed when its handle drops.
+
+pub mod runtime_api;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lablink_core::credential::Secret;
+use lablink_core::db::{DbConfig, vms};
+use lablink_core::domain::{Hostname, VmStatus};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A workspace binary: next to the running executable (`target/<profile>/`), or one
+/// level up from a test binary in `target/<profile>/deps/`.
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} is not built next to {} (scripts/test builds every binary first)",
+        exe.display()
+    )
+}
+
+/// VMs with their secrets, as the provisioner would make them.
+pub struct TestVm {
+    pub hostname: Hostname,
+    pub secret: Secret,
+}
+
+pub async fn create_vms(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    n: usize,
+    status: VmStatus,
+) -> anyhow::Result<Vec<TestVm>> {
+    let made: Vec<TestVm> = (0..n)
+        .map(|i| TestVm {
+            hostname: Hostname::parse(&format!("{prefix}-{i}")).expect("valid test hostname"),
+            secret: Secret::generate(),
+        })
+        .collect();
+    for chunk in made.chunks(1000) {
+        let new: Vec<vms::NewVm> = chunk
+            .iter()
+            .map(|v| vms::NewVm {
+                hostname: v.hostname.clone(),
+                instance_id: None,
+                credential_hash: Some(v.secret.hash()),
+                status,
+                provision: None,
+            })
+            .collect();
+        vms::create_vms(client, &new).await?;
+    }
+    Ok(made)
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM; waits up to `within` for the exit, then kills.
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                self.kill().await;
+                None
+            }
+        }
+    }
+}
+
+/// A running `lablink-holder` process.
+pub struct HolderProc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl HolderProc {
+    /// Start on `addr` (port 0: any free port) against `db_url`.
+    pub async fn start(db_url: &str, addr: SocketAddr, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_bin(&workspace_bin("lablink-holder")?, db_url, addr, env).await
+    }
+
+    pub async fn start_bin(
+        bin: &Path,
+        db_url: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("PGSSLMODE", "disable")
+            .env("LABLINK_HOLDER_ADDR", addr.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("HOLDER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .context("the holder did not say where it listens within 20 s")??
+            .context("the holder exited before listening")?;
+        let addr: SocketAddr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("unexpected first line from the holder: {line:?}"))?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            proc: Proc { child },
+            addr,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `GET /healthz` as JSON (any status).
+    pub async fn health(&self, http: &reqwest::Client) -> anyhow::Result<serde_json::Value> {
+        Ok(http
+            .get(format!("{}/healthz", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Wait until the holder listens and has exactly `n` waiters.
+    pub async fn wait_for_waiters(
+        &self,
+        http: &reqwest::Client,
+        n: u64,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(h) = self.health(http).await {
+                if h["listener"] == "listening" && h["waiters"] == n {
+                    return Ok(());
+                }
+                last = h;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("the holder did not reach {n} waiters within {within:?}; last health: {last}")
+    }
+}
+
+/// Every route on a real HTTP server in this process (as the local runner mounts them).
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    pub async fn start(db: &DbConfig) -> anyhow::Result<Self> {
+        let mut s = lablink_core::config::Settings::from_pairs(&[("DATABASE_URL", "postgres://unused")]);
+        let mut config = lablink_web::AppConfig::read(&mut s).context("app settings")?;
+        config.db = db.clone();
+        let state = Arc::new(lablink_web::AppState::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = lablink_web::local::router(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Poll `f` every 20 ms until it yields `Some`, or fail after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = f().await {
+            return Ok(t);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The cargo target dir this executable was built in (`<target>/<profile>/[deps/]exe`).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .find(|d| d.file_name().is_some_and(|n| n == "debug" || n == "release"))
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} is not in a cargo target dir", exe.display()))
+}
+
+/// The repository root (for `events/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The release artifact of `cargo lambda build --release` for `function`.
+pub fn lambda_artifact(function: &str) -> anyhow::Result<PathBuf> {
+    Ok(target_dir()?.join("lambda").join(function).join("bootstrap"))
+}

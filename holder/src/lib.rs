@@ -130,11 +130,48 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
         holder.stop.clone(),
     ));
     let app = http::router(Arc::clone(&holder));
-    let stop = holder.stop.clone();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let task = tokio::spawn(serve(listener, app, holder.stop.clone()));
     Ok(Running { addr, holder, task })
+}
+
+/// The accept loop: HTTP/1.1 only (what the VMs and the load balancer speak). Each
+/// connection is a small task: the waiting VMs multiply its size, and the HTTP/1 + HTTP/2
+/// auto-detecting connection of `axum::serve` was twice as large per waiter
+/// (docs/performance.md).
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router, stop: CancellationToken) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, typically: keep serving the ones we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Waiters have answered 204 (they watch `stop`); let in-flight responses finish and
+    // close idle keep-alive connections.
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("connections still open 10 s after shutdown began; exiting anyway");
+        }
+    }
+    Ok(())
 }

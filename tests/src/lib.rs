@@ -136,10 +136,18 @@ impl HolderProc {
             .with_context(|| format!("spawn {}", bin.display()))?;
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        let first = async {
+            loop {
+                match lines.next_line().await? {
+                    Some(l) if l.contains("listening on") => return Ok(l),
+                    Some(_) => continue,
+                    None => bail!("the holder exited before listening"),
+                }
+            }
+        };
+        let line = tokio::time::timeout(Duration::from_secs(20), first)
             .await
-            .context("the holder did not say where it listens within 20 s")??
-            .context("the holder exited before listening")?;
+            .context("the holder did not say where it listens within 20 s")??;
         let addr: SocketAddr = line
             .rsplit(' ')
             .next()

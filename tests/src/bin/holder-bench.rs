@@ -79,13 +79,11 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
     let client = db.client().await;
     let vms_ = create_vms(&client, "bench", n, VmStatus::Running).await?;
     let holder_bin = workspace_bin("lablink-holder")?;
-    let mut holder = HolderProc::start_bin(
-        &holder_bin,
-        &db.url,
-        "127.0.0.1:0".parse()?,
-        &[("LABLINK_HOLDER_MAX_WAIT_SECONDS", "3600")],
-    )
-    .await?;
+    // Allocator tuning experiments pass through (e.g. MALLOC_ARENA_MAX=1).
+    let malloc: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")).collect();
+    let mut env: Vec<(&str, &str)> = vec![("LABLINK_HOLDER_MAX_WAIT_SECONDS", "3600")];
+    env.extend(malloc.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut holder = HolderProc::start_bin(&holder_bin, &db.url, "127.0.0.1:0".parse()?, &env).await?;
     let http = reqwest::Client::new();
     holder.wait_for_waiters(&http, 0, Duration::from_secs(10)).await?;
     let pid = holder.proc.pid();

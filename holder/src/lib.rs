@@ -138,7 +138,11 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
 /// connection is a small task: the waiting VMs multiply its size, and the HTTP/1 + HTTP/2
 /// auto-detecting connection of `axum::serve` was twice as large per waiter
 /// (docs/performance.md).
-async fn serve(listener: tokio::net::TcpListener, app: axum::Router, stop: CancellationToken) -> std::io::Result<()> {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let http = hyper::server::conn::http1::Builder::new();
     loop {

@@ -56,6 +56,17 @@ fn runs(dir: &Path, host: &str) -> Vec<Record> {
 }
 
 fn spawn_daemon(bin: &Path, dir: &Path, vm: &TestVm, api: &str, holder: &str) -> Proc {
+    spawn_daemon_with(bin, dir, vm, api, holder, &[])
+}
+
+fn spawn_daemon_with(
+    bin: &Path,
+    dir: &Path,
+    vm: &TestVm,
+    api: &str,
+    holder: &str,
+    extra: &[(&str, &std::ffi::OsStr)],
+) -> Proc {
     let host = vm.hostname.as_str();
     let state = dir.join(format!("{host}.state"));
     let crd = dir.join(format!("{host}.crd"));
@@ -75,6 +86,7 @@ fn spawn_daemon(bin: &Path, dir: &Path, vm: &TestVm, api: &str, holder: &str) ->
         .env("LABLINK_POLL_WAIT_SECONDS", "3")
         .env("LABLINK_NVIDIA_SMI", "/nonexistent/nvidia-smi")
         .env("LABLINK_TEST_RECORD", dir.join(format!("{host}.record")))
+        .envs(extra.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{host}.log"))).unwrap())
         .kill_on_drop(true)
@@ -299,4 +311,91 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
         assert_eq!(runs(dir.path(), h).len(), 1, "{h} ran start-host once");
     }
     holder.proc.terminate(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_report_in_use_and_a_missing_start_host_as_an_error() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let vms_ = create_vms(&client, "lablink-mon", 2, VmStatus::Initializing)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("start-host"), STAND_IN).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("start-host"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let api = ApiServer::start(&db.config).await.unwrap();
+    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let bin = workspace_bin("lablink-client-daemon").unwrap();
+
+    // The subject software: `sleep` under a name no other process on this machine has.
+    let subject = format!("e2e-subject-{}", std::process::id());
+    let subject_path = dir.path().join(&subject);
+    std::os::unix::fs::symlink(
+        std::fs::canonicalize("/bin/sleep").unwrap_or_else(|_| "/usr/bin/sleep".into()),
+        &subject_path,
+    )
+    .unwrap();
+    let _watcher = spawn_daemon_with(
+        &bin,
+        dir.path(),
+        &vms_[0],
+        &api.url(),
+        &holder.url(),
+        &[
+            ("LABLINK_SUBJECT_SOFTWARE", subject.as_ref()),
+            ("LABLINK_INUSE_INTERVAL_SECONDS", "1".as_ref()),
+        ],
+    );
+    let missing = dir.path().join("no-such-start-host");
+    let _broken = spawn_daemon_with(
+        &bin,
+        dir.path(),
+        &vms_[1],
+        &api.url(),
+        &holder.url(),
+        &[("LABLINK_START_HOST", missing.as_os_str())],
+    );
+
+    let in_use = |want: bool| {
+        let client = &client;
+        let host = vms_[0].hostname.clone();
+        async move {
+            eventually(&format!("in_use = {want}"), Duration::from_secs(15), || async {
+                let vm = vms::get_vm(client, &host).await.ok()??;
+                (vm.status == VmStatus::Running && vm.in_use == want).then_some(())
+            })
+            .await
+        }
+    };
+    // Not in use until the software runs; in use while it runs; not after.
+    in_use(false).await.unwrap();
+    let mut software = std::process::Command::new(&subject_path)
+        .arg("60")
+        .spawn()
+        .unwrap();
+    in_use(true).await.unwrap();
+    software.kill().unwrap();
+    software.wait().unwrap();
+    in_use(false).await.unwrap();
+
+    let vm = eventually(
+        "the broken VM to report its error",
+        Duration::from_secs(15),
+        || async {
+            let vm = vms::get_vm(&client, &vms_[1].hostname).await.ok()??;
+            (vm.status == VmStatus::Error).then_some(vm)
+        },
+    )
+    .await
+    .unwrap();
+    let reason = vm.status_reason.unwrap_or_default();
+    assert!(reason.contains("no-such-start-host"), "{reason}");
+    // An errored VM is not offered to participants.
+    assert_eq!(vms::free_seat_count(&client).await.unwrap(), 1);
 }

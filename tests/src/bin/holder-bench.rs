@@ -80,7 +80,9 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
     let vms_ = create_vms(&client, "bench", n, VmStatus::Running).await?;
     let holder_bin = workspace_bin("lablink-holder")?;
     // Allocator tuning experiments pass through (e.g. MALLOC_ARENA_MAX=1).
-    let malloc: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")).collect();
+    let malloc: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MALLOC_"))
+        .collect();
     let mut env: Vec<(&str, &str)> = vec![("LABLINK_HOLDER_MAX_WAIT_SECONDS", "3600")];
     env.extend(malloc.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut holder = HolderProc::start_bin(&holder_bin, &db.url, "127.0.0.1:0".parse()?, &env).await?;

@@ -123,6 +123,7 @@ impl Args {
         }
         .filter(|c| !c.is_empty());
         for (name, v) in [
+            ("--poll-wait-seconds", self.poll_wait_seconds),
             ("--gpu-interval-seconds", self.gpu_interval_seconds),
             ("--inuse-interval-seconds", self.inuse_interval_seconds),
             ("--start-host-timeout-seconds", self.start_host_timeout_seconds),

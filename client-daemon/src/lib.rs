@@ -200,13 +200,35 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The saved assignment record; an unreadable one is moved aside (and logged) rather
+/// than stopping the daemon at every start.
+fn saved_assignment(state: &StateDir) -> Option<AssignmentRecord> {
+    match state.assignment() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "the saved assignment record is unreadable; moving it aside");
+            if let Err(e) = state.quarantine_assignment() {
+                tracing::error!(error = %e, "cannot move the unreadable record aside");
+            }
+            None
+        }
+    }
+}
+
 /// Wait for this VM's assignment and run it, exactly once across restarts.
 async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::Result<()> {
-    match state.assignment()? {
+    match saved_assignment(state) {
+        // Interrupted before its outcome was recorded. If CRD got registered meanwhile,
+        // the run succeeded: its one-time code must not be spent again.
+        Some(r) if r.phase == Phase::Received && crd_configured(cfg) => {
+            tracing::info!("an interrupted start-host run had registered this host; recording it as done");
+            save_or_log(state, &done(r.key, "ok".into()));
+            return Ok(());
+        }
         Some(r) if r.phase == Phase::Received => {
             tracing::warn!("resuming an assignment received before a restart");
             if let (Some(command), Some(pin)) = (r.command.clone(), r.pin.clone())
-                && execute(cfg, api, state, r.key.clone(), &command, &pin).await?
+                && execute(cfg, api, state, r.key.clone(), &command, &pin).await
             {
                 return Ok(());
             }
@@ -225,19 +247,28 @@ async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::
     }
     let mut backoff = Backoff::new();
     loop {
+        let asked = std::time::Instant::now();
         match api.poll().await {
-            Ok(Poll::NothingYet) => backoff.reset(),
+            Ok(Poll::NothingYet) => {
+                // A window that ended at once (a holder shutting down, another poller
+                // with this hostname) must not turn into a hot loop.
+                if asked.elapsed() < Duration::from_secs(1) {
+                    backoff.wait().await;
+                } else {
+                    backoff.reset();
+                }
+            }
             Ok(Poll::Assigned { command, pin }) => {
-                backoff.reset();
                 let key = AssignmentRecord::key_of(cfg.hostname.as_str(), &pin, &command);
-                if state
-                    .assignment()?
-                    .is_some_and(|r| r.key == key && r.phase == Phase::Done)
-                {
-                    tracing::info!("the holder handed over an assignment already run; ignoring it");
+                if saved_assignment(state).is_some_and(|r| r.key == key && r.phase == Phase::Done) {
+                    // A server that hands a finished assignment back (a classic one, or
+                    // ours before its delivery mark landed): not again, and not in a loop.
+                    tracing::info!("the server handed over an assignment already run; ignoring it");
+                    backoff.wait().await;
                     continue;
                 }
-                if execute(cfg, api, state, key, &command, &pin).await? {
+                backoff.reset();
+                if execute(cfg, api, state, key, &command, &pin).await {
                     return Ok(());
                 }
             }
@@ -249,22 +280,37 @@ async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::
     }
 }
 
+fn done(key: String, outcome: String) -> AssignmentRecord {
+    AssignmentRecord {
+        key,
+        phase: Phase::Done,
+        command: None,
+        pin: None,
+        outcome: Some(outcome),
+    }
+}
+
+/// Saving the record must not cost the participant their VM: if the disk refuses, the
+/// run goes ahead (a restart might then repeat it, which the holder's delivery mark and
+/// CRD's own check make unlikely) and the failure is logged loudly.
+fn save_or_log(state: &StateDir, r: &AssignmentRecord) {
+    if let Err(e) = state.save_assignment(r) {
+        tracing::error!(error = %e, "cannot record the assignment on disk");
+    }
+}
+
 /// Record, run, record the outcome, report it. True when start-host succeeded.
-async fn execute(
-    cfg: &Config,
-    api: &Api,
-    state: &StateDir,
-    key: String,
-    command: &str,
-    pin: &str,
-) -> std::io::Result<bool> {
-    state.save_assignment(&AssignmentRecord {
-        key: key.clone(),
-        phase: Phase::Received,
-        command: Some(command.to_owned()),
-        pin: Some(pin.to_owned()),
-        outcome: None,
-    })?;
+async fn execute(cfg: &Config, api: &Api, state: &StateDir, key: String, command: &str, pin: &str) -> bool {
+    save_or_log(
+        state,
+        &AssignmentRecord {
+            key: key.clone(),
+            phase: Phase::Received,
+            command: Some(command.to_owned()),
+            pin: Some(pin.to_owned()),
+            outcome: None,
+        },
+    );
     tracing::info!("assignment received; running start-host");
     let result = starthost::run(
         &cfg.start_host,
@@ -284,22 +330,16 @@ async fn execute(
             e.to_string()
         }
     };
-    state.save_assignment(&AssignmentRecord {
-        key,
-        phase: Phase::Done,
-        command: None,
-        pin: None,
-        outcome: Some(outcome.clone()),
-    })?;
+    save_or_log(state, &done(key, outcome.clone()));
     match result {
         Ok(_) => {
             retry("reporting running", || api.status(VmStatus::Running, None)).await;
-            Ok(true)
+            true
         }
         Err(_) => {
             let reason = format!("start-host failed: {outcome}");
             retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
-            Ok(false)
+            false
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::api::Api;
 /// `Unhealthy` when it fails or hangs.
 pub async fn gpu_health(nvidia_smi: &Path) -> GpuHealth {
     let run = Command::new(nvidia_smi)
+        .env_remove("LABLINK_CREDENTIAL")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -46,6 +46,8 @@ pub async fn run(
     // argv[0] is Google's path; the configured program replaces it.
     cmd.args(&argv[1..])
         .envs(crd.env())
+        // start-host and its children never see the VM's credential.
+        .env_remove("LABLINK_CREDENTIAL")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

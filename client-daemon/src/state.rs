@@ -77,6 +77,15 @@ impl StateDir {
         self.write_atomic("assignment.json", &serde_json::to_vec_pretty(r)?)
     }
 
+    /// Move an unreadable record aside (kept for a human to look at).
+    pub fn quarantine_assignment(&self) -> std::io::Result<()> {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+        std::fs::rename(
+            self.path("assignment.json"),
+            self.path(&format!("assignment.json.unreadable-{stamp}")),
+        )
+    }
+
     pub fn has_marker(&self, name: &str) -> bool {
         self.path(name).exists()
     }
@@ -130,6 +139,10 @@ mod tests {
             AssignmentRecord::key_of("vm-1", "12", "3456cmd"),
             AssignmentRecord::key_of("vm-1", "123456", "cmd")
         );
+        std::fs::write(dir.path().join("assignment.json"), b"{torn").unwrap();
+        assert!(s.assignment().is_err());
+        s.quarantine_assignment().unwrap();
+        assert_eq!(s.assignment().unwrap(), None);
         assert!(!s.has_marker("metrics-posted"));
         s.set_marker("metrics-posted").unwrap();
         assert!(s.has_marker("metrics-posted"));

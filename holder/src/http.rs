@@ -153,7 +153,7 @@ async fn vm_startup(
 
     // ---- wait
     let mut reg = holder.registry.register(&host);
-    match vms::undelivered_assignment(&client, &host).await {
+    match timed(vms::undelivered_assignment(&client, &host)).await {
         Ok(Some(p)) => {
             return deliver(
                 &holder,
@@ -183,6 +183,16 @@ async fn vm_startup(
     match outcome {
         Some(d) => deliver(&holder, host, d),
         None => nothing_yet(),
+    }
+}
+
+/// A query with the holder's time limit: a silent connection answers 503, not never.
+async fn timed<T>(
+    q: impl std::future::Future<Output = Result<T, lablink_core::db::DbError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(crate::listener::QUERY_TIMEOUT, q).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer from the database in time".into()),
     }
 }
 

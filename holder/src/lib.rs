@@ -34,6 +34,9 @@ pub struct HolderConfig {
     pub max_wait: Duration,
     /// `LABLINK_LEGACY_VM_AUTH` as for the functions: accept polls without a credential.
     pub legacy_vm_auth: bool,
+    /// `LABLINK_HOLDER_HEARTBEAT_SECONDS` (default 10): how often the listening
+    /// connection must answer a trivial query (within 5 s) to be kept.
+    pub heartbeat: Duration,
 }
 
 impl HolderConfig {
@@ -54,7 +57,9 @@ impl HolderConfig {
             );
         }
         let legacy_vm_auth = s.flag("LABLINK_LEGACY_VM_AUTH", false);
+        let heartbeat = s.ranged::<u64>("LABLINK_HOLDER_HEARTBEAT_SECONDS", 10, 1, 300);
         Some(Self {
+            heartbeat: Duration::from_secs(heartbeat),
             db: db?.with_application_name("lablink-holder"),
             addr,
             default_wait: Duration::from_secs(default_wait),
@@ -86,9 +91,11 @@ impl Holder {
     async fn mark_delivered(&self, host: Hostname, d: Delivery) {
         for attempt in 0..5u32 {
             if let Some(client) = self.link.client().await {
-                match vms::mark_delivered(&client, &host, &d.pin, &d.command).await {
-                    Ok(_) => return,
-                    Err(e) => tracing::warn!(error = %e, %host, attempt, "marking a delivery failed"),
+                let mark = vms::mark_delivered(&client, &host, &d.pin, &d.command);
+                match tokio::time::timeout(listener::QUERY_TIMEOUT, mark).await {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) => tracing::warn!(error = %e, %host, attempt, "marking a delivery failed"),
+                    Err(_) => tracing::warn!(%host, attempt, "marking a delivery timed out"),
                 }
             }
             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -125,6 +132,7 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
     });
     tokio::spawn(listener::supervise(
         holder.config.db.clone(),
+        holder.config.heartbeat,
         Arc::clone(&holder.link),
         Arc::clone(&holder.registry),
         holder.stop.clone(),
@@ -144,7 +152,16 @@ async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A client that does not finish sending its request head in 30 s is dropped.
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    // Waiting VMs send nothing while they wait: TCP keepalive finds the ones that
+    // vanished without a FIN (terminated instances) and frees their sockets.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4);
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -159,6 +176,7 @@ async fn serve(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

@@ -71,7 +71,13 @@ fn parse_payload(payload: &str) -> Option<(Hostname, Delivery)> {
 }
 
 /// Keep the listening connection up until `stop` is cancelled.
-pub async fn supervise(db: DbConfig, link: Arc<Link>, registry: Arc<Registry>, stop: CancellationToken) {
+pub async fn supervise(
+    db: DbConfig,
+    heartbeat_every: Duration,
+    link: Arc<Link>,
+    registry: Arc<Registry>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(10);
     loop {
@@ -81,7 +87,7 @@ pub async fn supervise(db: DbConfig, link: Arc<Link>, registry: Arc<Registry>, s
             // out here. Ends when the connection breaks.
             let routed = Arc::clone(&registry);
             let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
-            tokio::spawn(async move {
+            let driver = tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 let reason = loop {
                     match messages.next().await {
@@ -101,15 +107,16 @@ pub async fn supervise(db: DbConfig, link: Arc<Link>, registry: Arc<Registry>, s
                 };
                 let _ = ended_tx.send(reason);
             });
+            let driver = AbortOnDrop(driver);
             client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-            Ok::<_, lablink_core::db::DbError>((Arc::new(client), ended_rx))
+            Ok::<_, lablink_core::db::DbError>((Arc::new(client), ended_rx, driver))
         };
         let result = tokio::select! {
             r = attempt => r,
             () = stop.cancelled() => return,
         };
         match result {
-            Ok((client, ended)) => {
+            Ok((client, ended, driver)) => {
                 *link.client.write().await = Some(Arc::clone(&client));
                 link.generation.send_modify(|g| *g += 1);
                 tracing::info!(generation = link.generation(), "listening on {CHANNEL}");
@@ -117,9 +124,13 @@ pub async fn supervise(db: DbConfig, link: Arc<Link>, registry: Arc<Registry>, s
                 recheck_waiters(&client, &registry).await;
                 let reason = tokio::select! {
                     r = ended => r.unwrap_or_else(|_| "connection task ended".into()),
+                    r = heartbeat(&client, heartbeat_every) => r,
                     () = stop.cancelled() => return,
                 };
                 *link.client.write().await = None;
+                // A connection that went silent (failover, a dropped NAT mapping) never
+                // ends by itself: close it so nothing keeps waiting on it.
+                drop(driver);
                 tracing::error!(%reason, waiters = registry.len(), "lost the listening connection; reconnecting");
             }
             Err(e) => tracing::error!(error = %e, ?backoff, "cannot connect the listening connection"),
@@ -130,6 +141,33 @@ pub async fn supervise(db: DbConfig, link: Arc<Link>, registry: Arc<Registry>, s
             () = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Aborts the connection's task (closing its socket) when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long any query of the holder may take before the holder gives up on it.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Returns (with the reason) once the connection fails to answer a trivial query in time:
+/// TCP alone can take many minutes to notice a peer that vanished.
+async fn heartbeat(client: &Client, every: Duration) -> String {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(QUERY_TIMEOUT, client.simple_query("SELECT 1")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("heartbeat failed: {e}"),
+            Err(_) => return format!("heartbeat got no answer within {QUERY_TIMEOUT:?}"),
+        }
     }
 }
 

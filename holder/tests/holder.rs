@@ -481,3 +481,82 @@ async fn shutdown_answers_every_waiter_promptly() {
     }
     eprintln!("shutdown with 3 waiters took {:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn a_connection_that_goes_silent_is_replaced_and_polls_get_503_meanwhile() {
+    let (db, client, vms_) = setup(1).await;
+    let r = start(&db, &[("LABLINK_HOLDER_HEARTBEAT_SECONDS", "1")]).await;
+    let http = reqwest::Client::new();
+    let pid: i32 = client
+        .query_one(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'lablink-holder'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Only a backend of a server on this host can be frozen (the test's own cluster).
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if !comm.starts_with("postgres") {
+        eprintln!("skipped: the database server is not on this host (backend {pid} is not a local process)");
+        return;
+    }
+    // Freeze the holder's backend: its TCP connection stays up but nothing answers,
+    // the way a failed-over or NAT-dropped connection behaves.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        stopped.success(),
+        "cannot signal the test server's backend {pid} (the test must run on the same host as Postgres)"
+    );
+    let resume = Resume(pid);
+    let mut generation = r.holder.link.subscribe();
+    let t = Instant::now();
+    let (status, body) = poll(
+        &http,
+        &r,
+        vms_[0].host.as_str(),
+        Some(vms_[0].secret.expose()),
+        Some("30"),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "a poll on a silent connection took {:?}",
+        t.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(15), generation.wait_for(|g| *g >= 2))
+        .await
+        .expect("the holder replaces a silent connection")
+        .unwrap();
+    eprintln!("silent connection replaced after {:?}", t.elapsed());
+    // Works again on the new connection.
+    let (_, pin, _) = assign(&client, 1).await;
+    let (status, body) = poll(
+        &http,
+        &r,
+        vms_[0].host.as_str(),
+        Some(vms_[0].secret.expose()),
+        Some("5"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["pin"], pin.as_str());
+    drop(resume);
+    r.shutdown().await.unwrap();
+}
+
+/// Resumes (SIGCONT) a stopped backend when dropped, even if the test fails.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}

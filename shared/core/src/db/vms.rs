@@ -357,12 +357,20 @@ pub async fn undelivered_assignments(
             &[&names],
         )
         .await?;
-    rows.iter()
+    // One bad row must not keep every other waiter from its assignment: skip and log it.
+    Ok(rows
+        .iter()
         .filter_map(|r| {
             let p = pending_from(r.get(1), r.get(2), r.get(3), None).transpose()?;
-            Some(host(r.get(0)).and_then(|h| p.map(|p| (h, p))))
+            match host(r.get(0)).and_then(|h| p.map(|p| (h, p))) {
+                Ok(found) => Some(found),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping an invalid assignment row");
+                    None
+                }
+            }
         })
-        .collect()
+        .collect())
 }
 
 fn pending_from(

@@ -48,15 +48,30 @@ async fn main() -> anyhow::Result<()> {
     ];
     println!("| function | binary | zip | start → first response (median of {RUNS}) | min | max |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for route in Route::ALL {
-        let f = route.function_name();
+    let mut functions: Vec<(&str, std::path::PathBuf)> = Route::ALL
+        .iter()
+        .map(|r| {
+            (
+                r.function_name(),
+                repo_root()
+                    .join("events")
+                    .join(r.function_name())
+                    .join("valid.json"),
+            )
+        })
+        .collect();
+    functions.push((
+        "log-processor",
+        repo_root().join("events/log-processor/batch.json"),
+    ));
+    for (f, event_path) in functions {
         let bin = lambda_artifact(f)?;
         let zip = bin.with_file_name("bootstrap.zip");
         let size = std::fs::metadata(&bin)
             .with_context(|| format!("{} (run scripts/build-lambdas)", bin.display()))?
             .len();
         let zip_size = std::fs::metadata(&zip).map(|m| m.len()).unwrap_or(0);
-        let event = std::fs::read_to_string(repo_root().join("events").join(f).join("valid.json"))?;
+        let event = std::fs::read_to_string(&event_path)?;
         let mut times = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
             let got = invoke_once(&bin, f, event.clone(), &env).await?;

@@ -89,6 +89,31 @@ async fn poll(
     )
 }
 
+/// A poll running in the background: (status, body, when the answer arrived).
+fn spawn_poll(
+    http: &reqwest::Client,
+    r: &Running,
+    vm: &Vm,
+    wait: &str,
+) -> tokio::task::JoinHandle<(u16, String, Instant)> {
+    let (http, url, host, token) = (
+        http.clone(),
+        url(r, Some(wait)),
+        vm.host.to_string(),
+        vm.secret.expose().to_owned(),
+    );
+    tokio::spawn(async move {
+        let resp = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "hostname": host }))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap(), Instant::now())
+    })
+}
+
 async fn assign(client: &tokio_postgres::Client, n: u32) -> (Hostname, Pin, String) {
     let email = Email::parse(&format!("p{n}@example.edu")).unwrap();
     let cmd = CrdCommand::from_code(&format!("4/0AholderTest{n}")).unwrap();
@@ -194,27 +219,7 @@ async fn a_waiter_is_woken_by_its_notification_and_only_its_own() {
     let (db, client, vms_) = setup(2).await;
     let r = start(&db, &[]).await;
     let http = reqwest::Client::new();
-    let waiters: Vec<_> = vms_
-        .iter()
-        .map(|v| {
-            let (http, url, host, token) = (
-                http.clone(),
-                url(&r, Some("20")),
-                v.host.to_string(),
-                v.secret.expose().to_owned(),
-            );
-            tokio::spawn(async move {
-                let resp = http
-                    .post(url)
-                    .bearer_auth(token)
-                    .json(&serde_json::json!({ "hostname": host }))
-                    .send()
-                    .await
-                    .unwrap();
-                (resp.status().as_u16(), resp.text().await.unwrap(), Instant::now())
-            })
-        })
-        .collect();
+    let waiters: Vec<_> = vms_.iter().map(|v| spawn_poll(&http, &r, v, "20")).collect();
     while r.holder.registry.len() < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -243,38 +248,14 @@ async fn the_newest_waiter_wins_and_an_abandoned_wait_is_freed_at_once() {
     let r = start(&db, &[]).await;
     let http = reqwest::Client::new();
     let (host, token) = (vms_[0].host.to_string(), vms_[0].secret.expose().to_owned());
-    let first = tokio::spawn({
-        let (http, url, host, token) = (http.clone(), url(&r, Some("20")), host.clone(), token.clone());
-        async move {
-            let resp = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({ "hostname": host }))
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        }
-    });
+    let first = spawn_poll(&http, &r, &vms_[0], "20");
     while r.holder.registry.is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A second poll for the same VM supersedes the first, which answers 204 at once.
-    let second = tokio::spawn({
-        let (http, url, host, token) = (http.clone(), url(&r, Some("20")), host.clone(), token.clone());
-        async move {
-            let resp = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({ "hostname": host }))
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        }
-    });
+    let second = spawn_poll(&http, &r, &vms_[0], "20");
     let t = Instant::now();
-    assert_eq!(first.await.unwrap(), 204);
+    assert_eq!(first.await.unwrap().0, 204);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(r.holder.registry.len(), 1);
     second.abort();
@@ -312,24 +293,7 @@ async fn after_losing_its_connection_the_holder_reconnects_and_rechecks_its_wait
     let (db, client, vms_) = setup(1).await;
     let r = start(&db, &[]).await;
     let http = reqwest::Client::new();
-    let waiter = tokio::spawn({
-        let (http, url, host, token) = (
-            http.clone(),
-            url(&r, Some("60")),
-            vms_[0].host.to_string(),
-            vms_[0].secret.expose().to_owned(),
-        );
-        async move {
-            let resp = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({ "hostname": host }))
-                .send()
-                .await
-                .unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        }
-    });
+    let waiter = spawn_poll(&http, &r, &vms_[0], "60");
     while r.holder.registry.is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -349,7 +313,7 @@ async fn after_losing_its_connection_the_holder_reconnects_and_rechecks_its_wait
         .await
         .expect("the holder reconnects")
         .unwrap();
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiter)
+    let (status, body, _) = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .unwrap()
         .unwrap();
@@ -374,26 +338,8 @@ async fn several_holders_share_one_database() {
     let a = start(&db, &[]).await;
     let b = start(&db, &[]).await;
     let http = reqwest::Client::new();
-    let on = |r: &Running, v: &Vm| {
-        let (http, url, host, token) = (
-            http.clone(),
-            url(r, Some("20")),
-            v.host.to_string(),
-            v.secret.expose().to_owned(),
-        );
-        tokio::spawn(async move {
-            let resp = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({ "hostname": host }))
-                .send()
-                .await
-                .unwrap();
-            (resp.status().as_u16(), resp.text().await.unwrap())
-        })
-    };
-    let wa = on(&a, &vms_[0]);
-    let wb = on(&b, &vms_[1]);
+    let wa = spawn_poll(&http, &a, &vms_[0], "20");
+    let wb = spawn_poll(&http, &b, &vms_[1], "20");
     while a.holder.registry.len() + b.holder.registry.len() < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -449,25 +395,7 @@ async fn shutdown_answers_every_waiter_promptly() {
     let (db, _client, vms_) = setup(3).await;
     let r = start(&db, &[]).await;
     let http = reqwest::Client::new();
-    let mut raw = Vec::new();
-    for v in &vms_ {
-        let (http, url, host, token) = (
-            http.clone(),
-            url(&r, Some("600")),
-            v.host.to_string(),
-            v.secret.expose().to_owned(),
-        );
-        raw.push(tokio::spawn(async move {
-            let resp = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({ "hostname": host }))
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        }));
-    }
+    let raw: Vec<_> = vms_.iter().map(|v| spawn_poll(&http, &r, v, "600")).collect();
     while r.holder.registry.len() < 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -477,7 +405,7 @@ async fn shutdown_answers_every_waiter_promptly() {
         .expect("shutdown is prompt")
         .unwrap();
     for w in raw {
-        assert_eq!(w.await.unwrap(), 204);
+        assert_eq!(w.await.unwrap().0, 204);
     }
     eprintln!("shutdown with 3 waiters took {:?}", t.elapsed());
 }

@@ -124,7 +124,7 @@ async fn vm_startup(
             "the database is unavailable; retry shortly",
         );
     };
-    let (hash, pending) = match vms::startup_lookup(&client, &host).await {
+    let (hash, pending) = match timed(vms::startup_lookup(&client, &host)).await {
         Ok(Some(found)) => found,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown VM {host}")),
         Err(e) => {

@@ -141,28 +141,14 @@ async fn vm_startup(
         return error(StatusCode::FORBIDDEN, "this credential is not the one of this VM");
     }
     if let Some(p) = pending {
-        return deliver(
-            &holder,
-            host,
-            Delivery {
-                command: p.command,
-                pin: p.pin,
-            },
-        );
+        return deliver(&holder, host, p.into());
     }
 
     // ---- wait
     let mut reg = holder.registry.register(&host);
     match timed(vms::undelivered_assignment(&client, &host)).await {
         Ok(Some(p)) => {
-            return deliver(
-                &holder,
-                host,
-                Delivery {
-                    command: p.command,
-                    pin: p.pin,
-                },
-            );
+            return deliver(&holder, host, p.into());
         }
         Ok(None) => {}
         Err(e) => {

@@ -181,13 +181,7 @@ async fn recheck_waiters(client: &Client, registry: &Registry) {
         Ok(found) => {
             let n = found.len();
             for (host, p) in found {
-                registry.deliver(
-                    &host,
-                    Delivery {
-                        command: p.command,
-                        pin: p.pin,
-                    },
-                );
+                registry.deliver(&host, p.into());
             }
             tracing::info!(
                 waiters = hosts.len(),

@@ -17,6 +17,15 @@ pub struct Delivery {
     pub pin: Pin,
 }
 
+impl From<lablink_core::db::vms::PendingAssignment> for Delivery {
+    fn from(p: lablink_core::db::vms::PendingAssignment) -> Self {
+        Self {
+            command: p.command,
+            pin: p.pin,
+        }
+    }
+}
+
 struct Slot {
     id: u64,
     tx: oneshot::Sender<Delivery>,

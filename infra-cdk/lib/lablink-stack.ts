@@ -1,0 +1,662 @@
+// LabLink's AWS infrastructure as one CloudFormation stack (deployed with SAM, see
+// docs/deploy.md). It owns the network, the database, the holder service, the jobs table,
+// the VM log group, the API and every function with its permissions. Routes, functions and
+// their permissions come from functions/manifest.json, never from a list kept here.
+//
+// Rules it keeps (issue 9, ../../docs/architecture.md):
+// - each function gets its own role with only what its manifest entry says it needs;
+// - only the provisioner may run or terminate instances, and only instances tagged with
+//   this deployment; no wildcard actions on EC2 or DynamoDB;
+// - secrets live in Secrets Manager; environment variables carry only their ARNs;
+// - nothing accepts SSH, and nothing inside the VPC is reachable from the internet except
+//   through API Gateway.
+
+import {
+  Aws,
+  CfnOutput,
+  CfnParameter,
+  Duration,
+  Fn,
+  RemovalPolicy,
+  Stack,
+  StackProps,
+  Tags,
+} from 'aws-cdk-lib';
+import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
+import { HttpAlbIntegration, HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecr from 'aws-cdk-lib/aws-ecr';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { DynamoEventSource, SqsDlq } from 'aws-cdk-lib/aws-lambda-event-sources';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import { LambdaDestination } from 'aws-cdk-lib/aws-logs-destinations';
+import * as rds from 'aws-cdk-lib/aws-rds';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import { LambdaCodeSource } from './lambda-code';
+import { EventFunction, HttpFunction, Manifest, pascal } from './manifest';
+
+/** The tag every VM of a deployment carries; IAM conditions on it fence the provisioner. */
+export const DEPLOYMENT_TAG = 'lablink:deployment';
+/** The database user every process logs in as, with an IAM token (`rds_iam`). */
+export const DB_USER = 'lablink_app';
+export const DB_NAME = 'lablink';
+/** The holder's container port and health check. */
+export const HOLDER_PORT = 8080;
+export const HOLDER_HEALTH_PATH = '/healthz';
+
+export interface LabLinkStackProps extends StackProps {
+  readonly manifest: Manifest;
+  readonly code: LambdaCodeSource;
+  readonly architecture: lambda.Architecture;
+  /** Reserved concurrency of each participant route (a class-start burst is throttled with 429). */
+  readonly participantConcurrency: number;
+  /** The holder's longest hold window; API Gateway cuts at 29 s, so 27 by default. */
+  readonly holderMaxWaitSeconds: number;
+  readonly natGateways: number;
+  readonly dbInstanceType: string;
+  readonly dbMultiAz: boolean;
+}
+
+export class LabLinkStack extends Stack {
+  constructor(scope: Construct, id: string, props: LabLinkStackProps) {
+    super(scope, id, props);
+
+    // ---- Parameters (the ones an admin sets with `sam deploy --parameter-overrides`) ----
+    const environment = new CfnParameter(this, 'Environment', {
+      type: 'String',
+      default: 'prod',
+      allowedPattern: '^[a-z][a-z0-9-]{0,19}$',
+      description: 'Name of this deployment (lower case); VMs are tagged lablink:deployment=<it>.',
+    }).valueAsString;
+    const adminUser = new CfnParameter(this, 'AdminUser', {
+      type: 'String',
+      default: 'admin',
+      allowedPattern: '^[A-Za-z0-9._@-]{1,64}$',
+      description: 'User name of the admin console.',
+    }).valueAsString;
+    const adminPasswordHash = new CfnParameter(this, 'AdminPasswordHash', {
+      type: 'String',
+      noEcho: true,
+      allowedPattern: '^\\$argon2(id|i|d)\\$[A-Za-z0-9$=,+/.-]+$',
+      constraintDescription: 'an argon2 PHC string from `cargo run -p lablink-local -- hash-password`',
+      description: 'Argon2 hash of the admin password (PHC string); stored in Secrets Manager only.',
+    }).valueAsString;
+    const machineType = new CfnParameter(this, 'MachineType', {
+      type: 'String',
+      default: 'g4dn.xlarge',
+      allowedPattern: '^[a-z0-9-]+\\.[a-z0-9]+$',
+      description: 'EC2 instance type of the VMs.',
+    }).valueAsString;
+    const amiId = new CfnParameter(this, 'AmiId', {
+      type: 'AWS::EC2::Image::Id',
+      description: 'AMI of the VMs (GPU drivers, Chrome Remote Desktop, the client daemon).',
+    }).valueAsString;
+    const maxVms = new CfnParameter(this, 'MaxVms', {
+      type: 'Number',
+      default: 60,
+      minValue: 1,
+      maxValue: 1000,
+      description: 'Most VMs one deployment may run.',
+    }).valueAsString;
+    const allowedCidrs = new CfnParameter(this, 'AllowedCidrs', {
+      type: 'CommaDelimitedList',
+      default: '0.0.0.0/0,::/0',
+      description: 'CIDRs allowed to use the admin console and admin API (comma separated).',
+    }).valueAsList;
+    const holderImageTag = new CfnParameter(this, 'HolderImageTag', {
+      type: 'String',
+      default: 'latest',
+      allowedPattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$',
+      description: 'Tag of the holder image in the ECR repository lablink-holder-<Environment>.',
+    }).valueAsString;
+    const deletionProtection = new CfnParameter(this, 'DatabaseDeletionProtection', {
+      type: 'String',
+      default: 'true',
+      allowedValues: ['true', 'false'],
+      description: 'Protect the database from deletion (turn off before tearing the stack down).',
+    }).valueAsString;
+
+    // On every resource (a stack tag cannot hold a parameter's value).
+    // CDK makes each function depend on its role's policy and on the role it also GetAtts;
+    // the duplicate is how CDK orders a policy before its function (cfn-lint W3005).
+    this.templateOptions.metadata = { 'cfn-lint': { config: { ignore_checks: ['W3005'] } } };
+
+    Tags.of(this).add(DEPLOYMENT_TAG, environment, { excludeResourceTypes: ['aws:cdk:stack'] });
+
+    // ---- Network: 2 AZs; public subnets for the VMs and NAT, private for everything else ----
+    const vpc = new ec2.Vpc(this, 'Vpc', {
+      maxAzs: 2,
+      natGateways: props.natGateways,
+      // The default security group is used by nothing here; restricting it would add a
+      // custom-resource Lambda to the template.
+      restrictDefaultSecurityGroup: false,
+      subnetConfiguration: [
+        { name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 22 },
+        { name: 'private', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 22 },
+        { name: 'database', subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 },
+      ],
+      gatewayEndpoints: {
+        DynamoDb: { service: ec2.GatewayVpcEndpointAwsService.DYNAMODB },
+        S3: { service: ec2.GatewayVpcEndpointAwsService.S3 },
+      },
+    });
+    const privateSubnets: ec2.SubnetSelection = { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS };
+
+    const lambdaSg = new ec2.SecurityGroup(this, 'FunctionsSecurityGroup', {
+      vpc,
+      description: 'LabLink functions that use the database (no ingress)',
+      allowAllOutbound: true,
+    });
+    const holderSg = new ec2.SecurityGroup(this, 'HolderSecurityGroup', {
+      vpc,
+      description: 'LabLink holder tasks (ingress from the internal load balancer only)',
+      allowAllOutbound: true,
+    });
+    const vmSg = new ec2.SecurityGroup(this, 'VmSecurityGroup', {
+      vpc,
+      description: 'LabLink VMs: no ingress at all (Chrome Remote Desktop connects outbound)',
+      allowAllOutbound: true,
+    });
+
+    // ---- Database: PostgreSQL 15, IAM auth, encrypted, backed up; a proxy for the Lambdas ----
+    const engine = rds.DatabaseInstanceEngine.postgres({ version: rds.PostgresEngineVersion.VER_15 });
+    const db = new rds.DatabaseInstance(this, 'Database', {
+      engine,
+      vpc,
+      vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
+      instanceType: new ec2.InstanceType(props.dbInstanceType),
+      multiAz: props.dbMultiAz,
+      databaseName: DB_NAME,
+      // The master user only bootstraps `lablink_app` (the holder's db-setup container);
+      // its generated password lives in Secrets Manager.
+      credentials: rds.Credentials.fromGeneratedSecret('lablink_admin'),
+      iamAuthentication: true,
+      storageEncrypted: true,
+      storageType: rds.StorageType.GP3,
+      allocatedStorage: 20,
+      maxAllocatedStorage: 200,
+      backupRetention: Duration.days(7),
+      deleteAutomatedBackups: false,
+      removalPolicy: RemovalPolicy.SNAPSHOT,
+      // Exported to /aws/rds/instance/<id>/postgresql (retention left to the admin: a
+      // retention setting here would add a custom-resource Lambda).
+      cloudwatchLogsExports: ['postgresql'],
+      parameterGroup: new rds.ParameterGroup(this, 'DatabaseParameters', {
+        engine,
+        description: 'LabLink: TLS required',
+        parameters: { 'rds.force_ssl': '1' },
+      }),
+      autoMinorVersionUpgrade: true,
+    });
+    const cfnDb = db.node.defaultChild as rds.CfnDBInstance;
+    // A parameter, so an admin can turn it off with `sam deploy` before tearing down.
+    cfnDb.addPropertyOverride('DeletionProtection', deletionProtection);
+    // Major version "15" on purpose: RDS picks the newest 15.x and minor upgrades keep it
+    // current; a pinned minor would make the deploy after an automatic upgrade try to
+    // downgrade. cfn-lint lists a bare major as deprecated only because it is no release.
+    cfnDb.cfnOptions.metadata = { 'cfn-lint': { config: { ignore_checks: ['W3691'] } } };
+    db.connections.allowDefaultPortFrom(holderSg, 'holder: one LISTEN connection per task, straight to the instance');
+
+    const proxyRole = new iam.Role(this, 'DatabaseProxyRole', {
+      assumedBy: new iam.ServicePrincipal('rds.amazonaws.com'),
+      description: 'RDS Proxy: end-to-end IAM authentication to the database',
+    });
+    const proxy = new rds.DatabaseProxy(this, 'DatabaseProxy', {
+      proxyTarget: rds.ProxyTarget.fromInstance(db),
+      vpc,
+      vpcSubnets: privateSubnets,
+      defaultAuthScheme: rds.DefaultAuthScheme.IAM_AUTH,
+      iamAuth: true,
+      requireTLS: true,
+      role: proxyRole,
+      // Leave room for the holder's connections and an admin's psql.
+      maxConnectionsPercent: 80,
+      borrowTimeout: Duration.seconds(10),
+    });
+    db.grantConnect(proxyRole, DB_USER);
+    proxy.connections.allowFrom(lambdaSg, ec2.Port.tcp(5432), 'functions that use the database');
+
+    const dbEnvFor = (host: string): Record<string, string> => ({
+      PGHOST: host,
+      PGPORT: '5432',
+      PGDATABASE: DB_NAME,
+      PGUSER: DB_USER,
+      PGSSLMODE: 'require',
+      LABLINK_DB_IAM_AUTH: '1',
+    });
+
+    // ---- Jobs table: launch/destroy/export jobs, the fleet lock, settings ----
+    const jobs = new dynamodb.Table(this, 'JobsTable', {
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'sk', type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      stream: dynamodb.StreamViewType.NEW_IMAGE,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      timeToLiveAttribute: 'expires_at',
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+
+    // ---- Admin secret: {"user", "password_hash", "session_key"} ----
+    const adminSecret = new secretsmanager.Secret(this, 'AdminSecret', {
+      description: 'LabLink admin console: user, argon2 password hash, session signing key',
+      generateSecretString: {
+        secretStringTemplate: this.toJsonString({ user: adminUser, password_hash: adminPasswordHash }),
+        generateStringKey: 'session_key',
+        // 128 lower-case hex characters (64 bytes).
+        passwordLength: 128,
+        excludeUppercase: true,
+        excludePunctuation: true,
+        includeSpace: false,
+        excludeCharacters: 'ghijklmnopqrstuvwxyz',
+      },
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+
+    // ---- VMs: log group, instance role (own log group only), instance profile ----
+    const vmLogGroup = new logs.LogGroup(this, 'VmLogGroup', {
+      logGroupName: Fn.join('', ['lablink-cloud-init-', environment]),
+      retention: logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    const vmRole = new iam.Role(this, 'VmRole', {
+      assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
+      description: 'LabLink VMs: write their own log group, nothing else',
+    });
+    vmRole.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'ShipVmLogs',
+        actions: ['logs:CreateLogStream', 'logs:PutLogEvents', 'logs:DescribeLogStreams'],
+        resources: [vmLogGroup.logGroupArn],
+      }),
+    );
+    const vmProfile = new iam.InstanceProfile(this, 'VmInstanceProfile', { role: vmRole });
+
+    // ---- Functions, one per manifest entry ----
+    const fnSecurity = { vpc, vpcSubnets: privateSubnets, securityGroups: [lambdaSg] };
+    const makeFunction = (
+      fn: string,
+      description: string,
+      opts: { db: boolean; timeout: Duration; memory: number; env: Record<string, string> },
+    ): lambda.Function => {
+      const id = pascal(fn);
+      const f = new lambda.Function(this, `${id}Function`, {
+        description: `LabLink ${description}`,
+        runtime: lambda.Runtime.PROVIDED_AL2023,
+        handler: 'bootstrap',
+        architecture: props.architecture,
+        code: props.code.codeFor(fn),
+        memorySize: opts.memory,
+        timeout: opts.timeout,
+        environment: { RUST_LOG: 'info', ...(opts.db ? dbEnvFor(proxy.endpoint) : {}), ...opts.env },
+        logGroup: new logs.LogGroup(this, `${id}Logs`, {
+          retention: logs.RetentionDays.ONE_MONTH,
+          removalPolicy: RemovalPolicy.DESTROY,
+        }),
+        ...(opts.db ? fnSecurity : {}),
+      });
+      Tags.of(f).add('lablink:function', fn);
+      if (opts.db) proxy.grantConnect(f, DB_USER);
+      return f;
+    };
+    const grantJobs = (f: lambda.Function): void => {
+      jobs.grantReadWriteData(f);
+      f.addEnvironment('LABLINK_JOBS_TABLE', jobs.tableName);
+    };
+
+    const api = new apigwv2.HttpApi(this, 'Api', {
+      description: 'LabLink: one route per function; POST /vm_startup to the holder',
+      createDefaultStage: false,
+    });
+    const apiAccessLogs = new logs.LogGroup(this, 'ApiAccessLogs', {
+      retention: logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    const stage = new apigwv2.HttpStage(this, 'ApiDefaultStage', {
+      httpApi: api,
+      stageName: '$default',
+      autoDeploy: true,
+      throttle: { rateLimit: 500, burstLimit: 1000 },
+      accessLogSettings: { destination: new apigwv2.LogGroupLogDestination(apiAccessLogs) },
+    });
+    const apiUrl = stage.url; // https://<id>.execute-api.<region>.amazonaws.com/
+
+    const onlyOne = (what: string, found: EventFunction[]): EventFunction => {
+      const [one] = found;
+      if (found.length !== 1 || !one) throw new Error(`the manifest must have exactly one ${what}`);
+      return one;
+    };
+    const launchOrDestroy = (f: HttpFunction): boolean => f.function === 'launch' || f.function === 'destroy';
+
+    for (const route of props.manifest.http) {
+      const env: Record<string, string> = {};
+      if (route.adminSecret) env.LABLINK_ADMIN_SECRET_ID = adminSecret.secretArn;
+      if (route.access === 'admin' || route.adminSecret) {
+        env.LABLINK_ADMIN_ALLOWED_CIDRS = Fn.join(',', allowedCidrs);
+      }
+      if (launchOrDestroy(route)) {
+        env.LABLINK_MAX_VMS = maxVms;
+        env.LABLINK_DEPLOYMENT = environment;
+      }
+      const f = makeFunction(route.function, `${route.method} ${route.path} (${route.access})`, {
+        db: route.db,
+        timeout: Duration.seconds(29),
+        memory: 256,
+        env,
+      });
+      if (route.access === 'participant') {
+        (f.node.defaultChild as lambda.CfnFunction).reservedConcurrentExecutions = props.participantConcurrency;
+      }
+      if (route.jobsTable) grantJobs(f);
+      if (route.adminSecret) {
+        f.addToRolePolicy(
+          new iam.PolicyStatement({
+            sid: 'ReadAdminSecret',
+            actions: ['secretsmanager:GetSecretValue'],
+            resources: [adminSecret.secretArn],
+          }),
+        );
+      }
+      api.addRoutes({
+        path: route.path,
+        methods: [apigwv2.HttpMethod[route.method]],
+        integration: new HttpLambdaIntegration(`${pascal(route.function)}Integration`, f),
+      });
+    }
+
+    // Log processor: the VM log group's subscription.
+    const logFn = onlyOne(
+      'cloudwatch-logs-subscription function',
+      props.manifest.events.filter((e) => e.trigger === 'cloudwatch-logs-subscription'),
+    );
+    const logProcessor = makeFunction(logFn.function, 'CloudWatch Logs subscription of the VM log group', {
+      db: logFn.db,
+      timeout: Duration.seconds(60),
+      memory: 256,
+      env: {},
+    });
+    if (logFn.jobsTable) grantJobs(logProcessor);
+    new logs.SubscriptionFilter(this, 'VmLogSubscription', {
+      logGroup: vmLogGroup,
+      destination: new LambdaDestination(logProcessor),
+      filterPattern: logs.FilterPattern.allEvents(),
+    });
+
+    // Provisioner: the jobs table's stream; launches and terminates the fleet.
+    const provFn = onlyOne(
+      'dynamodb-stream function',
+      props.manifest.events.filter((e) => e.trigger === 'dynamodb-stream'),
+    );
+    const publicSubnetIds = vpc.publicSubnets.map((s) => s.subnetId);
+    const provisioner = makeFunction(provFn.function, 'provisioner (jobs table stream)', {
+      db: provFn.db,
+      timeout: Duration.minutes(5),
+      memory: 256,
+      env: {
+        LABLINK_DEPLOYMENT: environment,
+        LABLINK_AMI_ID: amiId,
+        LABLINK_INSTANCE_TYPE: machineType,
+        LABLINK_SUBNET_IDS: Fn.join(',', publicSubnetIds),
+        LABLINK_SECURITY_GROUP_IDS: vmSg.securityGroupId,
+        LABLINK_INSTANCE_PROFILE_ARN: vmProfile.instanceProfileArn,
+        LABLINK_MAX_VMS: maxVms,
+        LABLINK_API_URL: apiUrl,
+        LABLINK_VM_LOG_GROUP: vmLogGroup.logGroupName,
+      },
+    });
+    grantJobs(provisioner);
+    const provisionerFailures = new sqs.Queue(this, 'ProvisionerFailures', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14),
+    });
+    provisioner.addEventSource(
+      new DynamoEventSource(jobs, {
+        startingPosition: lambda.StartingPosition.TRIM_HORIZON,
+        batchSize: 10,
+        retryAttempts: 3,
+        maxRecordAge: Duration.hours(1),
+        bisectBatchOnError: true,
+        onFailure: new SqsDlq(provisionerFailures),
+      }),
+    );
+    if (provFn.ec2) this.allowFleetControl(provisioner, { environment, amiId, publicSubnetIds, vmSg, vmRole });
+
+    // ---- Holder: ECS Fargate behind an internal ALB, reached through a VPC link ----
+    const cluster = new ecs.Cluster(this, 'Cluster', { vpc });
+    const holderLogs = new logs.LogGroup(this, 'HolderLogs', {
+      retention: logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    const holderTask = new ecs.FargateTaskDefinition(this, 'HolderTask', {
+      cpu: 256,
+      memoryLimitMiB: 512,
+      runtimePlatform: {
+        cpuArchitecture: ecs.CpuArchitecture.X86_64,
+        operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
+      },
+    });
+    db.grantConnect(holderTask.taskRole, DB_USER);
+    // Creates `lablink_app` (IAM auth) on first start; idempotent, serialized by an advisory
+    // lock. The holder starts only after it succeeded, so the first deploy needs no manual
+    // step. The master password reaches this container only, as an ECS secret.
+    const masterSecret = db.secret;
+    if (!masterSecret) throw new Error('the database must have a generated master secret');
+    const dbSetup = holderTask.addContainer('db-setup', {
+      image: ecs.ContainerImage.fromRegistry('public.ecr.aws/docker/library/postgres:15-alpine'),
+      essential: false,
+      entryPoint: ['psql'],
+      command: ['-X', '-q', '-v', 'ON_ERROR_STOP=1', ...dbSetupSql().flatMap((s) => ['-c', s])],
+      environment: { PGHOST: db.dbInstanceEndpointAddress, PGPORT: '5432', PGDATABASE: DB_NAME, PGSSLMODE: 'require' },
+      secrets: {
+        PGUSER: ecs.Secret.fromSecretsManager(masterSecret, 'username'),
+        PGPASSWORD: ecs.Secret.fromSecretsManager(masterSecret, 'password'),
+      },
+      logging: ecs.LogDrivers.awsLogs({ logGroup: holderLogs, streamPrefix: 'db-setup' }),
+    });
+    const holderRepo = ecr.Repository.fromRepositoryName(
+      this,
+      'HolderRepository',
+      Fn.join('', ['lablink-holder-', environment]),
+    );
+    const holderContainer = holderTask.addContainer('holder', {
+      image: ecs.ContainerImage.fromEcrRepository(holderRepo, holderImageTag),
+      essential: true,
+      portMappings: [{ containerPort: HOLDER_PORT, protocol: ecs.Protocol.TCP }],
+      environment: {
+        ...dbEnvFor(db.dbInstanceEndpointAddress),
+        AWS_REGION: Aws.REGION,
+        LABLINK_HOLDER_ADDR: `0.0.0.0:${HOLDER_PORT}`,
+        LABLINK_HOLDER_DEFAULT_WAIT_SECONDS: '25',
+        LABLINK_HOLDER_MAX_WAIT_SECONDS: String(props.holderMaxWaitSeconds),
+        // RDS's CA bundle, baked into the image (infra-cdk/holder/Dockerfile): the holder
+        // connects to the instance, whose certificate is not under a public root.
+        PGSSLROOTCERT: '/etc/lablink/rds-global-bundle.pem',
+        RUST_LOG: 'info',
+      },
+      // One socket per waiting VM.
+      ulimits: [{ name: ecs.UlimitName.NOFILE, softLimit: 65536, hardLimit: 65536 }],
+      stopTimeout: Duration.seconds(30),
+      logging: ecs.LogDrivers.awsLogs({ logGroup: holderLogs, streamPrefix: 'holder' }),
+    });
+    holderContainer.addContainerDependencies({
+      container: dbSetup,
+      condition: ecs.ContainerDependencyCondition.SUCCESS,
+    });
+    const holderService = new ecs.FargateService(this, 'HolderService', {
+      cluster,
+      taskDefinition: holderTask,
+      desiredCount: 2,
+      vpcSubnets: privateSubnets,
+      securityGroups: [holderSg],
+      assignPublicIp: false,
+      minHealthyPercent: 100,
+      maxHealthyPercent: 200,
+      circuitBreaker: { enable: true, rollback: true },
+      healthCheckGracePeriod: Duration.seconds(60),
+    });
+
+    const albSg = new ec2.SecurityGroup(this, 'HolderLoadBalancerSecurityGroup', {
+      vpc,
+      description: 'LabLink holder load balancer (ingress from the API VPC link only)',
+      allowAllOutbound: false,
+    });
+    const vpcLinkSg = new ec2.SecurityGroup(this, 'VpcLinkSecurityGroup', {
+      vpc,
+      description: 'API Gateway VPC link to the holder',
+      allowAllOutbound: false,
+    });
+    vpcLinkSg.addEgressRule(albSg, ec2.Port.tcp(80), 'to the holder load balancer');
+    albSg.addIngressRule(vpcLinkSg, ec2.Port.tcp(80), 'from the API VPC link');
+    const alb = new elbv2.ApplicationLoadBalancer(this, 'HolderLoadBalancer', {
+      vpc,
+      internetFacing: false,
+      vpcSubnets: privateSubnets,
+      securityGroup: albSg,
+      // Longer than any hold window, so the balancer never cuts a waiting poll.
+      idleTimeout: Duration.seconds(holderIdleTimeoutSeconds(props.holderMaxWaitSeconds)),
+      dropInvalidHeaderFields: true,
+    });
+    const listener = alb.addListener('Http', { port: 80, protocol: elbv2.ApplicationProtocol.HTTP, open: false });
+    listener.addTargets('Holder', {
+      port: HOLDER_PORT,
+      protocol: elbv2.ApplicationProtocol.HTTP,
+      targets: [holderService],
+      healthCheck: {
+        path: HOLDER_HEALTH_PATH,
+        healthyHttpCodes: '200',
+        interval: Duration.seconds(15),
+        timeout: Duration.seconds(5),
+        healthyThresholdCount: 2,
+        unhealthyThresholdCount: 3,
+      },
+      // The holder answers every waiter with 204 on SIGTERM; nothing is left to drain.
+      deregistrationDelay: Duration.seconds(35),
+    });
+    const vpcLink = new apigwv2.VpcLink(this, 'HolderVpcLink', {
+      vpc,
+      subnets: privateSubnets,
+      securityGroups: [vpcLinkSg],
+    });
+    api.addRoutes({
+      path: '/vm_startup',
+      methods: [apigwv2.HttpMethod.POST],
+      integration: new HttpAlbIntegration('HolderIntegration', listener, {
+        vpcLink,
+        // The most an HTTP API integration may take; the hold window stays below it.
+        timeout: Duration.seconds(29),
+      }),
+    });
+
+    // ---- Outputs ----
+    new CfnOutput(this, 'ApiUrl', { value: apiUrl, description: 'LabLink: participants open this; VMs use it as LABLINK_API_URL' });
+    new CfnOutput(this, 'HolderUrl', {
+      value: Fn.join('', ['http://', alb.loadBalancerDnsName]),
+      description: 'The holder inside the VPC (internal load balancer); VMs reach it at <ApiUrl>vm_startup',
+    });
+    new CfnOutput(this, 'VmStartupUrl', { value: `${apiUrl}vm_startup`, description: 'POST /vm_startup through API Gateway' });
+    new CfnOutput(this, 'JobsTableName', { value: jobs.tableName });
+    new CfnOutput(this, 'VmLogGroupName', { value: vmLogGroup.logGroupName });
+    new CfnOutput(this, 'AdminSecretArn', { value: adminSecret.secretArn });
+    new CfnOutput(this, 'DatabaseInstanceId', { value: db.instanceIdentifier });
+    new CfnOutput(this, 'ProvisionerFailureQueueUrl', { value: provisionerFailures.queueUrl });
+    new CfnOutput(this, 'HolderRepositoryName', {
+      value: holderRepo.repositoryName,
+      description: 'ECR repository the holder image is pushed to before deploying',
+    });
+    new CfnOutput(this, 'HolderServiceName', { value: holderService.serviceName });
+    new CfnOutput(this, 'ClusterName', { value: cluster.clusterName });
+  }
+
+  /**
+   * The provisioner's EC2 rights: run instances only with this deployment's tag, from the
+   * configured AMI into the VM subnets and security group; tag only at launch; terminate
+   * only instances that carry this deployment's tag; pass only the VM role.
+   */
+  private allowFleetControl(
+    fn: lambda.Function,
+    o: { environment: string; amiId: string; publicSubnetIds: string[]; vmSg: ec2.ISecurityGroup; vmRole: iam.IRole },
+  ): void {
+    const ec2Arn = (resource: string, account: string = Aws.ACCOUNT_ID): string =>
+      Fn.join('', ['arn:', Aws.PARTITION, ':ec2:', Aws.REGION, ':', account, ':', resource]);
+    const instances = ec2Arn('instance/*');
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'RunTaggedInstances',
+        actions: ['ec2:RunInstances'],
+        resources: [instances],
+        conditions: { StringEquals: { [`aws:RequestTag/${DEPLOYMENT_TAG}`]: o.environment } },
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'RunInstancesWith',
+        actions: ['ec2:RunInstances'],
+        resources: [
+          ec2Arn(Fn.join('', ['image/', o.amiId]), ''),
+          ...o.publicSubnetIds.map((s) => ec2Arn(Fn.join('', ['subnet/', s]))),
+          ec2Arn(Fn.join('', ['security-group/', o.vmSg.securityGroupId])),
+          ec2Arn('network-interface/*'),
+          ec2Arn('volume/*'),
+        ],
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'TagAtLaunchOnly',
+        actions: ['ec2:CreateTags'],
+        resources: [instances, ec2Arn('volume/*'), ec2Arn('network-interface/*')],
+        conditions: { StringEquals: { 'ec2:CreateAction': 'RunInstances' } },
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'TerminateOwnInstances',
+        actions: ['ec2:TerminateInstances'],
+        resources: [instances],
+        conditions: { StringEquals: { [`aws:ResourceTag/${DEPLOYMENT_TAG}`]: o.environment } },
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'SeeInstances',
+        // Describe calls have no resource-level permissions.
+        actions: ['ec2:DescribeInstances', 'ec2:DescribeInstanceStatus'],
+        resources: ['*'],
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'PassVmRole',
+        actions: ['iam:PassRole'],
+        resources: [o.vmRole.roleArn],
+        conditions: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
+      }),
+    );
+  }
+}
+
+/** The load balancer's idle timeout for a hold window: comfortably longer than it. */
+export function holderIdleTimeoutSeconds(maxWaitSeconds: number): number {
+  return Math.max(60, maxWaitSeconds + 30);
+}
+
+/**
+ * What the holder's db-setup container runs as the master user, one statement per `-c`
+ * (one session, so the advisory lock serializes two tasks starting together).
+ */
+export function dbSetupSql(): string[] {
+  return [
+    'SELECT pg_advisory_lock(7274552)',
+    `DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${DB_USER}') THEN CREATE ROLE ${DB_USER} LOGIN; END IF; END $$`,
+    `GRANT rds_iam TO ${DB_USER}`,
+    `GRANT CONNECT, TEMPORARY ON DATABASE ${DB_NAME} TO ${DB_USER}`,
+    `GRANT USAGE, CREATE ON SCHEMA public TO ${DB_USER}`,
+  ];
+}

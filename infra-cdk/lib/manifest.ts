@@ -1,0 +1,177 @@
+// The function list of the suite, read from `functions/manifest.json` (the single source of
+// truth the Rust side checks its route table against). This module owns parsing and
+// checking that file; it knows nothing of CDK. The stack builds one Lambda per entry and
+// derives each function's permissions from the entry's flags, so a route added to the
+// manifest is deployed without touching the infrastructure code.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+export type Access = 'participant' | 'vm' | 'admin' | 'public';
+export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+export interface HttpFunction {
+  readonly function: string;
+  readonly method: HttpMethod;
+  /** API Gateway path, e.g. `/api/vm-status/{hostname}`. */
+  readonly path: string;
+  readonly access: Access;
+  /** Connects to Postgres (through the RDS Proxy). */
+  readonly db: boolean;
+  /** Reads or writes the DynamoDB jobs table. */
+  readonly jobsTable: boolean;
+  /**
+   * Reads the admin secret (session key, password hash). Optional `admin_secret` in the
+   * manifest; by default every admin route and the few others that check an admin
+   * session (see `ADMIN_SESSION_READERS`).
+   */
+  readonly adminSecret: boolean;
+}
+
+export type EventTrigger = 'cloudwatch-logs-subscription' | 'dynamodb-stream';
+
+export interface EventFunction {
+  readonly function: string;
+  readonly trigger: EventTrigger;
+  readonly db: boolean;
+  readonly jobsTable: boolean;
+  /** Runs and terminates the fleet's EC2 instances. */
+  readonly ec2: boolean;
+}
+
+export interface Manifest {
+  readonly http: HttpFunction[];
+  readonly events: EventFunction[];
+}
+
+/**
+ * Routes that are not `admin` access but still read the admin secret: the login page and
+ * form (password hash, session key) and the two VM routes an admin session may also read.
+ * A manifest entry's `admin_secret` flag overrides this list.
+ */
+export const ADMIN_SESSION_READERS: ReadonlySet<string> = new Set([
+  'admin-login-page',
+  'admin-login',
+  'get-vm-status',
+  'get-vm-logs',
+]);
+
+const ACCESS: ReadonlySet<string> = new Set(['participant', 'vm', 'admin', 'public']);
+const METHODS: ReadonlySet<string> = new Set(['GET', 'POST', 'PUT', 'PATCH', 'DELETE']);
+const TRIGGERS: ReadonlySet<string> = new Set(['cloudwatch-logs-subscription', 'dynamodb-stream']);
+// A crate directory, a cargo-lambda binary name and part of a CloudFormation logical id.
+const FUNCTION_NAME = /^[a-z][a-z0-9-]{0,47}$/;
+// API Gateway HTTP API paths: literal segments and `{param}` segments.
+const ROUTE_PATH = /^\/$|^(\/([A-Za-z0-9._~-]+|\{[A-Za-z0-9_]+\}))+$/;
+
+/** `functions/manifest.json` of this repository. */
+export function defaultManifestPath(): string {
+  return path.join(infraRoot(), '..', 'functions', 'manifest.json');
+}
+
+/** The `infra-cdk` directory, whether running from `dist/` (compiled) or the sources. */
+export function infraRoot(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'cdk.json'))) {
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error(`no cdk.json above ${__dirname}`);
+    dir = parent;
+  }
+  return dir;
+}
+
+export function loadManifest(file: string = defaultManifestPath()): Manifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`cannot read the function manifest ${file}: ${(e as Error).message}`);
+  }
+  return parseManifest(raw, file);
+}
+
+/** Checks every entry and reports all problems at once. */
+export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
+  const problems: string[] = [];
+  const obj = (raw ?? {}) as Record<string, unknown>;
+  const httpRaw = Array.isArray(obj.http) ? obj.http : (problems.push('`http` must be a list'), []);
+  const eventsRaw = Array.isArray(obj.events) ? obj.events : (problems.push('`events` must be a list'), []);
+  const names = new Set<string>();
+  const routes = new Set<string>();
+
+  const name = (e: Record<string, unknown>, where: string): string => {
+    const n = e.function;
+    if (typeof n !== 'string' || !FUNCTION_NAME.test(n)) {
+      problems.push(`${where}: function must match ${FUNCTION_NAME} (got ${JSON.stringify(n)})`);
+      return String(n);
+    }
+    if (names.has(n)) problems.push(`${where}: function ${n} appears twice`);
+    names.add(n);
+    return n;
+  };
+  const flag = (e: Record<string, unknown>, key: string, where: string, dflt?: boolean): boolean => {
+    const v = e[key];
+    if (v === undefined && dflt !== undefined) return dflt;
+    if (typeof v !== 'boolean') problems.push(`${where}: ${key} must be true or false`);
+    return v === true;
+  };
+
+  const http = httpRaw.map((entry, i): HttpFunction => {
+    const e = (entry ?? {}) as Record<string, unknown>;
+    const where = `http[${i}]`;
+    const fn = name(e, where);
+    const method = String(e.method);
+    const routePath = String(e.path);
+    const access = String(e.access);
+    if (!METHODS.has(method)) problems.push(`${where} (${fn}): method ${method} is not one of ${[...METHODS]}`);
+    if (!ROUTE_PATH.test(routePath)) problems.push(`${where} (${fn}): path ${routePath} is not an API Gateway path`);
+    if (!ACCESS.has(access)) problems.push(`${where} (${fn}): access ${access} is not one of ${[...ACCESS]}`);
+    const key = `${method} ${routePath}`;
+    if (routes.has(key)) problems.push(`${where} (${fn}): route ${key} appears twice`);
+    routes.add(key);
+    return {
+      function: fn,
+      method: method as HttpMethod,
+      path: routePath,
+      access: access as Access,
+      db: flag(e, 'db', where),
+      jobsTable: flag(e, 'jobs_table', where),
+      adminSecret: flag(e, 'admin_secret', where, access === 'admin' || ADMIN_SESSION_READERS.has(fn)),
+    };
+  });
+
+  const events = eventsRaw.map((entry, i): EventFunction => {
+    const e = (entry ?? {}) as Record<string, unknown>;
+    const where = `events[${i}]`;
+    const fn = name(e, where);
+    const trigger = String(e.trigger);
+    if (!TRIGGERS.has(trigger)) problems.push(`${where} (${fn}): trigger ${trigger} is not one of ${[...TRIGGERS]}`);
+    return {
+      function: fn,
+      trigger: trigger as EventTrigger,
+      db: flag(e, 'db', where),
+      jobsTable: flag(e, 'jobs_table', where),
+      ec2: flag(e, 'ec2', where, false),
+    };
+  });
+
+  for (const t of TRIGGERS) {
+    const n = events.filter((e) => e.trigger === t).length;
+    if (n !== 1) problems.push(`exactly one function must have trigger ${t} (found ${n})`);
+  }
+  if (routes.has('POST /vm_startup')) {
+    problems.push('POST /vm_startup is the holder\'s route (ECS), not a Lambda: remove it from the manifest');
+  }
+  if (problems.length > 0) {
+    throw new Error(`${source} is not a valid function manifest:\n  - ${problems.join('\n  - ')}`);
+  }
+  return { http, events };
+}
+
+/** `request-vm` → `RequestVm`, for construct ids. */
+export function pascal(fn: string): string {
+  return fn
+    .split('-')
+    .map((w) => w.charAt(0).toUpperCase() + w.slice(1))
+    .join('');
+}

@@ -286,6 +286,26 @@ export class LabLinkStack extends Stack {
       opts: { db: boolean; timeout: Duration; memory: number; env: Record<string, string> },
     ): lambda.Function => {
       const id = pascal(fn);
+      const logGroup = new logs.LogGroup(this, `${id}Logs`, {
+        retention: logs.RetentionDays.ONE_MONTH,
+        removalPolicy: RemovalPolicy.DESTROY,
+      });
+      // Its own role: write its own log group (instead of the managed basic-execution
+      // policy, which may write any log group), plus ENI management inside the VPC.
+      const role = new iam.Role(this, `${id}Role`, {
+        assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+        description: `LabLink function ${fn}`,
+        managedPolicies: opts.db
+          ? [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole')]
+          : [],
+      });
+      role.addToPrincipalPolicy(
+        new iam.PolicyStatement({
+          sid: 'WriteOwnLogs',
+          actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+          resources: [logGroup.logGroupArn],
+        }),
+      );
       const f = new lambda.Function(this, `${id}Function`, {
         description: `LabLink ${description}`,
         runtime: lambda.Runtime.PROVIDED_AL2023,
@@ -295,10 +315,8 @@ export class LabLinkStack extends Stack {
         memorySize: opts.memory,
         timeout: opts.timeout,
         environment: { RUST_LOG: 'info', ...(opts.db ? dbEnvFor(proxy.endpoint) : {}), ...opts.env },
-        logGroup: new logs.LogGroup(this, `${id}Logs`, {
-          retention: logs.RetentionDays.ONE_MONTH,
-          removalPolicy: RemovalPolicy.DESTROY,
-        }),
+        role,
+        logGroup,
         ...(opts.db ? fnSecurity : {}),
       });
       Tags.of(f).add('lablink:function', fn);

@@ -1,0 +1,149 @@
+// Context switches, the manifest as the source of routes, and where function code comes from.
+
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, test } from 'node:test';
+import { Template } from 'aws-cdk-lib/assertions';
+import { buildApp } from '../lib/app';
+import { defaultManifestPath, parseManifest } from '../lib/manifest';
+import { functionsByName, ofType, routeTarget, synth, tempDir } from './template';
+
+const realManifest = JSON.parse(fs.readFileSync(defaultManifestPath(), 'utf8'));
+
+/** A small manifest: two routes and the two event functions. */
+function smallManifest(extra: object[] = []): object {
+  return {
+    http: [
+      { function: 'index', method: 'GET', path: '/', access: 'participant', db: true, jobs_table: false },
+      { function: 'admin-job', method: 'GET', path: '/admin/jobs/{id}', access: 'admin', db: false, jobs_table: true },
+      ...extra,
+    ],
+    events: realManifest.events,
+  };
+}
+
+function writeManifest(m: object): string {
+  const file = path.join(tempDir('manifest'), 'manifest.json');
+  fs.writeFileSync(file, JSON.stringify(m));
+  return file;
+}
+
+describe('context switches', () => {
+  test('arm64 is a context switch', () => {
+    const s = synth({ 'lablink:architecture': 'arm64', 'lablink:manifest': writeManifest(smallManifest()) });
+    for (const [id, r] of ofType(s, 'AWS::Lambda::Function')) {
+      assert.deepEqual(r.Properties.Architectures, ['arm64'], id);
+    }
+  });
+
+  test('bad context values are refused with the key named', () => {
+    assert.throws(() => buildApp({ 'lablink:architecture': 'sparc' }), /lablink:architecture/);
+    assert.throws(() => buildApp({ 'lablink:lambdaCode': 'maybe' }), /lablink:lambdaCode/);
+    assert.throws(
+      () => buildApp({ 'lablink:lambdaCode': 'stand-in', 'lablink:participantConcurrency': 0 }),
+      /lablink:participantConcurrency/,
+    );
+  });
+});
+
+describe('the manifest drives the routes', () => {
+  test('a route added to the manifest is deployed with its own function and permissions', () => {
+    const added = {
+      function: 'export-data',
+      method: 'POST',
+      path: '/api/exports',
+      access: 'admin',
+      db: true,
+      jobs_table: true,
+    };
+    const base = synth({ 'lablink:manifest': writeManifest(smallManifest()) });
+    const more = synth({ 'lablink:manifest': writeManifest(smallManifest([added])) });
+    assert.equal(functionsByName(more).size, functionsByName(base).size + 1);
+    const { functionId } = routeTarget(more, 'POST /api/exports');
+    assert.equal(functionId, functionsByName(more).get('export-data'));
+    const env = more.resources[functionId!].Properties.Environment.Variables;
+    assert.ok(env.LABLINK_JOBS_TABLE && env.LABLINK_ADMIN_SECRET_ID && env.PGHOST);
+  });
+
+  test('an admin_secret flag in the manifest overrides the default', () => {
+    const m = parseManifest(
+      smallManifest([
+        { function: 'x', method: 'GET', path: '/x', access: 'public', db: false, jobs_table: false, admin_secret: true },
+      ]),
+    );
+    assert.equal(m.http.find((r) => r.function === 'x')!.adminSecret, true);
+    assert.equal(m.http.find((r) => r.function === 'index')!.adminSecret, false);
+    assert.equal(m.http.find((r) => r.function === 'admin-job')!.adminSecret, true);
+  });
+
+  test('a malformed manifest is refused with every problem listed', () => {
+    const bad = {
+      http: [
+        { function: 'index', method: 'GET', path: '/', access: 'participant', db: true, jobs_table: false },
+        { function: 'index', method: 'GET', path: '/', access: 'everyone', db: 'yes', jobs_table: false },
+        { function: 'Bad_Name', method: 'FETCH', path: 'no-slash', access: 'vm', db: true, jobs_table: false },
+        { function: 'holder', method: 'POST', path: '/vm_startup', access: 'vm', db: true, jobs_table: false },
+      ],
+      events: [{ function: 'log-processor', trigger: 'cloudwatch-logs-subscription', db: true, jobs_table: false }],
+    };
+    assert.throws(
+      () => parseManifest(bad),
+      (e: Error) => {
+        for (const want of [
+          'appears twice',
+          'access everyone',
+          'db must be true or false',
+          'function must match',
+          'method FETCH',
+          'path no-slash',
+          'trigger dynamodb-stream',
+          'POST /vm_startup',
+        ]) {
+          assert.ok(e.message.includes(want), `missing "${want}" in:\n${e.message}`);
+        }
+        return true;
+      },
+    );
+  });
+});
+
+describe('function code', () => {
+  test('release mode names every missing cargo-lambda artifact', () => {
+    const dir = tempDir('no-artifacts');
+    assert.throws(
+      () => buildApp({ 'lablink:lambdaCode': 'release', 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) }),
+      (e: Error) => /index/.test(e.message) && /provisioner/.test(e.message) && /scripts\/build-lambdas/.test(e.message),
+    );
+  });
+
+  test('release mode deploys the cargo-lambda zips as they are', () => {
+    const dir = tempDir('artifacts');
+    const names = ['index', 'admin-job', ...realManifest.events.map((e: { function: string }) => e.function)];
+    for (const n of names) {
+      fs.mkdirSync(path.join(dir, n));
+      fs.writeFileSync(path.join(dir, n, 'bootstrap.zip'), `zip of ${n}`);
+    }
+    const outdir = tempDir('release-out');
+    const built = buildApp(
+      { 'lablink:lambdaCode': 'release', 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) },
+      outdir,
+    );
+    Template.fromStack(built.stack);
+    const assembly = built.app.synth();
+    const assets = JSON.parse(fs.readFileSync(path.join(assembly.directory, 'LabLink.assets.json'), 'utf8'));
+    const files = Object.values(assets.files) as { source: { path: string; packaging: string } }[];
+    const lambdaZips = files.filter((f) => f.source.path.endsWith('.zip'));
+    assert.equal(lambdaZips.length, names.length);
+    for (const f of lambdaZips) assert.equal(f.source.packaging, 'file');
+    assert.deepEqual(built.standIns, []);
+  });
+
+  test('auto mode falls back to stand-ins and says which', () => {
+    const dir = tempDir('some-artifacts');
+    fs.mkdirSync(path.join(dir, 'index'));
+    fs.writeFileSync(path.join(dir, 'index', 'bootstrap.zip'), 'zip');
+    const built = buildApp({ 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) }, tempDir('auto-out'));
+    assert.deepEqual([...built.standIns].sort(), ['admin-job', 'log-processor', 'provisioner']);
+  });
+});

@@ -1,0 +1,481 @@
+// What the synthesized template must guarantee (issue 9). Expected counts come from
+// functions/manifest.json, so a route added there is checked without editing this file.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { holderIdleTimeoutSeconds } from '../lib/lablink-stack';
+import { loadManifest } from '../lib/manifest';
+import {
+  actionsOf,
+  allStatements,
+  envOf,
+  fn,
+  functionsByName,
+  Json,
+  mentions,
+  ofType,
+  refId,
+  roleOfFunction,
+  routeTarget,
+  statementsOfFunction,
+  synth,
+} from './template';
+
+const manifest = loadManifest();
+const s = synth();
+const the = (type: string): [string, Json] => {
+  const found = ofType(s, type);
+  assert.equal(found.length, 1, `exactly one ${type}`);
+  return found[0]!;
+};
+const [tableId, table] = the('AWS::DynamoDB::Table');
+const [dbId, db] = the('AWS::RDS::DBInstance');
+const [proxyId, proxy] = the('AWS::RDS::DBProxy');
+const [, task] = the('AWS::ECS::TaskDefinition');
+const [, service] = the('AWS::ECS::Service');
+const [, alb] = the('AWS::ElasticLoadBalancingV2::LoadBalancer');
+const [listenerId] = the('AWS::ElasticLoadBalancingV2::Listener');
+const [, targetGroup] = the('AWS::ElasticLoadBalancingV2::TargetGroup');
+const adminSecrets = ofType(s, 'AWS::SecretsManager::Secret').filter(
+  ([, r]) => r.Properties.GenerateSecretString?.GenerateStringKey === 'session_key',
+);
+assert.equal(adminSecrets.length, 1, 'one admin secret');
+const [adminSecretId, adminSecret] = adminSecrets[0]!;
+const vmLogGroups = ofType(s, 'AWS::Logs::LogGroup').filter(([, r]) =>
+  JSON.stringify(r.Properties.LogGroupName ?? '').includes('lablink-cloud-init-'),
+);
+assert.equal(vmLogGroups.length, 1, 'one VM log group');
+const [vmLogGroupId, vmLogGroup] = vmLogGroups[0]!;
+const holder = task.Properties.ContainerDefinitions.find((c: Json) => c.Name === 'holder');
+const holderEnv = Object.fromEntries(holder.Environment.map((e: Json) => [e.Name, e.Value]));
+const provisionerName = manifest.events.find((e) => e.trigger === 'dynamodb-stream')!.function;
+const logProcessorName = manifest.events.find((e) => e.trigger === 'cloudwatch-logs-subscription')!.function;
+const allFunctions = [...manifest.http, ...manifest.events];
+
+describe('routes and functions', () => {
+  test('every manifest route exists and invokes its own function', () => {
+    const seen = new Set<string>();
+    const byName = functionsByName(s);
+    for (const r of manifest.http) {
+      const { functionId } = routeTarget(s, `${r.method} ${r.path}`);
+      assert.equal(functionId, byName.get(r.function), `${r.method} ${r.path} invokes ${r.function}`);
+      assert.ok(!seen.has(functionId!), `${r.function} serves one route only`);
+      seen.add(functionId!);
+    }
+  });
+
+  test('the function count is the route count plus the log processor and the provisioner', () => {
+    const names = [...functionsByName(s).keys()].sort();
+    assert.equal(names.length, manifest.http.length + 2);
+    assert.deepEqual(names, allFunctions.map((f) => f.function).sort());
+  });
+
+  test('the API has exactly the manifest routes plus POST /vm_startup', () => {
+    const keys = ofType(s, 'AWS::ApiGatewayV2::Route').map(([, r]) => r.Properties.RouteKey).sort();
+    assert.deepEqual(keys, [...manifest.http.map((r) => `${r.method} ${r.path}`), 'POST /vm_startup'].sort());
+  });
+
+  test('POST /vm_startup goes to the holder load balancer through a VPC link', () => {
+    const { integration } = routeTarget(s, 'POST /vm_startup');
+    assert.equal(integration.Properties.ConnectionType, 'VPC_LINK');
+    assert.equal(refId(integration.Properties.IntegrationUri), listenerId);
+    assert.ok(refId(integration.Properties.ConnectionId), 'a VPC link');
+  });
+
+  test('functions are provided.al2023 bootstrap binaries on x86_64 by default', () => {
+    for (const [id, r] of ofType(s, 'AWS::Lambda::Function')) {
+      assert.equal(r.Properties.Runtime, 'provided.al2023', id);
+      assert.equal(r.Properties.Handler, 'bootstrap', id);
+      assert.deepEqual(r.Properties.Architectures, ['x86_64'], id);
+    }
+  });
+
+  test('participant routes have reserved concurrency; the others do not', () => {
+    for (const r of manifest.http) {
+      const reserved = fn(s, r.function).Properties.ReservedConcurrentExecutions;
+      if (r.access === 'participant') assert.ok(reserved > 0 && reserved <= 100, `${r.function}: ${reserved}`);
+      else assert.equal(reserved, undefined, r.function);
+    }
+  });
+
+  test('the API stage is throttled and logs its requests', () => {
+    const [, stage] = the('AWS::ApiGatewayV2::Stage');
+    assert.equal(stage.Properties.StageName, '$default');
+    assert.ok(stage.Properties.DefaultRouteSettings.ThrottlingBurstLimit > 0);
+    assert.ok(stage.Properties.AccessLogSettings.DestinationArn);
+  });
+});
+
+describe('database access', () => {
+  test('only database functions get rds-db:connect, as lablink_app through the proxy', () => {
+    for (const f of allFunctions) {
+      const connect = statementsOfFunction(s, f.function).filter((st) => st.Action.includes('rds-db:connect'));
+      if (!f.db) {
+        assert.equal(connect.length, 0, `${f.function} must not connect`);
+        continue;
+      }
+      assert.equal(connect.length, 1, `${f.function} connects`);
+      const arn = JSON.stringify(connect[0]!.Resource);
+      assert.ok(arn.includes(proxyId) && arn.includes('/lablink_app'), `${f.function}: ${arn}`);
+    }
+    const holderRole = refId(task.Properties.TaskRoleArn)!;
+    const roles = new Set(allStatements(s).filter((st) => st.Action.includes('rds-db:connect')).map((st) => st.role));
+    const expected = new Set(allFunctions.filter((f) => f.db).map((f) => roleOfFunction(s, f.function)));
+    expected.add(holderRole);
+    expected.add(refId(proxy.Properties.RoleArn)!);
+    assert.deepEqual(roles, expected, 'nobody else may connect');
+  });
+
+  test('database functions get the connection settings and run in the VPC; the others neither', () => {
+    for (const f of allFunctions) {
+      const env = envOf(s, f.function);
+      const vpc = fn(s, f.function).Properties.VpcConfig;
+      if (f.db) {
+        assert.equal(refId(env.PGHOST), proxyId, `${f.function} uses the proxy`);
+        assert.equal(env.PGUSER, 'lablink_app');
+        assert.equal(env.PGDATABASE, 'lablink');
+        assert.equal(env.PGPORT, '5432');
+        assert.equal(env.PGSSLMODE, 'require');
+        assert.equal(env.LABLINK_DB_IAM_AUTH, '1');
+        assert.ok(vpc?.SubnetIds?.length === 2, `${f.function} in two private subnets`);
+      } else {
+        assert.equal(env.PGHOST, undefined, f.function);
+        assert.equal(vpc, undefined, f.function);
+      }
+    }
+  });
+
+  test('PostgreSQL 15 with IAM auth, encryption, backups, TLS and deletion protection from a parameter', () => {
+    const p = db.Properties;
+    assert.equal(p.Engine, 'postgres');
+    assert.match(p.EngineVersion, /^15(\.|$)/);
+    assert.equal(p.EnableIAMDatabaseAuthentication, true);
+    assert.equal(p.StorageEncrypted, true);
+    assert.ok(p.BackupRetentionPeriod >= 7);
+    assert.deepEqual(p.DeletionProtection, { Ref: 'DatabaseDeletionProtection' });
+    assert.notEqual(p.PubliclyAccessible, true);
+    const params = s.resources[refId(p.DBParameterGroupName)!].Properties.Parameters;
+    assert.equal(params['rds.force_ssl'], '1');
+  });
+
+  test('the proxy requires TLS and IAM end to end; the holder bypasses it', () => {
+    assert.equal(proxy.Properties.RequireTLS, true);
+    assert.equal(proxy.Properties.DefaultAuthScheme, 'IAM_AUTH');
+    assert.equal(proxy.Properties.EngineFamily, 'POSTGRESQL');
+    assert.deepEqual(holderEnv.PGHOST, { 'Fn::GetAtt': [dbId, 'Endpoint.Address'] });
+    assert.equal(holderEnv.LABLINK_DB_IAM_AUTH, '1');
+    assert.equal(holderEnv.PGUSER, 'lablink_app');
+    assert.equal(holderEnv.PGSSLMODE, 'require');
+  });
+});
+
+describe('IAM', () => {
+  const ec2Fleet = ['ec2:RunInstances', 'ec2:TerminateInstances', 'ec2:CreateTags'];
+
+  test('only the provisioner may run, tag or terminate instances', () => {
+    const provisionerRole = roleOfFunction(s, provisionerName);
+    for (const st of allStatements(s)) {
+      if (st.Action.some((a) => ec2Fleet.includes(a))) {
+        assert.equal(st.role, provisionerRole, `${st.Sid ?? st.Action} belongs to the provisioner only`);
+      }
+    }
+    assert.ok(actionsOf(statementsOfFunction(s, provisionerName)).has('ec2:RunInstances'));
+  });
+
+  test('running and terminating instances is fenced by the deployment tag', () => {
+    const st = statementsOfFunction(s, provisionerName);
+    const tagged = (kind: string) => ({ StringEquals: { [`aws:${kind}/lablink:deployment`]: { Ref: 'Environment' } } });
+    const run = st.filter((x) => x.Action.includes('ec2:RunInstances'));
+    const onInstances = run.filter((x) => JSON.stringify(x.Resource).includes('instance/*'));
+    assert.equal(onInstances.length, 1);
+    assert.deepEqual(onInstances[0]!.Condition, tagged('RequestTag'));
+    const terminate = st.filter((x) => x.Action.includes('ec2:TerminateInstances'));
+    assert.equal(terminate.length, 1);
+    assert.deepEqual(terminate[0]!.Condition, tagged('ResourceTag'));
+    const tags = st.filter((x) => x.Action.includes('ec2:CreateTags'));
+    assert.deepEqual(tags[0]!.Condition, { StringEquals: { 'ec2:CreateAction': 'RunInstances' } });
+    const pass = st.filter((x) => x.Action.includes('iam:PassRole'));
+    assert.equal(pass.length, 1);
+    assert.deepEqual(pass[0]!.Resource, [{ 'Fn::GetAtt': [roleOfVm(), 'Arn'] }]);
+  });
+
+  test('no wildcard actions anywhere, and none at all on EC2 or DynamoDB', () => {
+    for (const st of allStatements(s)) {
+      for (const a of st.Action) {
+        assert.notEqual(a, '*', `${st.role}: Action "*"`);
+        if (/^(ec2|dynamodb):/.test(a)) assert.ok(!a.includes('*'), `${st.role}: ${a}`);
+        assert.ok(!a.endsWith(':*'), `${st.role}: ${a}`);
+      }
+    }
+  });
+
+  test('every function role writes only its own log group and has no broad managed policy', () => {
+    for (const f of allFunctions) {
+      const role = s.resources[roleOfFunction(s, f.function)];
+      const managed = JSON.stringify(role.Properties.ManagedPolicyArns ?? []);
+      assert.ok(!managed.includes('AWSLambdaBasicExecutionRole'), f.function);
+      if (!f.db) assert.equal(role.Properties.ManagedPolicyArns?.length ?? 0, 0, f.function);
+      const logs = statementsOfFunction(s, f.function).filter((st) => st.Action.some((a) => a.startsWith('logs:')));
+      assert.equal(logs.length, 1, f.function);
+      assert.equal(refId(logs[0]!.Resource[0]), refId(fn(s, f.function).Properties.LoggingConfig.LogGroup));
+    }
+  });
+
+  test('the VM instance profile may only write the VM log group', () => {
+    const vmRole = roleOfVm();
+    const st = allStatements(s).filter((x) => x.role === vmRole);
+    assert.deepEqual(actionsOf(st), new Set(['logs:CreateLogStream', 'logs:PutLogEvents', 'logs:DescribeLogStreams']));
+    for (const x of st) assert.deepEqual(x.Resource, [{ 'Fn::GetAtt': [vmLogGroupId, 'Arn'] }]);
+    assert.equal(s.resources[vmRole].Properties.ManagedPolicyArns, undefined);
+  });
+
+  test('only jobs-table functions (and the provisioner) touch DynamoDB, on the jobs table only', () => {
+    for (const f of allFunctions) {
+      const st = statementsOfFunction(s, f.function).filter((x) => x.Action.some((a) => a.startsWith('dynamodb:')));
+      const env = envOf(s, f.function);
+      if (!f.jobsTable) {
+        assert.equal(st.length, 0, `${f.function} has no DynamoDB rights`);
+        assert.equal(env.LABLINK_JOBS_TABLE, undefined, f.function);
+        continue;
+      }
+      assert.deepEqual(env.LABLINK_JOBS_TABLE, { Ref: tableId }, f.function);
+      for (const x of st) {
+        for (const r of x.Resource) {
+          if (r === '*') assert.deepEqual(x.Action, ['dynamodb:ListStreams'], `${f.function}: only ListStreams on *`);
+          else assert.ok(mentions(r, tableId), `${f.function}: ${JSON.stringify(r)}`);
+        }
+      }
+    }
+  });
+});
+
+describe('secrets', () => {
+  const readers = manifest.http.filter((r) => r.adminSecret).map((r) => r.function);
+
+  test('the admin secret holds user, password hash and a generated session key', () => {
+    const g = adminSecret.Properties.GenerateSecretString;
+    assert.equal(g.GenerateStringKey, 'session_key');
+    assert.ok(g.PasswordLength >= 64);
+    assert.equal(g.ExcludeUppercase, true);
+    assert.equal(g.ExcludePunctuation, true);
+    const template = JSON.stringify(g.SecretStringTemplate);
+    assert.ok(template.includes('AdminUser') && template.includes('AdminPasswordHash'), template);
+    assert.equal(s.json.Parameters.AdminPasswordHash.NoEcho, true);
+  });
+
+  test('admin routes get the secret ARN and GetSecretValue on it, nobody else does', () => {
+    assert.ok(readers.includes('admin-login') && readers.includes('get-vm-status'));
+    for (const f of allFunctions) {
+      const env = envOf(s, f.function);
+      const sm = statementsOfFunction(s, f.function).filter((x) => x.Action.some((a) => a.startsWith('secretsmanager:')));
+      if (readers.includes(f.function)) {
+        assert.deepEqual(env.LABLINK_ADMIN_SECRET_ID, { Ref: adminSecretId }, f.function);
+        assert.equal(sm.length, 1, f.function);
+        assert.deepEqual(sm[0]!.Action, ['secretsmanager:GetSecretValue']);
+        assert.deepEqual(sm[0]!.Resource, [{ Ref: adminSecretId }]);
+      } else {
+        assert.equal(env.LABLINK_ADMIN_SECRET_ID, undefined, f.function);
+        assert.equal(sm.length, 0, f.function);
+      }
+    }
+  });
+
+  test('no secret value and no password hash reaches an environment variable', () => {
+    const envs = [
+      ...ofType(s, 'AWS::Lambda::Function').map(([, r]) => r.Properties.Environment ?? {}),
+      ...task.Properties.ContainerDefinitions.map((c: Json) => c.Environment ?? []),
+    ];
+    for (const e of envs) {
+      const text = JSON.stringify(e);
+      assert.ok(!text.includes('AdminPasswordHash'), text.slice(0, 200));
+      assert.ok(!text.includes('SecretString') && !text.includes('resolve:secretsmanager'), text.slice(0, 200));
+      assert.ok(!/PASSWORD|SESSION_KEY/.test(text), text.slice(0, 200));
+    }
+    const setup = task.Properties.ContainerDefinitions.find((c: Json) => c.Name === 'db-setup');
+    assert.deepEqual(setup.Secrets.map((x: Json) => x.Name).sort(), ['PGPASSWORD', 'PGUSER']);
+  });
+});
+
+describe('events', () => {
+  test('the jobs table: pk/sk, on demand, new images on the stream, PITR, TTL', () => {
+    const p = table.Properties;
+    assert.deepEqual(p.KeySchema, [
+      { AttributeName: 'pk', KeyType: 'HASH' },
+      { AttributeName: 'sk', KeyType: 'RANGE' },
+    ]);
+    assert.equal(p.BillingMode, 'PAY_PER_REQUEST');
+    assert.equal(p.StreamSpecification.StreamViewType, 'NEW_IMAGE');
+    assert.equal(p.PointInTimeRecoverySpecification.PointInTimeRecoveryEnabled, true);
+    assert.deepEqual(p.TimeToLiveSpecification, { AttributeName: 'expires_at', Enabled: true });
+  });
+
+  test('the stream feeds the provisioner with bounded retries and an on-failure queue', () => {
+    const maps = ofType(s, 'AWS::Lambda::EventSourceMapping');
+    assert.equal(maps.length, 1);
+    const p = maps[0]![1].Properties;
+    assert.equal(refId(p.FunctionName), functionsByName(s).get(provisionerName));
+    assert.deepEqual(p.EventSourceArn, { 'Fn::GetAtt': [tableId, 'StreamArn'] });
+    assert.ok(p.MaximumRetryAttempts >= 0 && p.MaximumRetryAttempts <= 10, `retries ${p.MaximumRetryAttempts}`);
+    assert.ok(p.MaximumRecordAgeInSeconds > 0);
+    assert.equal(p.BisectBatchOnFunctionError, true);
+    const dest = refId(p.DestinationConfig.OnFailure.Destination)!;
+    assert.equal(s.resources[dest].Type, 'AWS::SQS::Queue');
+  });
+
+  test('the VM log group is lablink-cloud-init-<environment> and feeds the log processor', () => {
+    assert.deepEqual(vmLogGroup.Properties.LogGroupName, {
+      'Fn::Join': ['', ['lablink-cloud-init-', { Ref: 'Environment' }]],
+    });
+    const filters = ofType(s, 'AWS::Logs::SubscriptionFilter');
+    assert.equal(filters.length, 1);
+    const p = filters[0]![1].Properties;
+    assert.equal(refId(p.LogGroupName), vmLogGroupId);
+    assert.equal(refId(p.DestinationArn), functionsByName(s).get(logProcessorName));
+    const invoke = ofType(s, 'AWS::Lambda::Permission').filter(
+      ([, r]) => r.Properties.Principal === 'logs.amazonaws.com',
+    );
+    assert.equal(invoke.length, 1);
+    assert.equal(refId(invoke[0]![1].Properties.FunctionName), functionsByName(s).get(logProcessorName));
+  });
+
+  test('the provisioner gets the fleet settings; launch and destroy get the limits', () => {
+    const env = envOf(s, provisionerName);
+    for (const k of [
+      'LABLINK_DEPLOYMENT',
+      'LABLINK_AMI_ID',
+      'LABLINK_INSTANCE_TYPE',
+      'LABLINK_SUBNET_IDS',
+      'LABLINK_SECURITY_GROUP_IDS',
+      'LABLINK_INSTANCE_PROFILE_ARN',
+      'LABLINK_MAX_VMS',
+      'LABLINK_API_URL',
+      'LABLINK_VM_LOG_GROUP',
+      'LABLINK_JOBS_TABLE',
+    ]) {
+      assert.ok(env[k] !== undefined, `provisioner: ${k}`);
+    }
+    assert.deepEqual(env.LABLINK_DEPLOYMENT, { Ref: 'Environment' });
+    assert.deepEqual(env.LABLINK_VM_LOG_GROUP, { Ref: vmLogGroupId });
+    for (const name of ['launch', 'destroy'].filter((n) => functionsByName(s).has(n))) {
+      assert.deepEqual(envOf(s, name).LABLINK_MAX_VMS, { Ref: 'MaxVms' }, name);
+      assert.deepEqual(envOf(s, name).LABLINK_DEPLOYMENT, { Ref: 'Environment' }, name);
+    }
+  });
+});
+
+describe('holder', () => {
+  test('Fargate, 0.25 vCPU and 0.5 GB, two tasks, listening on 8080', () => {
+    assert.equal(task.Properties.Cpu, '256');
+    assert.equal(task.Properties.Memory, '512');
+    assert.deepEqual(task.Properties.RequiresCompatibilities, ['FARGATE']);
+    assert.equal(service.Properties.DesiredCount, 2);
+    assert.equal(service.Properties.LaunchType, 'FARGATE');
+    assert.equal(service.Properties.NetworkConfiguration.AwsvpcConfiguration.AssignPublicIp, 'DISABLED');
+    assert.deepEqual(holder.PortMappings.map((m: Json) => m.ContainerPort), [8080]);
+    assert.equal(holderEnv.LABLINK_HOLDER_ADDR, '0.0.0.0:8080');
+    assert.ok(holder.Ulimits.some((u: Json) => u.Name === 'nofile' && u.SoftLimit >= 65536));
+  });
+
+  test('health-checked on GET /healthz behind an internal load balancer', () => {
+    assert.equal(targetGroup.Properties.HealthCheckPath, '/healthz');
+    assert.equal(targetGroup.Properties.Port, 8080);
+    assert.equal(targetGroup.Properties.TargetType, 'ip');
+    assert.equal(alb.Properties.Scheme, 'internal');
+  });
+
+  test('the load balancer idle timeout and the API timeout exceed the hold window', () => {
+    const maxWait = Number(holderEnv.LABLINK_HOLDER_MAX_WAIT_SECONDS);
+    const idle = Number(
+      alb.Properties.LoadBalancerAttributes.find((a: Json) => a.Key === 'idle_timeout.timeout_seconds').Value,
+    );
+    assert.ok(idle > maxWait, `idle ${idle} > hold ${maxWait}`);
+    assert.equal(idle, holderIdleTimeoutSeconds(maxWait));
+    const { integration } = routeTarget(s, 'POST /vm_startup');
+    assert.ok(integration.Properties.TimeoutInMillis > maxWait * 1000);
+    assert.ok(Number(holderEnv.LABLINK_HOLDER_DEFAULT_WAIT_SECONDS) <= maxWait);
+  });
+
+  test('starts after the db-setup container has created lablink_app', () => {
+    assert.deepEqual(holder.DependsOn, [{ ContainerName: 'db-setup', Condition: 'SUCCESS' }]);
+    const setup = task.Properties.ContainerDefinitions.find((c: Json) => c.Name === 'db-setup');
+    assert.equal(setup.Essential, false);
+    const sql = setup.Command.join(' ');
+    assert.match(sql, /CREATE ROLE lablink_app LOGIN/);
+    assert.match(sql, /GRANT rds_iam TO lablink_app/);
+  });
+
+  test('the holder image comes from the deployment\'s ECR repository at the given tag', () => {
+    const image = JSON.stringify(holder.Image);
+    assert.ok(image.includes('lablink-holder-') && image.includes('HolderImageTag'), image);
+    const pull = allStatements(s).filter((x) => x.role === taskExecRole() && x.Action.includes('ecr:BatchGetImage'));
+    assert.equal(pull.length, 1);
+    assert.ok(JSON.stringify(pull[0]!.Resource).includes('repository/lablink-holder-'), 'pulls its own repository only');
+  });
+});
+
+describe('network', () => {
+  test('two availability zones; database in isolated subnets', () => {
+    const subnets = ofType(s, 'AWS::EC2::Subnet');
+    assert.equal(subnets.length, 6);
+    const azs = new Set(subnets.map(([, r]) => JSON.stringify(r.Properties.AvailabilityZone)));
+    assert.equal(azs.size, 2);
+    const group = ofType(s, 'AWS::RDS::DBSubnetGroup')[0]![1];
+    for (const id of group.Properties.SubnetIds.map(refId)) {
+      assert.equal(s.resources[id].Properties.MapPublicIpOnLaunch, false);
+      const tags = s.resources[id].Properties.Tags;
+      assert.ok(tags.some((t: Json) => t.Key === 'aws-cdk:subnet-type' && t.Value === 'Isolated'), id);
+    }
+  });
+
+  test('nothing is open to the world, and nothing allows SSH', () => {
+    const ingress = [
+      ...ofType(s, 'AWS::EC2::SecurityGroup').flatMap(([, r]) => r.Properties.SecurityGroupIngress ?? []),
+      ...ofType(s, 'AWS::EC2::SecurityGroupIngress').map(([, r]) => r.Properties),
+    ];
+    assert.ok(ingress.length > 0);
+    for (const rule of ingress) {
+      assert.ok(rule.CidrIp !== '0.0.0.0/0' && rule.CidrIpv6 !== '::/0', JSON.stringify(rule));
+      const from = rule.FromPort ?? 0;
+      const to = rule.ToPort ?? 65535;
+      assert.ok(rule.IpProtocol !== '-1' && !(from <= 22 && 22 <= to), `SSH: ${JSON.stringify(rule)}`);
+    }
+    const vmSg = ofType(s, 'AWS::EC2::SecurityGroup').find(([, r]) =>
+      String(r.Properties.GroupDescription).includes('VMs'),
+    )![1];
+    assert.equal(vmSg.Properties.SecurityGroupIngress, undefined, 'VMs accept no connections');
+  });
+});
+
+describe('parameters and outputs', () => {
+  test('SAM parameters: environment, admin user, machine type, AMI, max VMs, allowed CIDRs', () => {
+    const p = s.json.Parameters;
+    for (const k of ['Environment', 'AdminUser', 'AdminPasswordHash', 'MachineType', 'AmiId', 'MaxVms', 'AllowedCidrs']) {
+      assert.ok(p[k], k);
+    }
+    assert.equal(p.AmiId.Type, 'AWS::EC2::Image::Id');
+    assert.equal(p.AllowedCidrs.Type, 'CommaDelimitedList');
+    assert.equal(p.BootstrapVersion, undefined, 'no CDK bootstrap needed');
+  });
+
+  test('admin routes get the allowed CIDRs', () => {
+    for (const r of manifest.http.filter((x) => x.access === 'admin')) {
+      assert.ok(mentions(envOf(s, r.function).LABLINK_ADMIN_ALLOWED_CIDRS, 'AllowedCidrs'), r.function);
+    }
+  });
+
+  test('outputs the API URL and the holder URL', () => {
+    const o = s.json.Outputs;
+    assert.ok(o.ApiUrl && o.HolderUrl && o.VmStartupUrl);
+    assert.ok(JSON.stringify(o.ApiUrl.Value).includes('execute-api'));
+    assert.ok(mentions(o.HolderUrl.Value, the('AWS::ElasticLoadBalancingV2::LoadBalancer')[0]));
+  });
+});
+
+function roleOfVm(): string {
+  const profile = the('AWS::IAM::InstanceProfile')[1];
+  return refId(profile.Properties.Roles[0])!;
+}
+
+function taskExecRole(): string {
+  return refId(task.Properties.ExecutionRoleArn)!;
+}

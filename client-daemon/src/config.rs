@@ -23,6 +23,16 @@ pub struct Args {
     #[arg(long, env = "LABLINK_HOSTNAME")]
     pub hostname: Option<String>,
 
+    /// A provisioned VM's first boot: its launch job's enrollment secret (from
+    /// user-data). With no credential yet, the daemon enrolls (`POST /api/enroll`) and
+    /// saves the hostname and credential it receives.
+    #[arg(long, env = "LABLINK_ENROLL_SECRET", hide_env_values = true)]
+    pub enroll_secret: Option<String>,
+
+    /// The instance id to enroll with (default: from EC2's IMDSv2).
+    #[arg(long, env = "LABLINK_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
     /// File holding this VM's credential (one line). Without it (and without
     /// LABLINK_CREDENTIAL) the daemon makes classic unauthenticated calls, which only a
     /// deployment in legacy mode accepts.
@@ -99,9 +109,25 @@ pub struct Config {
 }
 
 impl Args {
+    /// Where an enrolled VM keeps the hostname it was given.
+    pub fn hostname_file(&self) -> PathBuf {
+        self.state_dir.join("hostname")
+    }
+
+    /// Whether this VM still has to enroll: it has an enrollment secret and no credential.
+    pub fn needs_enrollment(&self) -> bool {
+        self.enroll_secret.as_deref().is_some_and(|s| !s.is_empty())
+            && self.credential.as_deref().is_none_or(str::is_empty)
+            && std::fs::read_to_string(&self.credential_file).map_or(true, |c| c.trim().is_empty())
+    }
+
     /// Check everything; the error names the flag.
     pub fn into_config(self) -> Result<Config, String> {
-        let raw_host = match self.hostname {
+        let enrolled_host = std::fs::read_to_string(self.hostname_file())
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        let raw_host = match self.hostname.or(enrolled_host) {
             Some(h) => h,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|s| s.trim().to_owned())

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod enroll;
 pub mod monitor;
 pub mod starthost;
 pub mod state;

@@ -12,6 +12,19 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = lablink_client_daemon::config::Args::parse();
+    if args.needs_enrollment() {
+        let enrollment = lablink_client_daemon::enroll::Enrollment {
+            api_url: &args.api_url,
+            secret: args.enroll_secret.as_deref().unwrap_or_default(),
+            instance_id: args.instance_id.as_deref(),
+            credential_file: &args.credential_file,
+            hostname_file: &args.hostname_file(),
+        };
+        tokio::select! {
+            _ = lablink_client_daemon::enroll::enroll(&enrollment) => {}
+            _ = terminate() => return,
+        }
+    }
     let cfg = match args.into_config() {
         Ok(c) => c,
         Err(e) => {

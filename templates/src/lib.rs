@@ -2,6 +2,8 @@
 //! Self-contained: inline CSS and a few lines of JS, no CDN, readable on a phone.
 //! Pages take plain values; they know nothing of HTTP or the database.
 
+pub mod admin;
+
 pub use maud::Markup;
 use maud::{DOCTYPE, PreEscaped, html};
 

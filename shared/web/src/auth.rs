@@ -6,8 +6,10 @@
 //!   its own row. In legacy mode a call without a credential is accepted (classic
 //!   clients); a presented credential is still checked.
 //! - An admin presents a session cookie signed with the deployment's session key
-//!   (HMAC-SHA256, with an expiry). The login page that issues it belongs to the admin
-//!   routes; [`issue_session`] is here so both sides share one format.
+//!   (HMAC-SHA256, with an expiry; HttpOnly, SameSite=Strict), or, from a script, HTTP
+//!   Basic. Every state-changing admin request also needs the session's CSRF token (or,
+//!   with Basic, no browser `Origin`). Password checks are argon2 and throttled per
+//!   address and per user.
 //! - A log forwarder presents the forwarder token (its SHA-256 is configured).
 
 use base64::Engine;
@@ -15,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use lablink_core::credential::Secret;
+use lablink_core::db::admin as admin_db;
 use lablink_core::db::vms;
 use lablink_core::domain::Hostname;
 use lambda_http::Request;
@@ -38,11 +41,32 @@ impl SessionKey {
         Ok(Self(bytes))
     }
 
+    /// A fresh random key (the local runner's, when none is configured).
+    pub fn generate() -> Self {
+        let mut b = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+        Self(b)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
     fn mac(&self, payload: &str) -> Hmac<Sha256> {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         m.update(payload.as_bytes());
         m
     }
+}
+
+/// The argon2id PHC string of `password` (fresh salt; the crate's default parameters).
+pub fn hash_password(password: &str) -> String {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters hashes any password")
+        .to_string()
 }
 
 /// A signed session cookie value for `user`, valid until `expires`.
@@ -75,10 +99,19 @@ pub enum Access {
     Vm,
     /// A legacy-mode call without a credential.
     Legacy,
-    /// An admin session, for this user.
-    Admin(String),
+    /// An admin, by session cookie or HTTP Basic.
+    Admin(Admin),
     /// The log forwarder.
     Forwarder,
+}
+
+/// An admin caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub user: String,
+    /// The session cookie's value (its CSRF token is derived from it); `None` for a
+    /// script using HTTP Basic.
+    pub session: Option<String>,
 }
 
 fn bearer(req: &Request) -> Option<&str> {
@@ -90,7 +123,20 @@ fn bearer(req: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+/// `Authorization: Basic` user and password.
+fn basic(req: &Request) -> Option<(String, String)> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+pub fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()
@@ -101,17 +147,149 @@ fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The admin user of a valid session on this request, if any.
-pub fn admin_session(state: &AppState, req: &Request) -> Option<String> {
-    let key = state.config.session_key.as_ref()?;
-    verify_session(key, cookie(req, SESSION_COOKIE)?, Utc::now())
+/// The CSRF token of a session: bound to that session's cookie value, so it is useless
+/// to anyone who cannot read the admin's pages.
+pub fn csrf_token(key: &SessionKey, session: &str) -> String {
+    B64.encode(key.mac(&format!("csrf.{session}")).finalize().into_bytes())
 }
 
-/// An admin session is required (JSON routes answer 401 without one).
-pub fn require_admin(state: &AppState, req: &Request) -> Result<Access, ApiError> {
-    admin_session(state, req)
-        .map(Access::Admin)
-        .ok_or(ApiError::Unauthorized)
+/// Constant-time string equality.
+pub fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The client's address: API Gateway's `sourceIp` (the local runner fills it from the
+/// socket). Never a client-supplied header.
+pub fn client_ip(req: &Request) -> String {
+    use lambda_http::RequestExt;
+    use lambda_http::request::RequestContext;
+    match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => c.http.source_ip.clone().unwrap_or_else(|| "unknown".into()),
+        _ => "unknown".into(),
+    }
+}
+
+/// Failed logins from one address within the window before it must wait.
+pub const MAX_FAILURES_PER_ADDRESS: i32 = 5;
+/// Failed logins for the admin user (all addresses together) within the window.
+pub const MAX_FAILURES_PER_USER: i32 = 50;
+pub fn throttle_window() -> chrono::Duration {
+    chrono::Duration::minutes(15)
+}
+
+pub fn throttle_limits(ip: &str, user: &str) -> Vec<admin_db::Limit> {
+    vec![
+        admin_db::Limit {
+            key: format!("ip:{ip}"),
+            max_failures: MAX_FAILURES_PER_ADDRESS,
+        },
+        admin_db::Limit {
+            key: format!("user:{}", user.chars().take(64).collect::<String>()),
+            max_failures: MAX_FAILURES_PER_USER,
+        },
+    ]
+}
+
+/// Check a user name and password (throttled): `Ok(true)` on a match. A mismatch is
+/// counted against the address and the user.
+pub async fn check_password(state: &AppState, req: &Request, user: &str, password: &str) -> Result<bool, ApiError> {
+    let admin = state.admin().await?;
+    let ip = client_ip(req);
+    let limits = throttle_limits(&ip, user);
+    let client = state.db.client().await?;
+    let now = Utc::now();
+    if let Some(until) = admin_db::throttled_until(&client, &limits, throttle_window(), now).await? {
+        return Err(ApiError::TooManyRequests {
+            retry_after: (until - now).num_seconds().max(1) as u64,
+        });
+    }
+    let hash = admin.password_hash.clone();
+    let pw = password.to_owned();
+    // argon2 is deliberately slow: off the async workers.
+    let password_ok = tokio::task::spawn_blocking(move || {
+        argon2::PasswordHash::new(&hash)
+            .is_ok_and(|h| argon2::PasswordVerifier::verify_password(&argon2::Argon2::default(), pw.as_bytes(), &h).is_ok())
+    })
+    .await
+    .unwrap_or(false);
+    let ok = password_ok && same(user, &admin.user);
+    if ok {
+        admin_db::clear_failures(&client, &format!("ip:{ip}")).await?;
+    } else {
+        tracing::warn!(ip, "failed admin login");
+        admin_db::record_failure(&client, &limits, throttle_window(), now).await?;
+    }
+    Ok(ok)
+}
+
+/// The admin of a valid session cookie on this request, if any.
+pub async fn admin_session(state: &AppState, req: &Request) -> Option<Admin> {
+    let value = cookie(req, SESSION_COOKIE)?;
+    let admin = state.admin().await.ok()?;
+    let user = verify_session(&admin.session_key, value, Utc::now())?;
+    Some(Admin {
+        user,
+        session: Some(value.to_owned()),
+    })
+}
+
+/// An admin is required: a session cookie, or HTTP Basic (scripts). Reads only; writes
+/// go through [`require_admin_write`].
+pub async fn require_admin(state: &AppState, req: &Request) -> Result<Admin, ApiError> {
+    if let Some(a) = admin_session(state, req).await {
+        return Ok(a);
+    }
+    if let Some((user, password)) = basic(req) {
+        if check_password(state, req, &user, &password).await? {
+            return Ok(Admin { user, session: None });
+        }
+        return Err(ApiError::Unauthorized);
+    }
+    // Without an admin configured, say so rather than "log in".
+    state.admin().await?;
+    Err(ApiError::Unauthorized)
+}
+
+/// Whether `Origin` (when a browser sent one) is this site. A cross-site form post
+/// always carries a foreign Origin.
+fn same_origin(req: &Request) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// A state-changing admin request. With a session: the CSRF token (form field `csrf`
+/// or header `X-CSRF-Token`) must be the session's, and `Origin`, when present, this
+/// site. With HTTP Basic: no `Origin` at all (browsers send one on every POST, so a
+/// cross-site form cannot ride on remembered Basic credentials; scripts send none).
+pub async fn require_admin_write(state: &AppState, req: &Request, form_csrf: Option<&str>) -> Result<Admin, ApiError> {
+    if !same_origin(req) {
+        return Err(ApiError::Refused("cross-site request refused".into()));
+    }
+    let admin = require_admin(state, req).await?;
+    match &admin.session {
+        Some(session) => {
+            let key = &state.admin().await?.session_key;
+            let presented = form_csrf.or_else(|| req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()));
+            match presented {
+                Some(t) if same(t, &csrf_token(key, session)) => Ok(admin),
+                _ => Err(ApiError::Refused(
+                    "this form has no valid CSRF token; reload the page and try again".into(),
+                )),
+            }
+        }
+        None if req.headers().contains_key(header::ORIGIN) => Err(ApiError::Refused(
+            "HTTP Basic is for scripts; a browser must log in at /admin/login".into(),
+        )),
+        None => Ok(admin),
+    }
 }
 
 /// The VM `host` itself must be calling (or, in legacy mode, anyone without a credential).
@@ -136,8 +314,11 @@ pub async fn require_vm_or_admin(
     req: &Request,
     host: &Hostname,
 ) -> Result<Access, ApiError> {
-    if let Some(user) = admin_session(state, req) {
-        return Ok(Access::Admin(user));
+    if let Some(a) = admin_session(state, req).await {
+        return Ok(Access::Admin(a));
+    }
+    if basic(req).is_some() {
+        return require_admin(state, req).await.map(Access::Admin);
     }
     // In legacy mode reads still need a credential: they may show another person's data.
     if bearer(req).is_none() {

@@ -20,6 +20,15 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     Unavailable(String),
+    /// 403 with a reason (an admin write without its CSRF token, a cross-site post...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many failed logins; try again in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
+    #[error(transparent)]
+    Store(#[from] lablink_ops::StoreError),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -38,6 +47,11 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Refused(_) => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Store(lablink_ops::StoreError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             // The database being unreachable is an outage, not a bug: 503 tells
             // clients to retry.
             Self::Db(DbError::Connect(_) | DbError::Token(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -57,6 +71,10 @@ impl ApiError {
                 tracing::error!(error = %e, "internal error");
                 "internal error".to_owned()
             }
+            Self::Store(e) => {
+                tracing::error!(error = %e, "job store error");
+                "the job store is unavailable; try again shortly".to_owned()
+            }
             other => other.to_string(),
         };
         let mut b = Response::builder()
@@ -66,6 +84,7 @@ impl ApiError {
         match &self {
             Self::MethodNotAllowed(allow) => b = b.header(header::ALLOW, *allow),
             Self::Unauthorized => b = b.header(header::WWW_AUTHENTICATE, "Bearer realm=\"lablink\""),
+            Self::TooManyRequests { retry_after } => b = b.header(header::RETRY_AFTER, retry_after.to_string()),
             _ => {}
         }
         b.body(Body::from(serde_json::json!({ "error": message }).to_string()))

@@ -6,6 +6,7 @@
 //! [`error::ApiError`], mapped to a response in one place: client mistakes are 4xx with
 //! a message, never a 500 or a panic.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod lambda;

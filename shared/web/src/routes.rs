@@ -13,7 +13,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth;
+use crate::{admin, auth};
 use crate::error::{html, json};
 use crate::request::{self, LOG_BODY, SMALL_BODY};
 use crate::{ApiError, AppState};
@@ -33,10 +33,25 @@ pub enum Route {
     GetVmLogs,
     PostVmMetrics,
     Health,
+    Enroll,
+    AdminLoginPage,
+    AdminLogin,
+    AdminLogout,
+    AdminHome,
+    AdminCreate,
+    AdminInstances,
+    AdminDelete,
+    AdminLogs,
+    AdminJob,
+    Launch,
+    Destroy,
+    GetJob,
+    SetAwsCredentials,
+    UnsetAwsCredentials,
 }
 
 impl Route {
-    pub const ALL: [Route; 12] = [
+    pub const ALL: [Route; 27] = [
         Route::Index,
         Route::RequestVm,
         Route::UnassignedVmsCount,
@@ -49,6 +64,21 @@ impl Route {
         Route::GetVmLogs,
         Route::PostVmMetrics,
         Route::Health,
+        Route::Enroll,
+        Route::AdminLoginPage,
+        Route::AdminLogin,
+        Route::AdminLogout,
+        Route::AdminHome,
+        Route::AdminCreate,
+        Route::AdminInstances,
+        Route::AdminDelete,
+        Route::AdminLogs,
+        Route::AdminJob,
+        Route::Launch,
+        Route::Destroy,
+        Route::GetJob,
+        Route::SetAwsCredentials,
+        Route::UnsetAwsCredentials,
     ];
 
     /// Method and API Gateway route path.
@@ -66,6 +96,21 @@ impl Route {
             Route::GetVmLogs => (Method::GET, "/api/vm-logs/{hostname}"),
             Route::PostVmMetrics => (Method::POST, "/api/vm-metrics/{hostname}"),
             Route::Health => (Method::GET, "/api/health"),
+            Route::Enroll => (Method::POST, "/api/enroll"),
+            Route::AdminLoginPage => (Method::GET, "/admin/login"),
+            Route::AdminLogin => (Method::POST, "/admin/login"),
+            Route::AdminLogout => (Method::POST, "/admin/logout"),
+            Route::AdminHome => (Method::GET, "/admin"),
+            Route::AdminCreate => (Method::GET, "/admin/create"),
+            Route::AdminInstances => (Method::GET, "/admin/instances"),
+            Route::AdminDelete => (Method::GET, "/admin/instances/delete"),
+            Route::AdminLogs => (Method::GET, "/admin/logs/{hostname}"),
+            Route::AdminJob => (Method::GET, "/admin/jobs/{id}"),
+            Route::Launch => (Method::POST, "/api/launch"),
+            Route::Destroy => (Method::POST, "/destroy"),
+            Route::GetJob => (Method::GET, "/api/jobs/{id}"),
+            Route::SetAwsCredentials => (Method::POST, "/api/admin/set-aws-credentials"),
+            Route::UnsetAwsCredentials => (Method::POST, "/api/admin/unset-aws-credentials"),
         }
     }
 
@@ -84,6 +129,21 @@ impl Route {
             Route::GetVmLogs => "get-vm-logs",
             Route::PostVmMetrics => "post-vm-metrics",
             Route::Health => "health",
+            Route::Enroll => "enroll",
+            Route::AdminLoginPage => "admin-login-page",
+            Route::AdminLogin => "admin-login",
+            Route::AdminLogout => "admin-logout",
+            Route::AdminHome => "admin-home",
+            Route::AdminCreate => "admin-create",
+            Route::AdminInstances => "admin-instances",
+            Route::AdminDelete => "admin-delete",
+            Route::AdminLogs => "admin-logs",
+            Route::AdminJob => "admin-job",
+            Route::Launch => "launch",
+            Route::Destroy => "destroy",
+            Route::GetJob => "get-job",
+            Route::SetAwsCredentials => "set-aws-credentials",
+            Route::UnsetAwsCredentials => "unset-aws-credentials",
         }
     }
 
@@ -130,6 +190,21 @@ impl Route {
                 Route::GetVmLogs => get_vm_logs(state, &req).await,
                 Route::PostVmMetrics => post_vm_metrics(state, &req).await,
                 Route::Health => health(state).await,
+                Route::Enroll => admin::enroll(state, &req).await,
+                Route::AdminLoginPage => admin::login_page(state, &req).await,
+                Route::AdminLogin => admin::login(state, &req).await,
+                Route::AdminLogout => admin::logout(state, &req).await,
+                Route::AdminHome => admin::home(state, &req).await,
+                Route::AdminCreate => admin::create(state, &req).await,
+                Route::AdminInstances => admin::instances(state, &req).await,
+                Route::AdminDelete => admin::delete_page(state, &req).await,
+                Route::AdminLogs => admin::logs_page(state, &req).await,
+                Route::AdminJob => admin::job_page(state, &req).await,
+                Route::Launch => admin::launch(state, &req).await,
+                Route::Destroy => admin::destroy(state, &req).await,
+                Route::GetJob => admin::get_job(state, &req).await,
+                Route::SetAwsCredentials => admin::set_aws_credentials(state, &req).await,
+                Route::UnsetAwsCredentials => admin::unset_aws_credentials(state, &req).await,
             }
         };
         match result {
@@ -308,7 +383,7 @@ async fn post_vm_status(state: &AppState, req: &Request) -> Reply {
 }
 
 async fn list_vm_status(state: &AppState, req: &Request) -> Reply {
-    auth::require_admin(state, req)?;
+    auth::require_admin(state, req).await?;
     let client = state.db.client().await?;
     let all: Vec<_> = vms::list_statuses(&client)
         .await?

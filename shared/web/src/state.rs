@@ -1,10 +1,52 @@
-//! What every route's Lambda builds once at start-up and borrows per request.
+//! What every route's Lambda builds once at start-up and borrows per request. Nothing
+//! here touches the network at start-up: the database, the AWS clients and the admin
+//! secret are made on first use and kept for the life of the process.
+
+use std::sync::Arc;
 
 use lablink_core::config::{ConfigError, Settings};
 use lablink_core::credential::SecretHash;
 use lablink_core::db::{Db, DbConfig};
+use lablink_ops::JobStore;
+use tokio::sync::OnceCell;
 
+use crate::ApiError;
 use crate::auth::SessionKey;
+
+/// Where the admin's user, password hash and session key come from.
+#[derive(Clone)]
+pub enum AdminSource {
+    /// `LABLINK_ADMIN_USER`, `LABLINK_ADMIN_PASSWORD_HASH` (argon2 PHC string) and
+    /// `LABLINK_SESSION_KEY` (local runs, tests).
+    Env(Arc<AdminAuth>),
+    /// `LABLINK_ADMIN_SECRET_ID`: a Secrets Manager secret holding
+    /// `{"user","password_hash","session_key"}`, read on first use.
+    SecretsManager(String),
+    /// No admin configured: admin routes answer 503.
+    None,
+}
+
+/// The admin's identity and the key that signs sessions.
+pub struct AdminAuth {
+    pub user: String,
+    /// argon2 PHC string (`$argon2id$v=19$...`).
+    pub password_hash: String,
+    pub session_key: SessionKey,
+}
+
+impl AdminAuth {
+    pub fn new(user: &str, password_hash: &str, session_key: SessionKey) -> Result<Self, String> {
+        if user.is_empty() || user.len() > 64 {
+            return Err("the admin user name must be 1 to 64 characters".into());
+        }
+        argon2::PasswordHash::new(password_hash).map_err(|e| format!("not an argon2 PHC string: {e}"))?;
+        Ok(Self {
+            user: user.to_owned(),
+            password_hash: password_hash.to_owned(),
+            session_key,
+        })
+    }
+}
 
 /// Settings of the HTTP functions (all read from the environment).
 #[derive(Clone)]
@@ -13,12 +55,18 @@ pub struct AppConfig {
     /// `LABLINK_LEGACY_VM_AUTH`: accept the classic unauthenticated VM calls so an
     /// unmodified classic client image works. Off by default; logged loudly when on.
     pub legacy_vm_auth: bool,
-    /// `LABLINK_SESSION_KEY`: key (hex, at least 32 bytes) that signs admin session
-    /// cookies. Without it no admin session is accepted.
-    pub session_key: Option<SessionKey>,
+    pub admin: AdminSource,
     /// `LABLINK_LOG_FORWARDER_TOKEN_SHA256`: SHA-256 (hex) of the token log forwarders
     /// present to `POST /api/vm-logs`.
     pub forwarder_token_hash: Option<SecretHash>,
+    /// `LABLINK_JOBS_TABLE`: the DynamoDB jobs table (unset: the local runner supplies
+    /// an embedded store, or job routes answer 503).
+    pub jobs_table: Option<String>,
+    /// `LABLINK_MAX_VMS`: the most VMs the fleet may hold (default 50).
+    pub max_vms: u32,
+    /// `LABLINK_DEPLOYMENT`: this deployment's name (tags, hostnames, the destroy
+    /// confirmation). Default `local`.
+    pub deployment: String,
 }
 
 impl AppConfig {
@@ -30,6 +78,28 @@ impl AppConfig {
             "at least 64 hex characters (32 bytes)",
             SessionKey::from_hex,
         );
+        let user = s.raw("LABLINK_ADMIN_USER").map(str::to_owned);
+        let hash = s.raw("LABLINK_ADMIN_PASSWORD_HASH").map(str::to_owned);
+        let secret_id = s.raw("LABLINK_ADMIN_SECRET_ID").filter(|v| !v.is_empty()).map(str::to_owned);
+        let admin = match (user, hash, session_key, secret_id) {
+            (_, _, _, Some(id)) => AdminSource::SecretsManager(id),
+            (Some(u), Some(h), Some(k), None) => match AdminAuth::new(&u, &h, k) {
+                Ok(a) => AdminSource::Env(Arc::new(a)),
+                Err(e) => {
+                    s.report("LABLINK_ADMIN_PASSWORD_HASH", e, "the output of `lablink-local hash-password`");
+                    AdminSource::None
+                }
+            },
+            (None, None, _, None) => AdminSource::None,
+            _ => {
+                s.report(
+                    "LABLINK_ADMIN_USER",
+                    "LABLINK_ADMIN_USER, LABLINK_ADMIN_PASSWORD_HASH and LABLINK_SESSION_KEY go together",
+                    "all three, or LABLINK_ADMIN_SECRET_ID",
+                );
+                AdminSource::None
+            }
+        };
         let forwarder_token_hash = s.optional_with(
             "LABLINK_LOG_FORWARDER_TOKEN_SHA256",
             "64 hex characters (a SHA-256)",
@@ -40,11 +110,30 @@ impl AppConfig {
                     .ok_or("not a hex SHA-256")
             },
         );
+        let jobs_table = s.raw("LABLINK_JOBS_TABLE").filter(|v| !v.is_empty()).map(str::to_owned);
+        let max_vms = s.ranged("LABLINK_MAX_VMS", 50u32, 1, 10_000);
+        let deployment = s
+            .optional_with(
+                "LABLINK_DEPLOYMENT",
+                "1 to 40 letters, digits and dashes",
+                |v: &str| {
+                    let ok = !v.is_empty()
+                        && v.len() <= 40
+                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !v.starts_with('-')
+                        && !v.ends_with('-');
+                    if ok { Ok(v.to_owned()) } else { Err("not a deployment name") }
+                },
+            )
+            .unwrap_or_else(|| "local".to_owned());
         Some(Self {
             db: db?,
             legacy_vm_auth,
-            session_key,
+            admin,
             forwarder_token_hash,
+            jobs_table,
+            max_vms,
+            deployment,
         })
     }
 
@@ -55,10 +144,15 @@ impl AppConfig {
     }
 }
 
-/// Built once per process: configuration and the lazily connected database.
+/// Built once per process: configuration and the lazily made connections.
 pub struct AppState {
     pub config: AppConfig,
     pub db: Db,
+    admin: OnceCell<Arc<AdminAuth>>,
+    aws: OnceCell<aws_config::SdkConfig>,
+    jobs: OnceCell<Arc<dyn JobStore>>,
+    /// Set by the local runner: what launches VMs when there is no AWS (shown on /admin).
+    pub local_compute: Option<String>,
 }
 
 impl AppState {
@@ -73,6 +167,78 @@ impl AppState {
         Self {
             db: Db::new(config.db.clone()),
             config,
+            admin: OnceCell::new(),
+            aws: OnceCell::new(),
+            jobs: OnceCell::new(),
+            local_compute: None,
         }
     }
+
+    /// Use this job store instead of DynamoDB (the local runner's embedded store), and
+    /// say what computes.
+    pub fn with_local_jobs(self, store: Arc<dyn JobStore>, compute: &str) -> Self {
+        let jobs = OnceCell::new();
+        let _ = jobs.set(store);
+        Self {
+            jobs,
+            local_compute: Some(compute.to_owned()),
+            ..self
+        }
+    }
+
+    /// The AWS configuration (region, credentials chain; `AWS_ENDPOINT_URL` honoured).
+    pub async fn aws(&self) -> &aws_config::SdkConfig {
+        self.aws
+            .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
+            .await
+    }
+
+    /// The job store, made on first use.
+    pub async fn jobs(&self) -> Result<&Arc<dyn JobStore>, ApiError> {
+        self.jobs
+            .get_or_try_init(|| async {
+                let table = self.config.jobs_table.clone().ok_or_else(|| {
+                    ApiError::Unavailable("no job store is configured (LABLINK_JOBS_TABLE)".into())
+                })?;
+                let client = aws_sdk_dynamodb_client(self.aws().await);
+                Ok::<Arc<dyn JobStore>, ApiError>(Arc::new(lablink_ops::dynamo::DynamoJobStore::new(client, table)))
+            })
+            .await
+    }
+
+    /// The admin's identity and session key, read on first use.
+    pub async fn admin(&self) -> Result<&Arc<AdminAuth>, ApiError> {
+        self.admin
+            .get_or_try_init(|| async {
+                match &self.config.admin {
+                    AdminSource::Env(a) => Ok(Arc::clone(a)),
+                    AdminSource::None => Err(ApiError::Unavailable(
+                        "no admin is configured for this deployment".into(),
+                    )),
+                    AdminSource::SecretsManager(id) => {
+                        let client = aws_sdk_secretsmanager::Client::new(self.aws().await);
+                        let out = client.get_secret_value().secret_id(id).send().await.map_err(|e| {
+                            tracing::error!(error = %aws_sdk_secretsmanager::error::DisplayErrorContext(&e), "reading the admin secret");
+                            ApiError::Unavailable("the admin secret cannot be read".into())
+                        })?;
+                        let v: serde_json::Value = serde_json::from_str(out.secret_string().unwrap_or_default())
+                            .map_err(|_| ApiError::Unavailable("the admin secret is not JSON".into()))?;
+                        let key = SessionKey::from_hex(v["session_key"].as_str().unwrap_or_default())
+                            .map_err(|e| ApiError::Unavailable(format!("the admin secret's session_key: {e}")))?;
+                        AdminAuth::new(
+                            v["user"].as_str().unwrap_or_default(),
+                            v["password_hash"].as_str().unwrap_or_default(),
+                            key,
+                        )
+                        .map(Arc::new)
+                        .map_err(|e| ApiError::Unavailable(format!("the admin secret: {e}")))
+                    }
+                }
+            })
+            .await
+    }
+}
+
+fn aws_sdk_dynamodb_client(cfg: &aws_config::SdkConfig) -> lablink_ops::dynamo::Client {
+    lablink_ops::dynamo::Client::new(cfg)
 }

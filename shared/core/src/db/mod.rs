@@ -5,6 +5,8 @@
 //! and a connection that died between invocations is replaced on the next call.
 
 mod connect;
+pub mod admin;
+pub mod fleet;
 pub mod logs;
 pub mod vms;
 

@@ -1,0 +1,143 @@
+//! First boot of a provisioned VM: the user-data gave the daemon only its launch job's
+//! enrollment secret. The daemon asks IMDSv2 for its instance id, presents both to
+//! `POST /api/enroll`, and receives its hostname and its own credential, once. Both are
+//! written to disk (credential 0600, atomically) before anything else happens, so a
+//! restart uses them instead of enrolling again.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::Backoff;
+
+const IMDS: &str = "http://169.254.169.254";
+
+/// What enrollment needs.
+pub struct Enrollment<'a> {
+    pub api_url: &'a reqwest::Url,
+    pub secret: &'a str,
+    /// Given (local VMs, tests), or read from IMDSv2.
+    pub instance_id: Option<&'a str>,
+    pub credential_file: &'a Path,
+    pub hostname_file: &'a Path,
+}
+
+/// The instance id from EC2's metadata service (IMDSv2: a session token first).
+pub async fn imds_instance_id(http: &reqwest::Client) -> Result<String, String> {
+    let token = http
+        .put(format!("{IMDS}/latest/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "300")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("IMDSv2 token: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("IMDSv2 token: {e}"))?;
+    http.get(format!("{IMDS}/latest/meta-data/instance-id"))
+        .header("X-aws-ec2-metadata-token", token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("IMDSv2 instance-id: {e}"))?
+        .text()
+        .await
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("IMDSv2 instance-id: {e}"))
+}
+
+/// Write `data` to `path` through a temporary file and a rename, with `mode`.
+fn write_private(path: &Path, data: &str, mode: u32) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(data.as_bytes())?;
+    f.sync_all()?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Enroll, retrying until it works: transport errors, 5xx and 404 (the provisioner has
+/// not recorded this instance yet) are retried with backoff; a refusal (403 wrong
+/// secret, 409 enrolled before) is logged and retried slowly, since only an admin can
+/// fix it. Returns the hostname.
+pub async fn enroll(e: &Enrollment<'_>) -> String {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("lablink-client-daemon/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client builds with static settings");
+    let mut backoff = Backoff::new();
+    let instance_id = match e.instance_id {
+        Some(i) => i.to_owned(),
+        None => loop {
+            match imds_instance_id(&http).await {
+                Ok(i) => break i,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the instance id; retrying");
+                    backoff.wait().await;
+                }
+            }
+        },
+    };
+    backoff.reset();
+    let url = format!("{}/api/enroll", e.api_url.as_str().trim_end_matches('/'));
+    loop {
+        let resp = http
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(&json!({ "instance_id": instance_id, "enrollment_secret": e.secret }))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if let (Some(h), Some(c)) = (v["hostname"].as_str(), v["credential"].as_str()) {
+                    // The credential first: without it the hostname is useless.
+                    let saved = write_private(e.credential_file, c, 0o600)
+                        .and_then(|()| write_private(e.hostname_file, h, 0o644));
+                    match saved {
+                        Ok(()) => {
+                            tracing::info!(hostname = h, instance_id, "enrolled");
+                            return h.to_owned();
+                        }
+                        Err(err) => {
+                            // Nothing else can be done: the credential was handed out once.
+                            tracing::error!(error = %err, file = %e.credential_file.display(), "enrolled but cannot save the credential; an admin must re-provision this VM");
+                        }
+                    }
+                } else {
+                    tracing::warn!(body = %v, "enroll answered without hostname and credential");
+                }
+                backoff.wait().await;
+            }
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                if matches!(status.as_u16(), 403 | 409) {
+                    tracing::error!(%status, body = %body.chars().take(300).collect::<String>(), "enrollment refused; retrying in 5 minutes");
+                    tokio::time::sleep(Duration::from_secs(300)).await;
+                } else {
+                    tracing::warn!(%status, body = %body.chars().take(300).collect::<String>(), "enrollment not possible yet; retrying");
+                    backoff.wait().await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot reach {url}; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Provisioning's side of the `vms` table: hostnames for a launch, the rows of launched
+//! instances, job-scoped enrollment secrets, and a VM's one-time enrollment.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use super::DbError;
+use crate::credential::{Secret, SecretHash};
+use crate::domain::{Hostname, Phase};
+
+/// `n` fresh hostnames `<prefix>-vm-<number>`, numbers from a sequence that never
+/// reuses one (even after a destroy). One statement.
+pub async fn allocate_hostnames(client: &Client, prefix: &str, n: u32) -> Result<Vec<Hostname>, DbError> {
+    let rows = client
+        .query(
+            "SELECT nextval('vm_number') FROM generate_series(1, $1::int)",
+            &[&(n as i32)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let num: i64 = r.get(0);
+            let name = format!("{prefix}-vm-{num:03}");
+            Hostname::parse(&name).map_err(|e| DbError::Corrupt(format!("hostname {name}: {e}")))
+        })
+        .collect()
+}
+
+/// Keep (the hash of) one of `job_id`'s enrollment secrets, valid until `expires_at`.
+pub async fn add_enrollment_secret(
+    client: &Client,
+    job_id: &str,
+    hash: &SecretHash,
+    expires_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "INSERT INTO vm_enrollment_secrets (job_id, secret_hash, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&job_id, &hash.as_bytes(), &expires_at],
+        )
+        .await?;
+    Ok(())
+}
+
+/// One launched instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    pub hostname: Hostname,
+    pub instance_id: String,
+}
+
+/// Record the rows of a launch in one statement (so all or none): status
+/// `initializing`, the job, and the provisioning phase. A row that exists already (a
+/// retried job) is left alone. Returns how many rows were created.
+pub async fn record_launched(
+    client: &Client,
+    job_id: &str,
+    vms: &[Launched],
+    provision: Phase,
+) -> Result<u64, DbError> {
+    let hosts: Vec<&str> = vms.iter().map(|v| v.hostname.as_str()).collect();
+    let ids: Vec<&str> = vms.iter().map(|v| v.instance_id.as_str()).collect();
+    let n = client
+        .execute(
+            "INSERT INTO vms (hostname, instance_id, job_id, status,
+                              provision_start, provision_end, provision_duration_seconds,
+                              total_startup_duration_seconds)
+             SELECT h, i, $3, 'initializing', $4, $5, $6, $6
+             FROM unnest($1::text[], $2::text[]) AS t(h, i)
+             ON CONFLICT DO NOTHING",
+            &[
+                &hosts,
+                &ids,
+                &job_id,
+                &provision.start,
+                &provision.end,
+                &provision.seconds(),
+            ],
+        )
+        .await?;
+    Ok(n)
+}
+
+/// What an enrollment attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrollment {
+    /// The VM's hostname; the new credential's hash is stored.
+    Enrolled(Hostname),
+    /// No VM row has this instance id (yet: the provisioner may still be recording it).
+    UnknownInstance,
+    /// The VM has enrolled before.
+    AlreadyEnrolled,
+    /// The secret is not one of the launching job's, or it expired.
+    BadSecret,
+}
+
+/// Enroll the VM of `instance_id` with `secret` (one of its job's enrollment secrets),
+/// storing `credential`'s hash. One statement does the work; a second one runs only to
+/// say why nothing happened.
+pub async fn enroll(
+    client: &Client,
+    instance_id: &str,
+    secret: &Secret,
+    credential: &SecretHash,
+) -> Result<Enrollment, DbError> {
+    let secret_hash = secret.hash();
+    let row = client
+        .query_opt(
+            "UPDATE vms SET credential_hash = $3, enrolled_at = now(), updated_at = now()
+             WHERE instance_id = $1 AND credential_hash IS NULL
+               AND EXISTS (SELECT 1 FROM vm_enrollment_secrets e
+                           WHERE e.job_id = vms.job_id AND e.secret_hash = $2 AND e.expires_at > now())
+             RETURNING hostname",
+            &[&instance_id, &secret_hash.as_bytes(), &credential.as_bytes()],
+        )
+        .await?;
+    if let Some(r) = row {
+        let h: String = r.get(0);
+        return Hostname::parse(&h)
+            .map(Enrollment::Enrolled)
+            .map_err(|e| DbError::Corrupt(format!("hostname: {e}")));
+    }
+    let why = client
+        .query_opt(
+            "SELECT credential_hash IS NOT NULL FROM vms WHERE instance_id = $1",
+            &[&instance_id],
+        )
+        .await?;
+    Ok(match why {
+        None => Enrollment::UnknownInstance,
+        Some(r) if r.get::<_, bool>(0) => Enrollment::AlreadyEnrolled,
+        Some(_) => Enrollment::BadSecret,
+    })
+}
+
+/// Remove the rows of these (terminated) instances. Returns how many were removed.
+pub async fn delete_instances(client: &Client, instance_ids: &[String]) -> Result<u64, DbError> {
+    Ok(client
+        .execute("DELETE FROM vms WHERE instance_id = ANY($1)", &[&instance_ids])
+        .await?)
+}
+
+/// Remove every VM row (their logs go by cascade) and every enrollment secret: what a
+/// destroy leaves once all instances are terminated. One statement; returns the number
+/// of VM rows removed.
+pub async fn clear_fleet(client: &Client) -> Result<u64, DbError> {
+    let r = client
+        .query_one(
+            "WITH secrets AS (DELETE FROM vm_enrollment_secrets),
+                  gone AS (DELETE FROM vms RETURNING 1)
+             SELECT count(*) FROM gone",
+            &[],
+        )
+        .await?;
+    Ok(r.get::<_, i64>(0) as u64)
+}
+
+/// Count of VMs per status, and how many are free (running, unassigned).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FleetCounts {
+    pub total: i64,
+    pub initializing: i64,
+    pub running: i64,
+    pub error: i64,
+    pub unknown: i64,
+    pub assigned: i64,
+    pub in_use: i64,
+    pub free: i64,
+}
+
+pub async fn counts(client: &Client) -> Result<FleetCounts, DbError> {
+    let r = client
+        .query_one(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE status = 'initializing'),
+                    count(*) FILTER (WHERE status = 'running'),
+                    count(*) FILTER (WHERE status = 'error'),
+                    count(*) FILTER (WHERE status = 'unknown'),
+                    count(*) FILTER (WHERE user_email IS NOT NULL),
+                    count(*) FILTER (WHERE in_use),
+                    count(*) FILTER (WHERE user_email IS NULL AND status = 'running')
+             FROM vms",
+            &[],
+        )
+        .await?;
+    Ok(FleetCounts {
+        total: r.get(0),
+        initializing: r.get(1),
+        running: r.get(2),
+        error: r.get(3),
+        unknown: r.get(4),
+        assigned: r.get(5),
+        in_use: r.get(6),
+        free: r.get(7),
+    })
+}

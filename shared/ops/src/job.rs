@@ -1,0 +1,205 @@
+//! The job record: what the admin asked for, where it is, and what happened. The same
+//! JSON is stored by every [`JobStore`](crate::JobStore) and served by `GET /api/jobs/{id}`.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// A job id: `YYYYMMDDTHHMMSSZ-<8 hex>`, so ids sort by creation time. The admin pages
+/// put a fresh one in each form as its idempotency key: a double-submitted form names
+/// the same job twice and makes one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn generate(now: DateTime<Utc>) -> Self {
+        let mut r = [0u8; 4];
+        rand::rngs::OsRng.fill_bytes(&mut r);
+        Self(format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), hex::encode(r)))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let b = s.as_bytes();
+        let ok = b.len() == 25
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'T'
+            && b[9..15].iter().all(u8::is_ascii_digit)
+            && b[15] == b'Z'
+            && b[16] == b'-'
+            && b[17..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("a job id looks like 20261123T101500Z-0a1b2c3d")
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(j: JobId) -> String {
+        j.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobKind {
+    Launch { num_vms: u32 },
+    Destroy,
+}
+
+impl JobKind {
+    pub fn label(&self) -> String {
+        match self {
+            JobKind::Launch { num_vms } => format!("launch {num_vms} VM{}", if *num_vms == 1 { "" } else { "s" }),
+            JobKind::Destroy => "destroy the fleet".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed)
+    }
+}
+
+/// One line of a job's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+/// One VM a job touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobVm {
+    pub hostname: String,
+    pub instance_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    #[serde(flatten)]
+    pub kind: JobKind,
+    pub state: JobState,
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// While running: until when the current attempt owns the job. A later delivery of
+    /// the same stream record takes over only after this passes (the first attempt died).
+    #[serde(default)]
+    pub lease_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Launch: the hostnames chosen for this job (kept, so a retry reuses them).
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// The VMs launched or terminated.
+    #[serde(default)]
+    pub vms: Vec<JobVm>,
+    #[serde(default)]
+    pub events: Vec<JobEvent>,
+    /// Failed: the reason, with the provider's error text.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Optimistic concurrency: every stored change increments it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl Job {
+    pub fn new(id: JobId, kind: JobKind, requested_by: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            kind,
+            state: JobState::Queued,
+            requested_by: requested_by.to_owned(),
+            created_at: now,
+            updated_at: now,
+            lease_until: None,
+            attempts: 0,
+            hostnames: Vec::new(),
+            vms: Vec::new(),
+            events: vec![JobEvent {
+                at: now,
+                message: format!("queued: {}", kind.label()),
+            }],
+            error: None,
+            version: 0,
+        }
+    }
+
+    pub fn event(&mut self, now: DateTime<Utc>, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(job = %self.id, "{message}");
+        self.events.push(JobEvent { at: now, message });
+        // A job's record stays well inside DynamoDB's 400 KB item limit.
+        if self.events.len() > 200 {
+            self.events.drain(1..self.events.len() - 199);
+        }
+        self.updated_at = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_parse_their_own_shape_only() {
+        let id = JobId::generate(Utc::now());
+        assert_eq!(JobId::parse(id.as_str()), Ok(id.clone()));
+        for bad in ["", "x", "20261123T101500Z-0a1b2c3", "20261123T101500Z-0A1B2C3D", "2026112aT101500Z-0a1b2c3d", "../../etc/passwd"] {
+            assert!(JobId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jobs_round_trip_as_json() {
+        let mut j = Job::new(JobId::generate(Utc::now()), JobKind::Launch { num_vms: 3 }, "admin", Utc::now());
+        j.event(Utc::now(), "hello");
+        let v = serde_json::to_value(&j).unwrap();
+        assert_eq!(v["kind"], "launch");
+        assert_eq!(v["num_vms"], 3);
+        assert_eq!(v["state"], "queued");
+        let back: Job = serde_json::from_value(v).unwrap();
+        assert_eq!(back, j);
+    }
+}

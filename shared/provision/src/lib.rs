@@ -1,0 +1,269 @@
+//! The provisioner: runs launch and destroy jobs. Triggered by the jobs table's stream on
+//! AWS (the `provisioner` Lambda) or by the embedded store's channel locally; either may
+//! deliver a job more than once, and [`Provisioner::process`] is safe to run again:
+//!
+//! - a finished job is left alone; a running one is taken over only after its lease
+//!   (the first attempt died);
+//! - a launch adopts the instances its job already launched (found by tag) instead of
+//!   launching again, reuses the hostnames it chose, and records rows with
+//!   `ON CONFLICT DO NOTHING`;
+//! - a step that fails ends the job as failed with the provider's error; instances a
+//!   failed launch started are terminated, so no VM is left half-recorded.
+
+pub mod compute;
+pub mod ec2;
+pub mod local;
+pub mod stream;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use lablink_core::credential::Secret;
+use lablink_core::db::{Db, fleet};
+use lablink_core::domain::{Hostname, Phase};
+use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, JobVm, Lock, StoreError};
+
+pub use compute::{Compute, ComputeError, Instance, LaunchSpec, TERMINATE_BATCH};
+
+/// How long one attempt owns a job (a Lambda runs at most 15 minutes).
+pub const ATTEMPT_LEASE: Duration = Duration::minutes(15);
+/// How long a launch's enrollment secret is accepted.
+pub const ENROLLMENT_WINDOW: Duration = Duration::hours(24);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Db(#[from] lablink_core::db::DbError),
+}
+
+/// What one delivery of a job came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    Finished(JobState),
+    /// Nothing to do: why.
+    Skipped(&'static str),
+}
+
+pub struct Provisioner {
+    pub store: Arc<dyn JobStore>,
+    pub compute: Arc<dyn Compute>,
+    pub db: Arc<Db>,
+    /// Hostnames are `<prefix>-vm-<n>`.
+    pub hostname_prefix: String,
+}
+
+/// A step's failure: the message shown on the job page.
+struct Failed(String);
+
+impl From<ComputeError> for Failed {
+    fn from(e: ComputeError) -> Self {
+        Failed(e.0)
+    }
+}
+
+impl Provisioner {
+    /// Run job `id` if it still needs running. Errors are the job store's or the
+    /// database's own outages (the caller should let the trigger retry).
+    pub async fn process(&self, id: &JobId) -> Result<Processed, ProvisionError> {
+        let now = Utc::now();
+        let Some(mut job) = self.store.get(id).await? else {
+            return Ok(Processed::Skipped("no such job"));
+        };
+        match job.state {
+            s if s.is_finished() => return Ok(Processed::Skipped("already finished")),
+            JobState::Running if job.lease_until.is_some_and(|l| l > now) => {
+                return Ok(Processed::Skipped("another attempt is running it"));
+            }
+            _ => {}
+        }
+        job.state = JobState::Running;
+        job.attempts += 1;
+        job.lease_until = Some(now + ATTEMPT_LEASE);
+        let attempt = job.attempts;
+        job.event(now, format!("attempt {attempt} started ({})", self.compute.kind()));
+        if !self.save(&mut job).await? {
+            return Ok(Processed::Skipped("claimed by a concurrent delivery"));
+        }
+        if let Lock::HeldBy(other) = self
+            .store
+            .acquire_lock(&job.id, now + lablink_ops::LOCK_LEASE, now, None)
+            .await?
+        {
+            return self
+                .finish(job, Err(Failed(format!("the fleet is locked by job {other}"))))
+                .await;
+        }
+        let result = match job.kind {
+            JobKind::Launch { num_vms } => self.launch(&mut job, num_vms).await,
+            JobKind::Destroy => self.destroy(&mut job).await,
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Our own store or database failed: hand the job back so a retry of the
+                // trigger can take it over at once, then report the outage.
+                job.lease_until = Some(Utc::now());
+                job.event(Utc::now(), format!("attempt {attempt} interrupted: {e}"));
+                let _ = self.save(&mut job).await;
+                return Err(e);
+            }
+        };
+        self.finish(job, result).await
+    }
+
+    /// Store `job` and follow its version; `false` if someone else changed it first.
+    async fn save(&self, job: &mut Job) -> Result<bool, StoreError> {
+        job.updated_at = Utc::now();
+        if self.store.replace(job).await? {
+            job.version += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn progress(&self, job: &mut Job, message: impl Into<String>) -> Result<(), ProvisionError> {
+        job.event(Utc::now(), message);
+        self.save(job).await?;
+        Ok(())
+    }
+
+    async fn finish(&self, mut job: Job, result: Result<String, Failed>) -> Result<Processed, ProvisionError> {
+        let now = Utc::now();
+        match result {
+            Ok(summary) => {
+                job.state = JobState::Succeeded;
+                job.event(now, summary);
+            }
+            Err(Failed(reason)) => {
+                job.state = JobState::Failed;
+                job.event(now, format!("failed: {reason}"));
+                job.error = Some(reason);
+            }
+        }
+        job.lease_until = None;
+        self.save(&mut job).await?;
+        self.store.release_lock(&job.id).await?;
+        Ok(Processed::Finished(job.state))
+    }
+
+    async fn launch(&self, job: &mut Job, n: u32) -> Result<Result<String, Failed>, ProvisionError> {
+        let started: DateTime<Utc> = job.events.last().map_or_else(Utc::now, |e| e.at);
+        let client = self.db.client().await?;
+        if job.hostnames.len() != n as usize {
+            let names = fleet::allocate_hostnames(&client, &self.hostname_prefix, n).await?;
+            job.hostnames = names.iter().map(|h| h.as_str().to_owned()).collect();
+            self.progress(job, format!("hostnames: {}", job.hostnames.join(", ")))
+                .await?;
+        }
+        let hostnames: Vec<Hostname> = job
+            .hostnames
+            .iter()
+            .map(|h| Hostname::parse(h).map_err(|e| lablink_core::db::DbError::Corrupt(format!("job hostname: {e}"))))
+            .collect::<Result<_, _>>()?;
+
+        let mut instances = match self.compute.job_instances(&job.id).await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(Failed(format!("listing the job's instances: {e}")))),
+        };
+        if instances.is_empty() {
+            let secret = Secret::generate();
+            fleet::add_enrollment_secret(&client, job.id.as_str(), &secret.hash(), Utc::now() + ENROLLMENT_WINDOW)
+                .await?;
+            self.progress(job, format!("launching {n} instance(s)")).await?;
+            let spec = LaunchSpec {
+                job: job.id.clone(),
+                hostnames: hostnames.clone(),
+                enrollment_secret: secret,
+            };
+            instances = match self.compute.launch(&spec).await {
+                Ok(i) => i,
+                Err(e) => return Ok(Err(Failed(format!("launching instances: {e}")))),
+            };
+        } else {
+            self.progress(job, format!("adopting {} instance(s) an earlier attempt launched", instances.len()))
+                .await?;
+        }
+        let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+        if instances.len() != hostnames.len() {
+            return Ok(Err(self
+                .undo_launch(job, &ids, format!("asked for {n} instances, got {}", instances.len()))
+                .await?));
+        }
+        let pairs: Vec<(String, Hostname)> = ids.iter().cloned().zip(hostnames.iter().cloned()).collect();
+        if let Err(e) = self.compute.name(&pairs).await {
+            return Ok(Err(self.undo_launch(job, &ids, format!("tagging instances: {e}")).await?));
+        }
+        let provision = Phase {
+            start: started,
+            end: Utc::now(),
+        };
+        let launched: Vec<fleet::Launched> = pairs
+            .iter()
+            .map(|(id, h)| fleet::Launched {
+                hostname: h.clone(),
+                instance_id: id.clone(),
+            })
+            .collect();
+        if let Err(e) = fleet::record_launched(&client, job.id.as_str(), &launched, provision).await {
+            return Ok(Err(self.undo_launch(job, &ids, format!("recording the VMs: {e}")).await?));
+        }
+        job.vms = pairs
+            .iter()
+            .map(|(id, h)| JobVm {
+                hostname: h.as_str().to_owned(),
+                instance_id: id.clone(),
+            })
+            .collect();
+        Ok(Ok(format!(
+            "launched {n} VM(s) in {:.1} s; they enroll and report running when booted",
+            provision.seconds()
+        )))
+    }
+
+    /// A launch that cannot be recorded must not leave instances behind.
+    async fn undo_launch(&self, job: &mut Job, ids: &[String], reason: String) -> Result<Failed, ProvisionError> {
+        self.progress(job, format!("{reason}; terminating the {} launched instance(s)", ids.len()))
+            .await?;
+        for batch in ids.chunks(TERMINATE_BATCH) {
+            if let Err(e) = self.compute.terminate(batch).await {
+                return Ok(Failed(format!("{reason}; terminating them failed too: {e}")));
+            }
+        }
+        Ok(Failed(reason))
+    }
+
+    async fn destroy(&self, job: &mut Job) -> Result<Result<String, Failed>, ProvisionError> {
+        let instances = match self.compute.fleet().await {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(Failed(format!("listing the fleet: {e}")))),
+        };
+        let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+        self.progress(job, format!("terminating {} instance(s)", ids.len())).await?;
+        let client = self.db.client().await?;
+        let mut done = 0;
+        for batch in ids.chunks(TERMINATE_BATCH) {
+            if let Err(e) = self.compute.terminate(batch).await {
+                return Ok(Err(Failed(format!(
+                    "terminating instances ({done} of {} terminated): {e}",
+                    ids.len()
+                ))));
+            }
+            fleet::delete_instances(&client, batch).await?;
+            done += batch.len();
+            job.vms.extend(instances[done - batch.len()..done].iter().map(|i| JobVm {
+                hostname: i.hostname.clone().unwrap_or_default(),
+                instance_id: i.instance_id.clone(),
+            }));
+            self.progress(job, format!("terminated {done} of {}", ids.len())).await?;
+        }
+        let cleared = fleet::clear_fleet(&client).await?;
+        Ok(Ok(format!(
+            "destroyed: {} instance(s) terminated, {} VM row(s) without an instance cleared",
+            ids.len(),
+            cleared
+        )))
+    }
+}

@@ -1,0 +1,133 @@
+//! The provisioner Lambda's side: its settings, and one DynamoDB stream batch → the
+//! jobs it names. A record is only a nudge: the job's stored state decides what runs,
+//! so duplicates, progress updates (MODIFY records) and non-job items are harmless.
+
+use std::sync::Arc;
+
+use lablink_core::config::Settings;
+use lablink_core::db::{Db, DbConfig};
+use lablink_ops::JobId;
+use lablink_ops::dynamo::DynamoJobStore;
+use serde_json::Value;
+
+use crate::ec2::{Ec2Compute, Ec2Settings};
+use crate::{Processed, ProvisionError, Provisioner};
+
+/// Everything the provisioner Lambda reads from its environment.
+#[derive(Debug, Clone)]
+pub struct ProvisionerConfig {
+    pub db: DbConfig,
+    pub jobs_table: String,
+    pub ec2: Ec2Settings,
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+impl ProvisionerConfig {
+    pub fn read(s: &mut Settings) -> Option<Self> {
+        let db = DbConfig::read(s);
+        let jobs_table = s.required_with("LABLINK_JOBS_TABLE", "the DynamoDB jobs table's name", |v: &str| {
+            if v.is_empty() { Err("empty") } else { Ok(v.to_owned()) }
+        });
+        let deployment = s.required_with("LABLINK_DEPLOYMENT", "the deployment's name", |v: &str| {
+            if v.is_empty() { Err("empty") } else { Ok(v.to_owned()) }
+        });
+        let ami_id = s.required_with("LABLINK_AMI_ID", "an AMI id like ami-0123…", |v: &str| {
+            if v.starts_with("ami-") { Ok(v.to_owned()) } else { Err("not an AMI id") }
+        });
+        let instance_type = s.required_with("LABLINK_INSTANCE_TYPE", "an EC2 instance type like g4dn.xlarge", |v: &str| {
+            if v.contains('.') { Ok(v.to_owned()) } else { Err("not an instance type") }
+        });
+        let api_url = s.required_with("LABLINK_API_URL", "the API's https URL", |v: &str| {
+            if v.starts_with("https://") || v.starts_with("http://") { Ok(v.trim_end_matches('/').to_owned()) } else { Err("not a URL") }
+        });
+        let subnet_ids = s.raw("LABLINK_SUBNET_IDS").map(list).unwrap_or_default();
+        let security_group_ids = s.raw("LABLINK_SECURITY_GROUP_IDS").map(list).unwrap_or_default();
+        let instance_profile_arn = s.raw("LABLINK_INSTANCE_PROFILE_ARN").filter(|v| !v.is_empty()).map(str::to_owned);
+        let log_group = s.raw("LABLINK_VM_LOG_GROUP").filter(|v| !v.is_empty()).map(str::to_owned);
+        let daemon_url = s.raw("LABLINK_DAEMON_URL").filter(|v| !v.is_empty()).map(str::to_owned);
+        let deployment = deployment?;
+        Some(Self {
+            db: db?,
+            jobs_table: jobs_table?,
+            ec2: Ec2Settings {
+                log_group: log_group.unwrap_or_else(|| format!("lablink-cloud-init-{deployment}")),
+                deployment,
+                ami_id: ami_id?,
+                instance_type: instance_type?,
+                subnet_ids,
+                security_group_ids,
+                instance_profile_arn,
+                api_url: api_url?,
+                daemon_url,
+            },
+        })
+    }
+}
+
+/// The job ids a stream batch names (job items only; every event name).
+pub fn job_ids(event: &Value) -> Vec<JobId> {
+    let mut ids: Vec<JobId> = event["Records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let keys = &r["dynamodb"]["Keys"];
+            (keys["pk"]["S"].as_str() == Some("job"))
+                .then(|| keys["sk"]["S"].as_str())
+                .flatten()
+                .and_then(|sk| JobId::parse(sk).ok())
+        })
+        .collect();
+    ids.dedup();
+    ids
+}
+
+/// Everything one Lambda process keeps between invocations.
+pub struct ProvisionerRuntime {
+    pub config: ProvisionerConfig,
+    pub sdk: aws_config::SdkConfig,
+    pub store: Arc<DynamoJobStore>,
+    pub db: Arc<Db>,
+}
+
+impl ProvisionerRuntime {
+    pub async fn new(config: ProvisionerConfig) -> Self {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let store = Arc::new(DynamoJobStore::new(
+            lablink_ops::dynamo::Client::new(&sdk),
+            config.jobs_table.clone(),
+        ));
+        let db = Arc::new(Db::new(config.db.clone()));
+        Self { config, sdk, store, db }
+    }
+
+    /// Process every job a stream batch names. EC2 is called with the admin's stored
+    /// credentials when there are some, else with the function's role.
+    pub async fn handle(&self, event: &Value) -> Result<Vec<(JobId, Processed)>, ProvisionError> {
+        let ids = job_ids(event);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (sdk, stored) =
+            lablink_ops::aws::provisioner_config(&self.sdk, self.store.as_ref(), chrono::Utc::now()).await?;
+        if let Some(c) = &stored {
+            tracing::info!(arn = %c.identity.arn, "using stored credentials");
+        }
+        let p = Provisioner {
+            store: self.store.clone(),
+            compute: Arc::new(Ec2Compute::new(aws_sdk_ec2::Client::new(&sdk), self.config.ec2.clone())),
+            db: self.db.clone(),
+            hostname_prefix: self.config.ec2.deployment.clone(),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            let r = p.process(&id).await?;
+            tracing::info!(job = %id, outcome = ?r, "processed");
+            out.push((id, r));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,495 @@
+//! The admin console's pages. Every state-changing form carries the session's CSRF
+//! token (`csrf`) and, where it starts a job, a fresh idempotency key (`job_id`), so a
+//! double-submitted form makes one job.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+const CSS: &str = r#"
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330;line-height:1.45}
+header{background:#1d2330;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center;flex-wrap:wrap}
+header a{color:#fff;text-decoration:none;padding:.2rem .4rem;border-radius:.3rem}
+header a.here{background:#3a4356}
+header .who{margin-left:auto;font-size:.9rem;opacity:.85}
+header form{margin:0}
+header button{margin:0;padding:.3rem .8rem;background:#3a4356}
+main{max-width:72rem;margin:0 auto;padding:1.2rem 1rem}
+h1{font-size:1.5rem;margin:.2rem 0 1rem}
+.card{background:#fff;border-radius:.6rem;padding:1rem 1.2rem;box-shadow:0 1px 3px rgba(0,0,0,.12);margin-bottom:1rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(9rem,1fr));gap:.8rem}
+.stat{background:#fff;border-radius:.6rem;padding:.8rem;box-shadow:0 1px 3px rgba(0,0,0,.12)}
+.stat b{display:block;font-size:1.6rem}
+label{display:block;font-weight:600;margin:.8rem 0 .3rem}
+input[type=text],input[type=password],input[type=number],input[type=search]{padding:.5rem;border:1px solid #b8bfcc;border-radius:.4rem;font:inherit;width:100%;max-width:24rem}
+button{margin-top:.8rem;padding:.55rem 1.2rem;border:0;border-radius:.4rem;background:#2456d6;color:#fff;font:inherit;font-weight:600;cursor:pointer}
+button.danger{background:#b42318}
+button:disabled{opacity:.5;cursor:not-allowed}
+table{border-collapse:collapse;width:100%;font-size:.92rem}
+th,td{text-align:left;padding:.4rem .5rem;border-bottom:1px solid #e3e6ec;vertical-align:middle}
+th{font-size:.8rem;text-transform:uppercase;color:#5a6275}
+.error{background:#fdecec;border:1px solid #e3a1a1;color:#8a1c1c;padding:.7rem;border-radius:.4rem}
+.ok{background:#e9f7ef;border:1px solid #9fd3b3;color:#14532d;padding:.7rem;border-radius:.4rem}
+.hint{color:#5a6275;font-size:.88rem}
+.pill{display:inline-block;padding:.05rem .5rem;border-radius:1rem;font-size:.8rem;font-weight:600;background:#e3e6ec}
+.pill.running,.pill.succeeded,.pill.Healthy{background:#d1f0dc;color:#14532d}
+.pill.initializing,.pill.queued{background:#fdf1c7;color:#6b4e00}
+.pill.error,.pill.failed,.pill.Unhealthy{background:#fbd5d5;color:#8a1c1c}
+.pill.unknown{background:#e3e6ec}
+pre.log{background:#11151c;color:#d8dee9;padding:.8rem;border-radius:.4rem;height:32rem;overflow:auto;font-size:.82rem;white-space:pre-wrap;word-break:break-all;margin:0}
+code{font-family:ui-monospace,Menlo,Consolas,monospace}
+.row{display:flex;gap:1rem;align-items:center;flex-wrap:wrap}
+.legend span{display:inline-block;width:.8rem;height:.8rem;border-radius:.15rem;margin:0 .25rem 0 .8rem;vertical-align:middle}
+"#;
+
+/// The nav entry a page belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Nav {
+    Home,
+    Create,
+    Instances,
+    Delete,
+    None,
+}
+
+/// Who is logged in, and the CSRF token for this session's forms.
+pub struct Session<'a> {
+    pub user: &'a str,
+    pub csrf: &'a str,
+}
+
+fn layout(title: &str, nav: Nav, session: Option<&Session<'_>>, body: Markup) -> Markup {
+    let link = |href: &str, label: &str, me: Nav| {
+        html! { a href=(href) class=[(nav == me).then_some("here")] { (label) } }
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · LabLink admin" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header {
+                    strong { "LabLink admin" }
+                    @if let Some(s) = session {
+                        (link("/admin", "Dashboard", Nav::Home))
+                        (link("/admin/create", "Launch", Nav::Create))
+                        (link("/admin/instances", "Instances", Nav::Instances))
+                        (link("/admin/instances/delete", "Destroy", Nav::Delete))
+                        span.who { "signed in as " (s.user) }
+                        form method="post" action="/admin/logout" {
+                            input type="hidden" name="csrf" value=(s.csrf);
+                            button type="submit" #logout { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+pub fn login_page(error: Option<&str>, csrf: &str, next: &str, user: &str) -> Markup {
+    layout(
+        "Log in",
+        Nav::None,
+        None,
+        html! {
+            h1 { "Admin log in" }
+            form.card method="post" action="/admin/login" {
+                @if let Some(e) = error { p.error role="alert" #login-error { (e) } }
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="next" value=(next);
+                label for="user" { "User" }
+                input #user type="text" name="user" required autocomplete="username" value=(user);
+                label for="password" { "Password" }
+                input #password type="password" name="password" required autocomplete="current-password";
+                div { button type="submit" { "Log in" } }
+            }
+        },
+    )
+}
+
+/// One row of the recent jobs.
+pub struct JobRow<'a> {
+    pub id: &'a str,
+    pub label: String,
+    pub state: &'a str,
+    pub requested_by: &'a str,
+    pub created_at: String,
+}
+
+pub struct Home<'a> {
+    pub session: Session<'a>,
+    pub message: Option<(bool, &'a str)>,
+    pub counts: &'a [(&'a str, i64)],
+    pub free: i64,
+    pub max_vms: u32,
+    /// Which identity launches VMs, e.g. "arn:aws:iam::1234:role/x (the provisioner's role)".
+    pub identity: &'a str,
+    pub stored_credentials: bool,
+    pub jobs: &'a [JobRow<'a>],
+}
+
+pub fn home_page(h: &Home<'_>) -> Markup {
+    layout(
+        "Dashboard",
+        Nav::Home,
+        Some(&h.session),
+        html! {
+            h1 { "Dashboard" }
+            @if let Some((ok, m)) = h.message {
+                p class=(if ok { "ok" } else { "error" }) role="status" #message { (m) }
+            }
+            div.grid {
+                div.stat { "Free seats" b #free { (h.free) } }
+                @for (name, n) in h.counts {
+                    div.stat { (name) b id={ "count-" (name) } { (n) } }
+                }
+                div.stat { "Fleet limit" b { (h.max_vms) } }
+            }
+            div.card style="margin-top:1rem" {
+                h2 style="font-size:1.1rem;margin-top:0" { "Provisioning identity" }
+                p #identity { code { (h.identity) } }
+                @if h.stored_credentials {
+                    form method="post" action="/api/admin/unset-aws-credentials" {
+                        input type="hidden" name="csrf" value=(h.session.csrf);
+                        button type="submit" { "Forget the stored credentials (use the provisioner's role)" }
+                    }
+                } @else {
+                    details {
+                        summary { "Use other AWS credentials for launching (e.g. another account)" }
+                        form method="post" action="/api/admin/set-aws-credentials" autocomplete="off" {
+                            input type="hidden" name="csrf" value=(h.session.csrf);
+                            label for="aws_access_key_id" { "Access key id" }
+                            input #aws_access_key_id type="text" name="aws_access_key_id" required;
+                            label for="aws_secret_access_key" { "Secret access key" }
+                            input #aws_secret_access_key type="password" name="aws_secret_access_key" required;
+                            label for="aws_token" { "Session token (optional)" }
+                            input #aws_token type="password" name="aws_token";
+                            p.hint { "They are checked with AWS STS, stored encrypted and forgotten after 12 hours." }
+                            button type="submit" { "Check and store" }
+                        }
+                    }
+                }
+            }
+            div.card {
+                h2 style="font-size:1.1rem;margin-top:0" { "Recent jobs" }
+                @if h.jobs.is_empty() { p.hint { "No jobs yet. " a href="/admin/create" { "Launch VMs" } "." } }
+                @else {
+                    table #jobs {
+                        thead { tr { th { "Job" } th { "What" } th { "State" } th { "By" } th { "Created" } } }
+                        tbody {
+                            @for j in h.jobs {
+                                tr {
+                                    td { a href={ "/admin/jobs/" (j.id) } { code { (j.id) } } }
+                                    td { (j.label) }
+                                    td { span class={ "pill " (j.state) } { (j.state) } }
+                                    td { (j.requested_by) }
+                                    td { (j.created_at) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub struct Create<'a> {
+    pub session: Session<'a>,
+    pub job_id: &'a str,
+    pub max_vms: u32,
+    pub current: i64,
+    pub error: Option<&'a str>,
+}
+
+pub fn create_page(c: &Create<'_>) -> Markup {
+    let room = (c.max_vms as i64 - c.current).max(0);
+    layout(
+        "Launch VMs",
+        Nav::Create,
+        Some(&c.session),
+        html! {
+            h1 { "Launch VMs" }
+            form.card method="post" action="/api/launch" #launch-form {
+                @if let Some(e) = c.error { p.error role="alert" { (e) } }
+                input type="hidden" name="csrf" value=(c.session.csrf);
+                input type="hidden" name="job_id" value=(c.job_id);
+                p { "The fleet has " strong #current { (c.current) } " VM(s); the limit is " strong { (c.max_vms) } "." }
+                label for="num_vms" { "How many more" }
+                input #num_vms type="number" name="num_vms" min="1" max=(room.max(1)) value="1" required;
+                p.hint { "Launching runs as a job: you will see its progress. VMs report " em { "running" } " a few minutes after they boot." }
+                button type="submit" disabled[room == 0] { "Launch" }
+            }
+            script { (PreEscaped(ONCE_JS)) }
+        },
+    )
+}
+
+/// Disable a form's button once submitted (the idempotency key makes a second submit
+/// harmless anyway).
+const ONCE_JS: &str = r#"
+document.querySelectorAll('form').forEach(function(f){f.addEventListener('submit',function(){
+var b=f.querySelector('button[type=submit]');if(b){setTimeout(function(){b.disabled=true},0);}});});
+"#;
+
+/// One VM on the instances page.
+pub struct VmRow<'a> {
+    pub hostname: &'a str,
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+    pub healthy: Option<&'a str>,
+    pub in_use: bool,
+    pub email: Option<&'a str>,
+    pub provision_s: Option<f64>,
+    pub cloud_init_s: Option<f64>,
+    pub container_s: Option<f64>,
+    pub total_s: Option<f64>,
+}
+
+const BAR_COLORS: [(&str, &str); 3] = [("provision", "#2456d6"), ("cloud-init", "#e08a00"), ("container", "#1f9d55")];
+
+/// A small bar: provision / cloud-init / container, scaled to `scale` seconds.
+pub fn timing_bar(v: &VmRow<'_>, scale: f64) -> Markup {
+    let w = 160.0;
+    let parts = [v.provision_s, v.cloud_init_s, v.container_s];
+    let mut x = 0.0;
+    html! {
+        svg.timing width="160" height="14" viewBox="0 0 160 14" role="img" aria-label={ "startup timings of " (v.hostname) } {
+            rect x="0" y="0" width="160" height="14" fill="#eef0f4" {}
+            @for (i, p) in parts.iter().enumerate() {
+                @if let Some(s) = p {
+                    @let width = if scale > 0.0 { (s / scale * w).max(1.0) } else { 0.0 };
+                    rect x=(format!("{x:.1}")) y="0" width=(format!("{width:.1}")) height="14" fill=(BAR_COLORS[i].1) {
+                        title { (BAR_COLORS[i].0) ": " (format!("{s:.1}")) " s" }
+                    }
+                    ({ x += width; "" })
+                }
+            }
+        }
+    }
+}
+
+pub fn instances_page(session: &Session<'_>, vms: &[VmRow<'_>]) -> Markup {
+    let scale = vms
+        .iter()
+        .map(|v| v.provision_s.unwrap_or(0.0) + v.cloud_init_s.unwrap_or(0.0) + v.container_s.unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    layout(
+        "Instances",
+        Nav::Instances,
+        Some(session),
+        html! {
+            h1 { "Instances" }
+            div.card {
+                div.row {
+                    span.hint #refreshed { "Refreshes every 5 s." }
+                    span.legend.hint {
+                        @for (name, color) in BAR_COLORS { span style={ "background:" (color) } {} (name) }
+                    }
+                }
+                div #fleet {
+                    @if vms.is_empty() { p.hint { "No VMs. " a href="/admin/create" { "Launch some" } "." } }
+                    @else {
+                        table {
+                            thead { tr { th { "Hostname" } th { "Status" } th { "GPU" } th { "In use" } th { "Assigned to" } th { "Startup" } th {} } }
+                            tbody {
+                                @for v in vms {
+                                    tr data-hostname=(v.hostname) {
+                                        td { code { (v.hostname) } }
+                                        td {
+                                            span class={ "pill " (v.status) } { (v.status) }
+                                            @if let Some(r) = v.reason { br; span.hint { (r) } }
+                                        }
+                                        td { @match v.healthy { Some(h) => span class={ "pill " (h) } { (h) }, None => span.hint { "–" } } }
+                                        td { @if v.in_use { "yes" } @else { span.hint { "no" } } }
+                                        td { @match v.email { Some(e) => (e), None => span.hint { "free" } } }
+                                        td {
+                                            (timing_bar(v, scale))
+                                            @if let Some(t) = v.total_s { " " span.hint { (format!("{t:.0} s")) } }
+                                        }
+                                        td { a href={ "/admin/logs/" (v.hostname) } { "logs" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            script { (PreEscaped(REFRESH_JS)) }
+        },
+    )
+}
+
+const REFRESH_JS: &str = r#"
+(function(){setInterval(function(){fetch(location.href,{cache:'no-store',credentials:'same-origin'})
+.then(function(r){return r.ok?r.text():null}).then(function(t){if(!t)return;
+var d=new DOMParser().parseFromString(t,'text/html');var n=d.getElementById('fleet');
+if(n){document.getElementById('fleet').replaceWith(n);
+document.getElementById('refreshed').textContent='Updated '+new Date().toLocaleTimeString();}}).catch(function(){});},5000);})();
+"#;
+
+pub struct Delete<'a> {
+    pub session: Session<'a>,
+    pub job_id: &'a str,
+    pub deployment: &'a str,
+    pub total: i64,
+    pub error: Option<&'a str>,
+}
+
+pub fn delete_page(d: &Delete<'_>) -> Markup {
+    layout(
+        "Destroy the fleet",
+        Nav::Delete,
+        Some(&d.session),
+        html! {
+            h1 { "Destroy the fleet" }
+            form.card method="post" action="/destroy" #destroy-form {
+                @if let Some(e) = d.error { p.error role="alert" { (e) } }
+                input type="hidden" name="csrf" value=(d.session.csrf);
+                input type="hidden" name="job_id" value=(d.job_id);
+                p { "This terminates " strong #total { (d.total) } " VM(s) of deployment " code { (d.deployment) }
+                    " and forgets them, with their logs and assignments. Participants lose their desktops." }
+                label for="confirm" { "Type the deployment name, " code { (d.deployment) } ", to confirm" }
+                input #confirm type="text" name="confirm" required autocomplete="off";
+                div { button.danger type="submit" { "Destroy every VM" } }
+            }
+            script { (PreEscaped(ONCE_JS)) }
+        },
+    )
+}
+
+pub fn job_page(session: &Session<'_>, job_id: &str) -> Markup {
+    layout(
+        "Job",
+        Nav::None,
+        Some(session),
+        html! {
+            h1 { "Job " code { (job_id) } }
+            div.card #job data-job=(job_id) {
+                p { "State: " span.pill #state { "loading" } " " span.hint #what {} }
+                p.error #error hidden {}
+                h2 style="font-size:1.05rem" { "Progress" }
+                ol #events {}
+                div #vms {}
+            }
+            p { a href="/admin" { "Back to the dashboard" } " · " a href="/admin/instances" { "Instances" } }
+            script { (PreEscaped(JOB_JS)) }
+        },
+    )
+}
+
+const JOB_JS: &str = r#"
+(function(){var id=document.getElementById('job').dataset.job;
+function text(el,t){el.textContent=t;}
+function poll(){fetch('/api/jobs/'+encodeURIComponent(id),{cache:'no-store',credentials:'same-origin'})
+.then(function(r){return r.ok?r.json():null}).then(function(j){if(!j)return;
+var s=document.getElementById('state');text(s,j.state);s.className='pill '+j.state;
+text(document.getElementById('what'),j.kind==='launch'?('launch '+j.num_vms+' VM(s)'):'destroy the fleet');
+var ol=document.getElementById('events');ol.innerHTML='';
+(j.events||[]).forEach(function(e){var li=document.createElement('li');
+li.textContent=new Date(e.at).toLocaleTimeString()+' '+e.message;ol.appendChild(li);});
+var err=document.getElementById('error');if(j.error){err.hidden=false;text(err,j.error);}
+var v=document.getElementById('vms');v.innerHTML='';
+if((j.vms||[]).length){var t=document.createElement('p');
+t.textContent='VMs: '+j.vms.map(function(x){return x.hostname+' ('+x.instance_id+')'}).join(', ');v.appendChild(t);}
+if(j.state!=='succeeded'&&j.state!=='failed'){setTimeout(poll,1500);}}).catch(function(){setTimeout(poll,3000);});}
+poll();})();
+"#;
+
+pub fn logs_page(session: &Session<'_>, hostname: &str, status: &str) -> Markup {
+    layout(
+        "Logs",
+        Nav::Instances,
+        Some(session),
+        html! {
+            h1 { "Logs of " code #hostname { (hostname) } }
+            div.card {
+                div.row {
+                    span { "Status: " span class={ "pill " (status) } #vm-status { (status) } }
+                    label style="margin:0;font-weight:normal" { input #follow type="checkbox" checked; " follow" }
+                    input #filter type="search" placeholder="filter lines" aria-label="filter lines";
+                    span.hint #log-note {}
+                }
+            }
+            pre.log #log data-hostname=(hostname) {}
+            script { (PreEscaped(LOGS_JS)) }
+        },
+    )
+}
+
+const LOGS_JS: &str = r#"
+(function(){var pre=document.getElementById('log');var host=pre.dataset.hostname;
+var after=0;var lines=[];var follow=document.getElementById('follow');var filter=document.getElementById('filter');
+var note=document.getElementById('log-note');var status=document.getElementById('vm-status');
+function render(){var f=filter.value.toLowerCase();
+var shown=f?lines.filter(function(l){return l.toLowerCase().indexOf(f)>=0}):lines;
+pre.textContent=shown.join('\n');if(follow.checked){pre.scrollTop=pre.scrollHeight;}}
+filter.addEventListener('input',render);follow.addEventListener('change',render);
+function poll(){fetch('/api/vm-logs/'+encodeURIComponent(host)+'?after='+after+'&limit=2000',{cache:'no-store',credentials:'same-origin'})
+.then(function(r){if(r.status===503){note.textContent='No logs yet: the VM is still starting.';return null;}
+if(!r.ok){note.textContent='Cannot read logs ('+r.status+')';return null;}return r.json();})
+.then(function(j){if(j){note.textContent='';status.textContent=j.status;status.className='pill '+j.status;
+if(j.lines&&j.lines.length){j.lines.forEach(function(l){lines.push(l.message)});after=j.next;
+if(lines.length>20000){lines=lines.slice(-20000);}render();}}
+setTimeout(poll,j&&j.lines&&j.lines.length===2000?100:2000);}).catch(function(){setTimeout(poll,5000);});}
+poll();})();
+"#;
+
+/// A plain admin message page (errors of job routes shown to a browser).
+pub fn message_page(session: Option<&Session<'_>>, title: &str, message: &str, link: (&str, &str)) -> Markup {
+    layout(
+        title,
+        Nav::None,
+        session,
+        html! {
+            h1 { (title) }
+            p.card.error role="alert" #message { (message) }
+            p { a href=(link.0) { (link.1) } }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_carry_csrf_and_idempotency_keys() {
+        let s = Session { user: "admin", csrf: "tok<en" };
+        let page = create_page(&Create {
+            session: Session { user: "admin", csrf: "tok<en" },
+            job_id: "J",
+            max_vms: 10,
+            current: 3,
+            error: None,
+        })
+        .into_string();
+        assert!(page.contains(r#"name="csrf" value="tok&lt;en""#));
+        assert!(page.contains(r#"name="job_id" value="J""#));
+        assert!(page.contains(r#"max="7""#));
+        let page = instances_page(
+            &s,
+            &[VmRow {
+                hostname: "vm-1",
+                status: "running",
+                reason: None,
+                healthy: Some("Healthy"),
+                in_use: false,
+                email: Some("<x@y>"),
+                provision_s: Some(30.0),
+                cloud_init_s: Some(60.0),
+                container_s: None,
+                total_s: Some(90.0),
+            }],
+        )
+        .into_string();
+        assert!(page.contains("&lt;x@y&gt;"));
+        assert!(page.contains("<svg") && page.contains("provision: 30.0 s"));
+        assert!(page.contains(r#"width="53.3""#), "30 of 90 s on 160 px");
+    }
+}

@@ -46,6 +46,17 @@ export const DEPLOYMENT_TAG = 'lablink:deployment';
 /** The database user every process logs in as, with an IAM token (`rds_iam`). */
 export const DB_USER = 'lablink_app';
 export const DB_NAME = 'lablink';
+/** What a jobs-table function may do to the table (the job store's calls), nothing more. */
+export const JOBS_TABLE_ACTIONS = [
+  'dynamodb:GetItem',
+  'dynamodb:PutItem',
+  'dynamodb:UpdateItem',
+  'dynamodb:DeleteItem',
+  'dynamodb:Query',
+  'dynamodb:ConditionCheckItem',
+];
+/** Tags the provisioner may set on its own instances after launch (their hostnames). */
+export const VM_NAME_TAGS = ['lablink:hostname', 'Name'];
 /** The holder's container port and health check. */
 export const HOLDER_PORT = 8080;
 export const HOLDER_HEALTH_PATH = '/healthz';
@@ -114,6 +125,12 @@ export class LabLinkStack extends Stack {
       default: 'latest',
       allowedPattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$',
       description: 'Tag of the holder image in the ECR repository lablink-holder-<Environment>.',
+    }).valueAsString;
+    const daemonUrl = new CfnParameter(this, 'DaemonUrl', {
+      type: 'String',
+      default: '',
+      allowedPattern: '^(https://\\S+)?$',
+      description: 'Optional: where VM user-data downloads the client daemon when the AMI lacks it.',
     }).valueAsString;
     const deletionProtection = new CfnParameter(this, 'DatabaseDeletionProtection', {
       type: 'String',
@@ -324,7 +341,7 @@ export class LabLinkStack extends Stack {
       return f;
     };
     const grantJobs = (f: lambda.Function): void => {
-      jobs.grantReadWriteData(f);
+      jobs.grant(f, ...JOBS_TABLE_ACTIONS);
       f.addEnvironment('LABLINK_JOBS_TABLE', jobs.tableName);
     };
 
@@ -426,6 +443,7 @@ export class LabLinkStack extends Stack {
         LABLINK_MAX_VMS: maxVms,
         LABLINK_API_URL: apiUrl,
         LABLINK_VM_LOG_GROUP: vmLogGroup.logGroupName,
+        LABLINK_DAEMON_URL: daemonUrl,
       },
     });
     grantJobs(provisioner);
@@ -594,8 +612,9 @@ export class LabLinkStack extends Stack {
 
   /**
    * The provisioner's EC2 rights: run instances only with this deployment's tag, from the
-   * configured AMI into the VM subnets and security group; tag only at launch; terminate
-   * only instances that carry this deployment's tag; pass only the VM role.
+   * configured AMI into the VM subnets and security group; tag at launch, and afterwards
+   * only its own instances and only with their names; terminate only instances that
+   * carry this deployment's tag; pass only the VM role.
    */
   private allowFleetControl(
     fn: lambda.Function,
@@ -631,6 +650,17 @@ export class LabLinkStack extends Stack {
         actions: ['ec2:CreateTags'],
         resources: [instances, ec2Arn('volume/*'), ec2Arn('network-interface/*')],
         conditions: { StringEquals: { 'ec2:CreateAction': 'RunInstances' } },
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'NameOwnInstances',
+        actions: ['ec2:CreateTags'],
+        resources: [instances],
+        conditions: {
+          StringEquals: { [`aws:ResourceTag/${DEPLOYMENT_TAG}`]: o.environment },
+          'ForAllValues:StringEquals': { 'aws:TagKeys': VM_NAME_TAGS },
+        },
       }),
     );
     fn.addToRolePolicy(

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { holderIdleTimeoutSeconds } from '../lib/lablink-stack';
+import { holderIdleTimeoutSeconds, JOBS_TABLE_ACTIONS, VM_NAME_TAGS } from '../lib/lablink-stack';
 import { loadManifest } from '../lib/manifest';
 import {
   actionsOf,
@@ -193,7 +193,14 @@ describe('IAM', () => {
     assert.equal(terminate.length, 1);
     assert.deepEqual(terminate[0]!.Condition, tagged('ResourceTag'));
     const tags = st.filter((x) => x.Action.includes('ec2:CreateTags'));
-    assert.deepEqual(tags[0]!.Condition, { StringEquals: { 'ec2:CreateAction': 'RunInstances' } });
+    assert.equal(tags.length, 2);
+    for (const t of tags) {
+      const atLaunch = t.Condition?.StringEquals?.['ec2:CreateAction'] === 'RunInstances';
+      const ownNamesOnly =
+        mentions(t.Condition?.StringEquals?.['aws:ResourceTag/lablink:deployment'], 'Environment') &&
+        JSON.stringify(t.Condition?.['ForAllValues:StringEquals']?.['aws:TagKeys']) === JSON.stringify(VM_NAME_TAGS);
+      assert.ok(atLaunch || ownNamesOnly, `CreateTags fenced: ${JSON.stringify(t.Condition)}`);
+    }
     const pass = st.filter((x) => x.Action.includes('iam:PassRole'));
     assert.equal(pass.length, 1);
     assert.deepEqual(pass[0]!.Resource, [{ 'Fn::GetAtt': [roleOfVm(), 'Arn'] }]);
@@ -239,6 +246,8 @@ describe('IAM', () => {
         continue;
       }
       assert.deepEqual(env.LABLINK_JOBS_TABLE, { Ref: tableId }, f.function);
+      const allowed = new Set([...JOBS_TABLE_ACTIONS, 'dynamodb:ListStreams', 'dynamodb:DescribeStream', 'dynamodb:GetRecords', 'dynamodb:GetShardIterator']);
+      for (const a of actionsOf(st)) assert.ok(allowed.has(a), `${f.function}: ${a}`);
       for (const x of st) {
         for (const r of x.Resource) {
           if (r === '*') assert.deepEqual(x.Action, ['dynamodb:ListStreams'], `${f.function}: only ListStreams on *`);
@@ -351,6 +360,7 @@ describe('events', () => {
       'LABLINK_API_URL',
       'LABLINK_VM_LOG_GROUP',
       'LABLINK_JOBS_TABLE',
+      'LABLINK_DAEMON_URL',
     ]) {
       assert.ok(env[k] !== undefined, `provisioner: ${k}`);
     }

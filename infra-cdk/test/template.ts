@@ -129,5 +129,5 @@ export function routeTarget(s: Synth, routeKey: string): { integration: Json; fu
 
 /** True when `v` (any template value) mentions the logical id or parameter `id`. */
 export function mentions(v: Json, id: string): boolean {
-  return JSON.stringify(v).includes(`"${id}"`);
+  return (JSON.stringify(v) ?? "").includes(`"${id}"`);
 }

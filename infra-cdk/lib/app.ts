@@ -86,7 +86,7 @@ export function buildApp(context: Record<string, unknown> = {}, outdir?: string)
     participantConcurrency: intContext(app, CONTEXT.participantConcurrency, 20, 1, 1000),
     holderMaxWaitSeconds: intContext(app, CONTEXT.holderMaxWaitSeconds, 27, 1, 3600),
     natGateways: intContext(app, CONTEXT.natGateways, 1, 1, 2),
-    dbInstanceType: String(ctx(CONTEXT.dbInstanceType) ?? 't4g.micro'),
+    dbInstanceType: String(ctx(CONTEXT.dbInstanceType) ?? 't4g.small'),
     dbMultiAz: String(ctx(CONTEXT.dbMultiAz) ?? 'false') === 'true',
   });
   return { app, stack, standIns: code.standIns };

@@ -225,6 +225,8 @@ export class LabLinkStack extends Stack {
       description: 'RDS Proxy: end-to-end IAM authentication to the database',
     });
     const proxy = new rds.DatabaseProxy(this, 'DatabaseProxy', {
+      // Proxy names are unique per account and region: one per deployment.
+      dbProxyName: Fn.join('', ['lablink-', environment]),
       proxyTarget: rds.ProxyTarget.fromInstance(db),
       vpc,
       vpcSubnets: privateSubnets,
@@ -346,6 +348,7 @@ export class LabLinkStack extends Stack {
     };
 
     const api = new apigwv2.HttpApi(this, 'Api', {
+      apiName: Fn.join('', ['lablink-', environment]),
       description: 'LabLink: one route per function; POST /vm_startup to the holder',
       createDefaultStage: false,
     });

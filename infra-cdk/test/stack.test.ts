@@ -158,6 +158,18 @@ describe('database access', () => {
     assert.equal(params['rds.force_ssl'], '1');
   });
 
+  test('account-wide names carry the environment, so deployments can share an account', () => {
+    const withEnv = { 'Fn::Join': ['', ['lablink-', { Ref: 'Environment' }]] };
+    assert.deepEqual(proxy.Properties.DBProxyName, withEnv);
+    for (const [id, r] of Object.entries(s.resources)) {
+      for (const [k, v] of Object.entries((r as Json).Properties ?? {})) {
+        if (/^(DBProxyName|LogGroupName|FunctionName|TableName|RoleName|QueueName|ClusterName|DBInstanceIdentifier)$/.test(k)) {
+          assert.ok(typeof v !== 'string', `${id}.${k} is a fixed name: ${v}`);
+        }
+      }
+    }
+  });
+
   test('the proxy requires TLS and IAM end to end; the holder bypasses it', () => {
     assert.equal(proxy.Properties.RequireTLS, true);
     assert.equal(proxy.Properties.DefaultAuthScheme, 'IAM_AUTH');

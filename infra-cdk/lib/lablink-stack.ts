@@ -631,7 +631,13 @@ export class LabLinkStack extends Stack {
         sid: 'RunTaggedInstances',
         actions: ['ec2:RunInstances'],
         resources: [instances],
-        conditions: { StringEquals: { [`aws:RequestTag/${DEPLOYMENT_TAG}`]: o.environment } },
+        // Tagged with this deployment, and with IMDSv2 required (the provider asks for it).
+        conditions: {
+          StringEquals: {
+            [`aws:RequestTag/${DEPLOYMENT_TAG}`]: o.environment,
+            'ec2:MetadataHttpTokens': 'required',
+          },
+        },
       }),
     );
     fn.addToRolePolicy(

@@ -200,7 +200,8 @@ describe('IAM', () => {
     const run = st.filter((x) => x.Action.includes('ec2:RunInstances'));
     const onInstances = run.filter((x) => JSON.stringify(x.Resource).includes('instance/*'));
     assert.equal(onInstances.length, 1);
-    assert.deepEqual(onInstances[0]!.Condition, tagged('RequestTag'));
+    assert.deepEqual(onInstances[0]!.Condition.StringEquals['aws:RequestTag/lablink:deployment'], { Ref: 'Environment' });
+    assert.equal(onInstances[0]!.Condition.StringEquals['ec2:MetadataHttpTokens'], 'required', 'IMDSv2 only');
     const terminate = st.filter((x) => x.Action.includes('ec2:TerminateInstances'));
     assert.equal(terminate.length, 1);
     assert.deepEqual(terminate[0]!.Condition, tagged('ResourceTag'));

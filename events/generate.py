@@ -66,6 +66,22 @@ def event(method, path, route, body=None, headers=None, query="", path_params=No
     return ev
 
 
+FIXTURE_ADMIN_PASSWORD = "fixture-admin-password"
+FIXTURE_JOB = "20261123T100000Z-0f1c7a2e"
+FIXTURE_INSTANCE = "i-0fixture00000001"
+FIXTURE_ENROLL_SECRET = "fixture-enrollment-secret-of-job-0f1c7a2e"
+DEPLOYMENT = "test"
+
+
+def csrf():
+    value = admin_cookie().split("=", 1)[1]
+    return b64(hmac.new(bytes.fromhex(FIXTURE_SESSION_KEY), ("csrf." + value).encode(), hashlib.sha256).digest())
+
+
+def admin_form(fields):
+    return urllib.parse.urlencode(fields)
+
+
 def vm(token=FIXTURE_VM_TOKEN):
     return {"authorization": "Bearer " + token, "content-type": "application/json"}
 
@@ -133,9 +149,101 @@ def fixtures():
     yield "health", "valid", event("GET", "/api/health", "/api/health")
     yield "health", "invalid-method", event("POST", "/api/health", "/api/health", body="{}")
 
+    # Enrollment: the fixture database holds FIXTURE_INSTANCE, launched by FIXTURE_JOB.
+    enroll = lambda secret: event("POST", "/api/enroll", "/api/enroll", headers={"content-type": "application/json"},
+        body=j({"instance_id": FIXTURE_INSTANCE, "enrollment_secret": secret}))
+    yield "enroll", "valid", enroll(FIXTURE_ENROLL_SECRET)
+    yield "enroll", "invalid-secret", enroll("not-the-job-secret")
+
+    # Admin pages (GET, session cookie) and their refusals.
+    for function, path, route in [("admin-home", "/admin", "/admin"),
+                                  ("admin-create", "/admin/create", "/admin/create"),
+                                  ("admin-instances", "/admin/instances", "/admin/instances"),
+                                  ("admin-delete", "/admin/instances/delete", "/admin/instances/delete")]:
+        yield function, "valid", event("GET", path, route, cookies=ADMIN)
+        yield function, "invalid-method", event("POST", path, route, cookies=ADMIN, headers=FORM, body="")
+    yield "admin-logs", "valid", event("GET", "/admin/logs/" + HOST, "/admin/logs/{hostname}",
+        path_params=hp, cookies=ADMIN)
+    yield "admin-logs", "invalid-hostname", event("GET", "/admin/logs/bad_name", "/admin/logs/{hostname}",
+        path_params={"hostname": "bad_name"}, cookies=ADMIN)
+    yield "admin-job", "valid", event("GET", "/admin/jobs/" + FIXTURE_JOB, "/admin/jobs/{id}",
+        path_params={"id": FIXTURE_JOB}, cookies=ADMIN)
+    yield "admin-job", "invalid-id", event("GET", "/admin/jobs/..%2Fetc", "/admin/jobs/{id}",
+        path_params={"id": "../etc"}, cookies=ADMIN)
+    yield "get-job", "valid", event("GET", "/api/jobs/" + FIXTURE_JOB, "/api/jobs/{id}",
+        path_params={"id": FIXTURE_JOB}, cookies=ADMIN)
+    yield "get-job", "invalid-no-session", event("GET", "/api/jobs/" + FIXTURE_JOB, "/api/jobs/{id}",
+        path_params={"id": FIXTURE_JOB})
+
+    # Login: the form's token must match its cookie.
+    yield "admin-login-page", "valid", event("GET", "/admin/login", "/admin/login")
+    yield "admin-login-page", "invalid-method", event("PUT", "/admin/login", "/admin/login", body="")
+    login_token = "fixture-login-form-token"
+    yield "admin-login", "valid", event("POST", "/admin/login", "/admin/login", headers=FORM,
+        cookies=["lablink_login_csrf=" + login_token],
+        body=admin_form({"user": "admin", "password": FIXTURE_ADMIN_PASSWORD, "csrf": login_token, "next": "/admin"}))
+    yield "admin-login", "invalid-csrf", event("POST", "/admin/login", "/admin/login", headers=FORM,
+        cookies=["lablink_login_csrf=" + login_token],
+        body=admin_form({"user": "admin", "password": FIXTURE_ADMIN_PASSWORD, "csrf": "forged"}))
+    yield "admin-logout", "valid", event("POST", "/admin/logout", "/admin/logout", headers=FORM, cookies=ADMIN,
+        body=admin_form({"csrf": csrf()}))
+    yield "admin-logout", "invalid-no-csrf", event("POST", "/admin/logout", "/admin/logout", headers=FORM,
+        cookies=ADMIN, body="")
+
+    # Jobs: forms with the session's CSRF token and an idempotency key.
+    yield "launch", "valid", event("POST", "/api/launch", "/api/launch", headers=FORM, cookies=ADMIN,
+        body=admin_form({"num_vms": "2", "csrf": csrf(), "job_id": "20261123T100500Z-1a2b3c4d"}))
+    yield "launch", "invalid-count", event("POST", "/api/launch", "/api/launch", headers=FORM, cookies=ADMIN,
+        body=admin_form({"num_vms": "0", "csrf": csrf(), "job_id": "20261123T100501Z-1a2b3c4d"}))
+    yield "launch", "invalid-no-csrf", event("POST", "/api/launch", "/api/launch", headers=FORM, cookies=ADMIN,
+        body=admin_form({"num_vms": "1"}))
+    yield "launch", "invalid-cross-site", event("POST", "/api/launch", "/api/launch", cookies=ADMIN,
+        headers=dict(FORM, origin="https://evil.example"),
+        body=admin_form({"num_vms": "1", "csrf": csrf()}))
+    yield "destroy", "valid", event("POST", "/destroy", "/destroy", headers=FORM, cookies=ADMIN,
+        body=admin_form({"confirm": DEPLOYMENT, "csrf": csrf(), "job_id": "20261123T100600Z-5e6f7a8b"}))
+    yield "destroy", "invalid-confirmation", event("POST", "/destroy", "/destroy", headers=FORM, cookies=ADMIN,
+        body=admin_form({"confirm": "yes", "csrf": csrf()}))
+    yield "set-aws-credentials", "valid", event("POST", "/api/admin/set-aws-credentials",
+        "/api/admin/set-aws-credentials", headers=FORM, cookies=ADMIN,
+        body=admin_form({"aws_access_key_id": "AKIAFIXTURE000000001", "aws_secret_access_key": "fixture/secret/key/not+real/000000000",
+                         "csrf": csrf()}))
+    yield "set-aws-credentials", "invalid-missing-key", event("POST", "/api/admin/set-aws-credentials",
+        "/api/admin/set-aws-credentials", headers=FORM, cookies=ADMIN,
+        body=admin_form({"aws_access_key_id": "", "csrf": csrf()}))
+    yield "unset-aws-credentials", "valid", event("POST", "/api/admin/unset-aws-credentials",
+        "/api/admin/unset-aws-credentials", headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf()}))
+    yield "unset-aws-credentials", "invalid-no-csrf", event("POST", "/api/admin/unset-aws-credentials",
+        "/api/admin/unset-aws-credentials", headers=FORM, cookies=ADMIN, body="")
+
+
+def stream_record(event_name, job_id, state):
+    """A DynamoDB stream record of a job item, as the provisioner receives it."""
+    keys = {"pk": {"S": "job"}, "sk": {"S": job_id}}
+    image = dict(keys, state={"S": state}, ver={"N": "1"}, body={"S": "{}"})
+    return {
+        "eventID": "fixture-" + event_name.lower(),
+        "eventName": event_name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {"ApproximateCreationDateTime": 1795428000, "Keys": keys, "NewImage": image,
+                     "SequenceNumber": "100000000000000000001", "SizeBytes": 120, "StreamViewType": "NEW_IMAGE"},
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/lablink-jobs/stream/2026-11-23T10:00:00.000",
+    }
+
+
+def provisioner_fixtures():
+    # The fixture job is finished: the provisioner reads it and does nothing.
+    yield "provisioner", "valid", {"Records": [stream_record("INSERT", FIXTURE_JOB, "succeeded"),
+                                               stream_record("MODIFY", FIXTURE_JOB, "succeeded")]}
+    # Items that are not jobs (the fleet lock, settings) are ignored.
+    yield "provisioner", "valid-not-a-job", {"Records": [dict(stream_record("INSERT", FIXTURE_JOB, "queued"),
+        dynamodb={"Keys": {"pk": {"S": "lock"}, "sk": {"S": "fleet"}}})]}
+
 
 def main():
-    for function, name, ev in fixtures():
+    for function, name, ev in list(fixtures()) + list(provisioner_fixtures()):
         d = os.path.join(HERE, function)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, name + ".json"), "w") as f:

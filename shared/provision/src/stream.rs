@@ -96,6 +96,11 @@ pub struct ProvisionerRuntime {
 impl ProvisionerRuntime {
     pub async fn new(config: ProvisionerConfig) -> Self {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::with_sdk(config, sdk)
+    }
+
+    /// With a given AWS configuration (tests against moto).
+    pub fn with_sdk(config: ProvisionerConfig, sdk: aws_config::SdkConfig) -> Self {
         let store = Arc::new(DynamoJobStore::new(
             lablink_ops::dynamo::Client::new(&sdk),
             config.jobs_table.clone(),

@@ -6,6 +6,8 @@
 //! through the `with-postgres` binary, for a whole `cargo test` run) and removed when
 //! the process that started it exits, however it exits.
 
+pub mod fixtures;
+pub mod moto;
 pub mod pg;
 
 use std::sync::OnceLock;

@@ -186,6 +186,13 @@ impl AppState {
         }
     }
 
+    /// Use this AWS configuration instead of the environment's (tests against moto).
+    pub fn with_aws(self, sdk: aws_config::SdkConfig) -> Self {
+        let aws = OnceCell::new();
+        let _ = aws.set(sdk);
+        Self { aws, ..self }
+    }
+
     /// The AWS configuration (region, credentials chain; `AWS_ENDPOINT_URL` honoured).
     pub async fn aws(&self) -> &aws_config::SdkConfig {
         self.aws

@@ -1,0 +1,289 @@
+//! Launch, destroy and enrollment against EC2 and DynamoDB on `moto_server`, through
+//! the provisioner's stream entry point (what its Lambda runs) and the real routes.
+
+use std::sync::Arc;
+
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+use base64::Engine;
+use chrono::Utc;
+use lablink_core::db::{Db, DbConfig};
+use lablink_ops::dynamo::DynamoJobStore;
+use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, Submitted};
+use lablink_provision::Processed;
+use lablink_provision::ec2::Ec2Settings;
+use lablink_provision::stream::{ProvisionerConfig, ProvisionerRuntime};
+use lablink_testkit::{TestDb, moto};
+use lablink_web::state::AdminSource;
+use lablink_web::{AppConfig, AppState, Route};
+use lambda_http::http::StatusCode;
+use serde_json::{Value, json};
+
+struct World {
+    db: TestDb,
+    ec2: aws_sdk_ec2::Client,
+    store: Arc<DynamoJobStore>,
+    rt: Arc<ProvisionerRuntime>,
+    deployment: String,
+}
+
+async fn world(subnet_override: Option<&str>) -> World {
+    let db = TestDb::new().await;
+    let sdk = moto::sdk_config();
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let vpc = ec2.create_vpc().cidr_block("10.7.0.0/16").send().await.unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_owned();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.7.1.0/24")
+        .send()
+        .await
+        .unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_owned();
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let sg = ec2
+        .create_security_group()
+        .group_name(format!("lablink-vms-{suffix}"))
+        .description("LabLink VMs: outbound only")
+        .vpc_id(&vpc_id)
+        .send()
+        .await
+        .unwrap();
+    let deployment = format!("t{suffix}");
+    let table = format!("jobs-{suffix}");
+    let ddb = lablink_ops::dynamo::Client::new(&sdk);
+    lablink_ops::dynamo::create_table(&ddb, &table).await.unwrap();
+    let store = Arc::new(DynamoJobStore::new(ddb, &table));
+    let config = ProvisionerConfig {
+        db: db.config.clone(),
+        jobs_table: table,
+        ec2: Ec2Settings {
+            deployment: deployment.clone(),
+            ami_id: "ami-12c6146b".into(),
+            instance_type: "g4dn.xlarge".into(),
+            subnet_ids: vec![subnet_override.map_or(subnet_id, str::to_owned)],
+            security_group_ids: vec![sg.group_id().unwrap().to_owned()],
+            instance_profile_arn: None,
+            api_url: "https://api.example".into(),
+            log_group: format!("lablink-cloud-init-{deployment}"),
+            daemon_url: None,
+        },
+    };
+    let rt = Arc::new(ProvisionerRuntime::with_sdk(config, sdk));
+    World {
+        db,
+        ec2,
+        store,
+        rt,
+        deployment,
+    }
+}
+
+/// A stream batch naming `job` (what the jobs table's stream delivers on insert).
+fn record(job: &JobId) -> Value {
+    json!({ "Records": [{
+        "eventName": "INSERT",
+        "eventSource": "aws:dynamodb",
+        "dynamodb": { "Keys": { "pk": { "S": "job" }, "sk": { "S": job.as_str() } } }
+    }]})
+}
+
+async fn submit(store: &DynamoJobStore, kind: JobKind) -> Submitted {
+    let job = Job::new(JobId::generate(Utc::now()), kind, "admin", Utc::now());
+    lablink_ops::submit(store, job, Utc::now()).await.unwrap()
+}
+
+async fn instances(ec2: &aws_sdk_ec2::Client, filters: Vec<Filter>) -> Vec<aws_sdk_ec2::types::Instance> {
+    let out = ec2.describe_instances().set_filters(Some(filters)).send().await.unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .cloned()
+        .collect()
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tag<'a>(i: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
+    i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+fn state_for(w: &World) -> AppState {
+    let config = AppConfig {
+        db: w.db.config.clone(),
+        legacy_vm_auth: false,
+        admin: AdminSource::None,
+        forwarder_token_hash: None,
+        jobs_table: None,
+        max_vms: 50,
+        deployment: w.deployment.clone(),
+    };
+    AppState::new(config)
+}
+
+async fn call(state: &AppState, route: Route, body: Value, bearer: Option<&str>) -> (StatusCode, Value) {
+    let (_, path) = route.method_and_path();
+    let mut b = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(t) = bearer {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let req = b.body(lambda_http::Body::from(body.to_string())).unwrap();
+    let resp = route.handle(state, req).await;
+    let v = serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null);
+    (resp.status(), v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
+    let w = world(None).await;
+    let Submitted::Created(job) = submit(&w.store, JobKind::Launch { num_vms: 5 }).await else {
+        panic!("the first launch is created");
+    };
+
+    // A second launch while the first has not finished is refused, naming the first.
+    match submit(&w.store, JobKind::Launch { num_vms: 1 }).await {
+        Submitted::Busy(Some(holder)) => assert_eq!(holder.id, job.id),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+
+    // The same stream record delivered twice, at the same time: one launch.
+    let event = record(&job.id);
+    let (a, b) = tokio::join!(w.rt.handle(&event), w.rt.handle(&event));
+    let outcomes: Vec<Processed> = [a.unwrap(), b.unwrap()].into_iter().flatten().map(|(_, p)| p).collect();
+    assert!(outcomes.contains(&Processed::Finished(JobState::Succeeded)), "{outcomes:?}");
+    assert!(outcomes.iter().any(|p| matches!(p, Processed::Skipped(_))), "{outcomes:?}");
+    // And once more, later: still nothing new.
+    let again = w.rt.handle(&event).await.unwrap();
+    assert_eq!(again[0].1, Processed::Skipped("already finished"));
+
+    let launched = instances(&w.ec2, vec![filter("tag:lablink:job", job.id.as_str())]).await;
+    assert_eq!(launched.len(), 5, "one RunInstances for the batch, once");
+    let done = w.store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.events);
+    assert_eq!(done.vms.len(), 5);
+    let client = w.db.client().await;
+    let mut secret = None;
+    for i in &launched {
+        let id = i.instance_id().unwrap();
+        assert_eq!(tag(i, "lablink:deployment"), Some(w.deployment.as_str()));
+        let host = tag(i, "lablink:hostname").expect("hostname tag");
+        assert_eq!(tag(i, "Name"), Some(host));
+        assert!(host.starts_with(&format!("{}-vm-", w.deployment)), "{host}");
+        if let Some(token) = i.client_token() {
+            assert_eq!(token, job.id.as_str(), "ClientToken is the job id");
+        }
+        let row = client
+            .query_one(
+                "SELECT hostname, status, job_id, provision_duration_seconds IS NOT NULL, credential_hash IS NULL
+                 FROM vms WHERE instance_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), host);
+        assert_eq!(row.get::<_, String>(1), "initializing");
+        assert_eq!(row.get::<_, String>(2), job.id.as_str());
+        assert!(row.get::<_, bool>(3) && row.get::<_, bool>(4));
+        let ud = w
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap();
+        let script = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(ud.user_data().unwrap().value().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(script.contains("LABLINK_API_URL=https://api.example"));
+        assert!(script.contains("systemctl enable --now lablink-client.service"));
+        assert!(!script.contains("LABLINK_CREDENTIAL="), "user-data carries no VM credential");
+        let s = script
+            .lines()
+            .find_map(|l| l.strip_prefix("LABLINK_ENROLL_SECRET="))
+            .expect("the enrollment secret")
+            .to_owned();
+        assert_eq!(secret.get_or_insert_with(|| s.clone()), &s, "one secret per job");
+    }
+    let rows: i64 = client.query_one("SELECT count(*) FROM vms", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 5);
+
+    // Enrollment through the real route.
+    let state = state_for(&w);
+    let secret = secret.unwrap();
+    let first = launched[0].instance_id().unwrap();
+    let (st, _) = call(&state, Route::Enroll, json!({"instance_id": first, "enrollment_secret": "wrong"}), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = call(
+        &state,
+        Route::Enroll,
+        json!({"instance_id": "i-0000000000000dead", "enrollment_secret": secret}),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "an instance the job did not launch");
+    let (st, v) = call(&state, Route::Enroll, json!({"instance_id": first, "enrollment_secret": secret}), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["hostname"].as_str(), tag(&launched[0], "lablink:hostname"));
+    let credential = v["credential"].as_str().unwrap().to_owned();
+    let (st, _) = call(&state, Route::Enroll, json!({"instance_id": first, "enrollment_secret": secret}), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "a second enrollment");
+    let (st, v) = call(
+        &state,
+        Route::PostVmStatus,
+        json!({"hostname": v["hostname"], "status": "running"}),
+        Some(&credential),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "the enrolled credential works: {v}");
+
+    // Destroy: every instance terminated, every row gone.
+    let Submitted::Created(destroy) = submit(&w.store, JobKind::Destroy).await else {
+        panic!("the launch finished, so destroy may start");
+    };
+    let out = w.rt.handle(&record(&destroy.id)).await.unwrap();
+    assert_eq!(out[0].1, Processed::Finished(JobState::Succeeded));
+    let live = instances(
+        &w.ec2,
+        vec![
+            filter("tag:lablink:deployment", &w.deployment),
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        ],
+    )
+    .await;
+    assert!(live.is_empty(), "{} still running", live.len());
+    let rows: i64 = client.query_one("SELECT count(*) FROM vms", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0);
+    let d = w.store.get(&destroy.id).await.unwrap().unwrap();
+    assert_eq!(d.vms.len(), 5, "{:?}", d.events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_launch_ends_the_job_with_the_aws_error_and_records_nothing() {
+    let w = world(Some("subnet-0doesnotexist")).await;
+    let Submitted::Created(job) = submit(&w.store, JobKind::Launch { num_vms: 2 }).await else {
+        panic!("created");
+    };
+    let out = w.rt.handle(&record(&job.id)).await.unwrap();
+    assert_eq!(out[0].1, Processed::Finished(JobState::Failed));
+    let j = w.store.get(&job.id).await.unwrap().unwrap();
+    let err = j.error.unwrap();
+    assert!(err.contains("launching instances") && err.to_lowercase().contains("subnet"), "{err}");
+    let rows: i64 = w.db.client().await.query_one("SELECT count(*) FROM vms", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0);
+    // The fleet is free again.
+    assert!(matches!(submit(&w.store, JobKind::Destroy).await, Submitted::Created(_)));
+    let _ = DbConfig::from_url(&w.db.url).map(Db::new);
+}

@@ -515,3 +515,199 @@ fn routes_match_their_paths_only() {
     assert!(Route::Index.matches_path("/"));
     assert!(!Route::Index.matches_path("/x"));
 }
+
+// ---- admin console -------------------------------------------------------------------
+
+fn bare(method: &str, path: &str) -> Request {
+    lambda_http::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "admin.test")
+        .body(Body::Empty)
+        .unwrap()
+}
+
+fn form_req(path: &str, body: &str, cookies: &[String]) -> Request {
+    let mut b = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header(header::HOST, "admin.test")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if !cookies.is_empty() {
+        b = b.header(header::COOKIE, cookies.join("; "));
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+fn set_cookie(r: &Response<Body>, name: &str) -> Option<String> {
+    r.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+fn hidden(page: &str, name: &str) -> String {
+    let at = page.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name} in page"));
+    let rest = &page[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// Log in through the real pages; returns the session cookie and its CSRF token.
+async fn log_in(state: &AppState) -> (String, String) {
+    let page = Route::AdminLoginPage.handle(state, bare("GET", "/admin/login")).await;
+    assert_eq!(page.status(), 200);
+    let login_cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
+    let token = hidden(&text(&page), "csrf");
+    let r = Route::AdminLogin
+        .handle(
+            state,
+            form_req(
+                "/admin/login",
+                &format!("user=admin&password={}&csrf={token}&next=%2Fadmin%2Finstances", fixtures::ADMIN_PASSWORD),
+                &[login_cookie],
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    assert_eq!(r.headers()[header::LOCATION], "/admin/instances");
+    let set = r
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with("lablink_session="))
+        .unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Path=/"] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    let session = set.split(';').next().unwrap().to_owned();
+    let mut home = bare("GET", "/admin");
+    home.headers_mut().insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
+    let page = Route::AdminHome.handle(state, home).await;
+    assert_eq!(page.status(), 200);
+    let csrf = hidden(&text(&page), "csrf");
+    (session, csrf)
+}
+
+#[tokio::test]
+async fn admin_routes_need_a_session_pages_redirect_and_json_answers_401() {
+    let f = setup(false).await;
+    for route in Route::ALL {
+        let (method, path) = route.method_and_path();
+        let path = path
+            .replace("{hostname}", HOST)
+            .replace("{id}", fixtures::JOB);
+        let is_admin_page = method == lambda_http::http::Method::GET && path.starts_with("/admin") && path != "/admin/login";
+        let is_admin_json = matches!(
+            route,
+            Route::GetJob | Route::ListVmStatus | Route::Launch | Route::Destroy | Route::SetAwsCredentials | Route::UnsetAwsCredentials | Route::AdminLogout
+        );
+        if !is_admin_page && !is_admin_json {
+            continue;
+        }
+        let req = if method == lambda_http::http::Method::GET {
+            bare("GET", &path)
+        } else {
+            form_req(&path, "num_vms=1&confirm=test", &[])
+        };
+        let before = snapshot(&f.client).await;
+        let r = route.handle(&f.state, req).await;
+        if is_admin_page {
+            assert_eq!(r.status(), 303, "{path}");
+            let to = r.headers()[header::LOCATION].to_str().unwrap();
+            assert!(to.starts_with("/admin/login?next=/admin"), "{path} → {to}");
+        } else {
+            assert!(matches!(r.status().as_u16(), 401), "{path}: {}", r.status());
+        }
+        assert_eq!(snapshot(&f.client).await, before, "{path} changed data");
+    }
+}
+
+#[tokio::test]
+async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it() {
+    let f = setup(false).await;
+    let (session, csrf) = log_in(&f.state).await;
+    let other_session = {
+        let key = SessionKey::from_hex(SESSION_KEY).unwrap();
+        let v = lablink_web::auth::issue_session(&key, "admin", chrono::Utc::now() + chrono::Duration::hours(1));
+        format!("lablink_session={v}")
+    };
+    let cases: [(Route, &str); 5] = [
+        (Route::Launch, "num_vms=1"),
+        (Route::Destroy, "confirm=test"),
+        (Route::SetAwsCredentials, "aws_access_key_id=AKIAAAAAAAAAAAAAAAAA&aws_secret_access_key=xxxxxxxxxxxxxxxxxxxxxxxx"),
+        (Route::UnsetAwsCredentials, ""),
+        (Route::AdminLogout, ""),
+    ];
+    for (route, body) in cases {
+        let path = route.method_and_path().1;
+        for (label, cookie, token) in [
+            ("no token", session.clone(), String::new()),
+            ("forged token", session.clone(), "AAAA".to_owned()),
+            ("another session's token", other_session.clone(), csrf.clone()),
+        ] {
+            let before = snapshot(&f.client).await;
+            let b = if token.is_empty() { body.to_owned() } else { format!("{body}&csrf={token}") };
+            let r = route.handle(&f.state, form_req(path, &b, &[cookie])).await;
+            assert_eq!(r.status(), 403, "{path} with {label}: {}", text(&r));
+            assert_eq!(snapshot(&f.client).await, before, "{path} with {label} changed data");
+        }
+        // A cross-site post with the right token is refused too.
+        let mut req = form_req(path, &format!("{body}&csrf={csrf}"), &[session.clone()]);
+        req.headers_mut().insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert_eq!(route.handle(&f.state, req).await.status(), 403, "{path} cross-site");
+    }
+    // With the token, a launch is queued and the browser goes to its job page; the same
+    // form again (same idempotency key) makes no second job.
+    let key = lablink_ops::JobId::generate(chrono::Utc::now());
+    let body = format!("num_vms=2&csrf={csrf}&job_id={key}");
+    for _ in 0..2 {
+        let r = Route::Launch.handle(&f.state, form_req("/api/launch", &body, &[session.clone()])).await;
+        assert_eq!(r.status(), 303, "{}", text(&r));
+        assert_eq!(r.headers()[header::LOCATION], format!("/admin/jobs/{key}"));
+    }
+    let jobs: i64 = f.client.query_one("SELECT count(*) FROM ops_jobs", &[]).await.unwrap().get(0);
+    assert_eq!(jobs, 2, "the fixture job and one launch");
+    // Another launch while that one is queued: refused with a clear message.
+    let r = Route::Launch
+        .handle(&f.state, form_req("/api/launch", &format!("num_vms=1&csrf={csrf}"), &[session.clone()]))
+        .await;
+    assert_eq!(r.status(), 409);
+    assert!(text(&r).contains("Another job is running"), "{}", text(&r));
+    // HTTP Basic works for scripts, but not from a browser page (it sends Origin).
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("admin:{}", fixtures::ADMIN_PASSWORD))
+    );
+    let mut req = bare("GET", &format!("/api/jobs/{key}"));
+    req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
+    let r = Route::GetJob.handle(&f.state, req).await;
+    assert_eq!(r.status(), 200, "{}", text(&r));
+    assert!(text(&r).contains("\"state\":\"queued\""));
+    let mut req = form_req("/api/admin/unset-aws-credentials", "", &[]);
+    req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
+    req.headers_mut().insert(header::ORIGIN, HeaderValue::from_static("http://admin.test"));
+    assert_eq!(Route::UnsetAwsCredentials.handle(&f.state, req).await.status(), 403);
+}
+
+#[tokio::test]
+async fn the_sixth_failed_login_from_one_address_is_throttled() {
+    let f = setup(false).await;
+    let page = Route::AdminLoginPage.handle(&f.state, bare("GET", "/admin/login")).await;
+    let cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
+    let token = hidden(&text(&page), "csrf");
+    let attempt = |password: &str| form_req("/admin/login", &format!("user=admin&password={password}&csrf={token}"), &[cookie.clone()]);
+    for i in 1..=5 {
+        let r = Route::AdminLogin.handle(&f.state, attempt("guess")).await;
+        assert_eq!(r.status(), 401, "attempt {i}");
+    }
+    let r = Route::AdminLogin.handle(&f.state, attempt("guess")).await;
+    assert_eq!(r.status(), 429, "the 6th");
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+    // Even the right password waits now: guessing must not tell.
+    let r = Route::AdminLogin.handle(&f.state, attempt(fixtures::ADMIN_PASSWORD)).await;
+    assert_eq!(r.status(), 429);
+    assert!(set_cookie(&r, "lablink_session").is_none());
+}

@@ -43,8 +43,19 @@ impl std::fmt::Debug for StoredCredentials {
 }
 
 /// `base` with these static credentials instead of its own provider.
-pub fn with_credentials(base: &SdkConfig, access_key_id: &str, secret: &str, token: Option<&str>) -> SdkConfig {
-    let creds = Credentials::new(access_key_id, secret, token.map(str::to_owned), None, "lablink-stored");
+pub fn with_credentials(
+    base: &SdkConfig,
+    access_key_id: &str,
+    secret: &str,
+    token: Option<&str>,
+) -> SdkConfig {
+    let creds = Credentials::new(
+        access_key_id,
+        secret,
+        token.map(str::to_owned),
+        None,
+        "lablink-stored",
+    );
     base.to_builder()
         .credentials_provider(SharedCredentialsProvider::new(creds))
         .build()
@@ -64,12 +75,15 @@ pub async fn caller_identity(config: &SdkConfig) -> Result<Identity, String> {
 }
 
 /// The stored credentials, unless absent or expired.
-pub async fn stored(store: &dyn JobStore, now: DateTime<Utc>) -> Result<Option<StoredCredentials>, StoreError> {
+pub async fn stored(
+    store: &dyn JobStore,
+    now: DateTime<Utc>,
+) -> Result<Option<StoredCredentials>, StoreError> {
     match store.get_setting(CREDENTIALS_SETTING, now).await? {
         None => Ok(None),
         Some(v) => {
-            let c: StoredCredentials =
-                serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("stored credentials: {e}")))?;
+            let c: StoredCredentials = serde_json::from_value(v)
+                .map_err(|e| StoreError::Corrupt(format!("stored credentials: {e}")))?;
             Ok((c.expires_at > now).then_some(c))
         }
     }
@@ -83,7 +97,12 @@ pub async fn provisioner_config(
 ) -> Result<(SdkConfig, Option<StoredCredentials>), StoreError> {
     Ok(match stored(store, now).await? {
         Some(c) => (
-            with_credentials(base, &c.access_key_id, &c.secret_access_key, c.session_token.as_deref()),
+            with_credentials(
+                base,
+                &c.access_key_id,
+                &c.secret_access_key,
+                c.session_token.as_deref(),
+            ),
             Some(c),
         ),
         None => (base.clone(), None),

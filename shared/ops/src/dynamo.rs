@@ -89,7 +89,11 @@ macro_rules! conditional {
             Ok(_) => Ok(true),
             Err(e) => {
                 let se = e.into_service_error();
-                if se.$is_cond() { Ok(false) } else { Err(backend(se)) }
+                if se.$is_cond() {
+                    Ok(false)
+                } else {
+                    Err(backend(se))
+                }
             }
         }
     };
@@ -169,7 +173,9 @@ impl JobStore for DynamoJobStore {
             .expression_attribute_values(":now", n(now.timestamp()));
         req = match steal_from {
             Some(other) => req
-                .condition_expression("attribute_not_exists(pk) OR job_id = :j OR lease_until < :now OR job_id = :other")
+                .condition_expression(
+                    "attribute_not_exists(pk) OR job_id = :j OR lease_until < :now OR job_id = :other",
+                )
                 .expression_attribute_values(":other", AttributeValue::S(other.as_str().into())),
             None => req.condition_expression("attribute_not_exists(pk) OR job_id = :j OR lease_until < :now"),
         };
@@ -233,7 +239,12 @@ impl JobStore for DynamoJobStore {
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
-    async fn put_setting(&self, name: &str, value: &Value, expires_at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+    async fn put_setting(
+        &self,
+        name: &str,
+        value: &Value,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
         let mut item = Self::key("setting", name);
         item.insert("value".into(), AttributeValue::S(value.to_string()));
         if let Some(e) = expires_at {
@@ -265,8 +276,8 @@ impl JobStore for DynamoJobStore {
 /// runner when pointed at a DynamoDB endpoint).
 pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
     use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, StreamSpecification,
-        StreamViewType,
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        StreamSpecification, StreamViewType,
     };
     let attr = |name: &str| {
         AttributeDefinition::builder()

@@ -27,7 +27,9 @@ impl JobId {
             && b[9..15].iter().all(u8::is_ascii_digit)
             && b[15] == b'Z'
             && b[16] == b'-'
-            && b[17..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+            && b[17..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -69,7 +71,9 @@ pub enum JobKind {
 impl JobKind {
     pub fn label(&self) -> String {
         match self {
-            JobKind::Launch { num_vms } => format!("launch {num_vms} VM{}", if *num_vms == 1 { "" } else { "s" }),
+            JobKind::Launch { num_vms } => {
+                format!("launch {num_vms} VM{}", if *num_vms == 1 { "" } else { "s" })
+            }
             JobKind::Destroy => "destroy the fleet".into(),
         }
     }
@@ -186,14 +190,26 @@ mod tests {
     fn job_ids_parse_their_own_shape_only() {
         let id = JobId::generate(Utc::now());
         assert_eq!(JobId::parse(id.as_str()), Ok(id.clone()));
-        for bad in ["", "x", "20261123T101500Z-0a1b2c3", "20261123T101500Z-0A1B2C3D", "2026112aT101500Z-0a1b2c3d", "../../etc/passwd"] {
+        for bad in [
+            "",
+            "x",
+            "20261123T101500Z-0a1b2c3",
+            "20261123T101500Z-0A1B2C3D",
+            "2026112aT101500Z-0a1b2c3d",
+            "../../etc/passwd",
+        ] {
             assert!(JobId::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn jobs_round_trip_as_json() {
-        let mut j = Job::new(JobId::generate(Utc::now()), JobKind::Launch { num_vms: 3 }, "admin", Utc::now());
+        let mut j = Job::new(
+            JobId::generate(Utc::now()),
+            JobKind::Launch { num_vms: 3 },
+            "admin",
+            Utc::now(),
+        );
         j.event(Utc::now(), "hello");
         let v = serde_json::to_value(&j).unwrap();
         assert_eq!(v["kind"], "launch");

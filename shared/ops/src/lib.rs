@@ -55,7 +55,9 @@ pub async fn submit(store: &dyn JobStore, job: Job, now: DateTime<Utc>) -> Resul
         // The same form twice at the same moment: the other request made it.
         return match store.get(&job.id).await? {
             Some(j) => Ok(Submitted::Existing(j)),
-            None => Err(StoreError::Backend("job vanished after a conflicting insert".into())),
+            None => Err(StoreError::Backend(
+                "job vanished after a conflicting insert".into(),
+            )),
         };
     }
     let mut stored = job;

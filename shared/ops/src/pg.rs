@@ -29,7 +29,10 @@ impl PgJobStore {
     }
 
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, StoreError> {
-        self.db.client().await.map_err(|e| StoreError::Backend(e.to_string()))
+        self.db
+            .client()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))
     }
 }
 
@@ -129,7 +132,9 @@ impl JobStore for PgJobStore {
             .map_err(backend)?
             .map(|r| r.get(0));
         match holder {
-            Some(h) => Ok(Lock::HeldBy(JobId::parse(&h).map_err(|e| StoreError::Corrupt(e.into()))?)),
+            Some(h) => Ok(Lock::HeldBy(
+                JobId::parse(&h).map_err(|e| StoreError::Corrupt(e.into()))?,
+            )),
             // Released between the two statements: try once more.
             None => Box::pin(self.acquire_lock(job, lease_until, now, steal_from)).await,
         }
@@ -158,7 +163,12 @@ impl JobStore for PgJobStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    async fn put_setting(&self, name: &str, value: &Value, expires_at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+    async fn put_setting(
+        &self,
+        name: &str,
+        value: &Value,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
         let c = self.client().await?;
         c.execute(
             "INSERT INTO ops_settings (name, value, expires_at) VALUES ($1, $2, $3)

@@ -48,6 +48,11 @@ pub trait JobStore: Send + Sync {
 
     /// A setting, unless absent or expired.
     async fn get_setting(&self, name: &str, now: DateTime<Utc>) -> Result<Option<Value>, StoreError>;
-    async fn put_setting(&self, name: &str, value: &Value, expires_at: Option<DateTime<Utc>>) -> Result<(), StoreError>;
+    async fn put_setting(
+        &self,
+        name: &str,
+        value: &Value,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
     async fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
 }

@@ -82,7 +82,10 @@ impl Provisioner {
         job.attempts += 1;
         job.lease_until = Some(now + ATTEMPT_LEASE);
         let attempt = job.attempts;
-        job.event(now, format!("attempt {attempt} started ({})", self.compute.kind()));
+        job.event(
+            now,
+            format!("attempt {attempt} started ({})", self.compute.kind()),
+        );
         if !self.save(&mut job).await? {
             return Ok(Processed::Skipped("claimed by a concurrent delivery"));
         }
@@ -130,7 +133,11 @@ impl Provisioner {
         Ok(())
     }
 
-    async fn finish(&self, mut job: Job, result: Result<String, Failed>) -> Result<Processed, ProvisionError> {
+    async fn finish(
+        &self,
+        mut job: Job,
+        result: Result<String, Failed>,
+    ) -> Result<Processed, ProvisionError> {
         let now = Utc::now();
         match result {
             Ok(summary) => {
@@ -161,7 +168,10 @@ impl Provisioner {
         let hostnames: Vec<Hostname> = job
             .hostnames
             .iter()
-            .map(|h| Hostname::parse(h).map_err(|e| lablink_core::db::DbError::Corrupt(format!("job hostname: {e}"))))
+            .map(|h| {
+                Hostname::parse(h)
+                    .map_err(|e| lablink_core::db::DbError::Corrupt(format!("job hostname: {e}")))
+            })
             .collect::<Result<_, _>>()?;
 
         let mut instances = match self.compute.job_instances(&job.id).await {
@@ -170,8 +180,13 @@ impl Provisioner {
         };
         if instances.is_empty() {
             let secret = Secret::generate();
-            fleet::add_enrollment_secret(&client, job.id.as_str(), &secret.hash(), Utc::now() + ENROLLMENT_WINDOW)
-                .await?;
+            fleet::add_enrollment_secret(
+                &client,
+                job.id.as_str(),
+                &secret.hash(),
+                Utc::now() + ENROLLMENT_WINDOW,
+            )
+            .await?;
             self.progress(job, format!("launching {n} instance(s)")).await?;
             let spec = LaunchSpec {
                 job: job.id.clone(),
@@ -183,18 +198,30 @@ impl Provisioner {
                 Err(e) => return Ok(Err(Failed(format!("launching instances: {e}")))),
             };
         } else {
-            self.progress(job, format!("adopting {} instance(s) an earlier attempt launched", instances.len()))
-                .await?;
+            self.progress(
+                job,
+                format!(
+                    "adopting {} instance(s) an earlier attempt launched",
+                    instances.len()
+                ),
+            )
+            .await?;
         }
         let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
         if instances.len() != hostnames.len() {
             return Ok(Err(self
-                .undo_launch(job, &ids, format!("asked for {n} instances, got {}", instances.len()))
+                .undo_launch(
+                    job,
+                    &ids,
+                    format!("asked for {n} instances, got {}", instances.len()),
+                )
                 .await?));
         }
         let pairs: Vec<(String, Hostname)> = ids.iter().cloned().zip(hostnames.iter().cloned()).collect();
         if let Err(e) = self.compute.name(&pairs).await {
-            return Ok(Err(self.undo_launch(job, &ids, format!("tagging instances: {e}")).await?));
+            return Ok(Err(self
+                .undo_launch(job, &ids, format!("tagging instances: {e}"))
+                .await?));
         }
         let provision = Phase {
             start: started,
@@ -208,7 +235,9 @@ impl Provisioner {
             })
             .collect();
         if let Err(e) = fleet::record_launched(&client, job.id.as_str(), &launched, provision).await {
-            return Ok(Err(self.undo_launch(job, &ids, format!("recording the VMs: {e}")).await?));
+            return Ok(Err(self
+                .undo_launch(job, &ids, format!("recording the VMs: {e}"))
+                .await?));
         }
         job.vms = pairs
             .iter()
@@ -224,9 +253,17 @@ impl Provisioner {
     }
 
     /// A launch that cannot be recorded must not leave instances behind.
-    async fn undo_launch(&self, job: &mut Job, ids: &[String], reason: String) -> Result<Failed, ProvisionError> {
-        self.progress(job, format!("{reason}; terminating the {} launched instance(s)", ids.len()))
-            .await?;
+    async fn undo_launch(
+        &self,
+        job: &mut Job,
+        ids: &[String],
+        reason: String,
+    ) -> Result<Failed, ProvisionError> {
+        self.progress(
+            job,
+            format!("{reason}; terminating the {} launched instance(s)", ids.len()),
+        )
+        .await?;
         for batch in ids.chunks(TERMINATE_BATCH) {
             if let Err(e) = self.compute.terminate(batch).await {
                 return Ok(Failed(format!("{reason}; terminating them failed too: {e}")));
@@ -241,7 +278,8 @@ impl Provisioner {
             Err(e) => return Ok(Err(Failed(format!("listing the fleet: {e}")))),
         };
         let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
-        self.progress(job, format!("terminating {} instance(s)", ids.len())).await?;
+        self.progress(job, format!("terminating {} instance(s)", ids.len()))
+            .await?;
         let client = self.db.client().await?;
         let mut done = 0;
         for batch in ids.chunks(TERMINATE_BATCH) {
@@ -253,11 +291,13 @@ impl Provisioner {
             }
             fleet::delete_instances(&client, batch).await?;
             done += batch.len();
-            job.vms.extend(instances[done - batch.len()..done].iter().map(|i| JobVm {
-                hostname: i.hostname.clone().unwrap_or_default(),
-                instance_id: i.instance_id.clone(),
-            }));
-            self.progress(job, format!("terminated {done} of {}", ids.len())).await?;
+            job.vms
+                .extend(instances[done - batch.len()..done].iter().map(|i| JobVm {
+                    hostname: i.hostname.clone().unwrap_or_default(),
+                    instance_id: i.instance_id.clone(),
+                }));
+            self.progress(job, format!("terminated {done} of {}", ids.len()))
+                .await?;
         }
         let cleared = fleet::clear_fleet(&client).await?;
         Ok(Ok(format!(

@@ -92,7 +92,12 @@ impl LocalCompute {
             .env("LABLINK_CRD_CONFIG_DIR", dir.join("crd"))
             .env("LABLINK_NVIDIA_SMI", dir.join("no-nvidia-smi"))
             .env("LABLINK_DAEMON_LOG_FILE", dir.join("daemon.log"))
-            .envs(self.settings.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.settings
+                    .extra_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

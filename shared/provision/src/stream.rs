@@ -22,32 +22,73 @@ pub struct ProvisionerConfig {
 }
 
 fn list(v: &str) -> Vec<String> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 impl ProvisionerConfig {
     pub fn read(s: &mut Settings) -> Option<Self> {
         let db = DbConfig::read(s);
-        let jobs_table = s.required_with("LABLINK_JOBS_TABLE", "the DynamoDB jobs table's name", |v: &str| {
-            if v.is_empty() { Err("empty") } else { Ok(v.to_owned()) }
-        });
+        let jobs_table = s.required_with(
+            "LABLINK_JOBS_TABLE",
+            "the DynamoDB jobs table's name",
+            |v: &str| {
+                if v.is_empty() {
+                    Err("empty")
+                } else {
+                    Ok(v.to_owned())
+                }
+            },
+        );
         let deployment = s.required_with("LABLINK_DEPLOYMENT", "the deployment's name", |v: &str| {
-            if v.is_empty() { Err("empty") } else { Ok(v.to_owned()) }
+            if v.is_empty() {
+                Err("empty")
+            } else {
+                Ok(v.to_owned())
+            }
         });
         let ami_id = s.required_with("LABLINK_AMI_ID", "an AMI id like ami-0123…", |v: &str| {
-            if v.starts_with("ami-") { Ok(v.to_owned()) } else { Err("not an AMI id") }
+            if v.starts_with("ami-") {
+                Ok(v.to_owned())
+            } else {
+                Err("not an AMI id")
+            }
         });
-        let instance_type = s.required_with("LABLINK_INSTANCE_TYPE", "an EC2 instance type like g4dn.xlarge", |v: &str| {
-            if v.contains('.') { Ok(v.to_owned()) } else { Err("not an instance type") }
-        });
+        let instance_type = s.required_with(
+            "LABLINK_INSTANCE_TYPE",
+            "an EC2 instance type like g4dn.xlarge",
+            |v: &str| {
+                if v.contains('.') {
+                    Ok(v.to_owned())
+                } else {
+                    Err("not an instance type")
+                }
+            },
+        );
         let api_url = s.required_with("LABLINK_API_URL", "the API's https URL", |v: &str| {
-            if v.starts_with("https://") || v.starts_with("http://") { Ok(v.trim_end_matches('/').to_owned()) } else { Err("not a URL") }
+            if v.starts_with("https://") || v.starts_with("http://") {
+                Ok(v.trim_end_matches('/').to_owned())
+            } else {
+                Err("not a URL")
+            }
         });
         let subnet_ids = s.raw("LABLINK_SUBNET_IDS").map(list).unwrap_or_default();
         let security_group_ids = s.raw("LABLINK_SECURITY_GROUP_IDS").map(list).unwrap_or_default();
-        let instance_profile_arn = s.raw("LABLINK_INSTANCE_PROFILE_ARN").filter(|v| !v.is_empty()).map(str::to_owned);
-        let log_group = s.raw("LABLINK_VM_LOG_GROUP").filter(|v| !v.is_empty()).map(str::to_owned);
-        let daemon_url = s.raw("LABLINK_DAEMON_URL").filter(|v| !v.is_empty()).map(str::to_owned);
+        let instance_profile_arn = s
+            .raw("LABLINK_INSTANCE_PROFILE_ARN")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        let log_group = s
+            .raw("LABLINK_VM_LOG_GROUP")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        let daemon_url = s
+            .raw("LABLINK_DAEMON_URL")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
         let deployment = deployment?;
         Some(Self {
             db: db?,
@@ -106,7 +147,12 @@ impl ProvisionerRuntime {
             config.jobs_table.clone(),
         ));
         let db = Arc::new(Db::new(config.db.clone()));
-        Self { config, sdk, store, db }
+        Self {
+            config,
+            sdk,
+            store,
+            db,
+        }
     }
 
     /// Process every job a stream batch names. EC2 is called with the admin's stored
@@ -123,7 +169,10 @@ impl ProvisionerRuntime {
         }
         let p = Provisioner {
             store: self.store.clone(),
-            compute: Arc::new(Ec2Compute::new(aws_sdk_ec2::Client::new(&sdk), self.config.ec2.clone())),
+            compute: Arc::new(Ec2Compute::new(
+                aws_sdk_ec2::Client::new(&sdk),
+                self.config.ec2.clone(),
+            )),
             db: self.db.clone(),
             hostname_prefix: self.config.ec2.deployment.clone(),
         };

@@ -17,9 +17,14 @@ pub const ENROLL_HOST: &str = "lablink-vm-enroll-1";
 
 /// The VM the enroll fixture enrolls (launched by [`JOB`], not yet enrolled).
 pub async fn seed_enrollment(client: &tokio_postgres::Client) {
-    fleet::add_enrollment_secret(client, JOB, &Secret::presented(ENROLL_SECRET).hash(), Utc::now() + chrono::Duration::hours(1))
-        .await
-        .expect("enrollment secret");
+    fleet::add_enrollment_secret(
+        client,
+        JOB,
+        &Secret::presented(ENROLL_SECRET).hash(),
+        Utc::now() + chrono::Duration::hours(1),
+    )
+    .await
+    .expect("enrollment secret");
     let now = Utc::now();
     fleet::record_launched(
         client,
@@ -36,7 +41,12 @@ pub async fn seed_enrollment(client: &tokio_postgres::Client) {
 
 /// The finished job the job fixtures read.
 pub async fn seed_job(store: &dyn JobStore) {
-    let mut job = Job::new(JobId::parse(JOB).unwrap(), JobKind::Launch { num_vms: 1 }, ADMIN_USER, Utc::now());
+    let mut job = Job::new(
+        JobId::parse(JOB).unwrap(),
+        JobKind::Launch { num_vms: 1 },
+        ADMIN_USER,
+        Utc::now(),
+    );
     job.state = lablink_ops::JobState::Succeeded;
     store.insert(&job).await.expect("fixture job");
 }

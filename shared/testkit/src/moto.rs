@@ -16,14 +16,19 @@ pub fn moto_server_bin() -> PathBuf {
     }
     let venv = std::env::var("LABLINK_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/lablink-venv"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/lablink-venv")
+        });
     venv.join("bin/moto_server")
 }
 
 /// The endpoint of this process's moto server (started on first use).
 pub fn endpoint() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| start().unwrap_or_else(|e| panic!("cannot start moto_server: {e} (run scripts/test, which installs it)")))
+    URL.get_or_init(|| {
+        start()
+            .unwrap_or_else(|e| panic!("cannot start moto_server: {e} (run scripts/test, which installs it)"))
+    })
 }
 
 fn start() -> Result<String, String> {
@@ -65,7 +70,9 @@ pub fn sdk_config() -> aws_config::SdkConfig {
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint())
-        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+            creds,
+        ))
         .build()
 }
 

@@ -67,7 +67,10 @@ fn wants_html(req: &Request) -> bool {
 }
 
 /// A page needs a session: without one, the login page (then back here).
-async fn page_session(state: &AppState, req: &Request) -> Result<Result<(Admin, String), Response<Body>>, ApiError> {
+async fn page_session(
+    state: &AppState,
+    req: &Request,
+) -> Result<Result<(Admin, String), Response<Body>>, ApiError> {
     match auth::admin_session(state, req).await {
         Some(a) => {
             let key = &state.admin().await?.session_key;
@@ -86,7 +89,9 @@ async fn page_session(state: &AppState, req: &Request) -> Result<Result<(Admin, 
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -95,7 +100,9 @@ fn url_encode(s: &str) -> String {
 /// Only our own admin pages are places to go back to after logging in.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/admin") && !n.starts_with("//") && !n.contains("://") && !n.contains('\\') => {
+        Some(n)
+            if n.starts_with("/admin") && !n.starts_with("//") && !n.contains("://") && !n.contains('\\') =>
+        {
             n.to_owned()
         }
         _ => "/admin".to_owned(),
@@ -148,7 +155,10 @@ pub async fn login(state: &AppState, req: &Request) -> Reply {
     let next = safe_next(form.next.as_deref());
     let again = |status: StatusCode, msg: &str| {
         let token = Secret::generate();
-        let mut resp = html(status, pages::login_page(Some(msg), token.expose(), &next, &form.user));
+        let mut resp = html(
+            status,
+            pages::login_page(Some(msg), token.expose(), &next, &form.user),
+        );
         resp.headers_mut().insert(
             header::SET_COOKIE,
             cookie_header(req, LOGIN_CSRF_COOKIE, token.expose(), "/admin/login", 3600)
@@ -173,16 +183,25 @@ pub async fn login(state: &AppState, req: &Request) -> Reply {
         Err(ApiError::TooManyRequests { retry_after }) => {
             let mut r = again(
                 StatusCode::TOO_MANY_REQUESTS,
-                &format!("Too many failed attempts. Try again in {} minute(s).", retry_after.div_ceil(60)),
+                &format!(
+                    "Too many failed attempts. Try again in {} minute(s).",
+                    retry_after.div_ceil(60)
+                ),
             );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, retry_after.to_string().parse().expect("digits"));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                retry_after.to_string().parse().expect("digits"),
+            );
             return Ok(r);
         }
         Err(e) => return Err(e),
     }
     tracing::info!(user = %form.user, "admin logged in");
-    let value = auth::issue_session(&admin.session_key, &admin.user, Utc::now() + Duration::hours(SESSION_HOURS));
+    let value = auth::issue_session(
+        &admin.session_key,
+        &admin.user,
+        Utc::now() + Duration::hours(SESSION_HOURS),
+    );
     let mut resp = redirect(&next);
     let h = resp.headers_mut();
     h.append(
@@ -386,7 +405,8 @@ pub async fn logs_page(state: &AppState, req: &Request) -> Reply {
 }
 
 fn path_job_id(req: &Request) -> Result<JobId, ApiError> {
-    let raw = request::path_param(req, "id").ok_or_else(|| ApiError::bad_request("the path has no job id"))?;
+    let raw =
+        request::path_param(req, "id").ok_or_else(|| ApiError::bad_request("the path has no job id"))?;
     JobId::parse(&raw).map_err(ApiError::bad_request)
 }
 
@@ -472,7 +492,10 @@ fn job_form(req: &Request) -> Result<JobForm, ApiError> {
 fn job_refusal(req: &Request, e: ApiError, back: (&str, &str)) -> Response<Body> {
     if wants_html(req) && e.status().is_client_error() {
         let status = e.status();
-        return html(status, pages::message_page(None, "Not started", &e.to_string(), back));
+        return html(
+            status,
+            pages::message_page(None, "Not started", &e.to_string(), back),
+        );
     }
     e.into_response()
 }
@@ -522,7 +545,9 @@ pub async fn launch(state: &AppState, req: &Request) -> Reply {
             .parse()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("num_vms must be a whole number from 1 to {max}")))?;
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("num_vms must be a whole number from 1 to {max}"))
+            })?;
         let id = idempotency_key(&form)?;
         let client = state.db.client().await?;
         let current = fleet::counts(&client).await?.total;
@@ -582,7 +607,11 @@ async fn credentials_reply(state: &AppState, req: &Request, admin: &Admin, ok: b
         }
         return Ok(resp);
     }
-    let status = if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     let key = if ok { "message" } else { "error" };
     Ok(json(status, &json!({ key: message })))
 }
@@ -608,15 +637,32 @@ pub async fn set_aws_credentials(state: &AppState, req: &Request) -> Reply {
         .await;
     }
     let sdk = ops_aws::with_credentials(state.aws().await, id, secret, token);
-    let identity = match tokio::time::timeout(std::time::Duration::from_secs(10), ops_aws::caller_identity(&sdk)).await
+    let identity = match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        ops_aws::caller_identity(&sdk),
+    )
+    .await
     {
         Ok(Ok(i)) => i,
         Ok(Err(e)) => {
-            return credentials_reply(state, req, &admin, false, &format!("AWS refused these credentials: {e}")).await;
+            return credentials_reply(
+                state,
+                req,
+                &admin,
+                false,
+                &format!("AWS refused these credentials: {e}"),
+            )
+            .await;
         }
         Err(_) => {
-            return credentials_reply(state, req, &admin, false, "AWS STS did not answer within 10 s; nothing was stored.")
-                .await;
+            return credentials_reply(
+                state,
+                req,
+                &admin,
+                false,
+                "AWS STS did not answer within 10 s; nothing was stored.",
+            )
+            .await;
         }
     };
     let now = Utc::now();
@@ -644,7 +690,10 @@ pub async fn set_aws_credentials(state: &AppState, req: &Request) -> Reply {
         req,
         &admin,
         true,
-        &format!("Credentials of {} stored; launches use them for {CREDENTIALS_HOURS} hours.", identity.arn),
+        &format!(
+            "Credentials of {} stored; launches use them for {CREDENTIALS_HOURS} hours.",
+            identity.arn
+        ),
     )
     .await
 }
@@ -678,7 +727,9 @@ pub async fn enroll(state: &AppState, req: &Request) -> Reply {
     let body: EnrollRequest = request::json(req, SMALL_BODY)?;
     let id = body.instance_id.trim();
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(ApiError::bad_request("instance_id must be an instance id like i-0123456789abcdef0"));
+        return Err(ApiError::bad_request(
+            "instance_id must be an instance id like i-0123456789abcdef0",
+        ));
     }
     if body.enrollment_secret.is_empty() || body.enrollment_secret.len() > 128 {
         return Err(ApiError::bad_request("enrollment_secret is required"));
@@ -703,7 +754,9 @@ pub async fn enroll(state: &AppState, req: &Request) -> Reply {
         fleet::Enrollment::UnknownInstance => Err(ApiError::NotFound(format!(
             "instance {id} is not (yet) a VM of this deployment"
         ))),
-        fleet::Enrollment::AlreadyEnrolled => Err(ApiError::Conflict(format!("instance {id} has enrolled already"))),
+        fleet::Enrollment::AlreadyEnrolled => {
+            Err(ApiError::Conflict(format!("instance {id} has enrolled already")))
+        }
         fleet::Enrollment::BadSecret => Err(ApiError::Refused(
             "the enrollment secret is not this instance's launch job's, or it expired".into(),
         )),

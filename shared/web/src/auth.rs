@@ -130,7 +130,9 @@ fn basic(req: &Request) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_owned(), p.to_owned()))
@@ -192,7 +194,12 @@ pub fn throttle_limits(ip: &str, user: &str) -> Vec<admin_db::Limit> {
 
 /// Check a user name and password (throttled): `Ok(true)` on a match. A mismatch is
 /// counted against the address and the user.
-pub async fn check_password(state: &AppState, req: &Request, user: &str, password: &str) -> Result<bool, ApiError> {
+pub async fn check_password(
+    state: &AppState,
+    req: &Request,
+    user: &str,
+    password: &str,
+) -> Result<bool, ApiError> {
     let admin = state.admin().await?;
     let ip = client_ip(req);
     let limits = throttle_limits(&ip, user);
@@ -207,8 +214,9 @@ pub async fn check_password(state: &AppState, req: &Request, user: &str, passwor
     let pw = password.to_owned();
     // argon2 is deliberately slow: off the async workers.
     let password_ok = tokio::task::spawn_blocking(move || {
-        argon2::PasswordHash::new(&hash)
-            .is_ok_and(|h| argon2::PasswordVerifier::verify_password(&argon2::Argon2::default(), pw.as_bytes(), &h).is_ok())
+        argon2::PasswordHash::new(&hash).is_ok_and(|h| {
+            argon2::PasswordVerifier::verify_password(&argon2::Argon2::default(), pw.as_bytes(), &h).is_ok()
+        })
     })
     .await
     .unwrap_or(false);
@@ -269,7 +277,11 @@ fn same_origin(req: &Request) -> bool {
 /// or header `X-CSRF-Token`) must be the session's, and `Origin`, when present, this
 /// site. With HTTP Basic: no `Origin` at all (browsers send one on every POST, so a
 /// cross-site form cannot ride on remembered Basic credentials; scripts send none).
-pub async fn require_admin_write(state: &AppState, req: &Request, form_csrf: Option<&str>) -> Result<Admin, ApiError> {
+pub async fn require_admin_write(
+    state: &AppState,
+    req: &Request,
+    form_csrf: Option<&str>,
+) -> Result<Admin, ApiError> {
     if !same_origin(req) {
         return Err(ApiError::Refused("cross-site request refused".into()));
     }
@@ -277,7 +289,8 @@ pub async fn require_admin_write(state: &AppState, req: &Request, form_csrf: Opt
     match &admin.session {
         Some(session) => {
             let key = &state.admin().await?.session_key;
-            let presented = form_csrf.or_else(|| req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()));
+            let presented =
+                form_csrf.or_else(|| req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()));
             match presented {
                 Some(t) if same(t, &csrf_token(key, session)) => Ok(admin),
                 _ => Err(ApiError::Refused(

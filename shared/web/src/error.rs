@@ -84,7 +84,9 @@ impl ApiError {
         match &self {
             Self::MethodNotAllowed(allow) => b = b.header(header::ALLOW, *allow),
             Self::Unauthorized => b = b.header(header::WWW_AUTHENTICATE, "Bearer realm=\"lablink\""),
-            Self::TooManyRequests { retry_after } => b = b.header(header::RETRY_AFTER, retry_after.to_string()),
+            Self::TooManyRequests { retry_after } => {
+                b = b.header(header::RETRY_AFTER, retry_after.to_string())
+            }
             _ => {}
         }
         b.body(Body::from(serde_json::json!({ "error": message }).to_string()))

@@ -13,10 +13,10 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{admin, auth};
 use crate::error::{html, json};
 use crate::request::{self, LOG_BODY, SMALL_BODY};
 use crate::{ApiError, AppState};
+use crate::{admin, auth};
 
 /// The routes served by Lambdas in this crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -80,13 +80,20 @@ impl AppConfig {
         );
         let user = s.raw("LABLINK_ADMIN_USER").map(str::to_owned);
         let hash = s.raw("LABLINK_ADMIN_PASSWORD_HASH").map(str::to_owned);
-        let secret_id = s.raw("LABLINK_ADMIN_SECRET_ID").filter(|v| !v.is_empty()).map(str::to_owned);
+        let secret_id = s
+            .raw("LABLINK_ADMIN_SECRET_ID")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
         let admin = match (user, hash, session_key, secret_id) {
             (_, _, _, Some(id)) => AdminSource::SecretsManager(id),
             (Some(u), Some(h), Some(k), None) => match AdminAuth::new(&u, &h, k) {
                 Ok(a) => AdminSource::Env(Arc::new(a)),
                 Err(e) => {
-                    s.report("LABLINK_ADMIN_PASSWORD_HASH", e, "the output of `lablink-local hash-password`");
+                    s.report(
+                        "LABLINK_ADMIN_PASSWORD_HASH",
+                        e,
+                        "the output of `lablink-local hash-password`",
+                    );
                     AdminSource::None
                 }
             },
@@ -110,7 +117,10 @@ impl AppConfig {
                     .ok_or("not a hex SHA-256")
             },
         );
-        let jobs_table = s.raw("LABLINK_JOBS_TABLE").filter(|v| !v.is_empty()).map(str::to_owned);
+        let jobs_table = s
+            .raw("LABLINK_JOBS_TABLE")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
         let max_vms = s.ranged("LABLINK_MAX_VMS", 50u32, 1, 10_000);
         let deployment = s
             .optional_with(
@@ -122,7 +132,11 @@ impl AppConfig {
                         && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                         && !v.starts_with('-')
                         && !v.ends_with('-');
-                    if ok { Ok(v.to_owned()) } else { Err("not a deployment name") }
+                    if ok {
+                        Ok(v.to_owned())
+                    } else {
+                        Err("not a deployment name")
+                    }
                 },
             )
             .unwrap_or_else(|| "local".to_owned());
@@ -208,7 +222,9 @@ impl AppState {
                     ApiError::Unavailable("no job store is configured (LABLINK_JOBS_TABLE)".into())
                 })?;
                 let client = aws_sdk_dynamodb_client(self.aws().await);
-                Ok::<Arc<dyn JobStore>, ApiError>(Arc::new(lablink_ops::dynamo::DynamoJobStore::new(client, table)))
+                Ok::<Arc<dyn JobStore>, ApiError>(Arc::new(lablink_ops::dynamo::DynamoJobStore::new(
+                    client, table,
+                )))
             })
             .await
     }

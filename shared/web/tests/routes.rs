@@ -7,8 +7,8 @@ use lablink_core::credential::Secret;
 use lablink_core::db::vms;
 use lablink_core::domain::{Hostname, VmStatus};
 use lablink_testkit::TestDb;
-use lablink_web::auth::SessionKey;
 use lablink_testkit::fixtures;
+use lablink_web::auth::SessionKey;
 use lablink_web::state::{AdminAuth, AdminSource};
 use lablink_web::{AppConfig, AppState, Body, Request, Response, Route};
 use lambda_http::http::{HeaderValue, header};
@@ -34,7 +34,12 @@ fn admin_hash() -> &'static str {
 
 fn admin_source() -> AdminSource {
     AdminSource::Env(std::sync::Arc::new(
-        AdminAuth::new(fixtures::ADMIN_USER, admin_hash(), SessionKey::from_hex(SESSION_KEY).unwrap()).unwrap(),
+        AdminAuth::new(
+            fixtures::ADMIN_USER,
+            admin_hash(),
+            SessionKey::from_hex(SESSION_KEY).unwrap(),
+        )
+        .unwrap(),
     ))
 }
 
@@ -51,8 +56,9 @@ async fn setup(legacy: bool) -> Fixture {
     };
     let client = db.client().await;
     fixtures::seed_enrollment(&client).await;
-    let store: std::sync::Arc<dyn lablink_ops::JobStore> =
-        std::sync::Arc::new(lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_core::db::Db::new(db.config.clone()))));
+    let store: std::sync::Arc<dyn lablink_ops::JobStore> = std::sync::Arc::new(
+        lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_core::db::Db::new(db.config.clone()))),
+    );
     fixtures::seed_job(store.as_ref()).await;
     let new = [(HOST, TOKEN), (OTHER, OTHER_TOKEN)].map(|(h, t)| vms::NewVm {
         hostname: Hostname::parse(h).unwrap(),
@@ -549,14 +555,18 @@ fn set_cookie(r: &Response<Body>, name: &str) -> Option<String> {
 }
 
 fn hidden(page: &str, name: &str) -> String {
-    let at = page.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name} in page"));
+    let at = page
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no {name} in page"));
     let rest = &page[at + name.len() + 15..];
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
 /// Log in through the real pages; returns the session cookie and its CSRF token.
 async fn log_in(state: &AppState) -> (String, String) {
-    let page = Route::AdminLoginPage.handle(state, bare("GET", "/admin/login")).await;
+    let page = Route::AdminLoginPage
+        .handle(state, bare("GET", "/admin/login"))
+        .await;
     assert_eq!(page.status(), 200);
     let login_cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
     let token = hidden(&text(&page), "csrf");
@@ -565,7 +575,10 @@ async fn log_in(state: &AppState) -> (String, String) {
             state,
             form_req(
                 "/admin/login",
-                &format!("user=admin&password={}&csrf={token}&next=%2Fadmin%2Finstances", fixtures::ADMIN_PASSWORD),
+                &format!(
+                    "user=admin&password={}&csrf={token}&next=%2Fadmin%2Finstances",
+                    fixtures::ADMIN_PASSWORD
+                ),
                 &[login_cookie],
             ),
         )
@@ -584,7 +597,8 @@ async fn log_in(state: &AppState) -> (String, String) {
     }
     let session = set.split(';').next().unwrap().to_owned();
     let mut home = bare("GET", "/admin");
-    home.headers_mut().insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
+    home.headers_mut()
+        .insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
     let page = Route::AdminHome.handle(state, home).await;
     assert_eq!(page.status(), 200);
     let csrf = hidden(&text(&page), "csrf");
@@ -596,13 +610,18 @@ async fn admin_routes_need_a_session_pages_redirect_and_json_answers_401() {
     let f = setup(false).await;
     for route in Route::ALL {
         let (method, path) = route.method_and_path();
-        let path = path
-            .replace("{hostname}", HOST)
-            .replace("{id}", fixtures::JOB);
-        let is_admin_page = method == lambda_http::http::Method::GET && path.starts_with("/admin") && path != "/admin/login";
+        let path = path.replace("{hostname}", HOST).replace("{id}", fixtures::JOB);
+        let is_admin_page =
+            method == lambda_http::http::Method::GET && path.starts_with("/admin") && path != "/admin/login";
         let is_admin_json = matches!(
             route,
-            Route::GetJob | Route::ListVmStatus | Route::Launch | Route::Destroy | Route::SetAwsCredentials | Route::UnsetAwsCredentials | Route::AdminLogout
+            Route::GetJob
+                | Route::ListVmStatus
+                | Route::Launch
+                | Route::Destroy
+                | Route::SetAwsCredentials
+                | Route::UnsetAwsCredentials
+                | Route::AdminLogout
         );
         if !is_admin_page && !is_admin_json {
             continue;
@@ -631,13 +650,17 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
     let (session, csrf) = log_in(&f.state).await;
     let other_session = {
         let key = SessionKey::from_hex(SESSION_KEY).unwrap();
-        let v = lablink_web::auth::issue_session(&key, "admin", chrono::Utc::now() + chrono::Duration::hours(1));
+        let v =
+            lablink_web::auth::issue_session(&key, "admin", chrono::Utc::now() + chrono::Duration::hours(1));
         format!("lablink_session={v}")
     };
     let cases: [(Route, &str); 5] = [
         (Route::Launch, "num_vms=1"),
         (Route::Destroy, "confirm=test"),
-        (Route::SetAwsCredentials, "aws_access_key_id=AKIAAAAAAAAAAAAAAAAA&aws_secret_access_key=xxxxxxxxxxxxxxxxxxxxxxxx"),
+        (
+            Route::SetAwsCredentials,
+            "aws_access_key_id=AKIAAAAAAAAAAAAAAAAA&aws_secret_access_key=xxxxxxxxxxxxxxxxxxxxxxxx",
+        ),
         (Route::UnsetAwsCredentials, ""),
         (Route::AdminLogout, ""),
     ];
@@ -649,56 +672,107 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
             ("another session's token", other_session.clone(), csrf.clone()),
         ] {
             let before = snapshot(&f.client).await;
-            let b = if token.is_empty() { body.to_owned() } else { format!("{body}&csrf={token}") };
+            let b = if token.is_empty() {
+                body.to_owned()
+            } else {
+                format!("{body}&csrf={token}")
+            };
             let r = route.handle(&f.state, form_req(path, &b, &[cookie])).await;
             assert_eq!(r.status(), 403, "{path} with {label}: {}", text(&r));
-            assert_eq!(snapshot(&f.client).await, before, "{path} with {label} changed data");
+            assert_eq!(
+                snapshot(&f.client).await,
+                before,
+                "{path} with {label} changed data"
+            );
         }
         // A cross-site post with the right token is refused too.
-        let mut req = form_req(path, &format!("{body}&csrf={csrf}"), &[session.clone()]);
-        req.headers_mut().insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
-        assert_eq!(route.handle(&f.state, req).await.status(), 403, "{path} cross-site");
+        let mut req = form_req(
+            path,
+            &format!("{body}&csrf={csrf}"),
+            std::slice::from_ref(&session),
+        );
+        req.headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert_eq!(
+            route.handle(&f.state, req).await.status(),
+            403,
+            "{path} cross-site"
+        );
     }
     // With the token, a launch is queued and the browser goes to its job page; the same
     // form again (same idempotency key) makes no second job.
     let key = lablink_ops::JobId::generate(chrono::Utc::now());
     let body = format!("num_vms=2&csrf={csrf}&job_id={key}");
     for _ in 0..2 {
-        let r = Route::Launch.handle(&f.state, form_req("/api/launch", &body, &[session.clone()])).await;
+        let r = Route::Launch
+            .handle(
+                &f.state,
+                form_req("/api/launch", &body, std::slice::from_ref(&session)),
+            )
+            .await;
         assert_eq!(r.status(), 303, "{}", text(&r));
         assert_eq!(r.headers()[header::LOCATION], format!("/admin/jobs/{key}"));
     }
-    let jobs: i64 = f.client.query_one("SELECT count(*) FROM ops_jobs", &[]).await.unwrap().get(0);
+    let jobs: i64 = f
+        .client
+        .query_one("SELECT count(*) FROM ops_jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(jobs, 2, "the fixture job and one launch");
     // Another launch while that one is queued: refused with a clear message.
     let r = Route::Launch
-        .handle(&f.state, form_req("/api/launch", &format!("num_vms=1&csrf={csrf}"), &[session.clone()]))
+        .handle(
+            &f.state,
+            form_req(
+                "/api/launch",
+                &format!("num_vms=1&csrf={csrf}"),
+                std::slice::from_ref(&session),
+            ),
+        )
         .await;
     assert_eq!(r.status(), 409);
     assert!(text(&r).contains("Another job is running"), "{}", text(&r));
     // HTTP Basic works for scripts, but not from a browser page (it sends Origin).
     let basic = format!(
         "Basic {}",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("admin:{}", fixtures::ADMIN_PASSWORD))
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("admin:{}", fixtures::ADMIN_PASSWORD)
+        )
     );
     let mut req = bare("GET", &format!("/api/jobs/{key}"));
-    req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
     let r = Route::GetJob.handle(&f.state, req).await;
     assert_eq!(r.status(), 200, "{}", text(&r));
     assert!(text(&r).contains("\"state\":\"queued\""));
     let mut req = form_req("/api/admin/unset-aws-credentials", "", &[]);
-    req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
-    req.headers_mut().insert(header::ORIGIN, HeaderValue::from_static("http://admin.test"));
-    assert_eq!(Route::UnsetAwsCredentials.handle(&f.state, req).await.status(), 403);
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
+    req.headers_mut()
+        .insert(header::ORIGIN, HeaderValue::from_static("http://admin.test"));
+    assert_eq!(
+        Route::UnsetAwsCredentials.handle(&f.state, req).await.status(),
+        403
+    );
 }
 
 #[tokio::test]
 async fn the_sixth_failed_login_from_one_address_is_throttled() {
     let f = setup(false).await;
-    let page = Route::AdminLoginPage.handle(&f.state, bare("GET", "/admin/login")).await;
+    let page = Route::AdminLoginPage
+        .handle(&f.state, bare("GET", "/admin/login"))
+        .await;
     let cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
     let token = hidden(&text(&page), "csrf");
-    let attempt = |password: &str| form_req("/admin/login", &format!("user=admin&password={password}&csrf={token}"), &[cookie.clone()]);
+    let attempt = |password: &str| {
+        form_req(
+            "/admin/login",
+            &format!("user=admin&password={password}&csrf={token}"),
+            std::slice::from_ref(&cookie),
+        )
+    };
     for i in 1..=5 {
         let r = Route::AdminLogin.handle(&f.state, attempt("guess")).await;
         assert_eq!(r.status(), 401, "attempt {i}");
@@ -707,7 +781,56 @@ async fn the_sixth_failed_login_from_one_address_is_throttled() {
     assert_eq!(r.status(), 429, "the 6th");
     assert!(r.headers().contains_key(header::RETRY_AFTER));
     // Even the right password waits now: guessing must not tell.
-    let r = Route::AdminLogin.handle(&f.state, attempt(fixtures::ADMIN_PASSWORD)).await;
+    let r = Route::AdminLogin
+        .handle(&f.state, attempt(fixtures::ADMIN_PASSWORD))
+        .await;
     assert_eq!(r.status(), 429);
     assert!(set_cookie(&r, "lablink_session").is_none());
+}
+
+#[test]
+fn the_function_manifest_matches_the_route_table_and_the_crates() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("functions/manifest.json")).unwrap())
+            .unwrap();
+    let mut listed: Vec<(String, String, String)> = m["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (s("function"), s("method"), s("path"))
+        })
+        .collect();
+    let mut routes: Vec<(String, String, String)> = Route::ALL
+        .iter()
+        .map(|r| {
+            let (m, p) = r.method_and_path();
+            (r.function_name().to_owned(), m.to_string(), p.to_owned())
+        })
+        .collect();
+    listed.sort();
+    routes.sort();
+    assert_eq!(
+        listed, routes,
+        "functions/manifest.json's http list is the route table"
+    );
+    let mut all: Vec<String> = listed.into_iter().map(|(f, ..)| f).collect();
+    all.extend(
+        m["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["function"].as_str().unwrap().to_owned()),
+    );
+    all.sort();
+    let mut crates: Vec<String> = std::fs::read_dir(root.join("functions"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("Cargo.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    crates.sort();
+    assert_eq!(all, crates, "one crate per listed function");
 }

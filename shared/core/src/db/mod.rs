@@ -4,8 +4,8 @@
 //! Lambdas keep one [`Db`] across invocations: nothing connects until the first query,
 //! and a connection that died between invocations is replaced on the next call.
 
-mod connect;
 pub mod admin;
+mod connect;
 pub mod fleet;
 pub mod logs;
 pub mod vms;

@@ -251,7 +251,11 @@ pub struct VmRow<'a> {
     pub total_s: Option<f64>,
 }
 
-const BAR_COLORS: [(&str, &str); 3] = [("provision", "#2456d6"), ("cloud-init", "#e08a00"), ("container", "#1f9d55")];
+const BAR_COLORS: [(&str, &str); 3] = [
+    ("provision", "#2456d6"),
+    ("cloud-init", "#e08a00"),
+    ("container", "#1f9d55"),
+];
 
 /// A small bar: provision / cloud-init / container, scaled to `scale` seconds.
 pub fn timing_bar(v: &VmRow<'_>, scale: f64) -> Markup {
@@ -460,9 +464,15 @@ mod tests {
 
     #[test]
     fn forms_carry_csrf_and_idempotency_keys() {
-        let s = Session { user: "admin", csrf: "tok<en" };
+        let s = Session {
+            user: "admin",
+            csrf: "tok<en",
+        };
         let page = create_page(&Create {
-            session: Session { user: "admin", csrf: "tok<en" },
+            session: Session {
+                user: "admin",
+                csrf: "tok<en",
+            },
             job_id: "J",
             max_vms: 10,
             current: 3,

@@ -94,7 +94,12 @@ async fn submit(store: &DynamoJobStore, kind: JobKind) -> Submitted {
 }
 
 async fn instances(ec2: &aws_sdk_ec2::Client, filters: Vec<Filter>) -> Vec<aws_sdk_ec2::types::Instance> {
-    let out = ec2.describe_instances().set_filters(Some(filters)).send().await.unwrap();
+    let out = ec2
+        .describe_instances()
+        .set_filters(Some(filters))
+        .send()
+        .await
+        .unwrap();
     out.reservations()
         .iter()
         .flat_map(|r| r.instances())
@@ -107,7 +112,10 @@ fn filter(name: &str, value: &str) -> Filter {
 }
 
 fn tag<'a>(i: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
-    i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
 }
 
 fn state_for(w: &World) -> AppState {
@@ -154,9 +162,19 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     // The same stream record delivered twice, at the same time: one launch.
     let event = record(&job.id);
     let (a, b) = tokio::join!(w.rt.handle(&event), w.rt.handle(&event));
-    let outcomes: Vec<Processed> = [a.unwrap(), b.unwrap()].into_iter().flatten().map(|(_, p)| p).collect();
-    assert!(outcomes.contains(&Processed::Finished(JobState::Succeeded)), "{outcomes:?}");
-    assert!(outcomes.iter().any(|p| matches!(p, Processed::Skipped(_))), "{outcomes:?}");
+    let outcomes: Vec<Processed> = [a.unwrap(), b.unwrap()]
+        .into_iter()
+        .flatten()
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        outcomes.contains(&Processed::Finished(JobState::Succeeded)),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|p| matches!(p, Processed::Skipped(_))),
+        "{outcomes:?}"
+    );
     // And once more, later: still nothing new.
     let again = w.rt.handle(&event).await.unwrap();
     assert_eq!(again[0].1, Processed::Skipped("already finished"));
@@ -205,7 +223,10 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
         .unwrap();
         assert!(script.contains("LABLINK_API_URL=https://api.example"));
         assert!(script.contains("systemctl enable --now lablink-client.service"));
-        assert!(!script.contains("LABLINK_CREDENTIAL="), "user-data carries no VM credential");
+        assert!(
+            !script.contains("LABLINK_CREDENTIAL="),
+            "user-data carries no VM credential"
+        );
         let s = script
             .lines()
             .find_map(|l| l.strip_prefix("LABLINK_ENROLL_SECRET="))
@@ -213,14 +234,24 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
             .to_owned();
         assert_eq!(secret.get_or_insert_with(|| s.clone()), &s, "one secret per job");
     }
-    let rows: i64 = client.query_one("SELECT count(*) FROM vms", &[]).await.unwrap().get(0);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM vms", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 5);
 
     // Enrollment through the real route.
     let state = state_for(&w);
     let secret = secret.unwrap();
     let first = launched[0].instance_id().unwrap();
-    let (st, _) = call(&state, Route::Enroll, json!({"instance_id": first, "enrollment_secret": "wrong"}), None).await;
+    let (st, _) = call(
+        &state,
+        Route::Enroll,
+        json!({"instance_id": first, "enrollment_secret": "wrong"}),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = call(
         &state,
@@ -230,11 +261,23 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "an instance the job did not launch");
-    let (st, v) = call(&state, Route::Enroll, json!({"instance_id": first, "enrollment_secret": secret}), None).await;
+    let (st, v) = call(
+        &state,
+        Route::Enroll,
+        json!({"instance_id": first, "enrollment_secret": secret}),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["hostname"].as_str(), tag(&launched[0], "lablink:hostname"));
     let credential = v["credential"].as_str().unwrap().to_owned();
-    let (st, _) = call(&state, Route::Enroll, json!({"instance_id": first, "enrollment_secret": secret}), None).await;
+    let (st, _) = call(
+        &state,
+        Route::Enroll,
+        json!({"instance_id": first, "enrollment_secret": secret}),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT, "a second enrollment");
     let (st, v) = call(
         &state,
@@ -264,7 +307,11 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     )
     .await;
     assert!(live.is_empty(), "{} still running", live.len());
-    let rows: i64 = client.query_one("SELECT count(*) FROM vms", &[]).await.unwrap().get(0);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM vms", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 0);
     let d = w.store.get(&destroy.id).await.unwrap().unwrap();
     assert_eq!(d.vms.len(), 5, "{:?}", d.events);
@@ -280,10 +327,22 @@ async fn a_failed_launch_ends_the_job_with_the_aws_error_and_records_nothing() {
     assert_eq!(out[0].1, Processed::Finished(JobState::Failed));
     let j = w.store.get(&job.id).await.unwrap().unwrap();
     let err = j.error.unwrap();
-    assert!(err.contains("launching instances") && err.to_lowercase().contains("subnet"), "{err}");
-    let rows: i64 = w.db.client().await.query_one("SELECT count(*) FROM vms", &[]).await.unwrap().get(0);
+    assert!(
+        err.contains("launching instances") && err.to_lowercase().contains("subnet"),
+        "{err}"
+    );
+    let rows: i64 =
+        w.db.client()
+            .await
+            .query_one("SELECT count(*) FROM vms", &[])
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(rows, 0);
     // The fleet is free again.
-    assert!(matches!(submit(&w.store, JobKind::Destroy).await, Submitted::Created(_)));
+    assert!(matches!(
+        submit(&w.store, JobKind::Destroy).await,
+        Submitted::Created(_)
+    ));
     let _ = DbConfig::from_url(&w.db.url).map(Db::new);
 }

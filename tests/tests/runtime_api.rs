@@ -98,10 +98,21 @@ async fn provisioner_answers(variant: &str, bin: &std::path::Path, db: &TestDb) 
     env.extend(moto_env.iter().map(|(k, v)| (*k, v.as_str())));
     let event = std::fs::read_to_string(repo_root().join("events/provisioner/valid.json")).unwrap();
     let got = invoke_once(bin, "provisioner", event, &env).await.unwrap();
-    assert_eq!(got.kind, format!("response:{REQUEST_ID}"), "provisioner: {}", got.body);
+    assert_eq!(
+        got.kind,
+        format!("response:{REQUEST_ID}"),
+        "provisioner: {}",
+        got.body
+    );
     let v: serde_json::Value = serde_json::from_str(&got.body).unwrap();
     assert_eq!(v["jobs"][0]["job"], fixtures::JOB, "{v}");
-    assert!(v["jobs"][0]["outcome"].as_str().unwrap().contains("already finished"), "{v}");
+    assert!(
+        v["jobs"][0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("already finished"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,15 +83,47 @@ pub struct Args {
     #[arg(long, env = "LABLINK_INUSE_INTERVAL_SECONDS", default_value_t = 20)]
     pub inuse_interval_seconds: u64,
 
+    /// Log files to ship, comma-separated `tag=path` (cloud-init's output by default).
+    #[arg(
+        long,
+        env = "LABLINK_SHIP_LOGS",
+        default_value = "cloud-init=/var/log/cloud-init-output.log"
+    )]
+    pub ship_logs: String,
+
+    /// This daemon's own log file (its stderr, appended by systemd), shipped as `daemon`.
+    #[arg(long, env = "LABLINK_DAEMON_LOG_FILE")]
+    pub daemon_log_file: Option<PathBuf>,
+
+    /// Where logs go: `cloudwatch` (PutLogEvents to --log-group, stream = hostname),
+    /// `http` (`POST /api/vm-logs` with this VM's credential) or `none`. Default:
+    /// `cloudwatch` when --log-group is set, else `http`.
+    #[arg(long, env = "LABLINK_LOG_SINK")]
+    pub log_sink: Option<String>,
+
+    /// The CloudWatch log group (`lablink-cloud-init-<env>`).
+    #[arg(long, env = "LABLINK_LOG_GROUP")]
+    pub log_group: Option<String>,
+
     /// JSON with the cloud-init (and optionally container) timings written by the VM's
     /// user-data, in the `POST /api/vm-metrics` shape (default: `<state-dir>/timings.json`).
     #[arg(long, env = "LABLINK_TIMINGS_FILE")]
     pub timings_file: Option<PathBuf>,
 }
 
+/// Where shipped logs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSink {
+    CloudWatch { group: String },
+    Http { group: String },
+    None,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub ship_logs: Vec<crate::logship::Source>,
+    pub log_sink: LogSink,
     pub api_url: reqwest::Url,
     pub holder_url: reqwest::Url,
     pub hostname: Hostname,
@@ -158,9 +190,44 @@ impl Args {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        let mut ship_logs = Vec::new();
+        for item in self.ship_logs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (tag, path) = item
+                .split_once('=')
+                .ok_or_else(|| format!("--ship-logs {item:?}: expected tag=path"))?;
+            if tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(format!(
+                    "--ship-logs {item:?}: the tag must be letters, digits and dashes"
+                ));
+            }
+            ship_logs.push(crate::logship::Source {
+                tag: tag.to_owned(),
+                path: PathBuf::from(path),
+            });
+        }
+        if let Some(p) = &self.daemon_log_file {
+            ship_logs.push(crate::logship::Source {
+                tag: "daemon".into(),
+                path: p.clone(),
+            });
+        }
+        let group = self.log_group.clone().filter(|g| !g.is_empty());
+        let log_sink = match (self.log_sink.as_deref(), group) {
+            (Some("none"), _) => LogSink::None,
+            (Some("cloudwatch"), Some(g)) | (None, Some(g)) => LogSink::CloudWatch { group: g },
+            (Some("cloudwatch"), None) => return Err("--log-sink cloudwatch needs --log-group".into()),
+            (Some("http"), g) | (None, g) => LogSink::Http {
+                group: g.unwrap_or_else(|| "lablink-cloud-init-local".into()),
+            },
+            (Some(other), _) => {
+                return Err(format!("--log-sink {other:?}: expected cloudwatch, http or none"));
+            }
+        };
         let home_crd =
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/chrome-remote-desktop"));
         Ok(Config {
+            ship_logs,
+            log_sink,
             holder_url: self.holder_url.unwrap_or_else(|| self.api_url.clone()),
             api_url: self.api_url,
             hostname,

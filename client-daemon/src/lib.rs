@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod enroll;
+pub mod logship;
 pub mod monitor;
 pub mod starthost;
 pub mod state;
@@ -155,6 +156,42 @@ async fn post_metrics_once(api: &Api, state: &StateDir, body: serde_json::Value)
     }
 }
 
+/// Start shipping the configured log files until `stop` turns true (the handle ends
+/// once the batch in flight is accepted).
+pub fn ship_logs(
+    cfg: &Config,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let sources = cfg.ship_logs.clone();
+    let cursor = cfg.state_dir.join("log-cursor.json");
+    if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
+        tracing::warn!(error = %e, "cannot create the state dir; logs are not shipped");
+        return None;
+    }
+    let stream = cfg.hostname.as_str().to_owned();
+    let sink: Box<dyn logship::Sink> = match &cfg.log_sink {
+        config::LogSink::None => return None,
+        config::LogSink::Http { group } => Box::new(logship::HttpSink::new(
+            &cfg.api_url,
+            cfg.credential.clone(),
+            group,
+            &stream,
+        )),
+        config::LogSink::CloudWatch { group } => {
+            let group = group.clone();
+            return Some(tokio::spawn(async move {
+                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                let sink =
+                    logship::CloudWatchSink::new(aws_sdk_cloudwatchlogs::Client::new(&sdk), &group, &stream);
+                logship::run(sources, &sink, cursor, Duration::from_secs(1), stop).await;
+            }));
+        }
+    };
+    Some(tokio::spawn(async move {
+        logship::run(sources, sink.as_ref(), cursor, Duration::from_secs(1), stop).await;
+    }))
+}
+
 /// Run the daemon until the process is stopped.
 pub async fn run(cfg: Config) -> std::io::Result<()> {
     let state = StateDir::open(&cfg.state_dir)?;
@@ -198,6 +235,7 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     if let Some(h) = inuse {
         let _ = h.await;
     }
+
     Ok(())
 }
 

@@ -33,6 +33,8 @@ async fn main() {
         }
     };
     tracing::info!(host = %cfg.hostname, api = %cfg.api_url, holder = %cfg.holder_url, "starting");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shipper = lablink_client_daemon::ship_logs(&cfg, stopped);
     tokio::select! {
         r = lablink_client_daemon::run(cfg) => {
             if let Err(e) = r {
@@ -41,6 +43,11 @@ async fn main() {
             }
         }
         _ = terminate() => tracing::info!("stopping"),
+    }
+    // Let the log shipper finish the batch in flight (and save its cursor).
+    let _ = stop.send(true);
+    if let Some(h) = shipper {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), h).await;
     }
 }
 

@@ -59,7 +59,7 @@ impl StateDir {
         Ok(Self { dir: dir.to_owned() })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 

@@ -86,6 +86,10 @@ fn spawn_daemon_with(
         .env("LABLINK_POLL_WAIT_SECONDS", "3")
         .env("LABLINK_NVIDIA_SMI", "/nonexistent/nvidia-smi")
         .env("LABLINK_TEST_RECORD", dir.join(format!("{host}.record")))
+        // The daemon ships its own log (its stderr, below) to POST /api/vm-logs.
+        .env("LABLINK_SHIP_LOGS", "")
+        .env("LABLINK_DAEMON_LOG_FILE", dir.join(format!("{host}.log")))
+        .env("LABLINK_LOG_SINK", "http")
         .envs(extra.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{host}.log"))).unwrap())
@@ -158,6 +162,21 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
     })
     .await;
     all_running.unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path())));
+
+    // Each daemon's own log reaches its VM's log lines through the HTTP sink.
+    for vm in &vms_ {
+        let url = format!("{}/api/vm-logs/{}?after=0&limit=1000", api.url(), vm.hostname);
+        let shipped = eventually("the daemon's log shipped", Duration::from_secs(20), || async {
+            let r = http.get(&url).bearer_auth(vm.secret.expose()).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["logs"]
+                .as_str()
+                .filter(|l| l.contains("running"))
+                .map(str::to_owned)
+        })
+        .await;
+        shipped.unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path())));
+    }
     holder
         .wait_for_waiters(&http, 3, Duration::from_secs(10))
         .await

@@ -192,7 +192,11 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
         let host = tag(i, "lablink:hostname").expect("hostname tag");
         assert_eq!(tag(i, "Name"), Some(host));
         assert!(host.starts_with(&format!("{}-vm-", w.deployment)), "{host}");
-        assert_eq!(i.client_token(), Some(job.id.as_str()), "ClientToken is the job id");
+        assert_eq!(
+            i.client_token(),
+            Some(job.id.as_str()),
+            "ClientToken is the job id"
+        );
         let row = client
             .query_one(
                 "SELECT hostname, status, job_id, provision_duration_seconds IS NOT NULL, credential_hash IS NULL

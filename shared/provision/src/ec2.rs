@@ -80,6 +80,7 @@ LABLINK_HOLDER_URL={api}
 LABLINK_ENROLL_SECRET={secret}
 LABLINK_STATE_DIR=/var/lib/lablink
 LABLINK_LOG_GROUP={group}
+LABLINK_DAEMON_LOG_FILE=/var/log/lablink-client.log
 LABLINK_CLOUD_INIT_START={{CLOUD_INIT_START}}
 LABLINK_ENV
 sed -i "s/{{CLOUD_INIT_START}}/$(date -u +%Y-%m-%dT%H:%M:%SZ)/" /etc/lablink/client.env
@@ -92,6 +93,7 @@ Wants=network-online.target
 [Service]
 EnvironmentFile=/etc/lablink/client.env
 ExecStart=/usr/local/bin/lablink-client-daemon
+StandardError=append:/var/log/lablink-client.log
 Restart=always
 RestartSec=5
 

@@ -91,7 +91,10 @@ impl LocalCompute {
             .env("LABLINK_START_HOST", &start_host)
             .env("LABLINK_CRD_CONFIG_DIR", dir.join("crd"))
             .env("LABLINK_NVIDIA_SMI", dir.join("no-nvidia-smi"))
+            // The VM's log is its daemon's: shipped to POST /api/vm-logs (no AWS here).
             .env("LABLINK_DAEMON_LOG_FILE", dir.join("daemon.log"))
+            .env("LABLINK_SHIP_LOGS", "")
+            .env("LABLINK_LOG_SINK", "http")
             .envs(
                 self.settings
                     .extra_env

@@ -6,6 +6,7 @@
 //! (see [`starthost`]) and remembers that on disk (see [`state`]).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod logship;

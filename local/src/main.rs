@@ -1,19 +1,60 @@
-//! `lablink-local`: tools for running LabLink on one machine.
+//! `lablink-local`: the whole product on one machine, with one command.
 //!
-//! - `hash-password`: reads a password on stdin (one line) and prints its argon2id PHC
-//!   string, the value of `LABLINK_ADMIN_PASSWORD_HASH` or of the admin secret's
-//!   `password_hash` (see docs/deploy.md).
-//! - `session-key`: prints a fresh random session key (64 hex characters).
+//! `cargo run --release -p lablink-local -- --port 8080 --vms 3` starts (or reuses) a
+//! Postgres cluster under `--state-dir` (unless `DATABASE_URL` is set), applies the
+//! migrations, serves every route's handler at its API Gateway path on `--port`
+//! (`POST /vm_startup` is passed to the holder, as API Gateway does), runs the holder on
+//! its own port, and runs launch/destroy jobs with the embedded job store and local VMs:
+//! each VM is a real client-daemon process (this binary's `client-daemon` subcommand)
+//! that enrolls, reports and ships its log like an EC2 VM, with a stand-in start-host
+//! that records what it received. It prints the URLs and `ready`; Ctrl-C stops all.
+//!
+//! Subcommands: `hash-password` (stdin → argon2id PHC string), `session-key`, and
+//! `client-daemon` (the daemon itself; its flags and `LABLINK_*` variables).
 
 use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use anyhow::Context;
+use chrono::Utc;
 use clap::{Parser, Subcommand};
+use lablink_core::credential::Secret;
+use lablink_core::db::{self, Db, DbConfig, fleet, vms};
+use lablink_core::domain::{Hostname, VmStatus};
+use lablink_ops::pg::PgJobStore;
+use lablink_ops::{Job, JobId, JobKind, JobStore};
+use lablink_provision::Provisioner;
+use lablink_provision::local::{LocalCompute, LocalSettings};
+use lablink_web::auth::SessionKey;
+use lablink_web::state::{AdminAuth, AdminSource};
+use lablink_web::{AppConfig, AppState};
 
 #[derive(Parser)]
 #[command(name = "lablink-local", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Port of the API (every route, at its API Gateway path).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Port of the holder (default: --port + 1).
+    #[arg(long)]
+    holder_port: Option<u16>,
+    /// Local VMs (client-daemon processes) to launch at start.
+    #[arg(long, default_value_t = 0)]
+    vms: u32,
+    /// VM rows that are running and enrolled but have no process, for load tests; their
+    /// hostnames and credentials go to `<state-dir>/vms.json`.
+    #[arg(long, default_value_t = 0)]
+    simulated_vms: u32,
+    /// Where the Postgres cluster, the admin login and the VMs' files live.
+    #[arg(long, default_value = "target/lablink-local")]
+    state_dir: PathBuf,
+    /// The fleet limit (as LABLINK_MAX_VMS on AWS).
+    #[arg(long, default_value_t = 20)]
+    max_vms: u32,
 }
 
 #[derive(Subcommand)]
@@ -22,11 +63,14 @@ enum Command {
     HashPassword,
     /// Print a fresh random session key.
     SessionKey,
+    /// Run the client daemon (what each local VM runs).
+    ClientDaemon(Box<lablink_client_daemon::config::Args>),
 }
 
 fn main() {
-    match Cli::parse().command {
-        Command::HashPassword => {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::HashPassword) => {
             let mut line = String::new();
             if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
                 eprintln!("lablink-local: cannot read the password: {e}");
@@ -39,6 +83,301 @@ fn main() {
             }
             println!("{}", lablink_web::auth::hash_password(password));
         }
-        Command::SessionKey => println!("{}", lablink_web::auth::SessionKey::generate().to_hex()),
+        Some(Command::SessionKey) => println!("{}", SessionKey::generate().to_hex()),
+        Some(Command::ClientDaemon(args)) => {
+            logging(false);
+            let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+            std::process::exit(rt.block_on(lablink_client_daemon::cli::main(*args)));
+        }
+        None => {
+            logging(true);
+            let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+            if let Err(e) = rt.block_on(serve(cli)) {
+                eprintln!("lablink-local: {e:#}");
+                std::process::exit(1);
+            }
+        }
     }
+}
+
+fn logging(quiet_by_default: bool) {
+    let default = if quiet_by_default {
+        "warn,lablink_local=info"
+    } else {
+        "info"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The admin login: from the environment, else generated once and kept in the state dir.
+fn admin_login(state_dir: &Path) -> anyhow::Result<(String, String, bool)> {
+    if let (Ok(u), Ok(p)) = (
+        std::env::var("LABLINK_ADMIN_USER"),
+        std::env::var("LABLINK_ADMIN_PASSWORD"),
+    ) {
+        return Ok((u, p, false));
+    }
+    let file = state_dir.join("admin.json");
+    if let Ok(b) = std::fs::read(&file) {
+        let v: serde_json::Value = serde_json::from_slice(&b).context("admin.json")?;
+        if let (Some(u), Some(p)) = (v["user"].as_str(), v["password"].as_str()) {
+            return Ok((u.to_owned(), p.to_owned(), false));
+        }
+    }
+    let password = Secret::generate().expose()[..20].to_owned();
+    std::fs::write(
+        &file,
+        serde_json::json!({ "user": "admin", "password": password }).to_string(),
+    )?;
+    Ok(("admin".into(), password, true))
+}
+
+fn session_key(state_dir: &Path) -> anyhow::Result<SessionKey> {
+    let file = state_dir.join("session.key");
+    if let Ok(hex) = std::fs::read_to_string(&file)
+        && let Ok(k) = SessionKey::from_hex(hex.trim())
+    {
+        return Ok(k);
+    }
+    let k = SessionKey::generate();
+    std::fs::write(&file, k.to_hex())?;
+    Ok(k)
+}
+
+/// The database: `DATABASE_URL`, or a cluster kept under the state dir.
+async fn database(state_dir: &Path) -> anyhow::Result<(DbConfig, Option<lablink_testkit::pg::Cluster>)> {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.trim().is_empty()
+    {
+        return Ok((DbConfig::from_url(&url)?, None));
+    }
+    let dir = state_dir.join("postgres");
+    let cluster = tokio::task::spawn_blocking(move || lablink_testkit::pg::Cluster::start_in(&dir, false))
+        .await?
+        .context("start Postgres from the system's binaries")?;
+    let admin = cluster.admin_url();
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = 'lablink'", &[])
+        .await?
+        .is_some();
+    if !exists {
+        client.batch_execute("CREATE DATABASE lablink").await?;
+    }
+    drop(client);
+    let _ = task.await;
+    let url = lablink_testkit::with_dbname(&admin, "lablink");
+    Ok((DbConfig::from_url(&url)?, Some(cluster)))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cli.state_dir)?;
+    let state_dir = cli.state_dir.canonicalize()?;
+    let (db_config, cluster) = database(&state_dir).await?;
+    let mut client = db_config.connect().await.context("connect to Postgres")?;
+    db::migrate(&mut client).await?;
+    // Local VMs were processes of an earlier run: they are gone.
+    let cleared = fleet::clear_fleet(&client).await?;
+    if cleared > 0 {
+        tracing::info!(cleared, "forgot the VMs of the previous run");
+    }
+
+    let (user, password, generated) = admin_login(&state_dir)?;
+    let key = session_key(&state_dir)?;
+    let hash = tokio::task::spawn_blocking({
+        let p = password.clone();
+        move || lablink_web::auth::hash_password(&p)
+    })
+    .await?;
+    let admin = AdminAuth::new(&user, &hash, key).map_err(anyhow::Error::msg)?;
+
+    let api_addr = SocketAddr::from(([127, 0, 0, 1], cli.port));
+    let holder_addr = SocketAddr::from(([127, 0, 0, 1], cli.holder_port.unwrap_or(cli.port + 1)));
+    let holder = lablink_holder::start(lablink_holder::HolderConfig {
+        db: db_config.clone().with_application_name("lablink-holder"),
+        addr: holder_addr,
+        default_wait: std::time::Duration::from_secs(25),
+        max_wait: std::time::Duration::from_secs(900),
+        legacy_vm_auth: false,
+        heartbeat: std::time::Duration::from_secs(10),
+    })
+    .await
+    .with_context(|| format!("start the holder on {holder_addr}"))?;
+
+    let db = Arc::new(Db::new(db_config.clone()));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<JobId>();
+    let store: Arc<dyn JobStore> = Arc::new(PgJobStore::new(Arc::clone(&db)).with_insert_channel(tx.clone()));
+    let api_url = format!("http://{api_addr}");
+    let compute = Arc::new(LocalCompute::new(LocalSettings {
+        daemon_bin: std::env::current_exe()?,
+        daemon_args: vec!["client-daemon".into()],
+        api_url: api_url.clone(),
+        holder_url: format!("http://{}", holder.addr),
+        state_dir: state_dir.join("vms"),
+        extra_env: vec![("RUST_LOG".into(), "info".into())],
+    }));
+    let provisioner = Arc::new(Provisioner {
+        store: Arc::clone(&store),
+        compute: compute.clone(),
+        db: Arc::clone(&db),
+        hostname_prefix: "local".into(),
+    });
+    // The stream's stand-in: every inserted job, and any left unfinished by a previous run.
+    for j in store.recent(100).await? {
+        if !j.state.is_finished() {
+            let _ = tx.send(j.id);
+        }
+    }
+    tokio::spawn({
+        let p = Arc::clone(&provisioner);
+        async move {
+            while let Some(id) = rx.recv().await {
+                match p.process(&id).await {
+                    Ok(outcome) => tracing::info!(job = %id, ?outcome, "job processed"),
+                    Err(e) => tracing::error!(job = %id, error = %e, "job interrupted"),
+                }
+            }
+        }
+    });
+
+    let config = AppConfig {
+        db: db_config.clone(),
+        legacy_vm_auth: false,
+        admin: AdminSource::Env(Arc::new(admin)),
+        forwarder_token_hash: None,
+        jobs_table: None,
+        max_vms: cli.max_vms,
+        deployment: "local".into(),
+    };
+    let state = Arc::new(AppState::new(config).with_local_jobs(
+        Arc::clone(&store),
+        "local VMs (client-daemon processes on this machine)",
+    ));
+    let holder_url = format!("http://{}/vm_startup", holder.addr);
+    let http = reqwest::Client::new();
+    let app = lablink_web::local::router(state).route(
+        "/vm_startup",
+        axum::routing::post(move |req: axum::extract::Request| {
+            let (http, url) = (http.clone(), holder_url.clone());
+            async move { pass_to_holder(&http, &url, req).await }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("listen on {api_addr}"))?;
+
+    if cli.simulated_vms > 0 {
+        simulate(&client, &state_dir, cli.simulated_vms).await?;
+    }
+    if cli.vms > 0 {
+        let job = Job::new(
+            JobId::generate(Utc::now()),
+            JobKind::Launch { num_vms: cli.vms },
+            "lablink-local",
+            Utc::now(),
+        );
+        lablink_ops::submit(store.as_ref(), job, Utc::now()).await?;
+    }
+
+    println!("LabLink is running locally.");
+    println!("  participant page: {api_url}/");
+    println!("  admin console:    {api_url}/admin   (user {user}, password {password})");
+    if generated {
+        println!(
+            "  (the admin password was generated; it is kept in {})",
+            state_dir.join("admin.json").display()
+        );
+    }
+    println!("  holder:           http://{}", holder.addr);
+    println!("  state:            {}", state_dir.display());
+    println!("ready");
+
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    server.await?;
+    println!("stopping");
+    compute.shutdown().await;
+    let _ = holder.shutdown().await;
+    if let Some(c) = cluster {
+        let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+    }
+    Ok(())
+}
+
+/// `POST /vm_startup` as API Gateway does it: to the holder, with the body, the
+/// credential and `?wait=`.
+async fn pass_to_holder(
+    http: &reqwest::Client,
+    url: &str,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let auth = req.headers().get("authorization").cloned();
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
+    };
+    let mut r = http
+        .post(format!("{url}{query}"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(a) = auth {
+        r = r.header("authorization", a);
+    }
+    match r.send().await {
+        Ok(resp) => {
+            let status = axum::http::StatusCode::from_u16(resp.status().as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            let ct = resp.headers().get("content-type").cloned();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let mut out = (status, bytes).into_response();
+            if let Some(ct) = ct
+                && let Ok(v) = axum::http::HeaderValue::from_bytes(ct.as_bytes())
+            {
+                out.headers_mut().insert("content-type", v);
+            }
+            out
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_GATEWAY,
+            format!("holder unreachable: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// VM rows that are running and enrolled, with no process behind them.
+async fn simulate(client: &tokio_postgres::Client, state_dir: &Path, n: u32) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let hostname = Hostname::parse(&format!("sim-vm-{i:05}")).map_err(anyhow::Error::msg)?;
+        let secret = Secret::generate();
+        out.push(serde_json::json!({ "hostname": hostname.as_str(), "credential": secret.expose() }));
+        rows.push(vms::NewVm {
+            hostname,
+            instance_id: None,
+            credential_hash: Some(secret.hash()),
+            status: VmStatus::Running,
+            provision: None,
+        });
+    }
+    for chunk in rows.chunks(1000) {
+        vms::create_vms(client, chunk).await?;
+    }
+    let file = state_dir.join("vms.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&out)?)?;
+    tracing::info!(n, file = %file.display(), "simulated VMs created");
+    Ok(())
 }

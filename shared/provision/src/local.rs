@@ -19,8 +19,10 @@ use crate::compute::{Compute, ComputeError, Instance, LaunchSpec};
 /// What the local provider needs.
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
-    /// The `lablink-client-daemon` binary.
+    /// The daemon program (`lablink-client-daemon`, or `lablink-local` itself) and the
+    /// arguments that make it the daemon (e.g. `client-daemon`).
     pub daemon_bin: PathBuf,
+    pub daemon_args: Vec<String>,
     /// The API the daemons call, and the holder they poll.
     pub api_url: String,
     pub holder_url: String,
@@ -80,7 +82,8 @@ impl LocalCompute {
             .append(true)
             .open(dir.join("daemon.log"))?;
         let mut cmd = Command::new(&self.settings.daemon_bin);
-        cmd.env_clear()
+        cmd.args(&self.settings.daemon_args)
+            .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("LABLINK_API_URL", &self.settings.api_url)
             .env("LABLINK_HOLDER_URL", &self.settings.holder_url)

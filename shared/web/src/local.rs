@@ -70,7 +70,17 @@ async fn serve(route: Route, state: &AppState, req: AxumRequest) -> AxumResponse
     } else {
         lambda_http::Body::Binary(bytes.to_vec())
     };
-    let req = lambda_http::http::Request::from_parts(parts, body).with_query_string_parameters(query);
+    // API Gateway's sourceIp, from the socket (login throttling keys on it).
+    let source_ip = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let mut ctx = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
+    ctx.http.source_ip = source_ip;
+    let context = lambda_http::request::RequestContext::ApiGatewayV2(ctx);
+    let req = lambda_http::http::Request::from_parts(parts, body)
+        .with_query_string_parameters(query)
+        .with_request_context(context);
     to_axum(route.handle(state, req).await)
 }
 

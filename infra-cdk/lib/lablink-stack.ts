@@ -378,7 +378,8 @@ export class LabLinkStack extends Stack {
       if (route.access === 'admin' || route.adminSecret) {
         env.LABLINK_ADMIN_ALLOWED_CIDRS = Fn.join(',', allowedCidrs);
       }
-      if (launchOrDestroy(route)) {
+      // The admin pages show the fleet limit and ask for the deployment's name to destroy.
+      if (launchOrDestroy(route) || route.access === 'admin') {
         env.LABLINK_MAX_VMS = maxVms;
         env.LABLINK_DEPLOYMENT = environment;
       }
@@ -434,7 +435,9 @@ export class LabLinkStack extends Stack {
     const publicSubnetIds = vpc.publicSubnets.map((s) => s.subnetId);
     const provisioner = makeFunction(provFn.function, 'provisioner (jobs table stream)', {
       db: provFn.db,
-      timeout: Duration.minutes(5),
+      // Lambda's maximum: a job's attempt lease (14 min, lablink_provision::ATTEMPT_LEASE)
+      // is shorter, so a retry after a timeout can take the job over.
+      timeout: Duration.minutes(15),
       memory: 256,
       env: {
         LABLINK_DEPLOYMENT: environment,

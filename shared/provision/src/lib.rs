@@ -25,8 +25,10 @@ use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, JobVm, Lock, StoreErr
 
 pub use compute::{Compute, ComputeError, Instance, LaunchSpec, TERMINATE_BATCH};
 
-/// How long one attempt owns a job (a Lambda runs at most 15 minutes).
-pub const ATTEMPT_LEASE: Duration = Duration::minutes(15);
+/// How long one attempt owns a job: under the provisioner Lambda's 15-minute timeout,
+/// so the stream's retry after a timed-out attempt finds the lease expired and takes
+/// the job over (a retry while the lease runs is skipped as a duplicate).
+pub const ATTEMPT_LEASE: Duration = Duration::minutes(14);
 /// How long a launch's enrollment secret is accepted.
 pub const ENROLLMENT_WINDOW: Duration = Duration::hours(24);
 

@@ -7,8 +7,15 @@ use std::time::Duration;
 use lablink_client_daemon::logship::{self, CloudWatchSink, Event, Sink, Source};
 use lablink_testkit::moto;
 
-/// The moto sink with a small batch size, so a file takes many batches.
-struct Small(CloudWatchSink);
+/// The moto sink with a small batch size, so a file takes many batches, that asks the
+/// shipper to stop once `stop_after` batches were accepted: a stop mid-file, whatever
+/// the machine's speed.
+struct Small {
+    inner: CloudWatchSink,
+    accepted: std::sync::atomic::AtomicUsize,
+    stop_after: usize,
+    stop: tokio::sync::watch::Sender<bool>,
+}
 
 #[async_trait::async_trait]
 impl Sink for Small {
@@ -16,7 +23,12 @@ impl Sink for Small {
         4_000
     }
     async fn put(&self, events: &[Event]) -> Result<(), String> {
-        self.0.put(events).await
+        self.inner.put(events).await?;
+        let n = self.accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.stop_after {
+            let _ = self.stop.send(true);
+        }
+        Ok(())
     }
 }
 
@@ -97,22 +109,23 @@ async fn lines_arrive_in_order_and_a_restart_mid_file_loses_and_repeats_nothing(
 
     // First run: stopped part-way through the file.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let sink = Small(CloudWatchSink::new(client.clone(), &group, stream));
+    let sink = Small {
+        inner: CloudWatchSink::new(client.clone(), &group, stream),
+        accepted: Default::default(),
+        stop_after: 8,
+        stop,
+    };
     let task = tokio::spawn({
         let (sources, cursor) = (sources.clone(), cursor.clone());
         async move { logship::run(sources, &sink, cursor, Duration::from_millis(50), stopped).await }
     });
-    loop {
-        if stored(&client, &group, stream).await.len() >= 300 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the shipper stops after its 8th batch")
+        .unwrap();
     let after_stop = stored(&client, &group, stream).await;
     assert!(
-        after_stop.len() >= 300 && after_stop.len() < 2_000,
+        after_stop.len() >= 100 && after_stop.len() < 2_000,
         "stopped mid-file at {}",
         after_stop.len()
     );

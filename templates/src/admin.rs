@@ -261,17 +261,29 @@ const BAR_COLORS: [(&str, &str); 3] = [
 pub fn timing_bar(v: &VmRow<'_>, scale: f64) -> Markup {
     let w = 160.0;
     let parts = [v.provision_s, v.cloud_init_s, v.container_s];
+    // Each present phase's segment: (name, color, seconds, x, width), laid end to end.
     let mut x = 0.0;
+    let segments: Vec<(&str, &str, f64, f64, f64)> = BAR_COLORS
+        .iter()
+        .zip(parts)
+        .filter_map(|(&(name, color), p)| {
+            let s = p?;
+            let width = if scale > 0.0 {
+                (s / scale * w).max(1.0)
+            } else {
+                0.0
+            };
+            let seg = (name, color, s, x, width);
+            x += width;
+            Some(seg)
+        })
+        .collect();
     html! {
         svg.timing width="160" height="14" viewBox="0 0 160 14" role="img" aria-label={ "startup timings of " (v.hostname) } {
             rect x="0" y="0" width="160" height="14" fill="#eef0f4" {}
-            @for (i, p) in parts.iter().enumerate() {
-                @if let Some(s) = p {
-                    @let width = if scale > 0.0 { (s / scale * w).max(1.0) } else { 0.0 };
-                    rect x=(format!("{x:.1}")) y="0" width=(format!("{width:.1}")) height="14" fill=(BAR_COLORS[i].1) {
-                        title { (BAR_COLORS[i].0) ": " (format!("{s:.1}")) " s" }
-                    }
-                    ({ x += width; "" })
+            @for (name, color, s, x, width) in segments {
+                rect x=(format!("{x:.1}")) y="0" width=(format!("{width:.1}")) height="14" fill=(color) {
+                    title { (name) ": " (format!("{s:.1}")) " s" }
                 }
             }
         }

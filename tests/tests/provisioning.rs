@@ -6,7 +6,6 @@ use std::sync::Arc;
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine;
 use chrono::Utc;
-use lablink_core::db::{Db, DbConfig};
 use lablink_ops::dynamo::DynamoJobStore;
 use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, Submitted};
 use lablink_provision::Processed;
@@ -346,5 +345,4 @@ async fn a_failed_launch_ends_the_job_with_the_aws_error_and_records_nothing() {
         submit(&w.store, JobKind::Destroy).await,
         Submitted::Created(_)
     ));
-    let _ = DbConfig::from_url(&w.db.url).map(Db::new);
 }

@@ -39,3 +39,17 @@ ensure_venv() {
   cp scripts/requirements.txt "$stamp"
   echo "$LABLINK_VENV/bin"
 }
+
+# The browser test's Chromium (Debian's package) and its driver (playwright-core from npm,
+# pinned by tests/browser/package-lock.json; never `playwright install`).
+ensure_browser() {
+  if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium
+  fi
+  local dir=tests/browser stamp=tests/browser/node_modules/.lablink-lock
+  if [ ! -f "$stamp" ] || ! cmp -s "$stamp" "$dir/package-lock.json"; then
+    echo "installing the browser test's npm packages" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+}

@@ -49,8 +49,10 @@ fn layout(title: &str, body: Markup) -> Markup {
 pub struct ParticipantPage<'a> {
     /// Free VMs right now (kept live by the page's script).
     pub free_vms: i64,
-    /// What the participant typed, kept when the form comes back with an error.
+    /// What the participant typed, kept when the form comes back with an error (the
+    /// code in the command is still good if no VM took it).
     pub email: &'a str,
+    pub crd_command: &'a str,
     pub error: Option<&'a str>,
 }
 
@@ -77,7 +79,7 @@ pub fn participant_page(p: &ParticipantPage<'_>) -> Markup {
                 input #email type="email" name="email" required autocomplete="email" value=(p.email);
                 label for="crd_command" { "Chrome Remote Desktop command" }
                 textarea #crd_command name="crd_command" required spellcheck="false"
-                    placeholder="DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0A…\" …" {}
+                    placeholder="DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0A…\" …" { (p.crd_command) }
                 p.hint { "The code in the command works once and expires after a few minutes; get a fresh one if it is old." }
                 button type="submit" { "Get my VM" }
             }
@@ -123,14 +125,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_input_is_escaped_and_the_form_keeps_the_email() {
+    fn user_input_is_escaped_and_the_form_keeps_what_was_typed() {
         let page = participant_page(&ParticipantPage {
             free_vms: 3,
             email: "\"><script>alert(1)</script>",
+            crd_command: "</textarea><script>alert(2)</script>",
             error: Some("<b>bad</b>"),
         })
         .into_string();
-        assert!(!page.contains("<script>alert(1)"));
+        assert!(!page.contains("<script>alert(1)") && !page.contains("<script>alert(2)"));
+        assert!(page.contains("&lt;/textarea&gt;&lt;script&gt;alert(2)"));
         assert!(page.contains("&lt;b&gt;bad&lt;/b&gt;"));
         assert!(page.contains("value=\"&quot;&gt;&lt;script&gt;"));
         assert!(page.contains("id=\"free-count\">3<"));

@@ -266,3 +266,94 @@ pub fn repo_root() -> PathBuf {
 pub fn lambda_artifact(function: &str) -> anyhow::Result<PathBuf> {
     Ok(target_dir()?.join("lambda").join(function).join("bootstrap"))
 }
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
+
+/// The local runner (`lablink-local`), started as a person starts it, on free ports.
+pub struct LocalStack {
+    child: Child,
+    pub url: String,
+    pub state_dir: PathBuf,
+}
+
+impl LocalStack {
+    /// Start it with `vms` local VMs and the given admin, and wait for its `ready` line.
+    pub async fn start(
+        db_url: &str,
+        state_dir: &Path,
+        vms: u32,
+        admin: (&str, &str),
+    ) -> anyhow::Result<Self> {
+        let (port, holder_port) = (free_port(), free_port());
+        let mut child = Command::new(workspace_bin("lablink-local")?)
+            .args(["--port", &port.to_string()])
+            .args(["--holder-port", &holder_port.to_string()])
+            .args(["--vms", &vms.to_string()])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("DATABASE_URL", db_url)
+            .env("LABLINK_ADMIN_USER", admin.0)
+            .env("LABLINK_ADMIN_PASSWORD", admin.1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(l) = lines.next_line().await? {
+                if l == "ready" {
+                    return Ok(());
+                }
+            }
+            bail!("lablink-local exited before printing ready")
+        })
+        .await
+        .context("lablink-local did not print ready within 60 s")??;
+        // Keep draining stdout so the runner never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            state_dir: state_dir.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Everything the local VMs' stand-in start-host recorded.
+    pub fn start_host_logs(&self) -> String {
+        std::fs::read_dir(self.state_dir.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("start-host.log")).ok())
+            .collect()
+    }
+
+    /// Wait until the runner has `n` free (running, unassigned) VMs.
+    pub async fn wait_for_free_vms(&self, n: u64, within: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/unassigned_vms_count", self.url);
+        eventually(&format!("{n} free VMs"), within, || async {
+            let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            (v["count"] == n).then_some(())
+        })
+        .await
+    }
+
+    /// Ctrl-C, as a person stops it; its exit status.
+    pub async fn interrupt(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")? as i32;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        Ok(tokio::time::timeout(within, self.child.wait()).await??)
+    }
+}

@@ -104,7 +104,9 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         .expect("static headers are valid")
 }
 
-/// An HTML page.
+/// An HTML page. `Referrer-Policy: same-origin`, not `no-referrer`: nothing leaks to other
+/// sites, while a browser's own form posts keep a real `Origin` (under `no-referrer`
+/// Chromium sends `Origin: null`, which the admin write check must refuse).
 pub fn html(status: StatusCode, page: maud_markup::Markup) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -112,7 +114,7 @@ pub fn html(status: StatusCode, page: maud_markup::Markup) -> Response<Body> {
         .header(header::CACHE_CONTROL, "no-store")
         .header("x-content-type-options", "nosniff")
         .header("x-frame-options", "DENY")
-        .header("referrer-policy", "no-referrer")
+        .header("referrer-policy", "same-origin")
         .body(Body::from(page.into_string()))
         .expect("static headers are valid")
 }

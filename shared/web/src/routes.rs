@@ -243,6 +243,7 @@ async fn index(state: &AppState) -> Reply {
         pages::participant_page(&pages::ParticipantPage {
             free_vms: free,
             email: "",
+            crd_command: "",
             error: None,
         }),
     ))
@@ -256,8 +257,8 @@ struct VmRequestForm {
     crd_command: String,
 }
 
-/// `POST /api/request_vm` (form). Bad input re-renders the form with the reason and the
-/// email kept (400); no free VM re-renders it with "no VMs available" (200, not an
+/// `POST /api/request_vm` (form). Bad input re-renders the form with the reason, keeping
+/// what was typed (400); no free VM re-renders it with "no VMs available" (200, not an
 /// error page); success shows hostname and PIN. Nothing is written on any refusal.
 async fn request_vm(state: &AppState, req: &Request) -> Reply {
     let form: VmRequestForm = request::form(req, SMALL_BODY)?;
@@ -267,6 +268,7 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
             pages::participant_page(&pages::ParticipantPage {
                 free_vms: free,
                 email: &form.email,
+                crd_command: &form.crd_command,
                 error: Some(error),
             }),
         )

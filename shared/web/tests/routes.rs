@@ -685,19 +685,22 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
                 "{path} with {label} changed data"
             );
         }
-        // A cross-site post with the right token is refused too.
-        let mut req = form_req(
-            path,
-            &format!("{body}&csrf={csrf}"),
-            std::slice::from_ref(&session),
-        );
-        req.headers_mut()
-            .insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
-        assert_eq!(
-            route.handle(&f.state, req).await.status(),
-            403,
-            "{path} cross-site"
-        );
+        // A cross-site post with the right token is refused too, as is an opaque origin
+        // (`null`: sandboxed frames, or a page served with `Referrer-Policy: no-referrer`).
+        for origin in ["https://evil.example", "null"] {
+            let mut req = form_req(
+                path,
+                &format!("{body}&csrf={csrf}"),
+                std::slice::from_ref(&session),
+            );
+            req.headers_mut()
+                .insert(header::ORIGIN, HeaderValue::from_static(origin));
+            assert_eq!(
+                route.handle(&f.state, req).await.status(),
+                403,
+                "{path} from origin {origin}"
+            );
+        }
     }
     // With the token, a launch is queued and the browser goes to its job page; the same
     // form again (same idempotency key) makes no second job.

@@ -31,7 +31,7 @@ pub enum CrdError {
     Empty,
     #[error("the command is longer than {max} characters; paste only the command from Google's page")]
     TooLong { max: usize },
-    #[error("the command must be a single line")]
+    #[error("the command must be a single line (a line may end with \\ to continue on the next)")]
     MultiLine,
     #[error("the command contains {0:?}, which Google's command never does; paste it unchanged")]
     ForbiddenCharacter(char),
@@ -51,6 +51,30 @@ pub enum CrdError {
     BadCodeCharacter(char),
 }
 
+/// Join shell line continuations (`\` at the end of a line, as Google's page and its copies
+/// wrap the command) into spaces. A backslash anywhere else stays, and is refused later.
+fn join_continuations(input: &str) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('\\') {
+        let after = rest[at + 1..].trim_start_matches([' ', '\t']);
+        let next_line = after.strip_prefix("\r\n").or_else(|| after.strip_prefix('\n'));
+        out.push_str(&rest[..at]);
+        match next_line {
+            Some(next) => {
+                out.push(' ');
+                rest = next;
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl CrdCommand {
     pub const MAX_INPUT_LEN: usize = 2048;
     pub const MAX_CODE_LEN: usize = 512;
@@ -66,6 +90,8 @@ impl CrdCommand {
                 max: Self::MAX_INPUT_LEN,
             });
         }
+        let joined = join_continuations(input);
+        let input = joined.as_str();
         if input.contains(['\n', '\r']) {
             return Err(CrdError::MultiLine);
         }
@@ -213,6 +239,17 @@ mod tests {
             let cmd = CrdCommand::parse(&google(&part)).unwrap_or_else(|e| panic!("{part}: {e}"));
             assert_eq!(cmd.code(), CODE);
         }
+        // As the module doc shows it: wrapped with shell line continuations (LF or CRLF,
+        // trailing blanks after the backslash as copied from a web page).
+        for wrapped in [
+            format!(
+                "DISPLAY= {START_HOST_PATH} --code=\"{CODE}\" \\\n  --redirect-url=\"{CRD_REDIRECT_URL}\" --name=$(hostname)"
+            ),
+            format!("DISPLAY= {START_HOST_PATH} \\ \r\n--code={CODE} \\\n--name=$(hostname)"),
+        ] {
+            let cmd = CrdCommand::parse(&wrapped).unwrap_or_else(|e| panic!("{wrapped:?}: {e}"));
+            assert_eq!(cmd.code(), CODE);
+        }
         // Pasted with stray whitespace around it, or just the flag.
         assert_eq!(
             CrdCommand::parse(&format!("  --code={CODE}\t ")).unwrap().code(),
@@ -267,6 +304,11 @@ mod tests {
                 CrdError::ForbiddenCharacter('`'),
             ),
             (format!("--code={CODE}\nreboot"), CrdError::MultiLine),
+            (format!("--code={CODE} \\\n\nreboot"), CrdError::MultiLine),
+            (
+                format!("--code={CODE} \\ --name=x"),
+                CrdError::ForbiddenCharacter('\\'),
+            ),
             (format!("--code={CODE}\rreboot"), CrdError::MultiLine),
             (
                 google(&format!("--code={CODE} > /tmp/x")),

@@ -1,0 +1,139 @@
+// The product's main flow in headless Chromium, against a running local stack
+// (`lablink-local`). Driven by `tests/tests/browser.rs`, which starts the stack, runs this
+// script and then checks, outside the browser, what the VM's stand-in start-host received.
+//
+// Inputs (environment): LABLINK_URL, LABLINK_ADMIN_USER, LABLINK_ADMIN_PASSWORD,
+// LABLINK_CRD_CODE, LABLINK_SHOTS (screenshot folder), CHROMIUM (default /usr/bin/chromium).
+// Output: one JSON line on stdout, {"hostname","pin","email","launched_job"}; any failed
+// expectation exits non-zero with a message and a `failure-*.png` screenshot.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const env = (name, fallback) => {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined) throw new Error(`${name} is not set`);
+  return v;
+};
+const base = env('LABLINK_URL');
+const adminUser = env('LABLINK_ADMIN_USER');
+const adminPassword = env('LABLINK_ADMIN_PASSWORD');
+const code = env('LABLINK_CRD_CODE');
+const shots = env('LABLINK_SHOTS');
+mkdirSync(shots, { recursive: true });
+
+const email = 'grace.hopper@example.edu';
+// What Google's "set up via SSH" page gives a participant to paste, line break included.
+const crdCommand =
+  `DISPLAY= /opt/google/chrome-remote-desktop/start-host --code="${code}" ` +
+  `--redirect-url="https://remotedesktop.google.com/_/oauthredirect" \\\n  --name=$(hostname)`;
+
+function expect(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+const browser = await chromium.launch({
+  executablePath: env('CHROMIUM', '/usr/bin/chromium'),
+  headless: true,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+const pages = [];
+const shot = async (page, name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+
+try {
+  // --- The participant ---------------------------------------------------------------
+  const participant = await (await browser.newContext()).newPage();
+  pages.push(['participant', participant]);
+  await participant.goto(`${base}/`);
+  const shown = await participant.textContent('#free-count');
+  const api = await participant.evaluate(async () => (await (await fetch('/api/unassigned_vms_count')).json()).count);
+  expect(shown === '1' && api === 1, `the form shows the free count: page ${shown}, API ${api}`);
+  await shot(participant, '01-participant-form');
+
+  await participant.fill('#email', email);
+  await participant.fill('#crd_command', crdCommand);
+  await Promise.all([participant.waitForURL('**/api/request_vm'), participant.click('button[type=submit]')]);
+  const hostname = (await participant.textContent('#hostname'))?.trim();
+  const pin = (await participant.textContent('#pin'))?.trim();
+  expect(/^[a-z0-9-]+-vm-\d+$/.test(hostname ?? ''), `the success page names the VM: ${hostname}`);
+  expect(/^\d{6}$/.test(pin ?? ''), `the success page shows a 6-digit PIN: ${pin}`);
+  await shot(participant, '02-participant-success');
+
+  // A second participant keeps the form open: no VM is free now, and the count must rise
+  // by itself (the page polls) when the admin's launch below brings one more.
+  const waiting = await (await browser.newContext()).newPage();
+  pages.push(['waiting', waiting]);
+  await waiting.goto(`${base}/`);
+  expect((await waiting.textContent('#free-count')) === '0', 'no VM is free after the assignment');
+
+  // --- The admin ---------------------------------------------------------------------
+  const admin = await (await browser.newContext()).newPage();
+  pages.push(['admin', admin]);
+  await admin.goto(`${base}/admin`);
+  expect(admin.url().includes('/admin/login'), `an anonymous admin page leads to the login: ${admin.url()}`);
+  await admin.fill('#user', adminUser);
+  await admin.fill('#password', 'not-the-password');
+  await Promise.all([admin.waitForLoadState(), admin.click('button[type=submit]')]);
+  expect(await admin.isVisible('.error'), 'a wrong password shows an error');
+  await admin.fill('#user', adminUser);
+  await admin.fill('#password', adminPassword);
+  await Promise.all([admin.waitForURL(`${base}/admin`), admin.click('button[type=submit]')]);
+  expect((await admin.textContent('h1')) === 'Dashboard', 'the login leads to the dashboard');
+  await shot(admin, '03-admin-dashboard');
+
+  await admin.goto(`${base}/admin/instances`);
+  const row = admin.locator(`tr[data-hostname="${hostname}"]`);
+  await row.waitFor();
+  expect((await row.textContent()).includes(email), 'the instances page shows who has the VM');
+  // The timings chart: at least one coloured phase of the startup bar, with its figure.
+  await row.locator('svg rect title').first().waitFor({ state: 'attached' });
+  const phases = await row.locator('svg rect title').allTextContents();
+  expect(phases.some((t) => /^(provision|cloud-init|container): \d+(\.\d)? s$/.test(t)), `timing phases: ${phases}`);
+  await shot(admin, '04-admin-instances');
+
+  await Promise.all([admin.waitForURL(`**/admin/logs/${hostname}`), row.locator('a', { hasText: 'logs' }).click()]);
+  // The VM's own log, shipped by its daemon, shows the start-host run with this code.
+  await admin.waitForFunction((c) => document.getElementById('log').textContent.includes(c), code, { timeout: 30000 });
+  await admin.fill('#filter', 'start-host');
+  const filtered = (await admin.textContent('#log')).split('\n').filter(Boolean);
+  expect(filtered.length > 0 && filtered.every((l) => l.toLowerCase().includes('start-host')), 'the filter keeps matching lines only');
+  await shot(admin, '05-admin-logs');
+
+  await admin.goto(`${base}/admin/create`);
+  await admin.fill('#num_vms', '1');
+  await Promise.all([admin.waitForURL('**/admin/jobs/*'), admin.click('#launch-form button[type=submit]')]);
+  const job = decodeURIComponent(admin.url().split('/admin/jobs/')[1]);
+  await admin.waitForFunction(
+    () => ['succeeded', 'failed'].includes(document.getElementById('state').textContent),
+    null,
+    { timeout: 120000 },
+  );
+  const state = await admin.textContent('#state');
+  expect(state === 'succeeded', `the launch job finished: ${state} ${await admin.textContent('#error')}`);
+  expect((await admin.textContent('#vms')).includes('-vm-'), 'the job page names the launched VM');
+  await shot(admin, '06-admin-job');
+
+  // The new VM enrolls, reports running and becomes free: the waiting participant's page
+  // shows it without a reload.
+  await waiting.waitForFunction(() => document.getElementById('free-count').textContent === '1', null, { timeout: 90000 });
+  await shot(waiting, '07-participant-count-rose');
+
+  await admin.goto(`${base}/admin/instances`);
+  await admin.locator('tr[data-hostname]').nth(1).waitFor();
+  await shot(admin, '08-admin-instances-after-launch');
+
+  console.log(JSON.stringify({ hostname, pin, email, launched_job: job }));
+} catch (e) {
+  for (const [name, page] of pages) {
+    await shot(page, `failure-${name}`).catch(() => {});
+    console.error(`--- ${name} at ${page.url()}`);
+  }
+  console.error(e.stack ?? String(e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

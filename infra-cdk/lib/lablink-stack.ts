@@ -1,7 +1,8 @@
 // LabLink's AWS infrastructure as one CloudFormation stack (deployed with SAM, see
 // docs/deploy.md). It owns the network, the database, the holder service, the jobs table,
-// the VM log group, the API and every function with its permissions. Routes, functions and
-// their permissions come from functions/manifest.json, never from a list kept here.
+// the VM log group, the export bucket, the API and every function with its permissions.
+// Routes, functions and their permissions come from functions/manifest.json, never from a
+// list kept here.
 //
 // Rules it keeps (issue 9, ../../docs/architecture.md):
 // - each function gets its own role with only what its manifest entry says it needs;
@@ -9,7 +10,10 @@
 //   this deployment; no wildcard actions on EC2 or DynamoDB;
 // - secrets live in Secrets Manager; environment variables carry only their ARNs;
 // - nothing accepts SSH, and nothing inside the VPC is reachable from the internet except
-//   through API Gateway.
+//   through API Gateway;
+// - the export bucket is private: only functions whose manifest entry has `export_bucket`
+//   may touch it (and only under exports/); VMs and the holder never get a permission on
+//   it: VMs upload and admins download through presigned URLs.
 
 import {
   Aws,
@@ -35,11 +39,12 @@ import { DynamoEventSource, SqsDlq } from 'aws-cdk-lib/aws-lambda-event-sources'
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { LambdaDestination } from 'aws-cdk-lib/aws-logs-destinations';
 import * as rds from 'aws-cdk-lib/aws-rds';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { LambdaCodeSource } from './lambda-code';
-import { EventFunction, HttpFunction, Manifest, pascal } from './manifest';
+import { EventFunction, ExportBucketAccess, HttpFunction, Manifest, pascal } from './manifest';
 
 /** The tag every VM of a deployment carries; IAM conditions on it fence the provisioner. */
 export const DEPLOYMENT_TAG = 'lablink:deployment';
@@ -57,6 +62,16 @@ export const JOBS_TABLE_ACTIONS = [
 ];
 /** Tags the provisioner may set on its own instances after launch (their hostnames). */
 export const VM_NAME_TAGS = ['lablink:hostname', 'Name'];
+/** Where the Rust code keeps exports: exports/<job-id>/vms/<hostname>.tar, exports/<job-id>/lablink_data<timestamp>.zip. */
+export const EXPORT_PREFIX = 'exports/';
+/** What each manifest `export_bucket` value allows on the export bucket's objects (under EXPORT_PREFIX). */
+export const EXPORT_BUCKET_ACTIONS: Readonly<Record<Exclude<ExportBucketAccess, 'none'>, readonly string[]>> = {
+  // Presigning a GET of the assembled zip.
+  read: ['s3:GetObject'],
+  // Presigning the VMs' PUTs, reading their archives, writing the zip with a multipart
+  // upload (Create/UploadPart/Complete are s3:PutObject) and cleaning up a failed one.
+  readwrite: ['s3:GetObject', 's3:PutObject', 's3:AbortMultipartUpload', 's3:ListMultipartUploadParts'],
+};
 /** The holder's container port and health check. */
 export const HOLDER_PORT = 8080;
 export const HOLDER_HEALTH_PATH = '/healthz';
@@ -137,6 +152,36 @@ export class LabLinkStack extends Stack {
       default: 'true',
       allowedValues: ['true', 'false'],
       description: 'Protect the database from deletion (turn off before tearing the stack down).',
+    }).valueAsString;
+    const exportRetention = new CfnParameter(this, 'ExportRetentionDays', {
+      type: 'Number',
+      default: 7,
+      minValue: 1,
+      maxValue: 365,
+      description: 'Days a data export (per-VM archives and the assembled zip) stays in the export bucket.',
+    });
+    const exportExtensions = new CfnParameter(this, 'ExportExtensions', {
+      type: 'String',
+      default: 'slp',
+      allowedPattern: '^[A-Za-z0-9_-]{1,16}(,[A-Za-z0-9_-]{1,16})*$',
+      constraintDescription: 'comma-separated file extensions without dots, e.g. slp or slp,h5',
+      description: 'File extensions a data export collects from the VMs (comma separated, no dots).',
+    }).valueAsString;
+    const exportMaxFileMb = new CfnParameter(this, 'ExportMaxFileMb', {
+      type: 'Number',
+      default: 2048,
+      minValue: 1,
+      // A presigned PUT is one request: S3 takes at most 5 GiB in one.
+      maxValue: 5120,
+      description: 'Largest file (MiB) a VM adds to a data export; larger files are skipped.',
+    }).valueAsString;
+    const exportWaitSeconds = new CfnParameter(this, 'ExportWaitSeconds', {
+      type: 'Number',
+      default: 300,
+      minValue: 10,
+      // Well inside the provisioner's 15-minute timeout (14-minute attempt lease).
+      maxValue: 600,
+      description: 'How long a data export waits for the VMs to upload their archives.',
     }).valueAsString;
 
     // On every resource (a stack tag cannot hold a parameter's value).
@@ -278,6 +323,26 @@ export class LabLinkStack extends Stack {
       removalPolicy: RemovalPolicy.DESTROY,
     });
 
+    // ---- Export bucket: data exports, private, expiring; VMs and admins use presigned URLs ----
+    const exportBucket = new s3.Bucket(this, 'ExportBucket', {
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+      enforceSSL: true,
+      versioned: false,
+      lifecycleRules: [
+        {
+          id: 'ExpireExports',
+          expiration: Duration.days(exportRetention.valueAsNumber),
+          abortIncompleteMultipartUploadAfter: Duration.days(1),
+        },
+      ],
+      // Kept when the stack is deleted, like the database's final snapshot: CloudFormation
+      // cannot delete a bucket with objects in it (emptying it would need a custom-resource
+      // Lambda), and the lifecycle rule still expires what is left (docs/deploy.md).
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
     // ---- VMs: log group, instance role (own log group only), instance profile ----
     const vmLogGroup = new logs.LogGroup(this, 'VmLogGroup', {
       logGroupName: Fn.join('', ['lablink-cloud-init-', environment]),
@@ -346,6 +411,19 @@ export class LabLinkStack extends Stack {
       jobs.grant(f, ...JOBS_TABLE_ACTIONS);
       f.addEnvironment('LABLINK_JOBS_TABLE', jobs.tableName);
     };
+    // The manifest's export_bucket: object actions under exports/ only, never on the bucket
+    // itself; the function gets the bucket's name.
+    const grantExport = (f: lambda.Function, access: ExportBucketAccess): void => {
+      if (access === 'none') return;
+      f.addToRolePolicy(
+        new iam.PolicyStatement({
+          sid: access === 'read' ? 'ReadExports' : 'ReadWriteExports',
+          actions: [...EXPORT_BUCKET_ACTIONS[access]],
+          resources: [exportBucket.arnForObjects(`${EXPORT_PREFIX}*`)],
+        }),
+      );
+      f.addEnvironment('LABLINK_EXPORT_BUCKET', exportBucket.bucketName);
+    };
 
     const api = new apigwv2.HttpApi(this, 'Api', {
       apiName: Fn.join('', ['lablink-', environment]),
@@ -393,6 +471,7 @@ export class LabLinkStack extends Stack {
         (f.node.defaultChild as lambda.CfnFunction).reservedConcurrentExecutions = props.participantConcurrency;
       }
       if (route.jobsTable) grantJobs(f);
+      grantExport(f, route.exportBucket);
       if (route.adminSecret) {
         f.addToRolePolicy(
           new iam.PolicyStatement({
@@ -421,6 +500,7 @@ export class LabLinkStack extends Stack {
       env: {},
     });
     if (logFn.jobsTable) grantJobs(logProcessor);
+    grantExport(logProcessor, logFn.exportBucket);
     new logs.SubscriptionFilter(this, 'VmLogSubscription', {
       logGroup: vmLogGroup,
       destination: new LambdaDestination(logProcessor),
@@ -450,9 +530,15 @@ export class LabLinkStack extends Stack {
         LABLINK_API_URL: apiUrl,
         LABLINK_VM_LOG_GROUP: vmLogGroup.logGroupName,
         LABLINK_DAEMON_URL: daemonUrl,
+        // Data exports (its access to the bucket comes from the manifest's export_bucket).
+        LABLINK_EXPORT_BUCKET: exportBucket.bucketName,
+        LABLINK_EXPORT_EXTENSIONS: exportExtensions,
+        LABLINK_EXPORT_MAX_FILE_MB: exportMaxFileMb,
+        LABLINK_EXPORT_WAIT_SECONDS: exportWaitSeconds,
       },
     });
     grantJobs(provisioner);
+    grantExport(provisioner, provFn.exportBucket);
     const provisionerFailures = new sqs.Queue(this, 'ProvisionerFailures', {
       encryption: sqs.QueueEncryption.SQS_MANAGED,
       enforceSSL: true,
@@ -608,6 +694,10 @@ export class LabLinkStack extends Stack {
     new CfnOutput(this, 'AdminSecretArn', { value: adminSecret.secretArn });
     new CfnOutput(this, 'DatabaseInstanceId', { value: db.instanceIdentifier });
     new CfnOutput(this, 'ProvisionerFailureQueueUrl', { value: provisionerFailures.queueUrl });
+    new CfnOutput(this, 'ExportBucketName', {
+      value: exportBucket.bucketName,
+      description: 'Data exports (exports/<job-id>/...); kept when the stack is deleted',
+    });
     new CfnOutput(this, 'HolderRepositoryName', {
       value: holderRepo.repositoryName,
       description: 'ECR repository the holder image is pushed to before deploying',

@@ -9,6 +9,12 @@ import * as path from 'node:path';
 
 export type Access = 'participant' | 'vm' | 'admin' | 'public';
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+/**
+ * Access to the data-export bucket: `read` (GetObject, to presign downloads) or
+ * `readwrite` (also PutObject and multipart). `none` when the manifest entry has no
+ * `export_bucket`; the manifest itself accepts only `read` and `readwrite`.
+ */
+export type ExportBucketAccess = 'none' | 'read' | 'readwrite';
 
 export interface HttpFunction {
   readonly function: string;
@@ -26,6 +32,8 @@ export interface HttpFunction {
    * session (see `ADMIN_SESSION_READERS`).
    */
   readonly adminSecret: boolean;
+  /** Optional `export_bucket` in the manifest. */
+  readonly exportBucket: ExportBucketAccess;
 }
 
 export type EventTrigger = 'cloudwatch-logs-subscription' | 'dynamodb-stream';
@@ -37,6 +45,8 @@ export interface EventFunction {
   readonly jobsTable: boolean;
   /** Runs and terminates the fleet's EC2 instances. */
   readonly ec2: boolean;
+  /** Optional `export_bucket` in the manifest. */
+  readonly exportBucket: ExportBucketAccess;
 }
 
 export interface Manifest {
@@ -59,6 +69,7 @@ export const ADMIN_SESSION_READERS: ReadonlySet<string> = new Set([
 const ACCESS: ReadonlySet<string> = new Set(['participant', 'vm', 'admin', 'public']);
 const METHODS: ReadonlySet<string> = new Set(['GET', 'POST', 'PUT', 'PATCH', 'DELETE']);
 const TRIGGERS: ReadonlySet<string> = new Set(['cloudwatch-logs-subscription', 'dynamodb-stream']);
+const EXPORT_BUCKET: ReadonlySet<string> = new Set(['read', 'readwrite']);
 // A crate directory, a cargo-lambda binary name and part of a CloudFormation logical id.
 const FUNCTION_NAME = /^[a-z][a-z0-9-]{0,47}$/;
 // API Gateway HTTP API paths: literal segments and `{param}` segments.
@@ -115,6 +126,16 @@ export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
     if (typeof v !== 'boolean') problems.push(`${where}: ${key} must be true or false`);
     return v === true;
   };
+  // Absent: no access. Present: exactly "read" or "readwrite" (not "none", not a boolean).
+  const exportBucket = (e: Record<string, unknown>, where: string): ExportBucketAccess => {
+    const v = e.export_bucket;
+    if (v === undefined) return 'none';
+    if (typeof v !== 'string' || !EXPORT_BUCKET.has(v)) {
+      problems.push(`${where}: export_bucket must be "read" or "readwrite", or absent for no access (got ${JSON.stringify(v)})`);
+      return 'none';
+    }
+    return v as ExportBucketAccess;
+  };
 
   const http = httpRaw.map((entry, i): HttpFunction => {
     const e = (entry ?? {}) as Record<string, unknown>;
@@ -137,6 +158,7 @@ export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
       db: flag(e, 'db', where),
       jobsTable: flag(e, 'jobs_table', where),
       adminSecret: flag(e, 'admin_secret', where, access === 'admin' || ADMIN_SESSION_READERS.has(fn)),
+      exportBucket: exportBucket(e, `${where} (${fn})`),
     };
   });
 
@@ -152,6 +174,7 @@ export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
       db: flag(e, 'db', where),
       jobsTable: flag(e, 'jobs_table', where),
       ec2: flag(e, 'ec2', where, false),
+      exportBucket: exportBucket(e, `${where} (${fn})`),
     };
   });
 

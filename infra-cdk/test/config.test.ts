@@ -6,8 +6,19 @@ import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { Template } from 'aws-cdk-lib/assertions';
 import { buildApp } from '../lib/app';
+import { EXPORT_BUCKET_ACTIONS } from '../lib/lablink-stack';
 import { defaultManifestPath, parseManifest } from '../lib/manifest';
-import { functionsByName, ofType, routeTarget, synth, tempDir } from './template';
+import {
+  actionsOf,
+  envOf,
+  functionsByName,
+  mentions,
+  ofType,
+  routeTarget,
+  statementsOfFunction,
+  synth,
+  tempDir,
+} from './template';
 
 const realManifest = JSON.parse(fs.readFileSync(defaultManifestPath(), 'utf8'));
 
@@ -75,6 +86,61 @@ describe('the manifest drives the routes', () => {
     assert.equal(m.http.find((r) => r.function === 'x')!.adminSecret, true);
     assert.equal(m.http.find((r) => r.function === 'index')!.adminSecret, false);
     assert.equal(m.http.find((r) => r.function === 'admin-job')!.adminSecret, true);
+  });
+
+  test('export_bucket: absent is no access; read and readwrite are taken as they are', () => {
+    const events = realManifest.events.map((e: object) => ({ ...e, export_bucket: undefined }));
+    const m = parseManifest({
+      ...(smallManifest([
+        { function: 'r', method: 'GET', path: '/r', access: 'admin', db: false, jobs_table: false, export_bucket: 'read' },
+        { function: 'rw', method: 'GET', path: '/rw', access: 'admin', db: false, jobs_table: false, export_bucket: 'readwrite' },
+      ]) as object),
+      events: [...events.slice(0, 1), { ...events[1], export_bucket: 'readwrite' }],
+    });
+    const access = (n: string) => [...m.http, ...m.events].find((f) => f.function === n)!.exportBucket;
+    assert.equal(access('index'), 'none');
+    assert.equal(access('r'), 'read');
+    assert.equal(access('rw'), 'readwrite');
+    assert.equal(access(m.events[0]!.function), 'none');
+    assert.equal(access(m.events[1]!.function), 'readwrite');
+  });
+
+  test('any other export_bucket value is refused, naming the function and the value', () => {
+    for (const bad of ['write', 'none', 'READ', '', true, null, ['read']]) {
+      const m = smallManifest([
+        { function: 'x', method: 'GET', path: '/x', access: 'admin', db: false, jobs_table: false, export_bucket: bad },
+      ]);
+      assert.throws(
+        () => parseManifest(m),
+        (e: Error) =>
+          e.message.includes('(x): export_bucket must be "read" or "readwrite", or absent for no access') &&
+          e.message.includes(`(got ${JSON.stringify(bad)})`),
+        `export_bucket ${JSON.stringify(bad)}`,
+      );
+    }
+    const events = [realManifest.events[0], { ...realManifest.events[1], export_bucket: 'rw' }];
+    assert.throws(
+      () => parseManifest({ http: (smallManifest() as { http: object[] }).http, events }),
+      /events\[1\] \(provisioner\): export_bucket must be "read" or "readwrite"/,
+    );
+  });
+
+  test('a route added with export_bucket gets exactly that access and the bucket name', () => {
+    const added = {
+      function: 'export-archive',
+      method: 'GET',
+      path: '/api/exports/{id}/archive',
+      access: 'admin',
+      db: false,
+      jobs_table: false,
+      export_bucket: 'readwrite',
+    };
+    const s = synth({ 'lablink:manifest': writeManifest(smallManifest([added])) });
+    const st = statementsOfFunction(s, 'export-archive').filter((x) => x.Action.some((a) => a.startsWith('s3:')));
+    assert.deepEqual([...actionsOf(st)].sort(), [...EXPORT_BUCKET_ACTIONS.readwrite].sort());
+    const [bucketId] = ofType(s, 'AWS::S3::Bucket')[0]!;
+    assert.deepEqual(envOf(s, 'export-archive').LABLINK_EXPORT_BUCKET, { Ref: bucketId });
+    assert.equal(statementsOfFunction(s, 'index').filter((x) => mentions(x.Resource, bucketId)).length, 0);
   });
 
   test('a malformed manifest is refused with every problem listed', () => {

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { holderIdleTimeoutSeconds, JOBS_TABLE_ACTIONS, VM_NAME_TAGS } from '../lib/lablink-stack';
+import { EXPORT_BUCKET_ACTIONS, holderIdleTimeoutSeconds, JOBS_TABLE_ACTIONS, VM_NAME_TAGS } from '../lib/lablink-stack';
 import { loadManifest } from '../lib/manifest';
 import {
   actionsOf,
@@ -36,6 +36,7 @@ const [, service] = the('AWS::ECS::Service');
 const [, alb] = the('AWS::ElasticLoadBalancingV2::LoadBalancer');
 const [listenerId] = the('AWS::ElasticLoadBalancingV2::Listener');
 const [, targetGroup] = the('AWS::ElasticLoadBalancingV2::TargetGroup');
+const [bucketId, bucket] = the('AWS::S3::Bucket');
 const adminSecrets = ofType(s, 'AWS::SecretsManager::Secret').filter(
   ([, r]) => r.Properties.GenerateSecretString?.GenerateStringKey === 'session_key',
 );
@@ -163,7 +164,7 @@ describe('database access', () => {
     assert.deepEqual(proxy.Properties.DBProxyName, withEnv);
     for (const [id, r] of Object.entries(s.resources)) {
       for (const [k, v] of Object.entries((r as Json).Properties ?? {})) {
-        if (/^(DBProxyName|LogGroupName|FunctionName|TableName|RoleName|QueueName|ClusterName|DBInstanceIdentifier)$/.test(k)) {
+        if (/^(DBProxyName|LogGroupName|FunctionName|TableName|RoleName|QueueName|ClusterName|DBInstanceIdentifier|BucketName)$/.test(k)) {
           assert.ok(typeof v !== 'string', `${id}.${k} is a fixed name: ${v}`);
         }
       }
@@ -374,6 +375,10 @@ describe('events', () => {
       'LABLINK_VM_LOG_GROUP',
       'LABLINK_JOBS_TABLE',
       'LABLINK_DAEMON_URL',
+      'LABLINK_EXPORT_BUCKET',
+      'LABLINK_EXPORT_EXTENSIONS',
+      'LABLINK_EXPORT_MAX_FILE_MB',
+      'LABLINK_EXPORT_WAIT_SECONDS',
     ]) {
       assert.ok(env[k] !== undefined, `provisioner: ${k}`);
     }
@@ -382,6 +387,132 @@ describe('events', () => {
     for (const name of ['launch', 'destroy'].filter((n) => functionsByName(s).has(n))) {
       assert.deepEqual(envOf(s, name).LABLINK_MAX_VMS, { Ref: 'MaxVms' }, name);
       assert.deepEqual(envOf(s, name).LABLINK_DEPLOYMENT, { Ref: 'Environment' }, name);
+    }
+  });
+});
+
+describe('export bucket', () => {
+  const exporters = allFunctions.filter((f) => f.exportBucket !== 'none');
+  /** Every identity-policy statement that names the bucket (its ARN or its objects). */
+  const onBucket = (role: string) => allStatements(s).filter((st) => st.role === role && mentions(st.Resource, bucketId));
+
+  test('private, encrypted, TLS only, unversioned, expiring after ExportRetentionDays', () => {
+    const p = bucket.Properties;
+    assert.equal(p.BucketEncryption.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault.SSEAlgorithm, 'AES256');
+    assert.deepEqual(p.PublicAccessBlockConfiguration, {
+      BlockPublicAcls: true,
+      BlockPublicPolicy: true,
+      IgnorePublicAcls: true,
+      RestrictPublicBuckets: true,
+    });
+    assert.notEqual(p.VersioningConfiguration?.Status, 'Enabled');
+    assert.equal(p.BucketName, undefined, 'a generated name (deployments share an account)');
+    const [rule, ...more] = p.LifecycleConfiguration.Rules;
+    assert.equal(more.length, 0);
+    assert.equal(rule.Status, 'Enabled');
+    assert.equal(rule.Prefix ?? rule.Filter, undefined, 'the whole bucket expires');
+    assert.deepEqual(rule.ExpirationInDays, { Ref: 'ExportRetentionDays' });
+    assert.deepEqual(rule.AbortIncompleteMultipartUpload, { DaysAfterInitiation: 1 });
+    const retention = s.json.Parameters.ExportRetentionDays;
+    assert.equal(retention.Type, 'Number');
+    assert.equal(retention.Default, 7);
+    assert.ok(retention.MinValue >= 1);
+    // Kept with its objects when the stack is deleted (like the database's final snapshot).
+    assert.equal(bucket.DeletionPolicy, 'Retain');
+    assert.ok(s.json.Outputs.ExportBucketName && mentions(s.json.Outputs.ExportBucketName.Value, bucketId));
+  });
+
+  test('its bucket policy only denies requests without TLS; it allows nobody anything', () => {
+    const policies = ofType(s, 'AWS::S3::BucketPolicy').filter(([, r]) => refId(r.Properties.Bucket) === bucketId);
+    assert.equal(policies.length, 1);
+    const statements = policies[0]![1].Properties.PolicyDocument.Statement;
+    for (const st of statements) assert.equal(st.Effect, 'Deny', JSON.stringify(st));
+    assert.ok(statements.some((st: Json) => st.Condition?.Bool?.['aws:SecureTransport'] === 'false'), 'enforceSSL');
+  });
+
+  test('the manifest asks for it: export-download reads, the provisioner reads and writes', () => {
+    assert.equal(manifest.http.find((r) => r.function === 'export-download')?.exportBucket, 'read');
+    assert.equal(manifest.events.find((e) => e.function === provisionerName)?.exportBucket, 'readwrite');
+    for (const name of ['scp-client', 'vm-export']) {
+      assert.equal(manifest.http.find((r) => r.function === name)?.exportBucket, 'none', name);
+    }
+  });
+
+  test('only functions with export_bucket may touch it, with exactly their access, on exports/ objects', () => {
+    for (const f of allFunctions) {
+      const role = roleOfFunction(s, f.function);
+      const s3 = statementsOfFunction(s, f.function).filter((st) => st.Action.some((a) => a.startsWith('s3:')));
+      if (f.exportBucket === 'none') {
+        assert.equal(s3.length, 0, `${f.function} has no S3 rights`);
+        assert.equal(onBucket(role).length, 0, `${f.function} names no bucket`);
+        continue;
+      }
+      assert.deepEqual([...actionsOf(s3)].sort(), [...EXPORT_BUCKET_ACTIONS[f.exportBucket]].sort(), f.function);
+      for (const st of s3) {
+        assert.equal(st.Condition, undefined);
+        assert.deepEqual(st.Resource, [{ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/exports/*']] }], f.function);
+      }
+    }
+  });
+
+  test('export-download may only read (GetObject, no write, no listing)', () => {
+    const st = onBucket(roleOfFunction(s, 'export-download'));
+    assert.ok(st.length > 0);
+    assert.deepEqual(actionsOf(st), new Set(['s3:GetObject']));
+    assert.deepEqual(EXPORT_BUCKET_ACTIONS.read, ['s3:GetObject']);
+  });
+
+  test('the provisioner may write multipart uploads but not delete or list', () => {
+    const actions = actionsOf(onBucket(roleOfFunction(s, provisionerName)));
+    for (const a of ['s3:GetObject', 's3:PutObject', 's3:AbortMultipartUpload', 's3:ListMultipartUploadParts']) {
+      assert.ok(actions.has(a), a);
+    }
+    for (const a of actions) assert.ok(!/Delete|ListBucket|\*/.test(a), a);
+  });
+
+  test('the holder, the VMs and functions without the flag have no statement naming it', () => {
+    const holderRole = refId(task.Properties.TaskRoleArn)!;
+    const noAccess = [
+      holderRole,
+      taskExecRole(),
+      roleOfVm(),
+      roleOfFunction(s, 'scp-client'),
+      roleOfFunction(s, 'vm-export'),
+      roleOfFunction(s, logProcessorName),
+    ];
+    for (const role of noAccess) {
+      assert.deepEqual(onBucket(role), [], role);
+      assert.ok(!allStatements(s).some((st) => st.role === role && st.Action.some((a) => a.startsWith('s3:'))), role);
+    }
+    // Across the whole template: the roles naming the bucket are exactly the exporters'.
+    const naming = new Set(allStatements(s).filter((st) => mentions(st.Resource, bucketId)).map((st) => st.role));
+    assert.deepEqual(naming, new Set(exporters.map((f) => roleOfFunction(s, f.function))));
+    assert.ok(!mentions(holder, bucketId), 'the holder is not told the bucket');
+  });
+
+  test('LABLINK_EXPORT_BUCKET goes to the exporters and the provisioner; the export settings to the provisioner', () => {
+    for (const f of allFunctions) {
+      const env = envOf(s, f.function);
+      if (f.exportBucket !== 'none' || f.function === provisionerName) {
+        assert.deepEqual(env.LABLINK_EXPORT_BUCKET, { Ref: bucketId }, f.function);
+      } else {
+        assert.ok(!mentions(env, bucketId), `${f.function} is not told the bucket`);
+        assert.deepEqual(Object.keys(env).filter((k) => /EXPORT|S3/.test(k)), [], f.function);
+      }
+    }
+    const env = envOf(s, provisionerName);
+    assert.deepEqual(env.LABLINK_EXPORT_EXTENSIONS, { Ref: 'ExportExtensions' });
+    assert.deepEqual(env.LABLINK_EXPORT_MAX_FILE_MB, { Ref: 'ExportMaxFileMb' });
+    assert.deepEqual(env.LABLINK_EXPORT_WAIT_SECONDS, { Ref: 'ExportWaitSeconds' });
+    const p = s.json.Parameters;
+    assert.equal(p.ExportExtensions.Default, 'slp');
+    assert.equal(p.ExportMaxFileMb.Default, 2048);
+    assert.equal(p.ExportWaitSeconds.Default, 300);
+    const pattern = new RegExp(p.ExportExtensions.AllowedPattern);
+    for (const ok of ['slp', 'slp,h5', 'slp,mp4,h5']) assert.match(ok, pattern);
+    for (const bad of ['', '.slp', 'slp,', 'slp, h5', '*.slp']) assert.doesNotMatch(bad, pattern);
+    for (const name of manifest.http.filter((r) => r.exportBucket === 'none').map((r) => r.function)) {
+      assert.equal(envOf(s, name).LABLINK_EXPORT_EXTENSIONS, undefined, name);
     }
   });
 });
@@ -472,7 +603,19 @@ describe('network', () => {
 describe('parameters and outputs', () => {
   test('SAM parameters: environment, admin user, machine type, AMI, max VMs, allowed CIDRs', () => {
     const p = s.json.Parameters;
-    for (const k of ['Environment', 'AdminUser', 'AdminPasswordHash', 'MachineType', 'AmiId', 'MaxVms', 'AllowedCidrs']) {
+    for (const k of [
+      'Environment',
+      'AdminUser',
+      'AdminPasswordHash',
+      'MachineType',
+      'AmiId',
+      'MaxVms',
+      'AllowedCidrs',
+      'ExportRetentionDays',
+      'ExportExtensions',
+      'ExportMaxFileMb',
+      'ExportWaitSeconds',
+    ]) {
       assert.ok(p[k], k);
     }
     assert.equal(p.AmiId.Type, 'AWS::EC2::Image::Id');

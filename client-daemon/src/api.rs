@@ -72,7 +72,42 @@ impl Api {
         }
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn hostname(&self) -> &Hostname {
+        &self.host
+    }
+
+    /// A long-poll on the holder's `path` (`{"hostname"}`, held up to the window):
+    /// status, body and URL.
+    pub(crate) async fn holder_post(&self, path: &str) -> Result<(reqwest::StatusCode, String, String), ApiError> {
+        let url = format!(
+            "{}?wait={}",
+            Self::url(&self.holder, path),
+            self.poll_wait.as_secs()
+        );
+        let resp = self
+            .request(&url)
+            // The holder answers by the end of the window; allow for a slow network.
+            .timeout(self.poll_wait + Duration::from_secs(30))
+            .json(&json!({ "hostname": self.host }))
+            .send()
+            .await
+            .map_err(|source| ApiError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| ApiError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        Ok((status, text, url))
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
         let url = Self::url(&self.api, path);
         let resp = self
             .request(&url)
@@ -133,30 +168,10 @@ impl Api {
 
     /// One long-poll: held by the holder up to the configured window.
     pub async fn poll(&self) -> Result<Poll, ApiError> {
-        let url = format!(
-            "{}?wait={}",
-            Self::url(&self.holder, "/vm_startup"),
-            self.poll_wait.as_secs()
-        );
-        let resp = self
-            .request(&url)
-            // The holder answers by the end of the window; allow for a slow network.
-            .timeout(self.poll_wait + Duration::from_secs(30))
-            .json(&json!({ "hostname": self.host }))
-            .send()
-            .await
-            .map_err(|source| ApiError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status();
+        let (status, text, url) = self.holder_post("/vm_startup").await?;
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(Poll::NothingYet);
         }
-        let text = resp.text().await.map_err(|source| ApiError::Transport {
-            url: url.clone(),
-            source,
-        })?;
         let bad = |body: String| ApiError::Status {
             url: url.clone(),
             status,

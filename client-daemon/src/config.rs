@@ -109,6 +109,11 @@ pub struct Args {
     /// user-data, in the `POST /api/vm-metrics` shape (default: `<state-dir>/timings.json`).
     #[arg(long, env = "LABLINK_TIMINGS_FILE")]
     pub timings_file: Option<PathBuf>,
+
+    /// Data export: the participant's workspace. Files with the export's extensions under
+    /// it are sent (symbolic links are never followed).
+    #[arg(long, env = "LABLINK_EXPORT_DIR", default_value = "/home")]
+    pub export_dir: PathBuf,
 }
 
 /// Where shipped logs go.
@@ -138,6 +143,7 @@ pub struct Config {
     pub subject_software: Option<String>,
     pub inuse_interval: Duration,
     pub timings_file: PathBuf,
+    pub export_dir: PathBuf,
 }
 
 impl Args {
@@ -244,6 +250,7 @@ impl Args {
             gpu_interval: Duration::from_secs(self.gpu_interval_seconds),
             subject_software: self.subject_software.filter(|s| !s.is_empty()),
             inuse_interval: Duration::from_secs(self.inuse_interval_seconds),
+            export_dir: self.export_dir,
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod enroll;
+pub mod export;
 pub mod logship;
 pub mod monitor;
 pub mod starthost;
@@ -230,9 +231,15 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     let body = timings(&cfg, started, ready);
     post_metrics_once(&api, &state, body).await;
 
+    // The export channel: a second long-poll, open for the life of the daemon.
+    let exports = tokio::spawn({
+        let (api, cfg) = (Arc::clone(&api), cfg.clone());
+        async move { export::export_loop(&cfg, &api).await }
+    });
     assignment_loop(&cfg, &api, &state).await?;
     // Registered: the monitors go on for the life of the VM.
     let _ = gpu.await;
+    let _ = exports.await;
     if let Some(h) = inuse {
         let _ = h.await;
     }

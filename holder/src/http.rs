@@ -1,4 +1,4 @@
-//! `POST /vm_startup` and `GET /healthz`.
+//! `POST /vm_startup`, `POST /vm_export` and `GET /healthz`.
 //!
 //! A poll: check the VM's credential and look for an undelivered assignment (one
 //! query); if there is none, register as the hostname's waiter, look once more (an
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body::Frame;
 use lablink_core::credential::Secret;
-use lablink_core::db::vms;
+use lablink_core::db::{exports, vms};
 use lablink_core::domain::Hostname;
 use serde_json::json;
 
@@ -34,6 +34,7 @@ const BODY_LIMIT: usize = 4 * 1024;
 pub fn router(holder: Arc<Holder>) -> Router {
     Router::new()
         .route("/vm_startup", post(vm_startup))
+        .route("/vm_export", post(vm_export))
         .route("/healthz", get(healthz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(holder)
@@ -73,28 +74,10 @@ async fn vm_startup(
     body: Bytes,
 ) -> Response {
     let cfg = &holder.config;
-    // ---- parse: every refusal is a 4xx and changes nothing
-    let Ok(Query(params)) = params else {
-        return error(StatusCode::BAD_REQUEST, "invalid query string");
+    let (host, token, wait) = match parse_poll(params, headers, body) {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
-    if body.len() > BODY_LIMIT {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is over {BODY_LIMIT} bytes"),
-        );
-    }
-    let parsed: Body_ = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
-    };
-    let host = match Hostname::parse(&parsed.hostname) {
-        Ok(h) => h,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid hostname: {e}")),
-    };
-    // Only what the wait needs is kept: the request's headers and body are dropped
-    // before waiting (a waiter's memory is what 10,000 VMs multiply).
-    let token: Option<String> = bearer(&headers).map(str::to_owned);
-    drop((headers, body));
     let token = token.as_deref();
     if token.is_none() && !cfg.legacy_vm_auth {
         return error(
@@ -102,16 +85,8 @@ async fn vm_startup(
             "a VM credential (Authorization: Bearer) is required",
         );
     }
-    let window = match params.wait.as_deref() {
-        Some(v) => match v.parse::<u64>() {
-            Ok(s) => Duration::from_secs(s).min(cfg.max_wait),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("wait must be whole seconds, got {v:?}"),
-                );
-            }
-        },
+    let window = match wait {
+        Some(w) => w.min(cfg.max_wait),
         // A classic client sleeps 60 s after a 204, so it is held as long as allowed.
         None if token.is_none() => cfg.max_wait,
         None => cfg.default_wait,
@@ -169,6 +144,108 @@ async fn vm_startup(
     match outcome {
         Some(d) => deliver(&holder, host, d),
         None => nothing_yet(),
+    }
+}
+
+/// The common part of both polls: `?wait=`, a bounded `{"hostname"}` body and the bearer
+/// token. Every refusal is a 4xx and changes nothing. Only what the wait needs is kept:
+/// the request's headers and body are dropped before waiting (a waiter's memory is what
+/// 10,000 VMs multiply).
+#[allow(clippy::result_large_err)]
+fn parse_poll(
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(Hostname, Option<String>, Option<Duration>), Response> {
+    let Ok(Query(params)) = params else {
+        return Err(error(StatusCode::BAD_REQUEST, "invalid query string"));
+    };
+    if body.len() > BODY_LIMIT {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {BODY_LIMIT} bytes"),
+        ));
+    }
+    let parsed: Body_ = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
+    let host = Hostname::parse(&parsed.hostname)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid hostname: {e}")))?;
+    let wait = match params.wait.as_deref() {
+        Some(v) => Some(Duration::from_secs(v.parse::<u64>().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("wait must be whole seconds, got {v:?}"),
+            )
+        })?)),
+        None => None,
+    };
+    let token = bearer(&headers).map(str::to_owned);
+    Ok((host, token, wait))
+}
+
+/// `POST /vm_export`: the daemon's second long-poll. It answers 200 with the open
+/// export's task for this VM (its own upload URL, what to collect, the deadline) as soon
+/// as one opens, or 204 when the window ends. Only with the VM's credential.
+async fn vm_export(
+    State(holder): State<Arc<Holder>>,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let cfg = &holder.config;
+    let (host, token, wait) = match parse_poll(params, headers, body) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a VM credential (Authorization: Bearer) is required",
+        );
+    };
+    let window = wait.unwrap_or(cfg.default_wait).min(cfg.max_wait);
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unavailable; retry shortly",
+        )
+    };
+    let Some(client) = holder.link.client().await else {
+        return unavailable();
+    };
+    match timed(vms::credential_hash(&client, &host)).await {
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown VM {host}")),
+        Ok(Some(Some(h))) if h.matches(&Secret::presented(&token)) => {}
+        Ok(Some(_)) => {
+            return error(StatusCode::FORBIDDEN, "this credential is not the one of this VM");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, %host, "export credential look-up failed");
+            return unavailable();
+        }
+    }
+    drop(client);
+    // Subscribe before looking, so an export opened in between rings this bell.
+    let mut bell = holder.exports.subscribe();
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let Some(client) = holder.link.client().await else {
+            return unavailable();
+        };
+        match timed(exports::task_for(&client, &host)).await {
+            Ok(Some(task)) => return (StatusCode::OK, axum::Json(task)).into_response(),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, %host, "export look-up failed");
+                return unavailable();
+            }
+        }
+        drop(client);
+        tokio::select! {
+            r = bell.changed() => if r.is_err() { return nothing_yet() },
+            () = tokio::time::sleep_until(deadline) => return nothing_yet(),
+            () = holder.stop.cancelled() => return nothing_yet(),
+        }
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Holder {
     pub config: HolderConfig,
     pub registry: Arc<Registry>,
     pub link: Arc<Link>,
+    /// Rung when an export opens (and after every reconnect): export waiters re-check.
+    pub exports: Arc<tokio::sync::watch::Sender<u64>>,
     /// Cancelled at shutdown: every waiter answers 204 at once.
     pub stop: CancellationToken,
 }
@@ -127,6 +129,7 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
     let holder = Arc::new(Holder {
         link: Arc::new(Link::default()),
         registry: Arc::new(Registry::default()),
+        exports: Arc::new(tokio::sync::watch::Sender::new(0)),
         stop: CancellationToken::new(),
         config,
     });
@@ -135,6 +138,7 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
         holder.config.heartbeat,
         Arc::clone(&holder.link),
         Arc::clone(&holder.registry),
+        Arc::clone(&holder.exports),
         holder.stop.clone(),
     ));
     let app = http::router(Arc::clone(&holder));

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::{Delivery, Registry};
 
 pub const CHANNEL: &str = "vm_updates";
+use lablink_core::db::exports::CHANNEL as EXPORT_CHANNEL;
 
 /// The connection as the request handlers see it.
 #[derive(Default)]
@@ -76,6 +77,7 @@ pub async fn supervise(
     heartbeat_every: Duration,
     link: Arc<Link>,
     registry: Arc<Registry>,
+    exports: Arc<watch::Sender<u64>>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -86,6 +88,7 @@ pub async fn supervise(
             // Drive the connection: query replies are handled inside; notifications come
             // out here. Ends when the connection breaks.
             let routed = Arc::clone(&registry);
+            let export_bell = Arc::clone(&exports);
             let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
             let driver = tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -100,6 +103,10 @@ pub async fn supervise(
                                 None => tracing::warn!("ignoring a malformed vm_updates payload"),
                             }
                         }
+                        // An export opened: every export waiter looks for its task.
+                        Some(Ok(AsyncMessage::Notification(n))) if n.channel() == EXPORT_CHANNEL => {
+                            export_bell.send_modify(|g| *g += 1);
+                        }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => break e.to_string(),
                         None => break "closed by the server".to_owned(),
@@ -108,7 +115,9 @@ pub async fn supervise(
                 let _ = ended_tx.send(reason);
             });
             let driver = AbortOnDrop(driver);
-            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            client
+                .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {EXPORT_CHANNEL}"))
+                .await?;
             Ok::<_, lablink_core::db::DbError>((Arc::new(client), ended_rx, driver))
         };
         let result = tokio::select! {
@@ -122,6 +131,8 @@ pub async fn supervise(
                 tracing::info!(generation = link.generation(), "listening on {CHANNEL}");
                 backoff = Duration::from_millis(100);
                 recheck_waiters(&client, &registry).await;
+                // Export waiters re-check too: an export opened during the gap.
+                exports.send_modify(|g| *g += 1);
                 let reason = tokio::select! {
                     r = ended => r.unwrap_or_else(|_| "connection task ended".into()),
                     r = heartbeat(&client, heartbeat_every) => r,

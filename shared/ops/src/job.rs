@@ -66,6 +66,8 @@ impl From<JobId> for String {
 pub enum JobKind {
     Launch { num_vms: u32 },
     Destroy,
+    /// Collect the participants' result files from every assigned VM into one zip.
+    Export,
 }
 
 impl JobKind {
@@ -75,6 +77,7 @@ impl JobKind {
                 format!("launch {num_vms} VM{}", if *num_vms == 1 { "" } else { "s" })
             }
             JobKind::Destroy => "destroy the fleet".into(),
+            JobKind::Export => "export the participants' data".into(),
         }
     }
 }
@@ -117,6 +120,17 @@ pub struct JobVm {
     pub instance_id: String,
 }
 
+/// An export's download.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportOutcome {
+    /// `lablink_data<timestamp>.zip`.
+    pub file: String,
+    pub files: u64,
+    /// The files' bytes, and the zip's.
+    pub bytes: u64,
+    pub zip_bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
@@ -143,6 +157,9 @@ pub struct Job {
     /// Failed: the reason, with the provider's error text.
     #[serde(default)]
     pub error: Option<String>,
+    /// Export: the zip, once assembled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportOutcome>,
     /// Optimistic concurrency: every stored change increments it.
     #[serde(default)]
     pub version: u64,
@@ -166,6 +183,7 @@ impl Job {
                 message: format!("queued: {}", kind.label()),
             }],
             error: None,
+            export: None,
             version: 0,
         }
     }

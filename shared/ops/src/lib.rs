@@ -14,7 +14,7 @@ pub mod store;
 
 use chrono::{DateTime, Duration, Utc};
 
-pub use job::{Job, JobEvent, JobId, JobKind, JobState, JobVm};
+pub use job::{ExportOutcome, Job, JobEvent, JobId, JobKind, JobState, JobVm};
 pub use store::{JobStore, Lock, StoreError};
 
 /// How long the fleet lock holds without its job finishing (a provisioner run lasts at

@@ -1,4 +1,4 @@
-//! The provisioner: runs launch and destroy jobs. Triggered by the jobs table's stream on
+//! The provisioner: runs launch, destroy and export jobs. Triggered by the jobs table's stream on
 //! AWS (the `provisioner` Lambda) or by the embedded store's channel locally; either may
 //! deliver a job more than once, and [`Provisioner::process`] is safe to run again:
 //!
@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use lablink_core::credential::Secret;
-use lablink_core::db::{Db, fleet};
+use lablink_core::db::{Db, exports, fleet};
+use lablink_export::{ExportStorage, VmPart};
 use lablink_core::domain::{Hostname, Phase};
 use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, JobVm, Lock, StoreError};
 
@@ -54,6 +55,74 @@ pub struct Provisioner {
     pub db: Arc<Db>,
     /// Hostnames are `<prefix>-vm-<n>`.
     pub hostname_prefix: String,
+    /// Where data exports go; `None`: export jobs fail saying so.
+    pub exports: Option<Exporter>,
+}
+
+/// Data export's storage and settings.
+pub struct Exporter {
+    pub storage: Arc<dyn ExportStorage>,
+    pub settings: ExportSettings,
+}
+
+/// What every VM collects, and how long the job waits for the VMs' answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSettings {
+    /// Extensions without the dot (`slp`).
+    pub extensions: Vec<String>,
+    pub max_file_bytes: i64,
+    /// The VMs' deadline, from the export's start. The rest of the attempt's lease is
+    /// for the assembly (docs/performance.md: how much that is).
+    pub wait: std::time::Duration,
+}
+
+impl ExportSettings {
+    /// `LABLINK_EXPORT_EXTENSIONS` (comma-separated, default `slp`),
+    /// `LABLINK_EXPORT_MAX_FILE_MB` (default 2048), `LABLINK_EXPORT_WAIT_SECONDS` (default
+    /// 300, at most 600 so the assembly keeps most of the attempt's 14 minutes).
+    pub fn read(s: &mut lablink_core::config::Settings) -> Self {
+        let d = Self::default();
+        let extensions = s
+            .optional_with(
+                "LABLINK_EXPORT_EXTENSIONS",
+                "comma-separated file extensions like slp,h5 (letters and digits)",
+                |v: &str| {
+                    let list: Vec<String> = v
+                        .split(',')
+                        .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    if list.is_empty() {
+                        Err("no extension".to_owned())
+                    } else if let Some(bad) = list
+                        .iter()
+                        .find(|e| e.len() > 16 || !e.chars().all(|c| c.is_ascii_alphanumeric()))
+                    {
+                        Err(format!("{bad:?} is not an extension"))
+                    } else {
+                        Ok(list)
+                    }
+                },
+            )
+            .unwrap_or(d.extensions);
+        let mb: i64 = s.ranged("LABLINK_EXPORT_MAX_FILE_MB", 2048, 1, 5 * 1024 * 1024);
+        let wait: u64 = s.ranged("LABLINK_EXPORT_WAIT_SECONDS", 300, 1, 600);
+        Self {
+            extensions,
+            max_file_bytes: mb * 1024 * 1024,
+            wait: std::time::Duration::from_secs(wait),
+        }
+    }
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        Self {
+            extensions: vec!["slp".into()],
+            max_file_bytes: 2048 * 1024 * 1024,
+            wait: std::time::Duration::from_secs(300),
+        }
+    }
 }
 
 /// A step's failure: the message shown on the job page.
@@ -103,6 +172,7 @@ impl Provisioner {
         let result = match job.kind {
             JobKind::Launch { num_vms } => self.launch(&mut job, num_vms).await,
             JobKind::Destroy => self.destroy(&mut job).await,
+            JobKind::Export => self.export(&mut job).await,
         };
         let result = match result {
             Ok(r) => r,
@@ -272,6 +342,107 @@ impl Provisioner {
             }
         }
         Ok(Failed(reason))
+    }
+
+    /// Export: open the export for every assigned VM (each gets its own upload URL
+    /// through the holder), wait until all have answered or the deadline passes, then
+    /// assemble their archives into one zip. A retried job resumes where the export is.
+    async fn export(&self, job: &mut Job) -> Result<Result<String, Failed>, ProvisionError> {
+        let Some(ex) = &self.exports else {
+            return Ok(Err(Failed(
+                "data export is not configured here (no export bucket)".into(),
+            )));
+        };
+        let id = job.id.as_str().to_owned();
+        let client = self.db.client().await?;
+        if exports::state(&client, &id).await?.is_none() {
+            let targets = exports::targets(&client).await?;
+            // Upload URLs outlive the deadline a little: an upload that started in time
+            // may finish (it is then refused as late, and the VM listed unreachable).
+            let ttl = ex.settings.wait + std::time::Duration::from_secs(600);
+            let mut vms = Vec::with_capacity(targets.len());
+            for t in targets {
+                match ex.storage.upload_url(&id, &t.hostname, ttl).await {
+                    Ok(url) => vms.push((t, url)),
+                    Err(e) => return Ok(Err(Failed(e.to_string()))),
+                }
+            }
+            let deadline = Utc::now() + Duration::from_std(ex.settings.wait).unwrap_or(Duration::minutes(5));
+            let spec = exports::ExportSpec {
+                extensions: ex.settings.extensions.clone(),
+                max_file_bytes: ex.settings.max_file_bytes,
+                deadline,
+            };
+            exports::start(&client, &id, &spec, &vms).await?;
+            self.progress(
+                job,
+                format!(
+                    "asked {} VM(s) with a participant for their .{} files; waiting until {} UTC",
+                    vms.len(),
+                    spec.extensions.join(", ."),
+                    deadline.format("%H:%M:%S")
+                ),
+            )
+            .await?;
+        }
+        // Wait for the answers (a retried job comes here with the export already open).
+        loop {
+            let Some((state, deadline)) = exports::state(&client, &id).await? else {
+                return Ok(Err(Failed("the export's record vanished".into())));
+            };
+            if state != "collecting"
+                || Utc::now() >= deadline
+                || exports::outstanding(&client, &id).await? == 0
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let late = exports::close(&client, &id).await?;
+        let progress = exports::progress(&client, &id).await?;
+        let count = |s: &str| progress.iter().filter(|p| p.state == s).count();
+        self.progress(
+            job,
+            format!(
+                "collected: {} sent files, {} had none, {} failed, {} unreachable{}; assembling the zip",
+                count("done"),
+                count("no_files"),
+                count("failed"),
+                count("unreachable"),
+                if late > 0 { " (no answer by the deadline)" } else { "" }
+            ),
+        )
+        .await?;
+        let parts = progress
+            .into_iter()
+            .map(|p| VmPart {
+                hostname: p.hostname,
+                email: p.email,
+                state: p.state,
+                detail: p.detail,
+            })
+            .collect();
+        let name = lablink_export::zip_name(job.created_at);
+        let assembled = lablink_export::assemble(Arc::clone(&ex.storage), id.clone(), name.clone(), parts, Utc::now()).await;
+        match assembled {
+            Ok(sum) => {
+                exports::finish(&client, &id, true).await?;
+                job.export = Some(lablink_ops::ExportOutcome {
+                    file: name.clone(),
+                    files: sum.files,
+                    bytes: sum.bytes,
+                    zip_bytes: sum.zip_bytes,
+                });
+                Ok(Ok(format!(
+                    "exported {} file(s), {} bytes, {} skipped: {name} ({} bytes)",
+                    sum.files, sum.bytes, sum.skipped, sum.zip_bytes
+                )))
+            }
+            Err(e) => {
+                exports::finish(&client, &id, false).await?;
+                Ok(Err(Failed(e.to_string())))
+            }
+        }
     }
 
     async fn destroy(&self, job: &mut Job) -> Result<Result<String, Failed>, ProvisionError> {

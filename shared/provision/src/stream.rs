@@ -11,7 +11,7 @@ use lablink_ops::dynamo::DynamoJobStore;
 use serde_json::Value;
 
 use crate::ec2::{Ec2Compute, Ec2Settings};
-use crate::{Processed, ProvisionError, Provisioner};
+use crate::{ExportSettings, Exporter, Processed, ProvisionError, Provisioner};
 
 /// Everything the provisioner Lambda reads from its environment.
 #[derive(Debug, Clone)]
@@ -19,6 +19,9 @@ pub struct ProvisionerConfig {
     pub db: DbConfig,
     pub jobs_table: String,
     pub ec2: Ec2Settings,
+    /// `LABLINK_EXPORT_BUCKET`: the data-export bucket (unset: exports fail saying so).
+    pub export_bucket: Option<String>,
+    pub export: ExportSettings,
 }
 
 fn list(v: &str) -> Vec<String> {
@@ -89,8 +92,15 @@ impl ProvisionerConfig {
             .raw("LABLINK_DAEMON_URL")
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
+        let export_bucket = s
+            .raw("LABLINK_EXPORT_BUCKET")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        let export = ExportSettings::read(s);
         let deployment = deployment?;
         Some(Self {
+            export_bucket,
+            export,
             db: db?,
             jobs_table: jobs_table?,
             ec2: Ec2Settings {
@@ -175,6 +185,12 @@ impl ProvisionerRuntime {
             )),
             db: self.db.clone(),
             hostname_prefix: self.config.ec2.deployment.clone(),
+            // The bucket is the deployment's own: always the function's role, never
+            // the admin's stored credentials (those may be another account's).
+            exports: self.config.export_bucket.as_ref().map(|bucket| Exporter {
+                storage: Arc::new(lablink_export::S3Storage::new(&self.sdk, bucket)),
+                settings: self.config.export.clone(),
+            }),
         };
         let mut out = Vec::new();
         for id in ids {

@@ -5,6 +5,7 @@
 //! and a connection that died between invocations is replaced on the next call.
 
 pub mod admin;
+pub mod exports;
 mod connect;
 pub mod fleet;
 pub mod logs;

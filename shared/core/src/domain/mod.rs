@@ -3,6 +3,7 @@
 //! Postgres or AWS.
 
 mod crd;
+pub mod export;
 mod email;
 mod hostname;
 mod pin;

@@ -1,0 +1,259 @@
+//! Data export's side of Postgres: which VMs an export asks, the upload URL made for each,
+//! and how far each got. The export job itself is in the job store; the holder reads
+//! [`task_for`] to answer a VM's export long-poll, woken by `NOTIFY vm_exports`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::DbError;
+use crate::domain::Hostname;
+
+/// The channel [`start`] notifies (payload: the job id); the holder listens on it.
+pub const CHANNEL: &str = "vm_exports";
+
+/// What every VM of an export collects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExportSpec {
+    /// File extensions without the dot, compared case-insensitively (`slp`).
+    pub extensions: Vec<String>,
+    /// Larger files are skipped and listed.
+    pub max_file_bytes: i64,
+    /// VMs that have not answered by then are reported unreachable.
+    pub deadline: DateTime<Utc>,
+}
+
+/// A VM an export asks: every VM with a participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub hostname: Hostname,
+    pub email: Option<String>,
+}
+
+/// The assigned VMs (the ones with a participant's results), by hostname.
+pub async fn targets(client: &Client) -> Result<Vec<Target>, DbError> {
+    let rows = client
+        .query(
+            "SELECT hostname, user_email FROM vms WHERE user_email IS NOT NULL ORDER BY hostname",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            Ok(Target {
+                hostname: Hostname::parse(&name).map_err(|e| DbError::Corrupt(format!("hostname {name}: {e}")))?,
+                email: r.get(1),
+            })
+        })
+        .collect()
+}
+
+/// Open export `job_id` for `vms` (hostname, email, that VM's upload URL) and wake the
+/// holder's export waiters, in one statement. False when the export was opened before (a
+/// retried job): nothing changes. An export abandoned while collecting (its job died and
+/// was never retried) is failed first, so it cannot block this one.
+pub async fn start(client: &Client, job_id: &str, spec: &ExportSpec, vms: &[(Target, String)]) -> Result<bool, DbError> {
+    client
+        .execute(
+            "UPDATE exports SET state = 'failed'
+             WHERE state = 'collecting' AND job_id <> $1 AND deadline < now() - interval '15 minutes'",
+            &[&job_id],
+        )
+        .await?;
+    let hosts: Vec<&str> = vms.iter().map(|(t, _)| t.hostname.as_str()).collect();
+    let emails: Vec<Option<&str>> = vms.iter().map(|(t, _)| t.email.as_deref()).collect();
+    let urls: Vec<&str> = vms.iter().map(|(_, u)| u.as_str()).collect();
+    let row = client
+        .query_one(
+            "WITH e AS (
+                 INSERT INTO exports (job_id, state, extensions, max_file_bytes, deadline)
+                 VALUES ($1, 'collecting', $2, $3, $4) ON CONFLICT (job_id) DO NOTHING
+                 RETURNING job_id),
+             v AS (
+                 INSERT INTO export_vms (job_id, hostname, email, state, upload_url)
+                 SELECT e.job_id, t.h, t.em, 'waiting', t.u
+                 FROM e, unnest($5::text[], $6::text[], $7::text[]) AS t(h, em, u)
+                 RETURNING 1),
+             n AS (SELECT pg_notify('vm_exports', job_id) FROM e)
+             SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM v), (SELECT count(*) FROM n)",
+            &[&job_id, &spec.extensions, &spec.max_file_bytes, &spec.deadline, &hosts, &emails, &urls],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) == 1)
+}
+
+/// What the holder hands a VM: the open export and the URL for this VM's archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Task {
+    pub job_id: String,
+    pub upload_url: String,
+    pub extensions: Vec<String>,
+    pub max_file_bytes: i64,
+    pub deadline: DateTime<Utc>,
+}
+
+/// The open export `host` still has to answer, if any.
+pub async fn task_for(client: &Client, host: &Hostname) -> Result<Option<Task>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT e.job_id, v.upload_url, e.extensions, e.max_file_bytes, e.deadline
+             FROM exports e JOIN export_vms v ON v.job_id = e.job_id
+             WHERE e.state = 'collecting' AND e.deadline > now()
+               AND v.hostname = $1 AND v.state IN ('waiting', 'uploading')",
+            &[&host.as_str()],
+        )
+        .await?;
+    Ok(row.map(|r| Task {
+        job_id: r.get(0),
+        upload_url: r.get(1),
+        extensions: r.get(2),
+        max_file_bytes: r.get(3),
+        deadline: r.get(4),
+    }))
+}
+
+/// A VM's report on its part of an export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// It started sending its archive.
+    Uploading,
+    /// Its archive is uploaded.
+    Done { files: i64, bytes: i64, skipped: i64 },
+    /// It has no matching file (its archive, with the manifest of skipped files, is
+    /// uploaded all the same).
+    NoFiles { skipped: i64 },
+    /// It could not take part (its reason, shown to the admin).
+    Failed { detail: String },
+}
+
+/// Why a report was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The VM is not part of this export.
+    NotFound,
+    /// The export is no longer collecting, or the VM's answer is already final.
+    Closed,
+}
+
+/// Record `host`'s report for `job_id` while the export collects and the VM's answer is
+/// not final. One statement.
+pub async fn report(client: &Client, job_id: &str, host: &Hostname, report: &Report) -> Result<Result<(), Refused>, DbError> {
+    let (state, files, bytes, skipped, detail) = match report {
+        Report::Uploading => ("uploading", 0, 0, 0, None),
+        Report::Done { files, bytes, skipped } => ("done", *files, *bytes, *skipped, None),
+        Report::NoFiles { skipped } => ("no_files", 0, 0, *skipped, None),
+        Report::Failed { detail } => ("failed", 0, 0, 0, Some(detail.as_str())),
+    };
+    let n = client
+        .execute(
+            "UPDATE export_vms v SET state = $3, files = $4, bytes = $5, skipped = $6, detail = $7, updated_at = now()
+             FROM exports e
+             WHERE e.job_id = v.job_id AND e.state = 'collecting'
+               AND v.job_id = $1 AND v.hostname = $2 AND v.state IN ('waiting', 'uploading')",
+            &[&job_id, &host.as_str(), &state, &files, &bytes, &skipped, &detail],
+        )
+        .await?;
+    if n == 1 {
+        return Ok(Ok(()));
+    }
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM export_vms WHERE job_id = $1 AND hostname = $2",
+            &[&job_id, &host.as_str()],
+        )
+        .await?
+        .is_some();
+    Ok(Err(if exists { Refused::Closed } else { Refused::NotFound }))
+}
+
+/// One VM's part of an export, as the job page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmProgress {
+    pub hostname: String,
+    pub email: Option<String>,
+    pub state: String,
+    pub files: i64,
+    pub bytes: i64,
+    pub skipped: i64,
+    pub detail: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every VM of `job_id`, by hostname.
+pub async fn progress(client: &Client, job_id: &str) -> Result<Vec<VmProgress>, DbError> {
+    let rows = client
+        .query(
+            "SELECT hostname, email, state, files, bytes, skipped, detail, updated_at
+             FROM export_vms WHERE job_id = $1 ORDER BY hostname",
+            &[&job_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| VmProgress {
+            hostname: r.get(0),
+            email: r.get(1),
+            state: r.get(2),
+            files: r.get(3),
+            bytes: r.get(4),
+            skipped: r.get(5),
+            detail: r.get(6),
+            updated_at: r.get(7),
+        })
+        .collect())
+}
+
+/// The export's own state and deadline, if it was opened.
+pub async fn state(client: &Client, job_id: &str) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT state, deadline FROM exports WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// How many VMs of `job_id` have not answered finally yet.
+pub async fn outstanding(client: &Client, job_id: &str) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM export_vms WHERE job_id = $1 AND state IN ('waiting', 'uploading')",
+            &[&job_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Stop collecting: late reports are refused from now on, and VMs that have not answered
+/// are unreachable (in that order, so no report slips in between). Returns how many VMs
+/// were marked unreachable.
+pub async fn close(client: &Client, job_id: &str) -> Result<u64, DbError> {
+    client
+        .execute(
+            "UPDATE exports SET state = 'assembling' WHERE job_id = $1 AND state = 'collecting'",
+            &[&job_id],
+        )
+        .await?;
+    Ok(client
+        .execute(
+            "UPDATE export_vms SET state = 'unreachable', updated_at = now(),
+                 detail = CASE state WHEN 'uploading' THEN 'its upload did not finish by the deadline'
+                                     ELSE 'no answer by the deadline (daemon stopped or VM off?)' END
+             WHERE job_id = $1 AND state IN ('waiting', 'uploading')",
+            &[&job_id],
+        )
+        .await?)
+}
+
+/// The export ended (`done` or `failed`).
+pub async fn finish(client: &Client, job_id: &str, ok: bool) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE exports SET state = $2 WHERE job_id = $1",
+            &[&job_id, &if ok { "done" } else { "failed" }],
+        )
+        .await?;
+    Ok(())
+}

@@ -17,6 +17,8 @@ FIXTURE_VM_TOKEN = "fixture-credential-of-lablink-vm-test-1-not-a-secret"
 OTHER_VM_TOKEN = "fixture-credential-of-lablink-vm-test-2-not-a-secret"
 FIXTURE_SESSION_KEY = "ab" * 32
 CODE = "4/0AanRJrjkgQxYzFixtureCode_-123"
+OPEN_EXPORT = "20261123T110000Z-0e0e0e01"
+DONE_EXPORT = "20261123T100000Z-0d0d0d02"
 PASTED = ('DISPLAY= /opt/google/chrome-remote-desktop/start-host --code="%s" '
           '--redirect-url="https://remotedesktop.google.com/_/oauthredirect" --name=$(hostname)' % CODE)
 
@@ -215,6 +217,19 @@ def fixtures():
         "/api/admin/unset-aws-credentials", headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf()}))
     yield "unset-aws-credentials", "invalid-no-csrf", event("POST", "/api/admin/unset-aws-credentials",
         "/api/admin/unset-aws-credentials", headers=FORM, cookies=ADMIN, body="")
+
+    # Data export: the fixture database has export OPEN_EXPORT asking HOST; DONE_EXPORT
+    # is finished with a zip.
+    yield "scp-client", "valid", event("GET", "/api/scp-client", "/api/scp-client", cookies=ADMIN)
+    yield "scp-client", "invalid-no-session", event("GET", "/api/scp-client", "/api/scp-client")
+    yield "vm-export", "valid", event("POST", "/api/vm-export/" + HOST, "/api/vm-export/{hostname}",
+        path_params=hp, headers=vm(), body=j({"job_id": OPEN_EXPORT, "state": "uploading"}))
+    yield "vm-export", "invalid-state", event("POST", "/api/vm-export/" + HOST, "/api/vm-export/{hostname}",
+        path_params=hp, headers=vm(), body=j({"job_id": OPEN_EXPORT, "state": "finished-maybe"}))
+    yield "export-download", "valid", event("GET", "/api/exports/%s/download" % DONE_EXPORT,
+        "/api/exports/{id}/download", path_params={"id": DONE_EXPORT}, cookies=ADMIN)
+    yield "export-download", "invalid-id", event("GET", "/api/exports/..%2F/download",
+        "/api/exports/{id}/download", path_params={"id": "../"}, cookies=ADMIN)
 
 
 def stream_record(event_name, job_id, state):

@@ -82,7 +82,10 @@ impl Api {
 
     /// A long-poll on the holder's `path` (`{"hostname"}`, held up to the window):
     /// status, body and URL.
-    pub(crate) async fn holder_post(&self, path: &str) -> Result<(reqwest::StatusCode, String, String), ApiError> {
+    pub(crate) async fn holder_post(
+        &self,
+        path: &str,
+    ) -> Result<(reqwest::StatusCode, String, String), ApiError> {
         let url = format!(
             "{}?wait={}",
             Self::url(&self.holder, path),

@@ -112,8 +112,14 @@ pub async fn run_task(cfg: &Config, api: &Api, task: &Task) {
 }
 
 async fn collect_and_upload(cfg: &Config, api: &Api, task: &Task) -> Result<Collected, String> {
-    let archive = cfg.state_dir.join(format!("export-{}.tar.partial", safe(&task.job_id)));
-    let (dir, exts, max) = (cfg.export_dir.clone(), task.extensions.clone(), task.max_file_bytes);
+    let archive = cfg
+        .state_dir
+        .join(format!("export-{}.tar.partial", safe(&task.job_id)));
+    let (dir, exts, max) = (
+        cfg.export_dir.clone(),
+        task.extensions.clone(),
+        task.max_file_bytes,
+    );
     let out = archive.clone();
     let collected = tokio::task::spawn_blocking(move || write_archive(&dir, &exts, max, &out))
         .await
@@ -133,7 +139,13 @@ async fn collect_and_upload(cfg: &Config, api: &Api, task: &Task) -> Result<Coll
 
 fn safe(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -379,7 +391,14 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), r.join("linked-dir")).unwrap();
         let out = outside.path().join("a.tar");
         let c = write_archive(r, &["slp".into()], 1000, &out).unwrap();
-        assert_eq!(c, Collected { files: 2, bytes: 14, skipped: 2 });
+        assert_eq!(
+            c,
+            Collected {
+                files: 2,
+                bytes: 14,
+                skipped: 2
+            }
+        );
 
         let mut names = Vec::new();
         let mut manifest = None;
@@ -401,9 +420,19 @@ mod tests {
         let m = manifest.expect("the manifest is in the archive");
         let top = m.files.iter().find(|f| f.path == "labels.slp").unwrap();
         assert_eq!(top.sha256, hex::encode(Sha256::digest(b"top")));
-        let reasons: Vec<(&str, &str)> = m.skipped.iter().map(|s| (s.path.as_str(), s.reason.as_str())).collect();
-        assert!(reasons.contains(&("big.slp", "over the 1000-byte limit")), "{reasons:?}");
-        assert!(reasons.contains(&("link.slp", "symbolic link (not followed)")), "{reasons:?}");
+        let reasons: Vec<(&str, &str)> = m
+            .skipped
+            .iter()
+            .map(|s| (s.path.as_str(), s.reason.as_str()))
+            .collect();
+        assert!(
+            reasons.contains(&("big.slp", "over the 1000-byte limit")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.contains(&("link.slp", "symbolic link (not followed)")),
+            "{reasons:?}"
+        );
     }
 
     #[test]

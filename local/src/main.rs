@@ -23,13 +23,16 @@ use clap::{Parser, Subcommand};
 use lablink_core::credential::Secret;
 use lablink_core::db::{self, Db, DbConfig, fleet, vms};
 use lablink_core::domain::{Hostname, VmStatus};
+use lablink_export::LocalStorage;
 use lablink_ops::pg::PgJobStore;
 use lablink_ops::{Job, JobId, JobKind, JobStore};
-use lablink_provision::Provisioner;
 use lablink_provision::local::{LocalCompute, LocalSettings};
+use lablink_provision::{ExportSettings, Exporter, Provisioner};
 use lablink_web::auth::SessionKey;
 use lablink_web::state::{AdminAuth, AdminSource};
 use lablink_web::{AppConfig, AppState};
+
+mod upload;
 
 #[derive(Parser)]
 #[command(name = "lablink-local", version, about)]
@@ -224,11 +227,29 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         state_dir: state_dir.join("vms"),
         extra_env: vec![("RUST_LOG".into(), "info".into())],
     }));
+    // Data exports: VM archives and zips under the state dir, uploaded through this
+    // server's own signed upload URLs.
+    let mut upload_key = vec![0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut upload_key);
+    let export_storage = Arc::new(LocalStorage {
+        dir: state_dir.clone(),
+        base_url: api_url.clone(),
+        key: upload_key,
+    });
+    let export_settings = {
+        let mut s = lablink_core::config::Settings::from_env();
+        let e = ExportSettings::read(&mut s);
+        s.finish(|| e).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
     let provisioner = Arc::new(Provisioner {
         store: Arc::clone(&store),
         compute: compute.clone(),
         db: Arc::clone(&db),
         hostname_prefix: "local".into(),
+        exports: Some(Exporter {
+            storage: export_storage.clone(),
+            settings: export_settings,
+        }),
     });
     // The stream's stand-in: every inserted job, and any left unfinished by a previous run.
     for j in store.recent(100).await? {
@@ -256,18 +277,35 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         jobs_table: None,
         max_vms: cli.max_vms,
         deployment: "local".into(),
+        export_bucket: None,
     };
-    let state = Arc::new(AppState::new(config).with_local_jobs(
-        Arc::clone(&store),
-        "local VMs (client-daemon processes on this machine)",
-    ));
-    let holder_url = format!("http://{}/vm_startup", holder.addr);
+    let state = Arc::new(
+        AppState::new(config)
+            .with_local_jobs(
+                Arc::clone(&store),
+                "local VMs (client-daemon processes on this machine)",
+            )
+            .with_export_storage(export_storage.clone()),
+    );
     let http = reqwest::Client::new();
-    let app = lablink_web::local::router(state).route(
-        "/vm_startup",
-        axum::routing::post(move |req: axum::extract::Request| {
-            let (http, url) = (http.clone(), holder_url.clone());
-            async move { pass_to_holder(&http, &url, req).await }
+    let mut app = lablink_web::local::router(state);
+    // The VMs' long-polls go to the holder, as behind API Gateway.
+    for path in ["/vm_startup", "/vm_export"] {
+        let url = format!("http://{}{path}", holder.addr);
+        let http = http.clone();
+        app = app.route(
+            path,
+            axum::routing::post(move |req: axum::extract::Request| {
+                let (http, url) = (http.clone(), url.clone());
+                async move { pass_to_holder(&http, &url, req).await }
+            }),
+        );
+    }
+    let app = app.route(
+        "/local-export/{job}/{host}",
+        axum::routing::put({
+            let storage = export_storage.clone();
+            move |path, query, body| upload::put_archive(Arc::clone(&storage), path, query, body)
         }),
     );
     let listener = tokio::net::TcpListener::bind(api_addr)

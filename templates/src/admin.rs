@@ -33,7 +33,9 @@ th{font-size:.8rem;text-transform:uppercase;color:#5a6275}
 .pill{display:inline-block;padding:.05rem .5rem;border-radius:1rem;font-size:.8rem;font-weight:600;background:#e3e6ec}
 .pill.running,.pill.succeeded,.pill.Healthy{background:#d1f0dc;color:#14532d}
 .pill.initializing,.pill.queued{background:#fdf1c7;color:#6b4e00}
-.pill.error,.pill.failed,.pill.Unhealthy{background:#fbd5d5;color:#8a1c1c}
+.pill.error,.pill.failed,.pill.Unhealthy,.pill.unreachable{background:#fbd5d5;color:#8a1c1c}
+.pill.done{background:#d1f0dc;color:#14532d}
+.pill.waiting,.pill.uploading{background:#fdf1c7;color:#6b4e00}
 .pill.unknown{background:#e3e6ec}
 pre.log{background:#11151c;color:#d8dee9;padding:.8rem;border-radius:.4rem;height:32rem;overflow:auto;font-size:.82rem;white-space:pre-wrap;word-break:break-all;margin:0}
 code{font-family:ui-monospace,Menlo,Consolas,monospace}
@@ -175,6 +177,7 @@ pub fn home_page(h: &Home<'_>) -> Markup {
                     }
                 }
             }
+            (export_card())
             div.card {
                 h2 style="font-size:1.1rem;margin-top:0" { "Recent jobs" }
                 @if h.jobs.is_empty() { p.hint { "No jobs yet. " a href="/admin/create" { "Launch VMs" } "." } }
@@ -197,6 +200,22 @@ pub fn home_page(h: &Home<'_>) -> Markup {
             }
         },
     )
+}
+
+/// The "Export data" button: a GET form to the classic `/api/scp-client`, which starts an
+/// export (or joins the running one) and leads to its job page.
+fn export_card() -> Markup {
+    html! {
+        div.card {
+            h2 style="font-size:1.1rem;margin-top:0" { "Data export" }
+            p.hint { "Collects the participants' result files from every assigned VM into one zip, "
+                     "with a manifest. VMs that do not answer in time are listed as unreachable." }
+            form method="get" action="/api/scp-client" #export-form {
+                button type="submit" { "Export data" }
+            }
+            script { (PreEscaped(ONCE_JS)) }
+        }
+    }
 }
 
 pub struct Create<'a> {
@@ -336,6 +355,7 @@ pub fn instances_page(session: &Session<'_>, vms: &[VmRow<'_>]) -> Markup {
                     }
                 }
             }
+            (export_card())
             script { (PreEscaped(REFRESH_JS)) }
         },
     )
@@ -392,6 +412,7 @@ pub fn job_page(session: &Session<'_>, job_id: &str) -> Markup {
                 h2 style="font-size:1.05rem" { "Progress" }
                 ol #events {}
                 div #vms {}
+                div #export {}
             }
             p { a href="/admin" { "Back to the dashboard" } " · " a href="/admin/instances" { "Instances" } }
             script { (PreEscaped(JOB_JS)) }
@@ -405,7 +426,7 @@ function text(el,t){el.textContent=t;}
 function poll(){fetch('/api/jobs/'+encodeURIComponent(id),{cache:'no-store',credentials:'same-origin'})
 .then(function(r){return r.ok?r.json():null}).then(function(j){if(!j)return;
 var s=document.getElementById('state');text(s,j.state);s.className='pill '+j.state;
-text(document.getElementById('what'),j.kind==='launch'?('launch '+j.num_vms+' VM(s)'):'destroy the fleet');
+text(document.getElementById('what'),j.kind==='launch'?('launch '+j.num_vms+' VM(s)'):j.kind==='export'?'export the participants\' data':'destroy the fleet');
 var ol=document.getElementById('events');ol.innerHTML='';
 (j.events||[]).forEach(function(e){var li=document.createElement('li');
 li.textContent=new Date(e.at).toLocaleTimeString()+' '+e.message;ol.appendChild(li);});
@@ -413,6 +434,15 @@ var err=document.getElementById('error');if(j.error){err.hidden=false;text(err,j
 var v=document.getElementById('vms');v.innerHTML='';
 if((j.vms||[]).length){var t=document.createElement('p');
 t.textContent='VMs: '+j.vms.map(function(x){return x.hostname+' ('+x.instance_id+')'}).join(', ');v.appendChild(t);}
+var ex=document.getElementById('export');ex.innerHTML='';
+if(j.kind==='export'){var t=document.createElement('table');t.id='export-vms';
+var h=t.createTHead().insertRow();['VM','Participant','State','Files','Bytes','Note'].forEach(function(c){var th=document.createElement('th');th.textContent=c;h.appendChild(th);});
+var b=t.createTBody();(j.export_vms||[]).forEach(function(v){var r=b.insertRow();r.dataset.hostname=v.hostname;
+[v.hostname,v.email||'',v.state.replace('_',' '),String(v.files),String(v.bytes),v.detail||(v.skipped?v.skipped+' skipped':'')].forEach(function(c,i){
+var td=r.insertCell();if(i===2){var s=document.createElement('span');s.className='pill '+v.state;s.textContent=c;td.appendChild(s);}else{td.textContent=c;}});});
+ex.appendChild(t);if(j.download_url&&j.export){var p=document.createElement('p');var a=document.createElement('a');
+a.href=j.download_url;a.id='download';a.textContent='Download '+j.export.file;p.appendChild(a);
+p.appendChild(document.createTextNode(' ('+j.export.files+' files, '+j.export.zip_bytes+' bytes)'));ex.appendChild(p);}}
 if(j.state!=='succeeded'&&j.state!=='failed'){setTimeout(poll,1500);}}).catch(function(){setTimeout(poll,3000);});}
 poll();})();
 "#;

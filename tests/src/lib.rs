@@ -290,6 +290,17 @@ impl LocalStack {
         vms: u32,
         admin: (&str, &str),
     ) -> anyhow::Result<Self> {
+        Self::start_with(db_url, state_dir, vms, admin, &[]).await
+    }
+
+    /// [`LocalStack::start`] with extra environment (`LABLINK_EXPORT_*` settings).
+    pub async fn start_with(
+        db_url: &str,
+        state_dir: &Path,
+        vms: u32,
+        admin: (&str, &str),
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let (port, holder_port) = (free_port(), free_port());
         let mut child = Command::new(workspace_bin("lablink-local")?)
             .args(["--port", &port.to_string()])
@@ -300,6 +311,7 @@ impl LocalStack {
             .env("DATABASE_URL", db_url)
             .env("LABLINK_ADMIN_USER", admin.0)
             .env("LABLINK_ADMIN_PASSWORD", admin.1)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -347,6 +359,40 @@ impl LocalStack {
             (v["count"] == n).then_some(())
         })
         .await
+    }
+
+    /// The local VMs: (hostname, its state dir), once enrolled.
+    pub fn vms(&self) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(self.state_dir.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let host = std::fs::read_to_string(e.path().join("hostname")).ok()?;
+                Some((host.trim().to_owned(), e.path()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Kill the client daemon whose state dir is `dir` (as a crashed or stopped daemon).
+    pub fn kill_daemon(&self, dir: &Path) -> anyhow::Result<()> {
+        let needle = format!("LABLINK_STATE_DIR={}", dir.display());
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                // SAFETY: signalling a process this test's runner started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return Ok(());
+            }
+        }
+        bail!("no daemon runs with {needle}")
     }
 
     /// Ctrl-C, as a person stops it; its exit status.

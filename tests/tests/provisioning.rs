@@ -67,6 +67,8 @@ async fn world(subnet_override: Option<&str>) -> World {
             log_group: format!("lablink-cloud-init-{deployment}"),
             daemon_url: None,
         },
+        export_bucket: None,
+        export: Default::default(),
     };
     let rt = Arc::new(ProvisionerRuntime::with_sdk(config, sdk));
     World {
@@ -126,6 +128,7 @@ fn state_for(w: &World) -> AppState {
         jobs_table: None,
         max_vms: 50,
         deployment: w.deployment.clone(),
+        export_bucket: None,
     };
     AppState::new(config)
 }

@@ -41,12 +41,15 @@ async fn fixture_db() -> TestDb {
 async fn jobs_table(name: &str) {
     let client = lablink_ops::dynamo::Client::new(&moto::sdk_config());
     lablink_ops::dynamo::create_table(&client, name).await.unwrap();
-    fixtures::seed_job(&lablink_ops::dynamo::DynamoJobStore::new(client, name)).await;
+    let store = lablink_ops::dynamo::DynamoJobStore::new(client, name);
+    fixtures::seed_job(&store).await;
+    fixtures::seed_done_export(&store).await;
 }
 
 async fn every_function_answers(variant: &str, bin: impl Fn(&str) -> PathBuf) {
     let db = fixture_db().await;
     fixtures::seed_enrollment(&db.client().await).await;
+    fixtures::seed_open_export(&db.client().await).await;
     let hash = lablink_web::auth::hash_password(fixtures::ADMIN_PASSWORD);
     let moto_env = moto::env();
     for route in Route::ALL {
@@ -61,6 +64,8 @@ async fn every_function_answers(variant: &str, bin: impl Fn(&str) -> PathBuf) {
             ("LABLINK_ADMIN_PASSWORD_HASH", hash.as_str()),
             ("LABLINK_DEPLOYMENT", fixtures::DEPLOYMENT),
             ("LABLINK_JOBS_TABLE", table.as_str()),
+            // Presigning a download link needs no object: the fixture's is never fetched.
+            ("LABLINK_EXPORT_BUCKET", "lablink-exports-fixture"),
         ];
         env.extend(moto_env.iter().map(|(k, v)| (*k, v.as_str())));
         let bin = bin(function);

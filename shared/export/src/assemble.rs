@@ -9,7 +9,9 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lablink_core::domain::export::{ArchiveManifest, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, is_safe_relative_path};
+use lablink_core::domain::export::{
+    ArchiveManifest, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, is_safe_relative_path,
+};
 use sha2::{Digest, Sha256};
 
 use crate::storage::{ExportStorage, StorageError};
@@ -57,7 +59,9 @@ pub async fn assemble(
         let mut zip = ZipWriter::new(sink);
         match write_zip(&mut zip, &parts, &mut open, now) {
             Ok(mut summary) => {
-                let (sink, size) = zip.finish().map_err(|e| StorageError(format!("writing the zip: {e}")))?;
+                let (sink, size) = zip
+                    .finish()
+                    .map_err(|e| StorageError(format!("writing the zip: {e}")))?;
                 sink.complete()
                     .map_err(|e| StorageError(format!("completing the zip: {e}")))?;
                 summary.zip_bytes = size;
@@ -115,7 +119,15 @@ pub fn write_zip<W: Write>(
                 continue;
             }
             Err(e) => {
-                csv.row(&part.hostname, email, "", None, "", "", &format!("its archive is unreadable: {e}"));
+                csv.row(
+                    &part.hostname,
+                    email,
+                    "",
+                    None,
+                    "",
+                    "",
+                    &format!("its archive is unreadable: {e}"),
+                );
                 continue;
             }
         };
@@ -123,7 +135,15 @@ pub fn write_zip<W: Write>(
             Ok(()) => {}
             Err(CopyError::Zip(e)) => return Err(e),
             Err(CopyError::Archive(e)) => {
-                csv.row(&part.hostname, email, "", None, "", "", &format!("its archive is damaged: {e}"));
+                csv.row(
+                    &part.hostname,
+                    email,
+                    "",
+                    None,
+                    "",
+                    "",
+                    &format!("its archive is damaged: {e}"),
+                );
             }
         }
     }
@@ -161,7 +181,15 @@ fn copy_archive<W: Write>(
             || !is_safe_relative_path(&path)
             || !seen.insert(path.clone())
         {
-            csv.row(host, email, &path, None, "", "", "refused: not a plain file with a safe, unique path");
+            csv.row(
+                host,
+                email,
+                &path,
+                None,
+                "",
+                "",
+                "refused: not a plain file with a safe, unique path",
+            );
             continue;
         }
         let size = entry.size();
@@ -185,7 +213,15 @@ fn copy_archive<W: Write>(
         let modified = DateTime::from_timestamp(mtime, 0)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default();
-        csv.row(host, email, &path, Some(copied), &hex::encode(hash.finalize()), &modified, "");
+        csv.row(
+            host,
+            email,
+            &path,
+            Some(copied),
+            &hex::encode(hash.finalize()),
+            &modified,
+            "",
+        );
     }
     Ok(())
 }
@@ -202,7 +238,16 @@ impl Default for Csv {
 
 impl Csv {
     #[allow(clippy::too_many_arguments)]
-    fn row(&mut self, host: &str, email: &str, path: &str, bytes: Option<u64>, sha: &str, modified: &str, reason: &str) {
+    fn row(
+        &mut self,
+        host: &str,
+        email: &str,
+        path: &str,
+        bytes: Option<u64>,
+        sha: &str,
+        modified: &str,
+        reason: &str,
+    ) {
         let bytes = bytes.map(|b| b.to_string()).unwrap_or_default();
         let cells = [host, email, path, bytes.as_str(), sha, modified, reason];
         for (i, cell) in cells.iter().enumerate() {
@@ -242,7 +287,9 @@ mod tests {
 
     #[test]
     fn the_name_is_the_classic_one() {
-        let t = DateTime::parse_from_rfc3339("2026-11-24T09:05:03Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-11-24T09:05:03Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(zip_name(t), "lablink_data20261124090503.zip");
     }
 }

@@ -56,7 +56,8 @@ pub trait ExportStorage: Send + Sync {
     /// A URL that accepts one HTTP `PUT` of `host`'s archive for `job`, for `ttl`.
     async fn upload_url(&self, job: &str, host: &Hostname, ttl: Duration) -> Result<String, StorageError>;
     /// `host`'s archive, if it was uploaded, as a blocking reader.
-    async fn open_archive(&self, job: &str, host: &str) -> Result<Option<Box<dyn Read + Send>>, StorageError>;
+    async fn open_archive(&self, job: &str, host: &str)
+    -> Result<Option<Box<dyn Read + Send>>, StorageError>;
     /// Start writing the zip `name` of `job`.
     async fn create_zip(&self, job: &str, name: &str) -> Result<Box<dyn ZipSink>, StorageError>;
     /// How the admin downloads the zip `name` of `job` (a link valid for `ttl`).
@@ -116,7 +117,11 @@ impl ExportStorage for S3Storage {
         Ok(req.uri().to_owned())
     }
 
-    async fn open_archive(&self, job: &str, host: &str) -> Result<Option<Box<dyn Read + Send>>, StorageError> {
+    async fn open_archive(
+        &self,
+        job: &str,
+        host: &str,
+    ) -> Result<Option<Box<dyn Read + Send>>, StorageError> {
         let got = self
             .client
             .get_object()
@@ -126,7 +131,10 @@ impl ExportStorage for S3Storage {
             .await;
         match got {
             Ok(o) => {
-                let reader = tokio_util::io::SyncIoBridge::new_with_handle(o.body.into_async_read(), Handle::current());
+                let reader = tokio_util::io::SyncIoBridge::new_with_handle(
+                    o.body.into_async_read(),
+                    Handle::current(),
+                );
                 Ok(Some(Box::new(reader)))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
@@ -148,7 +156,12 @@ impl ExportStorage for S3Storage {
             .content_disposition(format!("attachment; filename=\"{name}\""))
             .send()
             .await
-            .map_err(|e| err("starting the zip's upload", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                err(
+                    "starting the zip's upload",
+                    aws_sdk_s3::error::DisplayErrorContext(e),
+                )
+            })?;
         let upload_id = started
             .upload_id()
             .ok_or_else(|| StorageError("S3 returned no upload id".into()))?
@@ -177,7 +190,12 @@ impl ExportStorage for S3Storage {
             .key(key)
             .presigned(config)
             .await
-            .map_err(|e| err("presigning the download", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                err(
+                    "presigning the download",
+                    aws_sdk_s3::error::DisplayErrorContext(e),
+                )
+            })?;
         Ok(Download::Redirect(req.uri().to_owned()))
     }
 }
@@ -207,7 +225,12 @@ impl MultipartSink {
                 .body(ByteStream::from(body))
                 .send(),
         );
-        let out = sent.map_err(|e| io::Error::other(format!("uploading part {number}: {}", aws_sdk_s3::error::DisplayErrorContext(e))))?;
+        let out = sent.map_err(|e| {
+            io::Error::other(format!(
+                "uploading part {number}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            ))
+        })?;
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
@@ -250,7 +273,12 @@ impl ZipSink for MultipartSink {
                     .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                     .send(),
             )
-            .map_err(|e| io::Error::other(format!("completing the zip: {}", aws_sdk_s3::error::DisplayErrorContext(e))))?;
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "completing the zip: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                ))
+            })?;
         Ok(())
     }
 
@@ -297,6 +325,11 @@ impl LocalStorage {
         mac.verify_slice(&sig).is_ok() && now.timestamp() < expires
     }
 
+    /// Where the zip `name` of `job` lives.
+    pub fn zip_path(&self, job: &str, name: &str) -> PathBuf {
+        self.dir.join(zip_key(job, name))
+    }
+
     /// Where `host`'s archive of `job` lives.
     pub fn archive_path(&self, job: &str, host: &str) -> PathBuf {
         self.dir.join(archive_key(job, host))
@@ -318,7 +351,11 @@ impl ExportStorage for LocalStorage {
         ))
     }
 
-    async fn open_archive(&self, job: &str, host: &str) -> Result<Option<Box<dyn Read + Send>>, StorageError> {
+    async fn open_archive(
+        &self,
+        job: &str,
+        host: &str,
+    ) -> Result<Option<Box<dyn Read + Send>>, StorageError> {
         match std::fs::File::open(self.archive_path(job, host)) {
             Ok(f) => Ok(Some(Box::new(io::BufReader::with_capacity(256 * 1024, f)))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -399,7 +436,10 @@ mod tests {
         assert!(s.verify("J1", "lab-vm-001", expires, sig, now));
         assert!(!s.verify("J1", "lab-vm-002", expires, sig, now), "another VM");
         assert!(!s.verify("J2", "lab-vm-001", expires, sig, now), "another export");
-        assert!(!s.verify("J1", "lab-vm-001", expires + 1, sig, now), "a longer expiry");
+        assert!(
+            !s.verify("J1", "lab-vm-001", expires + 1, sig, now),
+            "a longer expiry"
+        );
         let later = now + chrono::Duration::seconds(61);
         assert!(!s.verify("J1", "lab-vm-001", expires, sig, later), "expired");
         assert!(!s.verify("J1", "lab-vm-001", expires, "zz", now));

@@ -50,8 +50,15 @@ impl<W: Write> ZipWriter<W> {
         if self.open.is_some() {
             return Err(io::Error::other("an entry is still open"));
         }
-        if name.is_empty() || name.starts_with('/') || name.split('/').any(|p| p == "..") || name.len() > 0xFFFF {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad entry name {name:?}")));
+        if name.is_empty()
+            || name.starts_with('/')
+            || name.split('/').any(|p| p == "..")
+            || name.len() > 0xFFFF
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad entry name {name:?}"),
+            ));
         }
         let (dos_time, dos_date) = dos_datetime(mtime);
         let offset = self.out.count;
@@ -157,7 +164,14 @@ impl<W: Write> ZipWriter<W> {
             put32(&mut h, size32);
             put32(&mut h, size32);
             put16(&mut h, e.name.len() as u16);
-            put16(&mut h, if extra.is_empty() { 0 } else { 4 + extra.len() as u16 });
+            put16(
+                &mut h,
+                if extra.is_empty() {
+                    0
+                } else {
+                    4 + extra.len() as u16
+                },
+            );
             put16(&mut h, 0); // comment
             put16(&mut h, 0); // disk
             put16(&mut h, 0); // internal attributes
@@ -290,7 +304,11 @@ mod tests {
         assert_eq!(u16::from_le_bytes([end[10], end[11]]), 2, "two entries");
         // The stored bytes follow the header untouched, and the CRC is hello's.
         assert!(bytes.windows(5).any(|w| w == b"hello"));
-        assert!(bytes.windows(4).any(|w| w == crc32fast::hash(b"hello").to_le_bytes()));
+        assert!(
+            bytes
+                .windows(4)
+                .any(|w| w == crc32fast::hash(b"hello").to_le_bytes())
+        );
     }
 
     #[test]

@@ -64,7 +64,9 @@ impl From<JobId> for String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
-    Launch { num_vms: u32 },
+    Launch {
+        num_vms: u32,
+    },
     Destroy,
     /// Collect the participants' result files from every assigned VM into one zip.
     Export,

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use lablink_core::credential::Secret;
 use lablink_core::db::{Db, exports, fleet};
-use lablink_export::{ExportStorage, VmPart};
 use lablink_core::domain::{Hostname, Phase};
+use lablink_export::{ExportStorage, VmPart};
 use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, JobVm, Lock, StoreError};
 
 pub use compute::{Compute, ComputeError, Instance, LaunchSpec, TERMINATE_BATCH};
@@ -409,7 +409,11 @@ impl Provisioner {
                 count("no_files"),
                 count("failed"),
                 count("unreachable"),
-                if late > 0 { " (no answer by the deadline)" } else { "" }
+                if late > 0 {
+                    " (no answer by the deadline)"
+                } else {
+                    ""
+                }
             ),
         )
         .await?;
@@ -423,7 +427,14 @@ impl Provisioner {
             })
             .collect();
         let name = lablink_export::zip_name(job.created_at);
-        let assembled = lablink_export::assemble(Arc::clone(&ex.storage), id.clone(), name.clone(), parts, Utc::now()).await;
+        let assembled = lablink_export::assemble(
+            Arc::clone(&ex.storage),
+            id.clone(),
+            name.clone(),
+            parts,
+            Utc::now(),
+        )
+        .await;
         match assembled {
             Ok(sum) => {
                 exports::finish(&client, &id, true).await?;

@@ -98,6 +98,8 @@ impl LocalCompute {
             .env("LABLINK_DAEMON_LOG_FILE", dir.join("daemon.log"))
             .env("LABLINK_SHIP_LOGS", "")
             .env("LABLINK_LOG_SINK", "http")
+            // The participant's files for data export: `<vm dir>/workspace`.
+            .env("LABLINK_EXPORT_DIR", dir.join("workspace"))
             .envs(
                 self.settings
                     .extra_env

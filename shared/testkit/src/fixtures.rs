@@ -50,3 +50,57 @@ pub async fn seed_job(store: &dyn JobStore) {
     job.state = lablink_ops::JobState::Succeeded;
     store.insert(&job).await.expect("fixture job");
 }
+
+/// The export the `vm-export` fixture reports on: open, with the fixture VM asked.
+pub const OPEN_EXPORT: &str = "20261123T110000Z-0e0e0e01";
+/// The finished export whose zip the `export-download` fixture fetches.
+pub const DONE_EXPORT: &str = "20261123T100000Z-0d0d0d02";
+pub const DONE_EXPORT_ZIP: &str = "lablink_data20261123100000.zip";
+/// The fixture VM (credential in `events/generate.py`).
+pub const VM_HOST: &str = "lablink-vm-test-1";
+
+/// The open export (Postgres) and the finished one (job store).
+pub async fn seed_exports(client: &tokio_postgres::Client, store: &dyn JobStore) {
+    seed_open_export(client).await;
+    seed_done_export(store).await;
+}
+
+/// Export [`OPEN_EXPORT`], collecting, asking [`VM_HOST`].
+pub async fn seed_open_export(client: &tokio_postgres::Client) {
+    use lablink_core::db::exports;
+    let target = exports::Target {
+        hostname: lablink_core::domain::Hostname::parse(VM_HOST).unwrap(),
+        email: Some("ada@uni.edu".into()),
+    };
+    let spec = exports::ExportSpec {
+        extensions: vec!["slp".into()],
+        max_file_bytes: 1 << 20,
+        deadline: Utc::now() + chrono::Duration::hours(1),
+    };
+    exports::start(
+        client,
+        OPEN_EXPORT,
+        &spec,
+        &[(target, "https://upload.example/fixture".into())],
+    )
+    .await
+    .expect("fixture export");
+}
+
+/// The finished export [`DONE_EXPORT`] with its zip recorded.
+pub async fn seed_done_export(store: &dyn JobStore) {
+    let mut job = Job::new(
+        JobId::parse(DONE_EXPORT).unwrap(),
+        JobKind::Export,
+        ADMIN_USER,
+        Utc::now(),
+    );
+    job.state = lablink_ops::JobState::Succeeded;
+    job.export = Some(lablink_ops::ExportOutcome {
+        file: DONE_EXPORT_ZIP.into(),
+        files: 0,
+        bytes: 0,
+        zip_bytes: 22,
+    });
+    store.insert(&job).await.expect("fixture export job");
+}

@@ -5,7 +5,7 @@
 
 use chrono::{Duration, Utc};
 use lablink_core::credential::Secret;
-use lablink_core::db::{fleet, vms};
+use lablink_core::db::{exports, fleet, vms};
 use lablink_ops::aws::{self as ops_aws, CREDENTIALS_SETTING, StoredCredentials};
 use lablink_ops::{Job, JobId, JobKind, Submitted};
 use lablink_templates::admin as pages;
@@ -436,7 +436,22 @@ pub async fn get_job(state: &AppState, req: &Request) -> Reply {
         .get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
-    Ok(json(StatusCode::OK, &job_json(&job)))
+    let mut v = job_json(&job);
+    if job.kind == JobKind::Export {
+        // Per-VM progress lives in Postgres, where the VMs report it.
+        let client = state.db.client().await?;
+        v["export_vms"] = json!(exports::progress(&client, id.as_str()).await?);
+        if let (Some((export_state, deadline)), Some(o)) =
+            (exports::state(&client, id.as_str()).await?, v.as_object_mut())
+        {
+            o.insert("export_state".into(), json!(export_state));
+            o.insert("export_deadline".into(), json!(deadline));
+        }
+        if job.export.is_some() {
+            v["download_url"] = json!(format!("/api/exports/{id}/download"));
+        }
+    }
+    Ok(json(StatusCode::OK, &v))
 }
 
 fn job_json(job: &Job) -> serde_json::Value {
@@ -580,6 +595,117 @@ pub async fn destroy(state: &AppState, req: &Request) -> Reply {
     }
     .await;
     result.or_else(|e| Ok(job_refusal(req, e, ("/admin/instances/delete", "Back"))))
+}
+
+// ---- data export -----------------------------------------------------------------
+
+/// `GET /api/scp-client` (the classic path; the "Export data" button is a GET form to
+/// it): start an export job, or lead to the one running. A browser is sent to the job's
+/// page; a script gets the job as JSON (202 new, 200 already running), then polls
+/// `GET /api/jobs/{id}`. A GET that starts work is safe here: the session cookie is
+/// SameSite=Strict (another site cannot send it), a browser's cross-site request with
+/// HTTP Basic is refused by its `Sec-Fetch-Site`, and exports run one at a time.
+pub async fn scp_client(state: &AppState, req: &Request) -> Reply {
+    let result = async {
+        let admin = auth::require_admin(state, req).await?;
+        let cross_site = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"cross-site");
+        if admin.session.is_none() && cross_site {
+            return Err(ApiError::Refused(
+                "HTTP Basic is for scripts; a browser must log in at /admin/login".into(),
+            ));
+        }
+        let store = state.jobs().await?;
+        // A double click sends two requests: the second finds the first's export holding
+        // the fleet lock (for a moment without its record: look again) and joins it.
+        for _ in 0..20 {
+            let job = Job::new(
+                JobId::generate(Utc::now()),
+                JobKind::Export,
+                &admin.user,
+                Utc::now(),
+            );
+            let (job, status) = match lablink_ops::submit(store.as_ref(), job, Utc::now()).await? {
+                Submitted::Created(j) => (j, StatusCode::ACCEPTED),
+                Submitted::Existing(j) => (j, StatusCode::OK),
+                Submitted::Busy(Some(h)) if h.kind == JobKind::Export => (h, StatusCode::OK),
+                Submitted::Busy(Some(h)) => {
+                    return Err(ApiError::Conflict(format!(
+                        "Another job is running: {} (job {}, {}). Export when it has finished.",
+                        h.kind.label(),
+                        h.id,
+                        h.state.as_str()
+                    )));
+                }
+                Submitted::Busy(None) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if wants_html(req) || admin.session.is_some() {
+                return Ok(redirect(&format!("/admin/jobs/{}", job.id)));
+            }
+            return Ok(json(status, &job_json(&job)));
+        }
+        Err(ApiError::Conflict(
+            "Another job holds the fleet; try again in a moment.".into(),
+        ))
+    }
+    .await;
+    result.or_else(|e| Ok(job_refusal(req, e, ("/admin", "Back to the dashboard"))))
+}
+
+/// `GET /api/exports/{id}/download`: the export's zip, for an admin: a redirect to a
+/// presigned link valid for 5 minutes (S3), or the file itself (local runner).
+pub async fn export_download(state: &AppState, req: &Request) -> Reply {
+    let path = req.uri().path();
+    let raw = request::path_param_named(req, "id")
+        .or_else(|| {
+            path.strip_prefix("/api/exports/")
+                .and_then(|p| p.strip_suffix("/download"))
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| ApiError::bad_request("the path has no job id"))?;
+    let id = JobId::parse(&raw).map_err(ApiError::bad_request)?;
+    auth::require_admin(state, req).await?;
+    let job = state
+        .jobs()
+        .await?
+        .get(&id)
+        .await?
+        .filter(|j| j.kind == JobKind::Export)
+        .ok_or_else(|| ApiError::NotFound(format!("no export {id}")))?;
+    let Some(outcome) = &job.export else {
+        return Err(ApiError::Conflict(format!(
+            "export {id} has no download (it is {})",
+            job.state.as_str()
+        )));
+    };
+    let storage = state.exports().await?;
+    match storage
+        .download(id.as_str(), &outcome.file, std::time::Duration::from_secs(300))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    {
+        lablink_export::Download::Redirect(url) => Ok(redirect(&url)),
+        lablink_export::Download::File(path) => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/zip")
+            .header(
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", outcome.file),
+            )
+            .header(header::CACHE_CONTROL, "no-store")
+            // The local runner streams the file named here (a Lambda never gets here).
+            .header(crate::local_file::HEADER, path.to_string_lossy().as_ref())
+            .body(Body::Empty)
+            .expect("static headers are valid")),
+        lablink_export::Download::Missing => Err(ApiError::NotFound(format!(
+            "the zip of export {id} is gone (exports expire)"
+        ))),
+    }
 }
 
 // ---- AWS credentials -------------------------------------------------------------

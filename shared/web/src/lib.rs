@@ -10,6 +10,12 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod lambda;
+
+/// A handler's response naming a local file for the local runner's server to stream
+/// (export downloads; bodies of Lambda responses are held in memory, files are not).
+pub mod local_file {
+    pub const HEADER: &str = "x-lablink-local-file";
+}
 #[cfg(feature = "local")]
 pub mod local;
 pub mod request;

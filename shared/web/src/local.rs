@@ -81,7 +81,29 @@ async fn serve(route: Route, state: &AppState, req: AxumRequest) -> AxumResponse
     let req = lambda_http::http::Request::from_parts(parts, body)
         .with_query_string_parameters(query)
         .with_request_context(context);
-    to_axum(route.handle(state, req).await)
+    let mut resp = route.handle(state, req).await;
+    // A download of a local file: streamed from disk, never held in memory.
+    if let Some(path) = resp.headers_mut().remove(crate::local_file::HEADER) {
+        let path = std::path::PathBuf::from(String::from_utf8_lossy(path.as_bytes()).into_owned());
+        return match tokio::fs::File::open(&path).await {
+            Ok(file) => {
+                let (mut parts, _) = resp.into_parts();
+                if let Ok(meta) = file.metadata().await {
+                    parts
+                        .headers
+                        .insert(lambda_http::http::header::CONTENT_LENGTH, meta.len().into());
+                }
+                let body =
+                    AxumBody::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+                AxumResponse::from_parts(parts, body)
+            }
+            Err(e) => to_axum(json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": format!("the file is gone: {e}") }),
+            )),
+        };
+    }
+    to_axum(resp)
 }
 
 fn to_axum(resp: lambda_http::Response<lambda_http::Body>) -> AxumResponse {

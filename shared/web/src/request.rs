@@ -49,6 +49,13 @@ pub fn path_param(req: &Request, name: &str) -> Option<String> {
     Some(percent_decode(last))
 }
 
+/// A path parameter as API Gateway names it (no fallback to the path's last segment).
+pub fn path_param_named(req: &Request, name: &str) -> Option<String> {
+    req.path_parameters_ref()
+        .and_then(|p| p.first(name))
+        .map(str::to_owned)
+}
+
 /// The `{hostname}` of the path.
 pub fn path_hostname(req: &Request) -> Result<Hostname, ApiError> {
     let raw = path_param(req, "hostname").ok_or_else(|| ApiError::bad_request("the path has no hostname"))?;

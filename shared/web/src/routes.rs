@@ -3,7 +3,7 @@
 //! brief's "Wire contracts to keep" (classic paths, fields and keys; additions only).
 
 use chrono::{DateTime, Utc};
-use lablink_core::db::{self, logs, vms};
+use lablink_core::db::{self, exports, logs, vms};
 use lablink_core::domain::{
     CrdCommand, Email, GpuHealth, Hostname, Pin, RawTimings, StartupTimings, VmStatus,
 };
@@ -48,10 +48,13 @@ pub enum Route {
     GetJob,
     SetAwsCredentials,
     UnsetAwsCredentials,
+    ScpClient,
+    VmExport,
+    ExportDownload,
 }
 
 impl Route {
-    pub const ALL: [Route; 27] = [
+    pub const ALL: [Route; 30] = [
         Route::Index,
         Route::RequestVm,
         Route::UnassignedVmsCount,
@@ -79,6 +82,9 @@ impl Route {
         Route::GetJob,
         Route::SetAwsCredentials,
         Route::UnsetAwsCredentials,
+        Route::ScpClient,
+        Route::VmExport,
+        Route::ExportDownload,
     ];
 
     /// Method and API Gateway route path.
@@ -111,6 +117,9 @@ impl Route {
             Route::GetJob => (Method::GET, "/api/jobs/{id}"),
             Route::SetAwsCredentials => (Method::POST, "/api/admin/set-aws-credentials"),
             Route::UnsetAwsCredentials => (Method::POST, "/api/admin/unset-aws-credentials"),
+            Route::ScpClient => (Method::GET, "/api/scp-client"),
+            Route::VmExport => (Method::POST, "/api/vm-export/{hostname}"),
+            Route::ExportDownload => (Method::GET, "/api/exports/{id}/download"),
         }
     }
 
@@ -144,6 +153,9 @@ impl Route {
             Route::GetJob => "get-job",
             Route::SetAwsCredentials => "set-aws-credentials",
             Route::UnsetAwsCredentials => "unset-aws-credentials",
+            Route::ScpClient => "scp-client",
+            Route::VmExport => "vm-export",
+            Route::ExportDownload => "export-download",
         }
     }
 
@@ -205,6 +217,9 @@ impl Route {
                 Route::GetJob => admin::get_job(state, &req).await,
                 Route::SetAwsCredentials => admin::set_aws_credentials(state, &req).await,
                 Route::UnsetAwsCredentials => admin::unset_aws_credentials(state, &req).await,
+                Route::ScpClient => admin::scp_client(state, &req).await,
+                Route::VmExport => vm_export(state, &req).await,
+                Route::ExportDownload => admin::export_download(state, &req).await,
             }
         };
         match result {
@@ -421,6 +436,74 @@ async fn post_vm_metrics(state: &AppState, req: &Request) -> Reply {
         StatusCode::OK,
         &json!({ "message": "VM metrics posted successfully.", "total_startup_seconds": total }),
     ))
+}
+
+// ---- data export ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportReport {
+    job_id: String,
+    state: String,
+    #[serde(default)]
+    files: i64,
+    #[serde(default)]
+    bytes: i64,
+    #[serde(default)]
+    skipped: i64,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+/// `POST /api/vm-export/{hostname}`: a VM's progress on the open export (its credential
+/// only: never in legacy mode). 404 when the VM is not part of that export, 409 once the
+/// export stopped collecting or the VM's answer is final.
+async fn vm_export(state: &AppState, req: &Request) -> Reply {
+    let host = request::path_hostname(req)?;
+    let r: ExportReport = request::json(req, SMALL_BODY)?;
+    lablink_ops::JobId::parse(&r.job_id).map_err(|e| ApiError::bad_request(format!("job_id: {e}")))?;
+    if r.files < 0 || r.bytes < 0 || r.skipped < 0 {
+        return Err(ApiError::bad_request(
+            "files, bytes and skipped cannot be negative",
+        ));
+    }
+    let report = match r.state.as_str() {
+        "uploading" => exports::Report::Uploading,
+        "done" => exports::Report::Done {
+            files: r.files,
+            bytes: r.bytes,
+            skipped: r.skipped,
+        },
+        "no_files" => exports::Report::NoFiles { skipped: r.skipped },
+        "failed" => exports::Report::Failed {
+            detail: r
+                .detail
+                .unwrap_or_else(|| "no reason given".into())
+                .chars()
+                .take(1000)
+                .collect(),
+        },
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "state must be uploading, done, no_files or failed, not {other:?}"
+            )));
+        }
+    };
+    if auth::require_vm(state, req, &host).await? != auth::Access::Vm {
+        return Err(ApiError::Unauthorized);
+    }
+    let client = state.db.client().await?;
+    match exports::report(&client, &r.job_id, &host, &report).await? {
+        Ok(()) => Ok(json(StatusCode::OK, &json!({ "status": "ok" }))),
+        Err(exports::Refused::NotFound) => Err(ApiError::NotFound(format!(
+            "{host} is not part of export {}",
+            r.job_id
+        ))),
+        Err(exports::Refused::Closed) => Err(ApiError::Conflict(format!(
+            "export {} no longer takes this report from {host} (past its deadline, or already answered)",
+            r.job_id
+        ))),
+    }
 }
 
 // ---- logs --------------------------------------------------------------------------

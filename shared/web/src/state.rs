@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lablink_core::config::{ConfigError, Settings};
 use lablink_core::credential::SecretHash;
 use lablink_core::db::{Db, DbConfig};
+use lablink_export::ExportStorage;
 use lablink_ops::JobStore;
 use tokio::sync::OnceCell;
 
@@ -67,6 +68,9 @@ pub struct AppConfig {
     /// `LABLINK_DEPLOYMENT`: this deployment's name (tags, hostnames, the destroy
     /// confirmation). Default `local`.
     pub deployment: String,
+    /// `LABLINK_EXPORT_BUCKET`: the data-export bucket (unset: the local runner supplies
+    /// a folder, or export downloads answer 503).
+    pub export_bucket: Option<String>,
 }
 
 impl AppConfig {
@@ -148,6 +152,10 @@ impl AppConfig {
             jobs_table,
             max_vms,
             deployment,
+            export_bucket: s
+                .raw("LABLINK_EXPORT_BUCKET")
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
         })
     }
 
@@ -165,6 +173,7 @@ pub struct AppState {
     admin: OnceCell<Arc<AdminAuth>>,
     aws: OnceCell<aws_config::SdkConfig>,
     jobs: OnceCell<Arc<dyn JobStore>>,
+    exports: OnceCell<Arc<dyn ExportStorage>>,
     /// Set by the local runner: what launches VMs when there is no AWS (shown on /admin).
     pub local_compute: Option<String>,
 }
@@ -184,6 +193,7 @@ impl AppState {
             admin: OnceCell::new(),
             aws: OnceCell::new(),
             jobs: OnceCell::new(),
+            exports: OnceCell::new(),
             local_compute: None,
         }
     }
@@ -198,6 +208,28 @@ impl AppState {
             local_compute: Some(compute.to_owned()),
             ..self
         }
+    }
+
+    /// Keep data exports here instead of the export bucket (the local runner's folder).
+    pub fn with_export_storage(self, storage: Arc<dyn ExportStorage>) -> Self {
+        let exports = OnceCell::new();
+        let _ = exports.set(storage);
+        Self { exports, ..self }
+    }
+
+    /// Where data exports are, made on first use.
+    pub async fn exports(&self) -> Result<&Arc<dyn ExportStorage>, ApiError> {
+        self.exports
+            .get_or_try_init(|| async {
+                let bucket = self.config.export_bucket.as_deref().ok_or_else(|| {
+                    ApiError::Unavailable("data export is not configured (LABLINK_EXPORT_BUCKET)".into())
+                })?;
+                Ok::<Arc<dyn ExportStorage>, ApiError>(Arc::new(lablink_export::S3Storage::new(
+                    self.aws().await,
+                    bucket,
+                )))
+            })
+            .await
     }
 
     /// Use this AWS configuration instead of the environment's (tests against moto).

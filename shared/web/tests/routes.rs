@@ -24,6 +24,8 @@ struct Fixture {
     db: TestDb,
     state: AppState,
     client: tokio_postgres::Client,
+    /// The export folder (the local runner's storage), holding the fixture export's zip.
+    _exports: tempfile::TempDir,
 }
 
 /// The fixture admin's argon2 hash (made once: hashing is deliberately slow).
@@ -53,6 +55,7 @@ async fn setup(legacy: bool) -> Fixture {
         jobs_table: None,
         max_vms: 50,
         deployment: fixtures::DEPLOYMENT.into(),
+        export_bucket: None,
     };
     let client = db.client().await;
     fixtures::seed_enrollment(&client).await;
@@ -60,6 +63,16 @@ async fn setup(legacy: bool) -> Fixture {
         lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_core::db::Db::new(db.config.clone()))),
     );
     fixtures::seed_job(store.as_ref()).await;
+    fixtures::seed_exports(&client, store.as_ref()).await;
+    let exports = tempfile::tempdir().unwrap();
+    let storage = lablink_export::LocalStorage {
+        dir: exports.path().to_path_buf(),
+        base_url: "http://127.0.0.1:9".into(),
+        key: vec![7; 32],
+    };
+    let zip = storage.zip_path(fixtures::DONE_EXPORT, fixtures::DONE_EXPORT_ZIP);
+    std::fs::create_dir_all(zip.parent().unwrap()).unwrap();
+    std::fs::write(&zip, b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
     let new = [(HOST, TOKEN), (OTHER, OTHER_TOKEN)].map(|(h, t)| vms::NewVm {
         hostname: Hostname::parse(h).unwrap(),
         instance_id: None,
@@ -71,9 +84,11 @@ async fn setup(legacy: bool) -> Fixture {
     Fixture {
         state: AppState::new(config)
             .with_local_jobs(store, "tests")
+            .with_export_storage(std::sync::Arc::new(storage))
             .with_aws(lablink_testkit::moto::sdk_config()),
         db,
         client,
+        _exports: exports,
     }
 }
 
@@ -265,6 +280,20 @@ async fn the_auth_matrix_holds_for_every_vm_side_and_admin_read_route() {
         (
             "get-vm-status",
             vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 200)],
+        ),
+        // Data export: a VM reports only its own part, never without its credential;
+        // exports are started and downloaded by the admin only.
+        (
+            "vm-export",
+            vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 401)],
+        ),
+        (
+            "export-download",
+            vec![(Admin, 200), (Nobody, 401), (OwnVm, 401), (OtherVm, 401)],
+        ),
+        (
+            "scp-client",
+            vec![(Nobody, 401), (OwnVm, 401), (OtherVm, 401), (Admin, 303)],
         ),
         (
             "get-vm-logs",
@@ -722,7 +751,7 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
         .await
         .unwrap()
         .get(0);
-    assert_eq!(jobs, 2, "the fixture job and one launch");
+    assert_eq!(jobs, 3, "the two fixture jobs and one launch");
     // Another launch while that one is queued: refused with a clear message.
     let r = Route::Launch
         .handle(

@@ -42,7 +42,8 @@ pub async fn targets(client: &Client) -> Result<Vec<Target>, DbError> {
         .map(|r| {
             let name: String = r.get(0);
             Ok(Target {
-                hostname: Hostname::parse(&name).map_err(|e| DbError::Corrupt(format!("hostname {name}: {e}")))?,
+                hostname: Hostname::parse(&name)
+                    .map_err(|e| DbError::Corrupt(format!("hostname {name}: {e}")))?,
                 email: r.get(1),
             })
         })
@@ -53,7 +54,12 @@ pub async fn targets(client: &Client) -> Result<Vec<Target>, DbError> {
 /// holder's export waiters, in one statement. False when the export was opened before (a
 /// retried job): nothing changes. An export abandoned while collecting (its job died and
 /// was never retried) is failed first, so it cannot block this one.
-pub async fn start(client: &Client, job_id: &str, spec: &ExportSpec, vms: &[(Target, String)]) -> Result<bool, DbError> {
+pub async fn start(
+    client: &Client,
+    job_id: &str,
+    spec: &ExportSpec,
+    vms: &[(Target, String)],
+) -> Result<bool, DbError> {
     client
         .execute(
             "UPDATE exports SET state = 'failed'
@@ -77,7 +83,15 @@ pub async fn start(client: &Client, job_id: &str, spec: &ExportSpec, vms: &[(Tar
                  RETURNING 1),
              n AS (SELECT pg_notify('vm_exports', job_id) FROM e)
              SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM v), (SELECT count(*) FROM n)",
-            &[&job_id, &spec.extensions, &spec.max_file_bytes, &spec.deadline, &hosts, &emails, &urls],
+            &[
+                &job_id,
+                &spec.extensions,
+                &spec.max_file_bytes,
+                &spec.deadline,
+                &hosts,
+                &emails,
+                &urls,
+            ],
         )
         .await?;
     Ok(row.get::<_, i64>(0) == 1)
@@ -138,10 +152,19 @@ pub enum Refused {
 
 /// Record `host`'s report for `job_id` while the export collects and the VM's answer is
 /// not final. One statement.
-pub async fn report(client: &Client, job_id: &str, host: &Hostname, report: &Report) -> Result<Result<(), Refused>, DbError> {
+pub async fn report(
+    client: &Client,
+    job_id: &str,
+    host: &Hostname,
+    report: &Report,
+) -> Result<Result<(), Refused>, DbError> {
     let (state, files, bytes, skipped, detail) = match report {
         Report::Uploading => ("uploading", 0, 0, 0, None),
-        Report::Done { files, bytes, skipped } => ("done", *files, *bytes, *skipped, None),
+        Report::Done {
+            files,
+            bytes,
+            skipped,
+        } => ("done", *files, *bytes, *skipped, None),
         Report::NoFiles { skipped } => ("no_files", 0, 0, *skipped, None),
         Report::Failed { detail } => ("failed", 0, 0, 0, Some(detail.as_str())),
     };
@@ -164,7 +187,11 @@ pub async fn report(client: &Client, job_id: &str, host: &Hostname, report: &Rep
         )
         .await?
         .is_some();
-    Ok(Err(if exists { Refused::Closed } else { Refused::NotFound }))
+    Ok(Err(if exists {
+        Refused::Closed
+    } else {
+        Refused::NotFound
+    }))
 }
 
 /// One VM's part of an export, as the job page shows it.

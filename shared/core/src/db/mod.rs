@@ -5,8 +5,8 @@
 //! and a connection that died between invocations is replaced on the next call.
 
 pub mod admin;
-pub mod exports;
 mod connect;
+pub mod exports;
 pub mod fleet;
 pub mod logs;
 pub mod vms;

@@ -3,8 +3,8 @@
 //! Postgres or AWS.
 
 mod crd;
-pub mod export;
 mod email;
+pub mod export;
 mod hostname;
 mod pin;
 mod status;

@@ -44,7 +44,7 @@ import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { LambdaCodeSource } from './lambda-code';
-import { EventFunction, ExportBucketAccess, HttpFunction, Manifest, pascal } from './manifest';
+import { EventFunction, ExportBucketAccess, HOLDER_ROUTE_PATHS, HttpFunction, Manifest, pascal } from './manifest';
 
 /** The tag every VM of a deployment carries; IAM conditions on it fence the provisioner. */
 export const DEPLOYMENT_TAG = 'lablink:deployment';
@@ -427,7 +427,7 @@ export class LabLinkStack extends Stack {
 
     const api = new apigwv2.HttpApi(this, 'Api', {
       apiName: Fn.join('', ['lablink-', environment]),
-      description: 'LabLink: one route per function; POST /vm_startup to the holder',
+      description: 'LabLink: one route per function; POST /vm_startup and POST /vm_export to the holder',
       createDefaultStage: false,
     });
     const apiAccessLogs = new logs.LogGroup(this, 'ApiAccessLogs', {
@@ -672,23 +672,25 @@ export class LabLinkStack extends Stack {
       subnets: privateSubnets,
       securityGroups: [vpcLinkSg],
     });
-    api.addRoutes({
-      path: '/vm_startup',
-      methods: [apigwv2.HttpMethod.POST],
-      integration: new HttpAlbIntegration('HolderIntegration', listener, {
-        vpcLink,
-        // The most an HTTP API integration may take; the hold window stays below it.
-        timeout: Duration.seconds(29),
-      }),
+    // One integration for every holder route (CDK binds it once per API): the listener
+    // forwards everything to the holder, whatever the path.
+    const holderIntegration = new HttpAlbIntegration('HolderIntegration', listener, {
+      vpcLink,
+      // The most an HTTP API integration may take; the hold window stays below it.
+      timeout: Duration.seconds(29),
     });
+    for (const holderPath of HOLDER_ROUTE_PATHS) {
+      api.addRoutes({ path: holderPath, methods: [apigwv2.HttpMethod.POST], integration: holderIntegration });
+    }
 
     // ---- Outputs ----
     new CfnOutput(this, 'ApiUrl', { value: apiUrl, description: 'LabLink: participants open this; VMs use it as LABLINK_API_URL' });
     new CfnOutput(this, 'HolderUrl', {
       value: Fn.join('', ['http://', alb.loadBalancerDnsName]),
-      description: 'The holder inside the VPC (internal load balancer); VMs reach it at <ApiUrl>vm_startup',
+      description: 'The holder inside the VPC (internal load balancer); VMs reach it at <ApiUrl>vm_startup and <ApiUrl>vm_export',
     });
     new CfnOutput(this, 'VmStartupUrl', { value: `${apiUrl}vm_startup`, description: 'POST /vm_startup through API Gateway' });
+    new CfnOutput(this, 'VmExportUrl', { value: `${apiUrl}vm_export`, description: 'POST /vm_export through API Gateway' });
     new CfnOutput(this, 'JobsTableName', { value: jobs.tableName });
     new CfnOutput(this, 'VmLogGroupName', { value: vmLogGroup.logGroupName });
     new CfnOutput(this, 'AdminSecretArn', { value: adminSecret.secretArn });

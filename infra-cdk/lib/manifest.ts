@@ -66,6 +66,13 @@ export const ADMIN_SESSION_READERS: ReadonlySet<string> = new Set([
   'get-vm-logs',
 ]);
 
+/**
+ * The holder's long-polls, each a `POST` on the API that goes to the holder (ECS), not to a
+ * Lambda: the client daemon calls `<holder_url>/vm_startup` and `<holder_url>/vm_export`,
+ * holder_url defaulting to the API URL. The manifest may not claim them.
+ */
+export const HOLDER_ROUTE_PATHS: readonly string[] = ['/vm_startup', '/vm_export'];
+
 const ACCESS: ReadonlySet<string> = new Set(['participant', 'vm', 'admin', 'public']);
 const METHODS: ReadonlySet<string> = new Set(['GET', 'POST', 'PUT', 'PATCH', 'DELETE']);
 const TRIGGERS: ReadonlySet<string> = new Set(['cloudwatch-logs-subscription', 'dynamodb-stream']);
@@ -182,8 +189,9 @@ export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
     const n = events.filter((e) => e.trigger === t).length;
     if (n !== 1) problems.push(`exactly one function must have trigger ${t} (found ${n})`);
   }
-  if (routes.has('POST /vm_startup')) {
-    problems.push('POST /vm_startup is the holder\'s route (ECS), not a Lambda: remove it from the manifest');
+  for (const holderPath of HOLDER_ROUTE_PATHS) {
+    const key = `POST ${holderPath}`;
+    if (routes.has(key)) problems.push(`${key} is the holder's route (ECS), not a Lambda: remove it from the manifest`);
   }
   if (problems.length > 0) {
     throw new Error(`${source} is not a valid function manifest:\n  - ${problems.join('\n  - ')}`);

@@ -403,3 +403,28 @@ impl LocalStack {
         Ok(tokio::time::timeout(within, self.child.wait()).await??)
     }
 }
+
+/// A zip read back by Python's `zipfile` (an independent reader): its names, the first
+/// entry with a bad CRC (`testzip()`, null when all are good), each entry's size, and the
+/// text of `manifest.csv`.
+pub fn read_zip(zip: &Path) -> anyhow::Result<serde_json::Value> {
+    let script = r#"
+import json, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+print(json.dumps({"names": z.namelist(), "bad": z.testzip(),
+                  "manifest": z.read("manifest.csv").decode(),
+                  "sizes": {i.filename: i.file_size for i in z.infolist()}}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(zip)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "zipfile cannot read {}: {}",
+            zip.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}

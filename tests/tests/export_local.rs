@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use lablink_e2e::{LocalStack, eventually};
+use lablink_e2e::{LocalStack, eventually, read_zip};
 use lablink_testkit::TestDb;
 use sha2::{Digest, Sha256};
 
@@ -26,25 +26,6 @@ fn pseudo_random(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[(i % 4) ^ (seed as usize % 4)] ^ seed)
         .collect()
-}
-
-/// Python's zipfile on `zip`: the names, `testzip()` (first bad CRC, or None) and the
-/// manifest's text.
-fn read_zip(zip: &Path) -> serde_json::Value {
-    let script = r#"
-import json, sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-print(json.dumps({"names": z.namelist(), "bad": z.testzip(),
-                  "manifest": z.read("manifest.csv").decode(),
-                  "sizes": {i.filename: i.file_size for i in z.infolist()}}))
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(zip)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +189,7 @@ async fn an_export_collects_every_vms_files_into_one_zip_and_reports_the_stopped
     );
     let zip = outside.path().join(file);
     std::fs::write(&zip, &bytes).unwrap();
-    let z = read_zip(&zip);
+    let z = read_zip(&zip).unwrap();
     assert!(z["bad"].is_null(), "every CRC checks out: {z}");
     let names: BTreeSet<&str> = z["names"]
         .as_array()

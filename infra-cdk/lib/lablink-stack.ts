@@ -673,7 +673,8 @@ export class LabLinkStack extends Stack {
       securityGroups: [vpcLinkSg],
     });
     // One integration for every holder route (CDK binds it once per API): the listener
-    // forwards everything to the holder, whatever the path.
+    // forwards everything to the holder, whatever the path. The integration's logical id
+    // comes from the first route bound, /vm_startup, so it is the one already deployed.
     const holderIntegration = new HttpAlbIntegration('HolderIntegration', listener, {
       vpcLink,
       // The most an HTTP API integration may take; the hold window stays below it.

@@ -69,7 +69,8 @@ export const ADMIN_SESSION_READERS: ReadonlySet<string> = new Set([
 /**
  * The holder's long-polls, each a `POST` on the API that goes to the holder (ECS), not to a
  * Lambda: the client daemon calls `<holder_url>/vm_startup` and `<holder_url>/vm_export`,
- * holder_url defaulting to the API URL. The manifest may not claim them.
+ * holder_url defaulting to the API URL. The manifest may not claim them. /vm_startup
+ * stays first: the stack's shared holder integration is named after the first route.
  */
 export const HOLDER_ROUTE_PATHS: readonly string[] = ['/vm_startup', '/vm_export'];
 

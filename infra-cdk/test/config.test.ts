@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 import { Template } from 'aws-cdk-lib/assertions';
 import { buildApp } from '../lib/app';
 import { EXPORT_BUCKET_ACTIONS } from '../lib/lablink-stack';
-import { defaultManifestPath, parseManifest } from '../lib/manifest';
+import { defaultManifestPath, HOLDER_ROUTE_PATHS, parseManifest } from '../lib/manifest';
 import {
   actionsOf,
   envOf,
@@ -143,6 +143,19 @@ describe('the manifest drives the routes', () => {
     assert.equal(statementsOfFunction(s, 'index').filter((x) => mentions(x.Resource, bucketId)).length, 0);
   });
 
+  test('a manifest may not claim a holder route, each refused on its own', () => {
+    assert.deepEqual([...HOLDER_ROUTE_PATHS].sort(), ['/vm_export', '/vm_startup']);
+    for (const holderPath of HOLDER_ROUTE_PATHS) {
+      const claim = { function: 'holder-route', method: 'POST', path: holderPath, access: 'vm', db: true, jobs_table: false };
+      assert.throws(
+        () => parseManifest(smallManifest([claim])),
+        (e: Error) => e.message.includes(`POST ${holderPath} is the holder's route`) && !e.message.includes('appears twice'),
+      );
+      // Another method on the same path is a different API route: allowed.
+      assert.doesNotThrow(() => parseManifest(smallManifest([{ ...claim, method: 'GET' }])));
+    }
+  });
+
   test('a malformed manifest is refused with every problem listed', () => {
     const bad = {
       http: [
@@ -150,6 +163,7 @@ describe('the manifest drives the routes', () => {
         { function: 'index', method: 'GET', path: '/', access: 'everyone', db: 'yes', jobs_table: false },
         { function: 'Bad_Name', method: 'FETCH', path: 'no-slash', access: 'vm', db: true, jobs_table: false },
         { function: 'holder', method: 'POST', path: '/vm_startup', access: 'vm', db: true, jobs_table: false },
+        { function: 'holder-export', method: 'POST', path: '/vm_export', access: 'vm', db: true, jobs_table: false },
       ],
       events: [{ function: 'log-processor', trigger: 'cloudwatch-logs-subscription', db: true, jobs_table: false }],
     };
@@ -165,6 +179,7 @@ describe('the manifest drives the routes', () => {
           'path no-slash',
           'trigger dynamodb-stream',
           'POST /vm_startup',
+          'POST /vm_export',
         ]) {
           assert.ok(e.message.includes(want), `missing "${want}" in:\n${e.message}`);
         }

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { EXPORT_BUCKET_ACTIONS, holderIdleTimeoutSeconds, JOBS_TABLE_ACTIONS, VM_NAME_TAGS } from '../lib/lablink-stack';
-import { loadManifest } from '../lib/manifest';
+import { HOLDER_ROUTE_PATHS, loadManifest } from '../lib/manifest';
 import {
   actionsOf,
   allStatements,
@@ -34,8 +34,8 @@ const [proxyId, proxy] = the('AWS::RDS::DBProxy');
 const [, task] = the('AWS::ECS::TaskDefinition');
 const [, service] = the('AWS::ECS::Service');
 const [, alb] = the('AWS::ElasticLoadBalancingV2::LoadBalancer');
-const [listenerId] = the('AWS::ElasticLoadBalancingV2::Listener');
-const [, targetGroup] = the('AWS::ElasticLoadBalancingV2::TargetGroup');
+const [listenerId, listener] = the('AWS::ElasticLoadBalancingV2::Listener');
+const [targetGroupId, targetGroup] = the('AWS::ElasticLoadBalancingV2::TargetGroup');
 const [bucketId, bucket] = the('AWS::S3::Bucket');
 const adminSecrets = ofType(s, 'AWS::SecretsManager::Secret').filter(
   ([, r]) => r.Properties.GenerateSecretString?.GenerateStringKey === 'session_key',
@@ -52,6 +52,8 @@ const holderEnv = Object.fromEntries(holder.Environment.map((e: Json) => [e.Name
 const provisionerName = manifest.events.find((e) => e.trigger === 'dynamodb-stream')!.function;
 const logProcessorName = manifest.events.find((e) => e.trigger === 'cloudwatch-logs-subscription')!.function;
 const allFunctions = [...manifest.http, ...manifest.events];
+/** The holder's routes on the API: its long-polls, each a POST. */
+const holderRoutes = HOLDER_ROUTE_PATHS.map((p) => `POST ${p}`);
 
 describe('routes and functions', () => {
   test('every manifest route exists and invokes its own function', () => {
@@ -71,16 +73,30 @@ describe('routes and functions', () => {
     assert.deepEqual(names, allFunctions.map((f) => f.function).sort());
   });
 
-  test('the API has exactly the manifest routes plus POST /vm_startup', () => {
-    const keys = ofType(s, 'AWS::ApiGatewayV2::Route').map(([, r]) => r.Properties.RouteKey).sort();
-    assert.deepEqual(keys, [...manifest.http.map((r) => `${r.method} ${r.path}`), 'POST /vm_startup'].sort());
+  test('the holder serves POST /vm_startup and POST /vm_export (the client daemon\'s long-polls)', () => {
+    assert.deepEqual([...holderRoutes].sort(), ['POST /vm_export', 'POST /vm_startup']);
   });
 
-  test('POST /vm_startup goes to the holder load balancer through a VPC link', () => {
-    const { integration } = routeTarget(s, 'POST /vm_startup');
+  test('the API has exactly the manifest routes plus the holder\'s routes', () => {
+    const keys = ofType(s, 'AWS::ApiGatewayV2::Route').map(([, r]) => r.Properties.RouteKey).sort();
+    assert.deepEqual(keys, [...manifest.http.map((r) => `${r.method} ${r.path}`), ...holderRoutes].sort());
+  });
+
+  test('the holder\'s routes share one integration: the holder load balancer through a VPC link', () => {
+    const [vpcLinkId] = the('AWS::ApiGatewayV2::VpcLink');
+    const targets = holderRoutes.map((key) => routeTarget(s, key));
+    const ids = new Set(targets.map((t) => t.integrationId));
+    assert.equal(ids.size, 1, `one integration for ${holderRoutes.join(', ')}: ${[...ids].join(', ')}`);
+    const { integration } = targets[0]!;
     assert.equal(integration.Properties.ConnectionType, 'VPC_LINK');
+    assert.equal(integration.Properties.IntegrationType, 'HTTP_PROXY');
+    assert.equal(integration.Properties.IntegrationMethod, 'ANY');
     assert.equal(refId(integration.Properties.IntegrationUri), listenerId);
-    assert.ok(refId(integration.Properties.ConnectionId), 'a VPC link');
+    assert.equal(refId(integration.Properties.ConnectionId), vpcLinkId);
+    assert.equal(integration.Properties.TimeoutInMillis, 29000);
+    // No other route reaches the holder, and the holder has no other integration.
+    const vpcLinked = ofType(s, 'AWS::ApiGatewayV2::Integration').filter(([, r]) => r.Properties.ConnectionType === 'VPC_LINK');
+    assert.deepEqual(vpcLinked.map(([id]) => id), [...ids]);
   });
 
   test('functions are provided.al2023 bootstrap binaries on x86_64 by default', () => {
@@ -537,6 +553,16 @@ describe('holder', () => {
     assert.equal(alb.Properties.Scheme, 'internal');
   });
 
+  test('the listener forwards every path to the holder (no path rules: /vm_startup and /vm_export alike)', () => {
+    assert.equal(ofType(s, 'AWS::ElasticLoadBalancingV2::ListenerRule').length, 0, 'no listener rules');
+    const actions = listener.Properties.DefaultActions;
+    assert.equal(actions.length, 1);
+    assert.equal(actions[0].Type, 'forward');
+    assert.equal(refId(actions[0].TargetGroupArn), targetGroupId);
+    assert.equal(listener.Properties.Port, 80);
+    assert.equal(listener.Properties.Protocol, 'HTTP');
+  });
+
   test('the load balancer idle timeout and the API timeout exceed the hold window', () => {
     const maxWait = Number(holderEnv.LABLINK_HOLDER_MAX_WAIT_SECONDS);
     const idle = Number(
@@ -544,8 +570,10 @@ describe('holder', () => {
     );
     assert.ok(idle > maxWait, `idle ${idle} > hold ${maxWait}`);
     assert.equal(idle, holderIdleTimeoutSeconds(maxWait));
-    const { integration } = routeTarget(s, 'POST /vm_startup');
-    assert.ok(integration.Properties.TimeoutInMillis > maxWait * 1000);
+    for (const key of holderRoutes) {
+      const { integration } = routeTarget(s, key);
+      assert.ok(integration.Properties.TimeoutInMillis > maxWait * 1000, key);
+    }
     assert.ok(Number(holderEnv.LABLINK_HOLDER_DEFAULT_WAIT_SECONDS) <= maxWait);
   });
 
@@ -629,9 +657,11 @@ describe('parameters and outputs', () => {
     }
   });
 
-  test('outputs the API URL and the holder URL', () => {
+  test('outputs the API URL, the holder URL and the URLs of the holder\'s routes', () => {
     const o = s.json.Outputs;
-    assert.ok(o.ApiUrl && o.HolderUrl && o.VmStartupUrl);
+    assert.ok(o.ApiUrl && o.HolderUrl && o.VmStartupUrl && o.VmExportUrl);
+    assert.ok(JSON.stringify(o.VmStartupUrl.Value).endsWith('vm_startup"]]}'), JSON.stringify(o.VmStartupUrl.Value));
+    assert.ok(JSON.stringify(o.VmExportUrl.Value).endsWith('vm_export"]]}'), JSON.stringify(o.VmExportUrl.Value));
     assert.ok(JSON.stringify(o.ApiUrl.Value).includes('execute-api'));
     assert.ok(mentions(o.HolderUrl.Value, the('AWS::ElasticLoadBalancingV2::LoadBalancer')[0]));
   });

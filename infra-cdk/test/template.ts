@@ -116,7 +116,10 @@ export function actionsOf(statements: Statement[]): Set<string> {
 }
 
 /** The function an HTTP API route invokes (route → integration → Lambda ARN). */
-export function routeTarget(s: Synth, routeKey: string): { integration: Json; functionId?: string } {
+export function routeTarget(
+  s: Synth,
+  routeKey: string,
+): { integrationId: string; integration: Json; functionId?: string } {
   const routes = ofType(s, 'AWS::ApiGatewayV2::Route').filter(([, r]) => r.Properties.RouteKey === routeKey);
   if (routes.length !== 1) throw new Error(`expected one route ${routeKey}, found ${routes.length}`);
   const target = routes[0]![1].Properties.Target;
@@ -124,7 +127,7 @@ export function routeTarget(s: Synth, routeKey: string): { integration: Json; fu
   const integrationId = refId(join[1]);
   if (!integrationId) throw new Error(`route ${routeKey} has no integration`);
   const integration = s.resources[integrationId];
-  return { integration, functionId: refId(integration.Properties.IntegrationUri) };
+  return { integrationId, integration, functionId: refId(integration.Properties.IntegrationUri) };
 }
 
 /** True when `v` (any template value) mentions the logical id or parameter `id`. */

@@ -31,7 +31,7 @@ async fn main() {
     };
     // Printed (not only logged) so a parent process can read the bound port.
     println!("lablink-holder listening on {}", running.addr);
-    tracing::info!(addr = %running.addr, "serving POST /vm_startup and GET /healthz");
+    tracing::info!(addr = %running.addr, "serving POST /vm_startup, POST /vm_export and GET /healthz");
     shutdown_signal().await;
     tracing::info!(
         waiters = running.holder.registry.len(),

@@ -150,7 +150,8 @@ async fn vm_startup(
 /// The common part of both polls: `?wait=`, a bounded `{"hostname"}` body and the bearer
 /// token. Every refusal is a 4xx and changes nothing. Only what the wait needs is kept:
 /// the request's headers and body are dropped before waiting (a waiter's memory is what
-/// 10,000 VMs multiply).
+/// 10,000 VMs multiply). The refusal is the finished response (a cold path, so its size
+/// does not matter).
 #[allow(clippy::result_large_err)]
 fn parse_poll(
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,

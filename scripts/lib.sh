@@ -46,6 +46,8 @@ ensure_browser() {
   if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
     apt_install chromium
   fi
+  # The export tests read zips back with Info-ZIP's unzip too.
+  command -v unzip >/dev/null || apt_install unzip
   local dir=tests/browser stamp=tests/browser/node_modules/.lablink-lock
   if [ ! -f "$stamp" ] || ! cmp -s "$stamp" "$dir/package-lock.json"; then
     echo "installing the browser test's npm packages" >&2

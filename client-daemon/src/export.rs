@@ -15,8 +15,9 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -52,16 +53,49 @@ pub async fn export_loop(cfg: &Config, api: &Api) {
         tracing::info!("no VM credential: data export is not available to this VM");
         return;
     }
+    // Archives a crash left behind.
+    if let Ok(entries) = std::fs::read_dir(&cfg.state_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("export-") && name.ends_with(".tar.partial") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let mut backoff = Duration::from_secs(1);
+    // The last task's report, kept until the server takes it: a repeated task (the
+    // report was lost) is answered again without collecting again.
+    let mut answered: Option<(String, serde_json::Value)> = None;
     loop {
         match api.export_poll().await {
             Ok(Some(task)) => {
-                backoff = Duration::from_secs(1);
-                run_task(cfg, api, &task).await;
+                let finished = match &answered {
+                    Some((job, report)) if *job == task.job_id => send_report(api, job, report).await,
+                    _ => {
+                        let report = run_task(cfg, api, &task).await;
+                        let finished = match &report {
+                            Some(r) => send_report(api, &task.job_id, r).await,
+                            None => true,
+                        };
+                        if let Some(r) = report {
+                            answered = Some((task.job_id.clone(), r));
+                        }
+                        finished
+                    }
+                };
+                if finished {
+                    backoff = Duration::from_secs(1);
+                } else {
+                    // The server did not take the answer (throttled, unreachable): the
+                    // same task will come back; wait before asking.
+                    tracing::warn!(job = %task.job_id, ?backoff, "export answer not delivered; retrying later");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
             }
             Ok(None) => backoff = Duration::from_secs(1),
             Err(e) => {
-                let wait = if e.is_client_error() {
+                let wait = if is_final(&e) {
                     Duration::from_secs(60)
                 } else {
                     backoff
@@ -74,34 +108,25 @@ pub async fn export_loop(cfg: &Config, api: &Api) {
     }
 }
 
-/// Do one export task and report how it went.
-pub async fn run_task(cfg: &Config, api: &Api, task: &Task) {
-    let job = task.job_id.as_str();
-    tracing::info!(job, dir = %cfg.export_dir.display(), "export requested");
-    if let Err(e) = api.export_report(job, json!({ "state": "uploading" })).await {
-        // 409: the export closed (deadline) or this VM already answered.
-        tracing::warn!(job, error = %e, "export not reported as started");
-        if e.is_client_error() {
-            return;
-        }
-    }
-    let report = match collect_and_upload(cfg, api, task).await {
-        Ok(c) if c.files == 0 => json!({ "state": "no_files", "skipped": c.skipped }),
-        Ok(c) => json!({ "state": "done", "files": c.files, "bytes": c.bytes, "skipped": c.skipped }),
-        Err(reason) => {
-            tracing::error!(job, %reason, "export failed");
-            json!({ "state": "failed", "detail": reason })
-        }
-    };
+/// A refusal that a retry will not change: the VM is not part of the export (404) or the
+/// export no longer takes its answer (409). Throttling (429), auth and server errors
+/// are worth another try.
+fn is_final(e: &ApiError) -> bool {
+    matches!(e, ApiError::Status { status, .. } if *status == reqwest::StatusCode::NOT_FOUND || *status == reqwest::StatusCode::CONFLICT)
+}
+
+/// Send a final report, retrying transient failures a few times; true once the server
+/// took it or refused it for good.
+async fn send_report(api: &Api, job: &str, report: &serde_json::Value) -> bool {
     for attempt in 0..5u32 {
         match api.export_report(job, report.clone()).await {
             Ok(()) => {
                 tracing::info!(job, %report, "export reported");
-                return;
+                return true;
             }
-            Err(e) if e.is_client_error() => {
+            Err(e) if is_final(&e) => {
                 tracing::warn!(job, error = %e, "export report refused");
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::warn!(job, error = %e, attempt, "export report failed; retrying");
@@ -109,6 +134,27 @@ pub async fn run_task(cfg: &Config, api: &Api, task: &Task) {
             }
         }
     }
+    false
+}
+
+/// Do one export task: its final report, or `None` when the export no longer wants it.
+pub async fn run_task(cfg: &Config, api: &Api, task: &Task) -> Option<serde_json::Value> {
+    let job = task.job_id.as_str();
+    tracing::info!(job, dir = %cfg.export_dir.display(), "export requested");
+    if let Err(e) = api.export_report(job, json!({ "state": "uploading" })).await {
+        tracing::warn!(job, error = %e, "export not reported as started");
+        if is_final(&e) {
+            return None;
+        }
+    }
+    Some(match collect_and_upload(cfg, api, task).await {
+        Ok(c) if c.files == 0 => json!({ "state": "no_files", "skipped": c.skipped }),
+        Ok(c) => json!({ "state": "done", "files": c.files, "bytes": c.bytes, "skipped": c.skipped }),
+        Err(reason) => {
+            tracing::error!(job, %reason, "export failed");
+            json!({ "state": "failed", "detail": reason })
+        }
+    })
 }
 
 async fn collect_and_upload(cfg: &Config, api: &Api, task: &Task) -> Result<Collected, String> {
@@ -157,80 +203,52 @@ fn matches(name: &str, exts: &[String]) -> bool {
     }
 }
 
+/// S3 takes at most 5 GiB in one `PUT`: a VM's archive stops short of it, and the files
+/// that would not fit are listed as skipped.
+pub const MAX_ARCHIVE_BYTES: u64 = 5 * 1024 * 1024 * 1024 - 16 * 1024 * 1024;
+
+/// How deep the walk goes below the workspace.
+const MAX_DEPTH: usize = 32;
+
 /// Write the tar of the files under `root` whose extension is in `exts` to `out`,
-/// manifest last. Symbolic links are listed (when their name matches) and never followed,
-/// files are opened with `O_NOFOLLOW` (a file swapped for a link after the listing is
-/// refused), files over `max_bytes` are listed as skipped.
+/// manifest last.
+///
+/// The walk holds each folder open and opens what is in it relative to that handle
+/// (`openat` with `O_NOFOLLOW`), never by path: a symbolic link is never followed, not
+/// even one swapped in for a folder or a file while the walk runs (the daemon runs as
+/// root; the workspace belongs to the participant). Links whose name matches are listed
+/// as skipped; so are files over `max_bytes` (checked on the opened file), names that
+/// are not UTF-8 or hold a backslash, and files past [`MAX_ARCHIVE_BYTES`].
 pub fn write_archive(root: &Path, exts: &[String], max_bytes: u64, out: &Path) -> io::Result<Collected> {
     let file = File::create(out)?;
-    let mut tar = tar::Builder::new(BufWriter::with_capacity(256 * 1024, file));
-    tar.mode(tar::HeaderMode::Deterministic);
-    let mut manifest = ArchiveManifest::default();
-    let mut sum = Collected::default();
-    let mut pending: Vec<PathBuf> = vec![PathBuf::new()];
-    while let Some(rel_dir) = pending.pop() {
-        let entries = match std::fs::read_dir(root.join(&rel_dir)) {
-            Ok(e) => e,
-            // The workspace not existing is "no files"; an unreadable folder is listed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && rel_dir.as_os_str().is_empty() => break,
-            Err(e) => {
-                manifest.skipped.push(SkippedFile {
-                    path: rel_dir.to_string_lossy().into_owned(),
-                    bytes: 0,
-                    reason: format!("folder unreadable: {e}"),
-                });
-                continue;
-            }
-        };
-        let mut names: Vec<_> = entries.filter_map(Result::ok).collect();
-        names.sort_by_key(|e| e.file_name());
-        for entry in names {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = rel_dir.join(&name);
-            let rel_str = rel.to_string_lossy().into_owned();
-            // `DirEntry::file_type` does not follow links.
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_symlink() {
-                if matches(&name, exts) {
-                    manifest.skipped.push(SkippedFile {
-                        path: rel_str,
-                        bytes: 0,
-                        reason: "symbolic link (not followed)".into(),
-                    });
-                }
-                continue;
-            }
-            if kind.is_dir() {
-                pending.push(rel);
-                continue;
-            }
-            if !kind.is_file() || !matches(&name, exts) {
-                continue;
-            }
-            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            if size > max_bytes {
-                manifest.skipped.push(SkippedFile {
-                    path: rel_str,
-                    bytes: size,
-                    reason: format!("over the {max_bytes}-byte limit"),
-                });
-                continue;
-            }
-            match append_file(&mut tar, &root.join(&rel), &rel_str) {
-                Ok(f) => {
-                    sum.files += 1;
-                    sum.bytes += f.bytes;
-                    manifest.files.push(f);
-                }
-                Err(e) => manifest.skipped.push(SkippedFile {
-                    path: rel_str,
-                    bytes: size,
-                    reason: format!("unreadable: {e}"),
-                }),
-            }
-        }
+    let mut w = Walk {
+        tar: tar::Builder::new(BufWriter::with_capacity(256 * 1024, file)),
+        exts,
+        max_bytes,
+        manifest: ArchiveManifest::default(),
+        sum: Collected::default(),
+        archive_bytes: 1024,
+    };
+    w.tar.mode(tar::HeaderMode::Deterministic);
+    // The configured root itself may be a link (an admin's choice); nothing below it.
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(root)
+    {
+        Ok(dir) => w.folder(&dir, "", 0),
+        // No workspace is no files.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
+    let Walk {
+        mut tar,
+        mut manifest,
+        mut sum,
+        ..
+    } = w;
     sum.skipped = manifest.skipped.len() as u64;
+    manifest.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     let text = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
     let mut header = tar::Header::new_gnu();
     header.set_size(text.len() as u64);
@@ -244,17 +262,143 @@ pub fn write_archive(root: &Path, exts: &[String], max_bytes: u64, out: &Path) -
     Ok(sum)
 }
 
-/// One file into the tar: opened without following links, its size fixed by the
-/// opened file's own metadata, hashed while copied.
-fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, rel: &str) -> io::Result<ArchivedFile> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::other("not a regular file"));
+struct Walk<'a, W: Write> {
+    tar: tar::Builder<W>,
+    exts: &'a [String],
+    max_bytes: u64,
+    manifest: ArchiveManifest,
+    sum: Collected,
+    /// What the tar will weigh so far (headers and padding counted generously).
+    archive_bytes: u64,
+}
+
+impl<W: Write> Walk<'_, W> {
+    fn skip(&mut self, path: String, bytes: u64, reason: impl Into<String>) {
+        self.manifest.skipped.push(SkippedFile {
+            path,
+            bytes,
+            reason: reason.into(),
+        });
     }
+
+    /// Everything in the open folder `dir` (at `rel`, "" for the root).
+    fn folder(&mut self, dir: &File, rel: &str, depth: usize) {
+        // `/proc/self/fd/N` is the open folder itself, whatever happened to its path.
+        let entries = match std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) {
+            Ok(e) => e,
+            Err(e) => return self.skip(rel.to_owned(), 0, format!("folder unreadable: {e}")),
+        };
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let raw = entry.file_name();
+            let shown = raw.to_string_lossy();
+            let path = if rel.is_empty() {
+                shown.to_string()
+            } else {
+                format!("{rel}/{shown}")
+            };
+            // `DirEntry::file_type` does not follow links.
+            let Ok(kind) = entry.file_type() else { continue };
+            let named = matches(&shown, self.exts);
+            if kind.is_symlink() {
+                if named {
+                    self.skip(path, 0, "symbolic link (not followed)");
+                }
+                continue;
+            }
+            let Some(name) = raw.to_str() else {
+                if named || kind.is_dir() {
+                    self.skip(path, 0, "the name is not UTF-8");
+                }
+                continue;
+            };
+            if name.contains('\\') {
+                if named || kind.is_dir() {
+                    self.skip(path, 0, "the name holds a backslash");
+                }
+                continue;
+            }
+            if kind.is_dir() {
+                if depth + 1 >= MAX_DEPTH {
+                    self.skip(path, 0, format!("more than {MAX_DEPTH} folders deep"));
+                    continue;
+                }
+                match open_at(dir, name, libc::O_DIRECTORY) {
+                    Ok(sub) => self.folder(&sub, &path, depth + 1),
+                    Err(e) => self.skip(path, 0, format!("folder unreadable: {e}")),
+                }
+                continue;
+            }
+            if !kind.is_file() || !named {
+                continue;
+            }
+            if rel.is_empty() && name == MANIFEST_ENTRY {
+                self.skip(path, 0, "reserved name");
+                continue;
+            }
+            match open_at(dir, name, libc::O_NONBLOCK) {
+                Ok(file) => self.file(file, path),
+                Err(e) => self.skip(path, 0, format!("unreadable: {e}")),
+            }
+        }
+    }
+
+    fn file(&mut self, file: File, path: String) {
+        // Sizes and type from the opened file: what is read is what was checked.
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return self.skip(path, 0, format!("unreadable: {e}")),
+        };
+        if !meta.is_file() {
+            return self.skip(path, 0, "not a regular file");
+        }
+        let size = meta.len();
+        if size > self.max_bytes {
+            return self.skip(path, size, format!("over the {}-byte limit", self.max_bytes));
+        }
+        let cost = size.div_ceil(512) * 512 + 1024 + path.len() as u64;
+        if self.archive_bytes + cost > MAX_ARCHIVE_BYTES {
+            return self.skip(path, size, "past the 5 GiB archive limit of one VM");
+        }
+        match append_file(&mut self.tar, file, &meta, &path) {
+            Ok(f) => {
+                self.archive_bytes += cost;
+                self.sum.files += 1;
+                self.sum.bytes += f.bytes;
+                self.manifest.files.push(f);
+            }
+            Err(e) => self.skip(path, size, format!("unreadable: {e}")),
+        }
+    }
+}
+
+/// `name` inside the open folder `dir`, never following a link.
+fn open_at(dir: &File, name: &str, flags: i32) -> io::Result<File> {
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `dir` is an open descriptor and `c` a NUL-terminated name; the returned
+    // descriptor is owned by the `File` made from it.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// One opened file into the tar, its size fixed by its own metadata, hashed while copied.
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    file: File,
+    meta: &std::fs::Metadata,
+    rel: &str,
+) -> io::Result<ArchivedFile> {
     let size = meta.len();
     let modified = meta
         .modified()
@@ -389,14 +533,16 @@ mod tests {
         std::fs::write(outside.path().join("secret.slp"), b"outside").unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret.slp"), r.join("link.slp")).unwrap();
         std::os::unix::fs::symlink(outside.path(), r.join("linked-dir")).unwrap();
+        std::fs::write(r.join("odd\\name.slp"), b"backslash").unwrap();
+        std::fs::write(r.join(MANIFEST_ENTRY), b"{}").unwrap();
         let out = outside.path().join("a.tar");
-        let c = write_archive(r, &["slp".into()], 1000, &out).unwrap();
+        let c = write_archive(r, &["slp".into(), "json".into()], 1000, &out).unwrap();
         assert_eq!(
             c,
             Collected {
                 files: 2,
                 bytes: 14,
-                skipped: 2
+                skipped: 4
             }
         );
 

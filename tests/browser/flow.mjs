@@ -77,8 +77,8 @@ try {
   expect(admin.url().includes('/admin/login'), `an anonymous admin page leads to the login: ${admin.url()}`);
   await admin.fill('#user', adminUser);
   await admin.fill('#password', 'not-the-password');
-  await Promise.all([admin.waitForLoadState(), admin.click('button[type=submit]')]);
-  expect(await admin.isVisible('.error'), 'a wrong password shows an error');
+  await admin.click('button[type=submit]');
+  await admin.locator('#login-error').waitFor();
   await admin.fill('#user', adminUser);
   await admin.fill('#password', adminPassword);
   await Promise.all([admin.waitForURL(`${base}/admin`), admin.click('button[type=submit]')]);
@@ -125,6 +125,26 @@ try {
   await admin.goto(`${base}/admin/instances`);
   await admin.locator('tr[data-hostname]').nth(1).waitFor();
   await shot(admin, '08-admin-instances-after-launch');
+
+  // Data export from the dashboard's button: the participant's VM answers (its workspace
+  // has no result files yet), the job finishes and offers the zip.
+  await admin.goto(`${base}/admin`);
+  await Promise.all([admin.waitForURL('**/admin/jobs/*'), admin.click('#export-form button[type=submit]')]);
+  await admin.waitForFunction(
+    () => ['succeeded', 'failed'].includes(document.getElementById('state').textContent),
+    null,
+    { timeout: 60000 },
+  );
+  expect((await admin.textContent('#state')) === 'succeeded', `the export finished: ${await admin.textContent('#error')}`);
+  const exported = admin.locator(`#export-vms tr[data-hostname="${hostname}"]`);
+  expect((await exported.textContent()).includes('no files'), `the VM's export row: ${await exported.textContent()}`);
+  const href = await admin.getAttribute('#download', 'href');
+  const [status, type] = await admin.evaluate(async (u) => {
+    const r = await fetch(u);
+    return [r.status, r.headers.get('content-type')];
+  }, href);
+  expect(status === 200 && type === 'application/zip', `the download: ${status} ${type}`);
+  await shot(admin, '09-admin-export');
 
   console.log(JSON.stringify({ hostname, pin, email, launched_job: job }));
 } catch (e) {

@@ -404,7 +404,8 @@ impl LocalStack {
     }
 }
 
-/// A zip read back by Python's `zipfile` (an independent reader): its names, the first
+/// A zip read back by Python's `zipfile` and checked by `unzip -t` (two independent
+/// readers): its names, the first
 /// entry with a bad CRC (`testzip()`, null when all are good), each entry's size, and the
 /// text of `manifest.csv`.
 pub fn read_zip(zip: &Path) -> anyhow::Result<serde_json::Value> {

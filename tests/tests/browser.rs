@@ -3,7 +3,8 @@
 //! a participant sees the live count, pastes a CRD command and gets a hostname and PIN;
 //! the admin logs in, finds the VM assigned with its startup chart, reads its logs,
 //! launches one more VM and watches the job finish, while a second participant's page
-//! shows the new free VM without a reload. Outside the browser, the test then checks that
+//! shows the new free VM without a reload; then the admin exports the participants' data
+//! from the dashboard's button and gets the zip. Outside the browser, the test then checks that
 //! the VM's stand-in start-host received that code and PIN.
 //!
 //! `scripts/test` installs Chromium and the npm packages when they are missing; run
@@ -82,6 +83,7 @@ async fn participant_and_admin_flows_in_headless_chromium() {
         "06-admin-job",
         "07-participant-count-rose",
         "08-admin-instances-after-launch",
+        "09-admin-export",
     ] {
         let png = std::fs::read(shots.join(format!("{page}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{page}.png");

@@ -151,7 +151,14 @@ async fn vms_upload_to_presigned_urls_and_the_zip_is_a_multipart_object_behind_a
         let got =
             lablink_client_daemon::export::write_archive(&root, &task.extensions, 64 << 20, &tar).unwrap();
         let body = std::fs::read(&tar).unwrap();
-        let put = http.put(&task.upload_url).body(body).send().await.unwrap();
+        // As the daemon sends it (the presigned request may sign its content type).
+        let put = http
+            .put(&task.upload_url)
+            .header("content-type", "application/x-tar")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert!(put.status().is_success(), "{}", put.text().await.unwrap());
         let report = exports::Report::Done {
             files: got.files as i64,

@@ -59,6 +59,8 @@ pub async fn assemble(
         let mut zip = ZipWriter::new(sink);
         match write_zip(&mut zip, &parts, &mut open, now) {
             Ok(mut summary) => {
+                // `finish` fails only on a write error; the sink then goes unfinished
+                // (an S3 upload is dropped by the bucket's rule; a local .partial stays).
                 let (sink, size) = zip
                     .finish()
                     .map_err(|e| StorageError(format!("writing the zip: {e}")))?;
@@ -151,6 +153,11 @@ pub fn write_zip<W: Write>(
     Ok(sum)
 }
 
+/// A VM's archive holds at most this many entries (beyond: refused, listed).
+pub const MAX_ENTRIES_PER_VM: usize = 200_000;
+/// The longest path a VM's archive may name.
+const MAX_PATH_BYTES: u64 = 4096;
+
 fn copy_archive<W: Write>(
     zip: &mut ZipWriter<W>,
     part: &VmPart,
@@ -162,25 +169,59 @@ fn copy_archive<W: Write>(
     let host = &part.hostname;
     let mut seen = HashSet::new();
     let mut archive = tar::Archive::new(reader);
+    // Raw entries: GNU long names are read here, capped (the tar crate would read any
+    // size into memory), and PAX headers are refused.
+    let entries = archive.entries()?.raw(true);
+    let mut long_name: Option<String> = None;
     let mut buf = vec![0u8; 256 * 1024];
-    for entry in archive.entries()? {
+    let mut count = 0usize;
+    for entry in entries {
         let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        if path == MANIFEST_ENTRY {
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::GNULongName {
+            if entry.size() > MAX_PATH_BYTES + 1 {
+                return Err(CopyError::Archive(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a path over {MAX_PATH_BYTES} bytes"),
+                )));
+            }
+            let mut name = Vec::new();
+            (&mut entry).take(MAX_PATH_BYTES + 1).read_to_end(&mut name)?;
+            while name.last() == Some(&0) {
+                name.pop();
+            }
+            long_name = Some(String::from_utf8_lossy(&name).into_owned());
+            continue;
+        }
+        let path = match long_name.take() {
+            Some(n) => n,
+            None => String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+        };
+        count += 1;
+        if count > MAX_ENTRIES_PER_VM {
+            csv.row(
+                host,
+                email,
+                "",
+                None,
+                "",
+                "",
+                &format!("refused: more than {MAX_ENTRIES_PER_VM} files; the rest is not exported"),
+            );
+            return Ok(());
+        }
+        if path == MANIFEST_ENTRY && kind == tar::EntryType::Regular {
             let mut text = String::new();
             (&mut entry).take(MAX_MANIFEST_BYTES).read_to_string(&mut text)?;
             let manifest: ArchiveManifest = serde_json::from_str(&text)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("its manifest: {e}")))?;
-            for s in manifest.skipped {
+            for s in manifest.skipped.into_iter().take(MAX_ENTRIES_PER_VM) {
                 sum.skipped += 1;
                 csv.row(host, email, &s.path, Some(s.bytes), "", "", &s.reason);
             }
             continue;
         }
-        if entry.header().entry_type() != tar::EntryType::Regular
-            || !is_safe_relative_path(&path)
-            || !seen.insert(path.clone())
-        {
+        if kind != tar::EntryType::Regular || !is_safe_relative_path(&path) || !seen.insert(path.clone()) {
             csv.row(
                 host,
                 email,
@@ -198,16 +239,36 @@ fn copy_archive<W: Write>(
             .map_err(CopyError::Zip)?;
         let mut hash = Sha256::new();
         let mut copied = 0u64;
+        let mut broken = None;
         loop {
-            let n = entry.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            };
             hash.update(&buf[..n]);
             zip.write_all(&buf[..n]).map_err(CopyError::Zip)?;
             copied += n as u64;
         }
+        // Always close the entry: the zip stays whole even when this archive is not.
         zip.finish_entry().map_err(CopyError::Zip)?;
+        if broken.is_some() || copied != size {
+            csv.row(
+                host,
+                email,
+                &path,
+                Some(copied),
+                "",
+                "",
+                &format!("damaged: {copied} of {size} bytes arrived"),
+            );
+            return Err(CopyError::Archive(broken.unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside a file")
+            })));
+        }
         sum.files += 1;
         sum.bytes += copied;
         let modified = DateTime::from_timestamp(mtime, 0)
@@ -227,7 +288,8 @@ fn copy_archive<W: Write>(
 }
 
 /// `manifest.csv`, RFC 4180. A cell a spreadsheet would run as a formula (`=`, `+`, `-`,
-/// `@` first) gets a leading `'`: file names and emails come from participants.
+/// `@` first) gets a leading `'`, and control characters become spaces: file names,
+/// emails and VM reasons come from participants.
 struct Csv(String);
 
 impl Default for Csv {
@@ -254,10 +316,14 @@ impl Csv {
             if i > 0 {
                 self.0.push(',');
             }
-            let defused = if cell.starts_with(['=', '+', '-', '@']) {
-                format!("'{cell}")
+            let clean: String = cell
+                .chars()
+                .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+                .collect();
+            let defused = if clean.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                format!("'{clean}")
             } else {
-                (*cell).to_owned()
+                clean
             };
             if defused.contains([',', '"', '\n', '\r']) {
                 self.0.push('"');
@@ -283,6 +349,52 @@ mod tests {
         let lines: Vec<&str> = c.0.split("\r\n").collect();
         assert_eq!(lines[1], "vm-1,a@b.c,\"dir,with \"\"quotes\"\".slp\",3,ab,,");
         assert_eq!(lines[2], "vm-1,\"'=HYPERLINK(\"\"x\"\")\",,,,,unreachable");
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_truncated_archive_costs_its_vm_the_rest_and_the_zip_stays_whole() {
+        let good = tar_of(&[("x.slp", b"fine")]);
+        let mut cut = tar_of(&[("a.slp", &[1u8; 3000]), ("b.slp", b"lost")]);
+        cut.truncate(512 + 1000);
+        let long = format!("{}/deep.slp", "d".repeat(150));
+        let long_named = tar_of(&[(long.as_str(), b"long name")]);
+        let parts: Vec<VmPart> = ["vm-a", "vm-b", "vm-c"]
+            .iter()
+            .map(|h| VmPart {
+                hostname: (*h).into(),
+                email: None,
+                state: "done".into(),
+                detail: None,
+            })
+            .collect();
+        let archives = [("vm-a", cut), ("vm-b", good), ("vm-c", long_named)];
+        let mut open = |host: &str| -> Result<Option<Box<dyn Read + Send>>, StorageError> {
+            let data = archives.iter().find(|(h, _)| *h == host).unwrap().1.clone();
+            Ok(Some(Box::new(std::io::Cursor::new(data))))
+        };
+        let mut zip = ZipWriter::new(Vec::new());
+        let sum = write_zip(&mut zip, &parts, &mut open, Utc::now()).unwrap();
+        let (bytes, _) = zip.finish().unwrap();
+        assert_eq!((sum.files, sum.bytes), (2, 4 + 9), "vm-b's and vm-c's files");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("vm-a,,a.slp,1000,,,damaged: 1000 of 3000 bytes arrived"),
+            "{text}"
+        );
+        assert!(text.contains("vm-a,,,,,,its archive is damaged"));
+        assert!(text.contains(&format!("vm-c/{long}")), "a GNU long name is kept");
     }
 
     #[test]

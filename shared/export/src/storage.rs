@@ -138,6 +138,8 @@ impl ExportStorage for S3Storage {
                 Ok(Some(Box::new(reader)))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            // Without s3:ListBucket (the functions have none) a missing key reads as 403.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => Ok(None),
             Err(e) => Err(err(
                 &format!("reading {host}'s archive"),
                 aws_sdk_s3::error::DisplayErrorContext(e),

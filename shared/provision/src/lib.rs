@@ -105,8 +105,9 @@ impl ExportSettings {
                 },
             )
             .unwrap_or(d.extensions);
-        let mb: i64 = s.ranged("LABLINK_EXPORT_MAX_FILE_MB", 2048, 1, 5 * 1024 * 1024);
-        let wait: u64 = s.ranged("LABLINK_EXPORT_WAIT_SECONDS", 300, 1, 600);
+        // One VM's archive is one PUT, which S3 caps at 5 GiB.
+        let mb: i64 = s.ranged("LABLINK_EXPORT_MAX_FILE_MB", 2048, 1, 5120);
+        let wait: u64 = s.ranged("LABLINK_EXPORT_WAIT_SECONDS", 300, 10, 600);
         Self {
             extensions,
             max_file_bytes: mb * 1024 * 1024,

@@ -602,19 +602,22 @@ pub async fn destroy(state: &AppState, req: &Request) -> Reply {
 /// `GET /api/scp-client` (the classic path; the "Export data" button is a GET form to
 /// it): start an export job, or lead to the one running. A browser is sent to the job's
 /// page; a script gets the job as JSON (202 new, 200 already running), then polls
-/// `GET /api/jobs/{id}`. A GET that starts work is safe here: the session cookie is
-/// SameSite=Strict (another site cannot send it), a browser's cross-site request with
-/// HTTP Basic is refused by its `Sec-Fetch-Site`, and exports run one at a time.
+/// `GET /api/jobs/{id}`. A GET that starts work is guarded: the session cookie is
+/// SameSite=Strict, a browser request whose `Sec-Fetch-Site` is not `same-origin` (or
+/// `none`: typed in) is refused, and exports run one at a time.
 pub async fn scp_client(state: &AppState, req: &Request) -> Reply {
     let result = async {
         let admin = auth::require_admin(state, req).await?;
-        let cross_site = req
+        // Browsers say where a request comes from: only this site's own pages (or the
+        // address bar) may start an export. SameSite=Strict alone would let a sibling
+        // subdomain (or any localhost page, locally) through.
+        let foreign = req
             .headers()
             .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes() == b"cross-site");
-        if admin.session.is_none() && cross_site {
+            .is_some_and(|v| !matches!(v.as_bytes(), b"same-origin" | b"none"));
+        if foreign {
             return Err(ApiError::Refused(
-                "HTTP Basic is for scripts; a browser must log in at /admin/login".into(),
+                "an export can only be started from this site's admin pages".into(),
             ));
         }
         let store = state.jobs().await?;
@@ -677,7 +680,7 @@ pub async fn export_download(state: &AppState, req: &Request) -> Reply {
         .await?
         .filter(|j| j.kind == JobKind::Export)
         .ok_or_else(|| ApiError::NotFound(format!("no export {id}")))?;
-    let Some(outcome) = &job.export else {
+    let Some(outcome) = job.export.as_ref().filter(|o| is_export_name(&o.file)) else {
         return Err(ApiError::Conflict(format!(
             "export {id} has no download (it is {})",
             job.state.as_str()
@@ -706,6 +709,14 @@ pub async fn export_download(state: &AppState, req: &Request) -> Reply {
             "the zip of export {id} is gone (exports expire)"
         ))),
     }
+}
+
+/// `lablink_data<14 digits>.zip`: what the provisioner names zips (it goes into a header
+/// and a path; checked, not trusted).
+fn is_export_name(name: &str) -> bool {
+    name.strip_prefix("lablink_data")
+        .and_then(|r| r.strip_suffix(".zip"))
+        .is_some_and(|d| d.len() == 14 && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 // ---- AWS credentials -------------------------------------------------------------

@@ -480,6 +480,7 @@ async fn vm_export(state: &AppState, req: &Request) -> Reply {
                 .detail
                 .unwrap_or_else(|| "no reason given".into())
                 .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
                 .take(1000)
                 .collect(),
         },

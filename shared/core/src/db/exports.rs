@@ -52,8 +52,9 @@ pub async fn targets(client: &Client) -> Result<Vec<Target>, DbError> {
 
 /// Open export `job_id` for `vms` (hostname, email, that VM's upload URL) and wake the
 /// holder's export waiters, in one statement. False when the export was opened before (a
-/// retried job): nothing changes. An export abandoned while collecting (its job died and
-/// was never retried) is failed first, so it cannot block this one.
+/// retried job): nothing changes. Any other export still open (its job died and was
+/// never retried) is failed first: the caller holds the fleet lock, so no other export
+/// job can be alive.
 pub async fn start(
     client: &Client,
     job_id: &str,
@@ -63,7 +64,7 @@ pub async fn start(
     client
         .execute(
             "UPDATE exports SET state = 'failed'
-             WHERE state = 'collecting' AND job_id <> $1 AND deadline < now() - interval '15 minutes'",
+             WHERE state IN ('collecting', 'assembling') AND job_id <> $1",
             &[&job_id],
         )
         .await?;

@@ -51,8 +51,10 @@ pub enum CrdError {
     BadCodeCharacter(char),
 }
 
-/// Join shell line continuations (`\` at the end of a line, as Google's page and its copies
-/// wrap the command) into spaces. A backslash anywhere else stays, and is refused later.
+/// Remove shell line continuations (`\` at the end of a line, as Google's page and its
+/// copies wrap the command), as the shell does: the two lines join with nothing between
+/// (a wrap inside the code keeps the code whole). A backslash anywhere else stays, and is
+/// refused later.
 fn join_continuations(input: &str) -> String {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
@@ -61,10 +63,7 @@ fn join_continuations(input: &str) -> String {
         let next_line = after.strip_prefix("\r\n").or_else(|| after.strip_prefix('\n'));
         out.push_str(&rest[..at]);
         match next_line {
-            Some(next) => {
-                out.push(' ');
-                rest = next;
-            }
+            Some(next) => rest = next,
             None => {
                 out.push('\\');
                 rest = &rest[at + 1..];
@@ -246,6 +245,8 @@ mod tests {
                 "DISPLAY= {START_HOST_PATH} --code=\"{CODE}\" \\\n  --redirect-url=\"{CRD_REDIRECT_URL}\" --name=$(hostname)"
             ),
             format!("DISPLAY= {START_HOST_PATH} \\ \r\n--code={CODE} \\\n--name=$(hostname)"),
+            // Wrapped inside the code: the shell joins the halves, so do we.
+            format!("--code={}\\\n{} --name=$(hostname)", &CODE[..8], &CODE[8..]),
         ] {
             let cmd = CrdCommand::parse(&wrapped).unwrap_or_else(|e| panic!("{wrapped:?}: {e}"));
             assert_eq!(cmd.code(), CODE);

@@ -33,12 +33,13 @@ pub struct SkippedFile {
 }
 
 /// Whether `path` (relative, `/`-separated) is one an archive may name: no absolute
-/// path, no `..`, no empty or `.` component, no control character.
+/// path, no `..`, no empty or `.` component, no control character, no backslash (some
+/// unzip tools on Windows split on it, so `a\..\..\x` could escape their folder).
 pub fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && path.len() <= 4096
-        && !path.chars().any(char::is_control)
+        && !path.chars().any(|c| c.is_control() || c == '\\')
         && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
@@ -51,7 +52,16 @@ mod tests {
         for ok in ["a.slp", "session 1/labels.v001.slp", "ünï/c.slp"] {
             assert!(is_safe_relative_path(ok), "{ok}");
         }
-        for bad in ["", "/etc/passwd", "../x.slp", "a/../../x", "a//b", "./a", "a\nb"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x.slp",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\nb",
+            "a\\..\\..\\x.slp",
+        ] {
             assert!(!is_safe_relative_path(bad), "{bad:?}");
         }
     }

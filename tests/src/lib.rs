@@ -395,6 +395,11 @@ impl LocalStack {
         bail!("no daemon runs with {needle}")
     }
 
+    /// SIGKILL, as a crash: nothing gets to clean up.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Ctrl-C, as a person stops it; its exit status.
     pub async fn interrupt(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let pid = self.child.id().context("already exited")? as i32;

@@ -79,13 +79,43 @@ async fn one_command_runs_the_product_and_a_participant_gets_a_local_vm() {
     // Ctrl-C stops the runner and its VMs.
     let status = stack.interrupt(Duration::from_secs(30)).await.unwrap();
     assert!(status.success(), "{status}");
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", "lablink-local client-daemon"])
-        .output()
+    // None of this runner's VMs is left (other tests' VMs may run meanwhile).
+    let left = stack_pids(&state);
+    assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+fn stack_pids(state: &tempfile::TempDir) -> Vec<i32> {
+    let mine = format!("LABLINK_STATE_DIR={}", state.path().display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|b| *b == 0)
+                .any(|kv| kv.starts_with(mine.as_bytes()))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// A runner killed outright (a crash, `kill -9`) takes its local VMs with it: no daemon
+/// is left polling an API that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runner_leaves_no_local_vm_behind() {
+    let db = TestDb::new().await;
+    let state = tempfile::tempdir().unwrap();
+    let stack = LocalStack::start(&db.url, state.path(), 1, ("admin", "kill-test-password"))
+        .await
         .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "processes left: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    stack.wait_for_free_vms(1, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(stack_pids(&state).len(), 1, "one daemon runs");
+    stack.kill().await;
+    eventually(
+        "the daemon exits with its runner",
+        Duration::from_secs(15),
+        || async { stack_pids(&state).is_empty().then_some(()) },
+    )
+    .await
+    .unwrap();
 }

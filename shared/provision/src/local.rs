@@ -110,6 +110,17 @@ impl LocalCompute {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
+        // A local VM dies with the runner, even when the runner is killed outright (no
+        // orphaned daemons polling an API that is gone).
+        // SAFETY: between fork and exec only `prctl`, which is async-signal-safe, runs.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd.spawn()
     }
 }

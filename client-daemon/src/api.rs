@@ -91,42 +91,43 @@ impl Api {
             Self::url(&self.holder, path),
             self.poll_wait.as_secs()
         );
+        // The holder answers by the end of the window; allow for a slow network.
+        let (status, text) = self
+            .send(
+                &url,
+                self.poll_wait + Duration::from_secs(30),
+                &json!({ "hostname": self.host }),
+            )
+            .await?;
+        Ok((status, text, url))
+    }
+
+    /// `POST` `body` to `url` (with the credential): status and body text.
+    async fn send(
+        &self,
+        url: &str,
+        timeout: Duration,
+        body: &Value,
+    ) -> Result<(reqwest::StatusCode, String), ApiError> {
+        let transport = |source| ApiError::Transport {
+            url: url.to_owned(),
+            source,
+        };
         let resp = self
-            .request(&url)
-            // The holder answers by the end of the window; allow for a slow network.
-            .timeout(self.poll_wait + Duration::from_secs(30))
-            .json(&json!({ "hostname": self.host }))
+            .request(url)
+            .timeout(timeout)
+            .json(body)
             .send()
             .await
-            .map_err(|source| ApiError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(transport)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|source| ApiError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        Ok((status, text, url))
+        let text = resp.text().await.map_err(transport)?;
+        Ok((status, text))
     }
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
         let url = Self::url(&self.api, path);
-        let resp = self
-            .request(&url)
-            .timeout(Duration::from_secs(30))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|source| ApiError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|source| ApiError::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        let (status, text) = self.send(&url, Duration::from_secs(30), &body).await?;
         if !status.is_success() {
             return Err(ApiError::Status {
                 url,

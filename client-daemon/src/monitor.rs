@@ -133,7 +133,14 @@ mod tests {
     #[test]
     fn finds_a_running_process_by_name() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        assert!(process_running("sleep"));
+        // `spawn` returns once the child is forked; its name is `sleep` only after exec.
+        let seen = (0..200).any(|_| {
+            process_running("sleep") || {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                false
+            }
+        });
+        assert!(seen, "a running sleep is found within 2 s");
         assert!(!process_running("surely-no-such-process-name"));
         child.kill().unwrap();
         child.wait().unwrap();

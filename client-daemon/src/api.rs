@@ -80,12 +80,13 @@ impl Api {
         &self.host
     }
 
-    /// A long-poll on the holder's `path` (`{"hostname"}`, held up to the window):
-    /// status, body and URL.
+    /// A long-poll on the holder's `path` (`{"hostname"}`, held up to the window): `None`
+    /// when the window ended with nothing (204), else a 2xx's status, body and URL; any
+    /// other status is an error.
     pub(crate) async fn holder_post(
         &self,
         path: &str,
-    ) -> Result<(reqwest::StatusCode, String, String), ApiError> {
+    ) -> Result<Option<(reqwest::StatusCode, String, String)>, ApiError> {
         let url = format!(
             "{}?wait={}",
             Self::url(&self.holder, path),
@@ -99,7 +100,17 @@ impl Api {
                 &json!({ "hostname": self.host }),
             )
             .await?;
-        Ok((status, text, url))
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(ApiError::Status {
+                url,
+                status,
+                body: text.chars().take(300).collect(),
+            });
+        }
+        Ok(Some((status, text, url)))
     }
 
     /// `POST` `body` to `url` (with the credential): status and body text.
@@ -172,18 +183,14 @@ impl Api {
 
     /// One long-poll: held by the holder up to the configured window.
     pub async fn poll(&self) -> Result<Poll, ApiError> {
-        let (status, text, url) = self.holder_post("/vm_startup").await?;
-        if status == reqwest::StatusCode::NO_CONTENT {
+        let Some((status, text, url)) = self.holder_post("/vm_startup").await? else {
             return Ok(Poll::NothingYet);
-        }
+        };
         let bad = |body: String| ApiError::Status {
             url: url.clone(),
             status,
             body,
         };
-        if !status.is_success() {
-            return Err(bad(text.chars().take(300).collect()));
-        }
         let v: Value = serde_json::from_str(&text).map_err(|_| bad("not JSON".into()))?;
         match (v["status"].as_str(), v["command"].as_str(), v["pin"].as_str()) {
             (Some("success"), Some(c), Some(p)) => Ok(Poll::Assigned {

@@ -454,18 +454,10 @@ impl Api {
     /// The export long-poll on the holder: this VM's task, or `None` when the window
     /// ended with no export open.
     pub async fn export_poll(&self) -> Result<Option<Task>, ApiError> {
-        let (status, text, url) = self.holder_post("/vm_export").await?;
-        if status == reqwest::StatusCode::NO_CONTENT {
+        let Some((status, text, url)) = self.holder_post("/vm_export").await? else {
             return Ok(None);
-        }
-        let bad = |body: String| ApiError::Status {
-            url: url.clone(),
-            status,
-            body,
         };
-        if !status.is_success() {
-            return Err(bad(text.chars().take(300).collect()));
-        }
+        let bad = |body: String| ApiError::Status { url, status, body };
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| bad(format!("not an export task: {e}")))

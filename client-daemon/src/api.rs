@@ -1,10 +1,11 @@
-//! The daemon's calls to LabLink: the classic paths and bodies, plus the VM's
-//! credential as a bearer token (when it has one).
+//! The daemon's calls to LabLink: the classic paths and bodies (the types of
+//! `lablink-wire`), plus the VM's credential as a bearer token (when it has one).
 
 use std::time::Duration;
 
 use lablink_core::domain::{GpuHealth, Hostname, VmStatus};
-use serde_json::{Value, json};
+use lablink_wire::{Assignment, GpuHealthReport, InUseReport, RawTimings, VmPoll, VmStatusReport};
+use serde::Serialize;
 
 use crate::config::Config;
 
@@ -97,7 +98,9 @@ impl Api {
             .send(
                 &url,
                 self.poll_wait + Duration::from_secs(30),
-                &json!({ "hostname": self.host }),
+                &VmPoll {
+                    hostname: self.hostname_field(),
+                },
             )
             .await?;
         if status == reqwest::StatusCode::NO_CONTENT {
@@ -118,7 +121,7 @@ impl Api {
         &self,
         url: &str,
         timeout: Duration,
-        body: &Value,
+        body: &impl Serialize,
     ) -> Result<(reqwest::StatusCode, String), ApiError> {
         let transport = |source| ApiError::Transport {
             url: url.to_owned(),
@@ -136,9 +139,11 @@ impl Api {
         Ok((status, text))
     }
 
-    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
+    /// `POST` `body` to the API's `path`; a 2xx is success (its body, a message for
+    /// people, is not read).
+    pub(crate) async fn post(&self, path: &str, body: &impl Serialize) -> Result<(), ApiError> {
         let url = Self::url(&self.api, path);
-        let (status, text) = self.send(&url, Duration::from_secs(30), &body).await?;
+        let (status, text) = self.send(&url, Duration::from_secs(30), body).await?;
         if !status.is_success() {
             return Err(ApiError::Status {
                 url,
@@ -146,39 +151,41 @@ impl Api {
                 body: text.chars().take(300).collect(),
             });
         }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+        Ok(())
+    }
+
+    fn hostname_field(&self) -> String {
+        self.host.as_str().to_owned()
     }
 
     pub async fn status(&self, status: VmStatus, reason: Option<&str>) -> Result<(), ApiError> {
-        let mut body = json!({ "hostname": self.host, "status": status.as_str() });
-        if let Some(r) = reason {
-            body["reason"] = Value::String(r.chars().take(1000).collect());
-        }
-        self.post("/api/vm-status", body).await.map(drop)
+        let body = VmStatusReport {
+            hostname: self.hostname_field(),
+            status: status.as_str().to_owned(),
+            reason: reason.map(|r| r.chars().take(1000).collect()),
+        };
+        self.post("/api/vm-status", &body).await
     }
 
     pub async fn gpu_health(&self, h: GpuHealth) -> Result<(), ApiError> {
-        self.post(
-            "/api/gpu_health",
-            json!({ "hostname": self.host, "gpu_status": h.to_json() }),
-        )
-        .await
-        .map(drop)
+        let body = GpuHealthReport {
+            hostname: self.hostname_field(),
+            gpu_status: h.to_wire(),
+        };
+        self.post("/api/gpu_health", &body).await
     }
 
     pub async fn in_use(&self, in_use: bool) -> Result<(), ApiError> {
-        self.post(
-            "/api/update_inuse_status",
-            json!({ "hostname": self.host, "status": in_use }),
-        )
-        .await
-        .map(drop)
+        let body = InUseReport {
+            hostname: self.hostname_field(),
+            status: in_use,
+        };
+        self.post("/api/update_inuse_status", &body).await
     }
 
-    pub async fn metrics(&self, timings: &Value) -> Result<(), ApiError> {
-        self.post(&format!("/api/vm-metrics/{}", self.host), timings.clone())
+    pub async fn metrics(&self, timings: &RawTimings) -> Result<(), ApiError> {
+        self.post(&format!("/api/vm-metrics/{}", self.host), timings)
             .await
-            .map(drop)
     }
 
     /// One long-poll: held by the holder up to the configured window.
@@ -191,13 +198,18 @@ impl Api {
             status,
             body,
         };
-        let v: Value = serde_json::from_str(&text).map_err(|_| bad("not JSON".into()))?;
-        match (v["status"].as_str(), v["command"].as_str(), v["pin"].as_str()) {
-            (Some("success"), Some(c), Some(p)) => Ok(Poll::Assigned {
-                command: c.to_owned(),
-                pin: p.to_owned(),
-            }),
-            _ => Err(bad("a 200 without status, command and pin".into())),
-        }
+        // `status` must be "success": anything else is what a classic client takes for
+        // a final rejection, so it is an error here too.
+        let a: Assignment = serde_json::from_str(&text).map_err(|e| {
+            bad(if e.is_syntax() || e.is_eof() {
+                "not JSON".into()
+            } else {
+                "a 200 without status, command and pin".into()
+            })
+        })?;
+        Ok(Poll::Assigned {
+            command: a.command,
+            pin: a.pin,
+        })
     }
 }

@@ -9,7 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use lablink_wire::{EnrollRequest, Enrollment as Enrolled};
 
 use crate::Backoff;
 
@@ -94,32 +94,43 @@ pub async fn enroll(e: &Enrollment<'_>) -> String {
     };
     backoff.reset();
     let url = format!("{}/api/enroll", e.api_url.as_str().trim_end_matches('/'));
+    let body = EnrollRequest {
+        instance_id: instance_id.clone(),
+        enrollment_secret: e.secret.to_owned(),
+    };
     loop {
         let resp = http
             .post(&url)
             .timeout(Duration::from_secs(30))
-            .json(&json!({ "instance_id": instance_id, "enrollment_secret": e.secret }))
+            .json(&body)
             .send()
             .await;
         match resp {
             Ok(r) if r.status().is_success() => {
-                let v: Value = r.json().await.unwrap_or(Value::Null);
-                if let (Some(h), Some(c)) = (v["hostname"].as_str(), v["credential"].as_str()) {
-                    // The credential first: without it the hostname is useless.
-                    let saved = write_private(e.credential_file, c, 0o600)
-                        .and_then(|()| write_private(e.hostname_file, h, 0o644));
-                    match saved {
-                        Ok(()) => {
-                            tracing::info!(hostname = h, instance_id, "enrolled");
-                            return h.to_owned();
-                        }
-                        Err(err) => {
-                            // Nothing else can be done: the credential was handed out once.
-                            tracing::error!(error = %err, file = %e.credential_file.display(), "enrolled but cannot save the credential; an admin must re-provision this VM");
+                let text = r.text().await.unwrap_or_default();
+                match serde_json::from_str::<Enrolled>(&text) {
+                    Ok(Enrolled {
+                        hostname: h,
+                        credential: c,
+                    }) => {
+                        // The credential first: without it the hostname is useless.
+                        let saved = write_private(e.credential_file, &c, 0o600)
+                            .and_then(|()| write_private(e.hostname_file, &h, 0o644));
+                        match saved {
+                            Ok(()) => {
+                                tracing::info!(hostname = %h, instance_id, "enrolled");
+                                return h;
+                            }
+                            Err(err) => {
+                                // Nothing else can be done: the credential was handed out once.
+                                tracing::error!(error = %err, file = %e.credential_file.display(), "enrolled but cannot save the credential; an admin must re-provision this VM");
+                            }
                         }
                     }
-                } else {
-                    tracing::warn!(body = %v, "enroll answered without hostname and credential");
+                    // The reason only, not the body: it may hold the credential.
+                    Err(err) => {
+                        tracing::warn!(error = %err, "enroll answered without hostname and credential")
+                    }
                 }
                 backoff.wait().await;
             }

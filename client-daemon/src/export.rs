@@ -22,22 +22,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lablink_core::domain::export::{ArchiveManifest, ArchivedFile, MANIFEST_ENTRY, SkippedFile};
-use serde::Deserialize;
-use serde_json::json;
+use lablink_wire::{ExportReport, ExportState, ExportTask};
 use sha2::{Digest, Sha256};
 
 use crate::api::{Api, ApiError};
 use crate::config::Config;
-
-/// What the holder hands this VM.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Task {
-    pub job_id: String,
-    pub upload_url: String,
-    pub extensions: Vec<String>,
-    pub max_file_bytes: u64,
-    pub deadline: DateTime<Utc>,
-}
 
 /// What went into an archive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,20 +54,20 @@ pub async fn export_loop(cfg: &Config, api: &Api) {
     let mut backoff = Duration::from_secs(1);
     // The last task's report, kept until the server takes it: a repeated task (the
     // report was lost) is answered again without collecting again.
-    let mut answered: Option<(String, serde_json::Value)> = None;
+    let mut answered: Option<ExportReport> = None;
     loop {
         match api.export_poll().await {
             Ok(Some(task)) => {
                 let finished = match &answered {
-                    Some((job, report)) if *job == task.job_id => send_report(api, job, report).await,
+                    Some(report) if report.job_id == task.job_id => send_report(api, report).await,
                     _ => {
                         let report = run_task(cfg, api, &task).await;
                         let finished = match &report {
-                            Some(r) => send_report(api, &task.job_id, r).await,
+                            Some(r) => send_report(api, r).await,
                             None => true,
                         };
                         if let Some(r) = report {
-                            answered = Some((task.job_id.clone(), r));
+                            answered = Some(r);
                         }
                         finished
                     }
@@ -117,11 +106,12 @@ fn is_final(e: &ApiError) -> bool {
 
 /// Send a final report, retrying transient failures a few times; true once the server
 /// took it or refused it for good.
-async fn send_report(api: &Api, job: &str, report: &serde_json::Value) -> bool {
+async fn send_report(api: &Api, report: &ExportReport) -> bool {
+    let job = report.job_id.as_str();
     for attempt in 0..5u32 {
-        match api.export_report(job, report.clone()).await {
+        match api.export_report(report).await {
             Ok(()) => {
-                tracing::info!(job, %report, "export reported");
+                tracing::info!(job, state = ?report.state, "export reported");
                 return true;
             }
             Err(e) if is_final(&e) => {
@@ -138,26 +128,34 @@ async fn send_report(api: &Api, job: &str, report: &serde_json::Value) -> bool {
 }
 
 /// Do one export task: its final report, or `None` when the export no longer wants it.
-pub async fn run_task(cfg: &Config, api: &Api, task: &Task) -> Option<serde_json::Value> {
+pub async fn run_task(cfg: &Config, api: &Api, task: &ExportTask) -> Option<ExportReport> {
     let job = task.job_id.as_str();
+    let report = |state| ExportReport {
+        job_id: task.job_id.clone(),
+        state,
+    };
     tracing::info!(job, dir = %cfg.export_dir.display(), "export requested");
-    if let Err(e) = api.export_report(job, json!({ "state": "uploading" })).await {
+    if let Err(e) = api.export_report(&report(ExportState::Uploading)).await {
         tracing::warn!(job, error = %e, "export not reported as started");
         if is_final(&e) {
             return None;
         }
     }
-    Some(match collect_and_upload(cfg, api, task).await {
-        Ok(c) if c.files == 0 => json!({ "state": "no_files", "skipped": c.skipped }),
-        Ok(c) => json!({ "state": "done", "files": c.files, "bytes": c.bytes, "skipped": c.skipped }),
+    Some(report(match collect_and_upload(cfg, api, task).await {
+        Ok(c) if c.files == 0 => ExportState::NoFiles { skipped: c.skipped },
+        Ok(c) => ExportState::Done {
+            files: c.files,
+            bytes: c.bytes,
+            skipped: c.skipped,
+        },
         Err(reason) => {
             tracing::error!(job, %reason, "export failed");
-            json!({ "state": "failed", "detail": reason })
+            ExportState::Failed { detail: Some(reason) }
         }
-    })
+    }))
 }
 
-async fn collect_and_upload(cfg: &Config, api: &Api, task: &Task) -> Result<Collected, String> {
+async fn collect_and_upload(cfg: &Config, api: &Api, task: &ExportTask) -> Result<Collected, String> {
     let archive = cfg
         .state_dir
         .join(format!("export-{}.tar.partial", safe(&task.job_id)));
@@ -453,7 +451,7 @@ impl<R: Read> Read for Exact<R> {
 impl Api {
     /// The export long-poll on the holder: this VM's task, or `None` when the window
     /// ended with no export open.
-    pub async fn export_poll(&self) -> Result<Option<Task>, ApiError> {
+    pub async fn export_poll(&self) -> Result<Option<ExportTask>, ApiError> {
         let Some((status, text, url)) = self.holder_post("/vm_export").await? else {
             return Ok(None);
         };
@@ -463,12 +461,10 @@ impl Api {
             .map_err(|e| bad(format!("not an export task: {e}")))
     }
 
-    /// `POST /api/vm-export/{hostname}`: this VM's progress on export `job`.
-    pub async fn export_report(&self, job: &str, mut body: serde_json::Value) -> Result<(), ApiError> {
-        body["job_id"] = job.into();
-        self.post(&format!("/api/vm-export/{}", self.hostname()), body)
+    /// `POST /api/vm-export/{hostname}`: this VM's progress on an export.
+    pub async fn export_report(&self, report: &ExportReport) -> Result<(), ApiError> {
+        self.post(&format!("/api/vm-export/{}", self.hostname()), report)
             .await
-            .map(drop)
     }
 
     /// One `PUT` of `file` to a presigned `url`, streamed, with its length (S3 needs it).

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lablink_core::domain::VmStatus;
+use lablink_wire::RawTimings;
 use rand::Rng;
 
 use crate::api::{Api, Poll};
@@ -111,28 +112,27 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// The start-up timings: cloud-init's from the file user-data wrote (if any); the
 /// container phase is this daemon's own start-up unless the file has one.
-fn timings(cfg: &Config, started: DateTime<Utc>, ready: DateTime<Utc>) -> serde_json::Value {
-    let mut v = match std::fs::read(&cfg.timings_file) {
-        Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b) {
-            Ok(v @ serde_json::Value::Object(_)) => v,
+fn timings(file: &std::path::Path, started: DateTime<Utc>, ready: DateTime<Utc>) -> RawTimings {
+    let mut t = match std::fs::read(file) {
+        // An object only: serde would also read a JSON array, by position.
+        Ok(b) => match serde_json::from_slice::<RawTimings>(&b) {
+            Ok(t) if b.trim_ascii_start().starts_with(b"{") => t,
             _ => {
-                tracing::warn!(file = %cfg.timings_file.display(), "timings file is not a JSON object; ignoring it");
-                serde_json::json!({})
+                tracing::warn!(file = %file.display(), "timings file is not a JSON object of timestamps; ignoring it");
+                RawTimings::default()
             }
         },
-        Err(_) => serde_json::json!({}),
+        Err(_) => RawTimings::default(),
     };
-    if v.get("container_start").is_none()
-        && v.get("container_end").is_none()
-        && v.get("container_ready").is_none()
-    {
-        v["container_start"] = rfc3339(started).into();
-        v["container_end"] = rfc3339(ready).into();
+    // `container_ready`, the classic name, is read as `container_end`.
+    if t.container_start.is_none() && t.container_end.is_none() {
+        t.container_start = Some(rfc3339(started));
+        t.container_end = Some(rfc3339(ready));
     }
-    v
+    t
 }
 
-async fn post_metrics_once(api: &Api, state: &StateDir, body: serde_json::Value) {
+async fn post_metrics_once(api: &Api, state: &StateDir, body: RawTimings) {
     if state.has_marker(METRICS_MARKER) {
         return;
     }
@@ -228,7 +228,7 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     retry("reporting running", || api.status(VmStatus::Running, None)).await;
     let ready = Utc::now();
     tracing::info!(host = %cfg.hostname, "running");
-    let body = timings(&cfg, started, ready);
+    let body = timings(&cfg.timings_file, started, ready);
     post_metrics_once(&api, &state, body).await;
 
     // The export channel: a second long-poll, open for the life of the daemon.
@@ -387,6 +387,52 @@ async fn execute(cfg: &Config, api: &Api, state: &StateDir, key: String, command
             let reason = format!("start-host failed: {outcome}");
             retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
             false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timings_file_keeps_its_container_phase_and_gets_the_daemons_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("timings.json");
+        let started = "2025-11-13T10:06:00Z".parse().unwrap();
+        let ready = "2025-11-13T10:06:02.5Z".parse().unwrap();
+        let ours = (
+            Some("2025-11-13T10:06:00.000Z".to_owned()),
+            Some("2025-11-13T10:06:02.500Z".to_owned()),
+        );
+
+        // No file: the daemon's own start-up only.
+        let t = timings(&file, started, ready);
+        assert_eq!((t.container_start, t.container_end), ours.clone());
+        assert_eq!(t.cloud_init_start, None);
+
+        // Cloud-init's phase is kept, the container phase is the daemon's.
+        std::fs::write(
+            &file,
+            r#"{"cloud_init_start":"2025-11-13T10:00:00Z","cloud_init_end":"2025-11-13T10:05:30Z"}"#,
+        )
+        .unwrap();
+        let t = timings(&file, started, ready);
+        assert_eq!(t.cloud_init_end.as_deref(), Some("2025-11-13T10:05:30Z"));
+        assert_eq!((t.container_start, t.container_end), ours.clone());
+
+        // A container phase in the file (by its classic name too) is not replaced.
+        std::fs::write(&file, r#"{"container_ready":"2025-11-13T10:05:30Z"}"#).unwrap();
+        let t = timings(&file, started, ready);
+        assert_eq!(t.container_start, None);
+        assert_eq!(t.container_end.as_deref(), Some("2025-11-13T10:05:30Z"));
+
+        // Not an object of timestamps: ignored.
+        for bad in ["[]", "not json", r#"{"cloud_init_start":12}"#] {
+            std::fs::write(&file, bad).unwrap();
+            let t = timings(&file, started, ready);
+            assert_eq!(t.cloud_init_start, None, "{bad}");
+            assert_eq!((t.container_start, t.container_end), ours.clone(), "{bad}");
         }
     }
 }

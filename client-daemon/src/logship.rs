@@ -347,13 +347,13 @@ impl Sink for HttpSink {
     }
 
     async fn put(&self, events: &[Event]) -> Result<(), String> {
-        let body = serde_json::json!({
-            "log_group": self.group,
-            "log_stream": self.stream,
-            "messages": events.iter().map(|e| &e.message).collect::<Vec<_>>(),
-            "event_ids": events.iter().map(|e| &e.id).collect::<Vec<_>>(),
-            "timestamps": events.iter().map(|e| e.timestamp.to_rfc3339()).collect::<Vec<_>>(),
-        });
+        let body = lablink_wire::LogBatch {
+            log_group: Some(self.group.clone()),
+            log_stream: self.stream.clone(),
+            messages: events.iter().map(|e| e.message.clone()).collect(),
+            event_ids: Some(events.iter().map(|e| e.id.clone()).collect()),
+            timestamps: Some(events.iter().map(|e| e.timestamp).collect()),
+        };
         let mut req = self.http.post(&self.url).json(&body);
         if let Some(c) = &self.credential {
             req = req.bearer_auth(c);

@@ -20,10 +20,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body::Frame;
-use lablink_core::credential::Secret;
-use lablink_core::db::{exports, vms};
+use lablink_core::credential::{bearer_token, vm_admits};
 use lablink_core::domain::Hostname;
-use serde_json::json;
+use lablink_db::{exports, vms};
+use lablink_wire::{Assignment, ErrorBody, HolderHealth, ListenerState, VmPoll};
 
 use crate::Holder;
 use crate::registry::Delivery;
@@ -36,12 +36,57 @@ pub fn router(holder: Arc<Holder>) -> Router {
         .route("/vm_startup", post(vm_startup))
         .route("/vm_export", post(vm_export))
         .route("/healthz", get(healthz))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .fallback(|| async { Refusal::NoRoute })
         .with_state(holder)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+/// Every refusal of the holder, turned into its response in one place (`{"error"}`
+/// with its status). Each changes nothing.
+#[derive(Debug)]
+enum Refusal {
+    BadRequest(String),
+    TooLarge,
+    NoCredential,
+    NotThisVm,
+    UnknownVm(Hostname),
+    /// The database is unreachable or silent (what failed is logged where it happened).
+    Unavailable,
+    NoRoute,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Refusal::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Refusal::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {BODY_LIMIT} bytes"),
+            ),
+            Refusal::NoCredential => (
+                StatusCode::UNAUTHORIZED,
+                "a VM credential (Authorization: Bearer) is required".into(),
+            ),
+            Refusal::NotThisVm => (
+                StatusCode::FORBIDDEN,
+                "this credential is not the one of this VM".into(),
+            ),
+            Refusal::UnknownVm(host) => (StatusCode::NOT_FOUND, format!("unknown VM {host}")),
+            Refusal::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable; retry shortly".into(),
+            ),
+            Refusal::NoRoute => (StatusCode::NOT_FOUND, "no such route".into()),
+        };
+        (status, axum::Json(ErrorBody::new(message))).into_response()
+    }
+}
+
+/// A failed or silent query: logged with what was being done, answered 503.
+fn db_down<'a>(doing: &'static str, host: &'a Hostname) -> impl FnOnce(String) -> Refusal + 'a {
+    move |e| {
+        tracing::error!(error = %e, %host, "{doing} failed");
+        Refusal::Unavailable
+    }
 }
 
 fn nothing_yet() -> Response {
@@ -53,37 +98,17 @@ struct Params {
     wait: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
-struct Body_ {
-    hostname: String,
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
 async fn vm_startup(
     State(holder): State<Arc<Holder>>,
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Refusal> {
     let cfg = &holder.config;
-    let (host, token, wait) = match parse_poll(params, headers, body) {
-        Ok(p) => p,
-        Err(refused) => return refused,
-    };
+    let (host, token, wait) = parse_poll(params, headers, body)?;
     let token = token.as_deref();
     if token.is_none() && !cfg.legacy_vm_auth {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "a VM credential (Authorization: Bearer) is required",
-        );
+        return Err(Refusal::NoCredential);
     }
     let window = match wait {
         Some(w) => w.min(cfg.max_wait),
@@ -93,46 +118,27 @@ async fn vm_startup(
     };
 
     // ---- authenticate and look for an assignment made while the VM was not waiting
-    let Some(client) = holder.link.client().await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database is unavailable; retry shortly",
-        );
-    };
-    let (hash, pending) = match timed(vms::startup_lookup(&client, &host)).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown VM {host}")),
-        Err(e) => {
-            tracing::error!(error = %e, %host, "startup look-up failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable; retry shortly",
-            );
-        }
-    };
+    let client = holder.link.client().await.ok_or(Refusal::Unavailable)?;
+    let (hash, pending) = timed(vms::startup_lookup(&client, &host))
+        .await
+        .map_err(db_down("startup look-up", &host))?
+        .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
     if let Some(token) = token
-        && !hash.is_some_and(|h| h.matches(&Secret::presented(token)))
+        && !vm_admits(hash.as_ref(), token)
     {
-        return error(StatusCode::FORBIDDEN, "this credential is not the one of this VM");
+        return Err(Refusal::NotThisVm);
     }
     if let Some(p) = pending {
-        return deliver(&holder, host, p.into());
+        return Ok(deliver(&holder, host, p.into()));
     }
 
     // ---- wait
     let mut reg = holder.registry.register(&host);
-    match timed(vms::undelivered_assignment(&client, &host)).await {
-        Ok(Some(p)) => {
-            return deliver(&holder, host, p.into());
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::error!(error = %e, %host, "startup re-check failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable; retry shortly",
-            );
-        }
+    if let Some(p) = timed(vms::undelivered_assignment(&client, &host))
+        .await
+        .map_err(db_down("startup re-check", &host))?
+    {
+        return Ok(deliver(&holder, host, p.into()));
     }
     drop(client);
     let outcome = tokio::select! {
@@ -141,46 +147,42 @@ async fn vm_startup(
         () = holder.stop.cancelled() => None,
     };
     drop(reg);
-    match outcome {
+    Ok(match outcome {
         Some(d) => deliver(&holder, host, d),
         None => nothing_yet(),
-    }
+    })
 }
 
 /// The common part of both polls: `?wait=`, a bounded `{"hostname"}` body and the bearer
 /// token. Every refusal is a 4xx and changes nothing. Only what the wait needs is kept:
 /// the request's headers and body are dropped before waiting (a waiter's memory is what
-/// 10,000 VMs multiply). The refusal is the finished response (a cold path, so its size
-/// does not matter).
-#[allow(clippy::result_large_err)]
+/// 10,000 VMs multiply).
 fn parse_poll(
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(Hostname, Option<String>, Option<Duration>), Response> {
+) -> Result<(Hostname, Option<String>, Option<Duration>), Refusal> {
     let Ok(Query(params)) = params else {
-        return Err(error(StatusCode::BAD_REQUEST, "invalid query string"));
+        return Err(Refusal::BadRequest("invalid query string".into()));
     };
     if body.len() > BODY_LIMIT {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is over {BODY_LIMIT} bytes"),
-        ));
+        return Err(Refusal::TooLarge);
     }
-    let parsed: Body_ = serde_json::from_slice(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
+    let parsed: VmPoll =
+        serde_json::from_slice(&body).map_err(|e| Refusal::BadRequest(format!("invalid JSON body: {e}")))?;
     let host = Hostname::parse(&parsed.hostname)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid hostname: {e}")))?;
+        .map_err(|e| Refusal::BadRequest(format!("invalid hostname: {e}")))?;
     let wait = match params.wait.as_deref() {
         Some(v) => Some(Duration::from_secs(v.parse::<u64>().map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("wait must be whole seconds, got {v:?}"),
-            )
+            Refusal::BadRequest(format!("wait must be whole seconds, got {v:?}"))
         })?)),
         None => None,
     };
-    let token = bearer(&headers).map(str::to_owned);
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .map(str::to_owned);
     Ok((host, token, wait))
 }
 
@@ -192,68 +194,42 @@ async fn vm_export(
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Refusal> {
     let cfg = &holder.config;
-    let (host, token, wait) = match parse_poll(params, headers, body) {
-        Ok(p) => p,
-        Err(refused) => return refused,
-    };
-    let Some(token) = token else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "a VM credential (Authorization: Bearer) is required",
-        );
-    };
+    let (host, token, wait) = parse_poll(params, headers, body)?;
+    let token = token.ok_or(Refusal::NoCredential)?;
     let window = wait.unwrap_or(cfg.default_wait).min(cfg.max_wait);
-    let unavailable = || {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database is unavailable; retry shortly",
-        )
-    };
-    let Some(client) = holder.link.client().await else {
-        return unavailable();
-    };
-    match timed(vms::credential_hash(&client, &host)).await {
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("unknown VM {host}")),
-        Ok(Some(Some(h))) if h.matches(&Secret::presented(&token)) => {}
-        Ok(Some(_)) => {
-            return error(StatusCode::FORBIDDEN, "this credential is not the one of this VM");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, %host, "export credential look-up failed");
-            return unavailable();
-        }
+    let client = holder.link.client().await.ok_or(Refusal::Unavailable)?;
+    let stored = timed(vms::credential_hash(&client, &host))
+        .await
+        .map_err(db_down("export credential look-up", &host))?
+        .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
+    if !vm_admits(stored.as_ref(), &token) {
+        return Err(Refusal::NotThisVm);
     }
     drop(client);
     // Subscribe before looking, so an export opened in between rings this bell.
     let mut bell = holder.exports.subscribe();
     let deadline = tokio::time::Instant::now() + window;
     loop {
-        let Some(client) = holder.link.client().await else {
-            return unavailable();
-        };
-        match timed(exports::task_for(&client, &host)).await {
-            Ok(Some(task)) => return (StatusCode::OK, axum::Json(task)).into_response(),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, %host, "export look-up failed");
-                return unavailable();
-            }
+        let client = holder.link.client().await.ok_or(Refusal::Unavailable)?;
+        if let Some(task) = timed(exports::task_for(&client, &host))
+            .await
+            .map_err(db_down("export look-up", &host))?
+        {
+            return Ok((StatusCode::OK, axum::Json(task)).into_response());
         }
         drop(client);
         tokio::select! {
-            r = bell.changed() => if r.is_err() { return nothing_yet() },
-            () = tokio::time::sleep_until(deadline) => return nothing_yet(),
-            () = holder.stop.cancelled() => return nothing_yet(),
+            r = bell.changed() => if r.is_err() { return Ok(nothing_yet()) },
+            () = tokio::time::sleep_until(deadline) => return Ok(nothing_yet()),
+            () = holder.stop.cancelled() => return Ok(nothing_yet()),
         }
     }
 }
 
 /// A query with the holder's time limit: a silent connection answers 503, not never.
-async fn timed<T>(
-    q: impl std::future::Future<Output = Result<T, lablink_core::db::DbError>>,
-) -> Result<T, String> {
+async fn timed<T>(q: impl std::future::Future<Output = Result<T, lablink_db::DbError>>) -> Result<T, String> {
     match tokio::time::timeout(crate::listener::QUERY_TIMEOUT, q).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("no answer from the database in time".into()),
@@ -262,13 +238,8 @@ async fn timed<T>(
 
 /// The 200 answer; the delivery is marked once the body has been taken by the connection.
 fn deliver(holder: &Arc<Holder>, host: Hostname, d: Delivery) -> Response {
-    let body = serde_json::to_vec(&json!({
-        "status": "success",
-        "pin": d.pin.as_str(),
-        "command": d.command,
-        "hostname": host.as_str(),
-    }))
-    .expect("a JSON object serializes");
+    let body = serde_json::to_vec(&Assignment::new(host.as_str(), d.pin.as_str(), &d.command))
+        .expect("a struct of strings serializes");
     let mark = MarkOnSent {
         body: Some(Bytes::from(body)),
         sent: false,
@@ -330,11 +301,15 @@ impl Drop for MarkOnSent {
 
 async fn healthz(State(holder): State<Arc<Holder>>) -> Response {
     let up = holder.link.is_up().await;
-    let body = json!({
-        "listener": if up { "listening" } else { "reconnecting" },
-        "waiters": holder.registry.len(),
-        "connections": holder.link.generation(),
-    });
+    let body = HolderHealth {
+        listener: if up {
+            ListenerState::Listening
+        } else {
+            ListenerState::Reconnecting
+        },
+        waiters: holder.registry.len() as u64,
+        connections: holder.link.generation(),
+    };
     let status = if up {
         StatusCode::OK
     } else {

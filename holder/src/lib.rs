@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lablink_core::config::{ConfigError, Settings};
-use lablink_core::db::{DbConfig, vms};
 use lablink_core::domain::Hostname;
+use lablink_db::{DbConfig, vms};
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::Link;

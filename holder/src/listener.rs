@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lablink_core::db::{DbConfig, vms};
 use lablink_core::domain::{Hostname, Pin};
+use lablink_db::{DbConfig, vms};
 use rand::Rng;
 use tokio::sync::{RwLock, watch};
 use tokio_postgres::{AsyncMessage, Client};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::{Delivery, Registry};
 
 pub const CHANNEL: &str = "vm_updates";
-use lablink_core::db::exports::CHANNEL as EXPORT_CHANNEL;
+use lablink_db::exports::CHANNEL as EXPORT_CHANNEL;
 
 /// The connection as the request handlers see it.
 #[derive(Default)]
@@ -118,7 +118,7 @@ pub async fn supervise(
             client
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {EXPORT_CHANNEL}"))
                 .await?;
-            Ok::<_, lablink_core::db::DbError>((Arc::new(client), ended_rx, driver))
+            Ok::<_, lablink_db::DbError>((Arc::new(client), ended_rx, driver))
         };
         let result = tokio::select! {
             r = attempt => r,

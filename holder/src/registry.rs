@@ -17,8 +17,8 @@ pub struct Delivery {
     pub pin: Pin,
 }
 
-impl From<lablink_core::db::vms::PendingAssignment> for Delivery {
-    fn from(p: lablink_core::db::vms::PendingAssignment) -> Self {
+impl From<lablink_db::vms::PendingAssignment> for Delivery {
+    fn from(p: lablink_db::vms::PendingAssignment) -> Self {
         Self {
             command: p.command,
             pin: p.pin,

@@ -1,13 +1,13 @@
 //! The holder in-process against a real Postgres, over real HTTP: auth and bad input,
 //! immediate delivery of an assignment made while the VM was away, waking by NOTIFY,
 //! newest waiter wins, abandoned waits freed, reconnect re-check, several holders,
-//! legacy mode, and shutdown.
+//! legacy mode, shutdown, and the export long-poll.
 
 use std::time::{Duration, Instant};
 
 use lablink_core::credential::Secret;
-use lablink_core::db::vms;
 use lablink_core::domain::{CrdCommand, Email, Hostname, Pin, VmStatus};
+use lablink_db::vms;
 use lablink_holder::{HolderConfig, Running};
 use lablink_testkit::TestDb;
 use tokio::io::AsyncWriteExt;
@@ -426,10 +426,12 @@ async fn a_connection_that_goes_silent_is_replaced_and_polls_get_503_meanwhile()
         .get(0);
     // Only a backend of a server on this host can be frozen (the test's own cluster).
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if !comm.starts_with("postgres") {
-        eprintln!("skipped: the database server is not on this host (backend {pid} is not a local process)");
-        return;
-    }
+    assert!(
+        comm.starts_with("postgres"),
+        "this test freezes the holder's database backend (SIGSTOP), so it needs a Postgres on \
+         this host: backend {pid} is not a local process. Run it without DATABASE_URL (the test \
+         starts its own cluster) or through scripts/test"
+    );
     // Freeze the holder's backend: its TCP connection stays up but nothing answers,
     // the way a failed-over or NAT-dropped connection behaves.
     let stopped = std::process::Command::new("kill")
@@ -487,4 +489,103 @@ impl Drop for Resume {
             .args(["-CONT", &self.0.to_string()])
             .status();
     }
+}
+
+/// One `POST /vm_export` as the daemon sends it: (status, body).
+async fn export_poll(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    vm: &Vm,
+    wait: &str,
+) -> (u16, String) {
+    let resp = http
+        .post(format!("http://{addr}/vm_export?wait={wait}"))
+        .bearer_auth(vm.secret.expose())
+        .json(&lablink_wire::VmPoll {
+            hostname: vm.host.to_string(),
+        })
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_export_opened_while_a_vm_waits_is_handed_to_that_vm_as_its_task() {
+    use chrono::SubsecRound;
+    use lablink_db::exports;
+
+    let (db, client, vms_) = setup(2).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        export_poll(&http, r.addr, &vms_[0], "1").await.0,
+        204,
+        "none open yet"
+    );
+
+    let waiting = tokio::spawn({
+        let (http, addr) = (http.clone(), r.addr);
+        let vm = Vm {
+            host: vms_[0].host.clone(),
+            secret: vms_[0].secret.clone(),
+        };
+        async move { export_poll(&http, addr, &vm, "20").await }
+    });
+    let other = tokio::spawn({
+        let (http, addr) = (http.clone(), r.addr);
+        let vm = Vm {
+            host: vms_[1].host.clone(),
+            secret: vms_[1].secret.clone(),
+        };
+        async move { export_poll(&http, addr, &vm, "2").await }
+    });
+    let job = "20261123T110000Z-0e0e0e01";
+    let url = "https://bucket.s3.amazonaws.com/exports/x/vms/hold-0.tar?X-Amz-Signature=s";
+    let deadline = chrono::Utc::now().trunc_subsecs(0) + chrono::Duration::hours(1);
+    let spec = exports::ExportSpec {
+        extensions: vec!["slp".into()],
+        max_file_bytes: 1 << 30,
+        deadline,
+    };
+    let target = exports::Target {
+        hostname: vms_[0].host.clone(),
+        email: Some("p0@example.edu".into()),
+    };
+    assert!(
+        exports::start(&client, job, &spec, &[(target, url.into())])
+            .await
+            .unwrap()
+    );
+
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting VM is answered once the export opens")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The classic keys, no more, and the daemon's type reads them.
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["deadline", "extensions", "job_id", "max_file_bytes", "upload_url"]
+    );
+    let task: lablink_wire::ExportTask = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        task,
+        lablink_wire::ExportTask {
+            job_id: job.into(),
+            upload_url: url.into(),
+            extensions: vec!["slp".into()],
+            max_file_bytes: 1 << 30,
+            deadline,
+        }
+    );
+    assert_eq!(
+        other.await.unwrap().0,
+        204,
+        "a VM the export does not ask waits on"
+    );
+    r.shutdown().await.unwrap();
 }

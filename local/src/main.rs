@@ -21,8 +21,8 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use lablink_core::credential::Secret;
-use lablink_core::db::{self, Db, DbConfig, fleet, vms};
 use lablink_core::domain::{Hostname, VmStatus};
+use lablink_db::{Db, DbConfig, fleet, vms};
 use lablink_export::LocalStorage;
 use lablink_ops::pg::PgJobStore;
 use lablink_ops::{Job, JobId, JobKind, JobStore};
@@ -186,7 +186,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let state_dir = cli.state_dir.canonicalize()?;
     let (db_config, cluster) = database(&state_dir).await?;
     let mut client = db_config.connect().await.context("connect to Postgres")?;
-    db::migrate(&mut client).await?;
+    lablink_db::migrate(&mut client).await?;
     // Local VMs were processes of an earlier run: they are gone.
     let cleared = fleet::clear_fleet(&client).await?;
     if cleared > 0 {
@@ -276,7 +276,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         forwarder_token_hash: None,
         jobs_table: None,
         max_vms: cli.max_vms,
-        deployment: "local".into(),
+        deployment: lablink_core::domain::DeploymentName::parse("local").expect("a valid name"),
         export_bucket: None,
     };
     let state = Arc::new(

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use lablink_core::credential::Secret;
-use lablink_core::db::{DbConfig, vms};
 use lablink_core::domain::{Hostname, VmStatus};
+use lablink_db::{DbConfig, vms};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -262,9 +262,45 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The release artifact of `cargo lambda build --release` for `function`.
+/// The cargo-lambda artifacts must have been built by this run: `scripts/test` builds
+/// them (`scripts/build-lambdas`) and sets `LABLINK_LAMBDA_ARTIFACTS=1`. Without that the
+/// test fails, saying so: it never passes without looking at them (an artifact left by
+/// an earlier build is not this code's).
+pub fn require_lambda_artifacts() {
+    assert_eq!(
+        std::env::var("LABLINK_LAMBDA_ARTIFACTS").as_deref(),
+        Ok("1"),
+        "the cargo-lambda artifacts of this code are not built: run scripts/test (it runs \
+         scripts/build-lambdas and sets LABLINK_LAMBDA_ARTIFACTS=1), or build them yourself \
+         and set LABLINK_LAMBDA_ARTIFACTS=1"
+    );
+}
+
+/// The artifact of `cargo lambda build` (scripts/build-lambdas) for `function`.
 pub fn lambda_artifact(function: &str) -> anyhow::Result<PathBuf> {
     Ok(target_dir()?.join("lambda").join(function).join("bootstrap"))
+}
+
+/// The AWS service clients a built binary links, told by a string only that client's
+/// generated code carries (its protocol's operation names or target prefix). A route's
+/// binary links only what its handler reaches (the linker drops the rest), so this is
+/// what its Lambda can call.
+pub fn aws_clients_linked(bin: &Path) -> std::io::Result<Vec<&'static str>> {
+    const MARKERS: [(&str, &[&str]); 6] = [
+        ("DynamoDB", &["DynamoDB_20120810"]),
+        ("S3", &["s3-object-lambda"]),
+        ("STS", &["GetCallerIdentity", "AssumeRoleWithWebIdentity"]),
+        ("Secrets Manager", &["secretsmanager"]),
+        ("EC2", &["RunInstances"]),
+        ("CloudWatch Logs", &["Logs_20140328"]),
+    ];
+    let bytes = std::fs::read(bin)?;
+    let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    Ok(MARKERS
+        .iter()
+        .filter(|(_, needles)| needles.iter().any(|n| has(n)))
+        .map(|(name, _)| *name)
+        .collect())
 }
 
 /// A free TCP port on loopback (bound, then released).

@@ -119,3 +119,80 @@ pub async fn invoke_once(
         .context("the runtime API stopped")?;
     Ok(Invocation { kind, body, elapsed })
 }
+
+/// Everything a function needs to answer its `events/<function>/valid.json` fixture: a
+/// database with the fixture VM, enrollment and exports, the fixture admin, and (per
+/// function, so one's fleet lock never meets another's) a jobs table on moto_server
+/// holding the fixture jobs. Used by the Runtime-API test and by `lambda-report`.
+pub struct FixtureWorld {
+    pub db: lablink_testkit::TestDb,
+    admin_hash: String,
+}
+
+impl FixtureWorld {
+    pub async fn new() -> Self {
+        use lablink_core::credential::Secret;
+        use lablink_core::domain::{Hostname, VmStatus};
+        use lablink_testkit::fixtures;
+        let db = lablink_testkit::TestDb::new().await;
+        let client = db.client().await;
+        lablink_db::vms::create_vms(
+            &client,
+            &[lablink_db::vms::NewVm {
+                hostname: Hostname::parse("lablink-vm-test-1").expect("a valid hostname"),
+                instance_id: None,
+                credential_hash: Some(
+                    Secret::presented("fixture-credential-of-lablink-vm-test-1-not-a-secret").hash(),
+                ),
+                status: VmStatus::Running,
+                provision: None,
+            }],
+        )
+        .await
+        .expect("the fixture VM");
+        fixtures::seed_enrollment(&client).await;
+        fixtures::seed_open_export(&client).await;
+        Self {
+            db,
+            admin_hash: lablink_web::auth::hash_password(fixtures::ADMIN_PASSWORD),
+        }
+    }
+
+    /// A fresh jobs table `name` on moto holding the fixture jobs.
+    pub async fn jobs_table(name: &str) {
+        let client = lablink_ops::dynamo::Client::new(&lablink_testkit::moto::sdk_config());
+        lablink_ops::dynamo::create_table(&client, name)
+            .await
+            .expect("a jobs table on moto");
+        let store = lablink_ops::dynamo::DynamoJobStore::new(client, name);
+        lablink_testkit::fixtures::seed_job(&store).await;
+        lablink_testkit::fixtures::seed_done_export(&store).await;
+    }
+
+    /// The environment of `function` (an HTTP route's) with its own jobs table
+    /// `jobs-<variant>-<function>`, created here.
+    pub async fn route_env(&self, variant: &str, function: &str) -> Vec<(String, String)> {
+        use lablink_testkit::fixtures;
+        let table = format!("jobs-{variant}-{function}");
+        Self::jobs_table(&table).await;
+        let mut env: Vec<(String, String)> = [
+            ("DATABASE_URL", self.db.url.as_str()),
+            ("LABLINK_SESSION_KEY", fixtures::SESSION_KEY),
+            ("LABLINK_ADMIN_USER", fixtures::ADMIN_USER),
+            ("LABLINK_ADMIN_PASSWORD_HASH", self.admin_hash.as_str()),
+            ("LABLINK_DEPLOYMENT", fixtures::DEPLOYMENT),
+            ("LABLINK_JOBS_TABLE", table.as_str()),
+            // Presigning a download link needs no object: the fixture's is never fetched.
+            ("LABLINK_EXPORT_BUCKET", "lablink-exports-fixture"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        env.extend(
+            lablink_testkit::moto::env()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        );
+        env
+    }
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lablink_core::credential::Secret;
-use lablink_core::db::{exports, vms};
 use lablink_core::domain::{Hostname, VmStatus};
+use lablink_db::{exports, vms};
 use lablink_e2e::{eventually, read_zip};
 use lablink_export::{Download, ExportStorage, S3Storage};
 use lablink_ops::dynamo::DynamoJobStore;

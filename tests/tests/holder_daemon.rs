@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lablink_core::db::vms;
 use lablink_core::domain::{CrdCommand, Email, Pin, VmStatus};
+use lablink_db::vms;
 use lablink_e2e::{ApiServer, HolderProc, Proc, TestVm, create_vms, eventually, workspace_bin};
 use lablink_testkit::TestDb;
 use tokio::process::Command;

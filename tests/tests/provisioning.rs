@@ -12,8 +12,9 @@ use lablink_provision::Processed;
 use lablink_provision::ec2::Ec2Settings;
 use lablink_provision::stream::{ProvisionerConfig, ProvisionerRuntime};
 use lablink_testkit::{TestDb, moto};
+use lablink_web::routes::{self, Route};
 use lablink_web::state::AdminSource;
-use lablink_web::{AppConfig, AppState, Route};
+use lablink_web::{AppConfig, AppState};
 use lambda_http::http::StatusCode;
 use serde_json::{Value, json};
 
@@ -127,7 +128,7 @@ fn state_for(w: &World) -> AppState {
         forwarder_token_hash: None,
         jobs_table: None,
         max_vms: 50,
-        deployment: w.deployment.clone(),
+        deployment: lablink_core::domain::DeploymentName::parse(&w.deployment).unwrap(),
         export_bucket: None,
     };
     AppState::new(config)
@@ -251,7 +252,7 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     let first = launched[0].instance_id().unwrap();
     let (st, _) = call(
         &state,
-        Route::Enroll,
+        routes::enrollment::ENROLL,
         json!({"instance_id": first, "enrollment_secret": "wrong"}),
         None,
     )
@@ -259,7 +260,7 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = call(
         &state,
-        Route::Enroll,
+        routes::enrollment::ENROLL,
         json!({"instance_id": "i-0000000000000dead", "enrollment_secret": secret}),
         None,
     )
@@ -267,7 +268,7 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     assert_eq!(st, StatusCode::NOT_FOUND, "an instance the job did not launch");
     let (st, v) = call(
         &state,
-        Route::Enroll,
+        routes::enrollment::ENROLL,
         json!({"instance_id": first, "enrollment_secret": secret}),
         None,
     )
@@ -277,7 +278,7 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     let credential = v["credential"].as_str().unwrap().to_owned();
     let (st, _) = call(
         &state,
-        Route::Enroll,
+        routes::enrollment::ENROLL,
         json!({"instance_id": first, "enrollment_secret": secret}),
         None,
     )
@@ -285,7 +286,7 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     assert_eq!(st, StatusCode::CONFLICT, "a second enrollment");
     let (st, v) = call(
         &state,
-        Route::PostVmStatus,
+        routes::vm::POST_VM_STATUS,
         json!({"hostname": v["hostname"], "status": "running"}),
         Some(&credential),
     )

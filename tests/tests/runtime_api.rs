@@ -3,71 +3,42 @@
 //! binary must start with no network work, poll `/next`, and post the API Gateway v2
 //! response we expect.
 //!
-//! The debug binaries come from `cargo build --workspace --bins`; the release artifacts
-//! of `cargo lambda build --release` (scripts/build-lambdas) are run the same way when
-//! `LABLINK_LAMBDA_ARTIFACTS=1` (scripts/test sets it after building them).
+//! The debug binaries come from `cargo build --workspace --bins`; the cargo-lambda
+//! artifacts (scripts/build-lambdas; scripts/test builds them with the `lambda-test`
+//! profile and sets `LABLINK_LAMBDA_ARTIFACTS=1`) are run the same way, and that test
+//! fails, saying why, when they were not built by this run.
 
 use std::path::PathBuf;
 
-use lablink_core::credential::Secret;
-use lablink_core::db::vms;
-use lablink_core::domain::{Hostname, VmStatus};
-use lablink_e2e::runtime_api::{REQUEST_ID, invoke_once};
-use lablink_e2e::{lambda_artifact, repo_root, workspace_bin};
+use lablink_e2e::runtime_api::{FixtureWorld, REQUEST_ID, invoke_once};
+use lablink_e2e::{aws_clients_linked, lambda_artifact, repo_root, workspace_bin};
 use lablink_testkit::{TestDb, fixtures, moto};
-use lablink_web::Route;
+use lablink_web::routes;
 
-async fn fixture_db() -> TestDb {
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    vms::create_vms(
-        &client,
-        &[vms::NewVm {
-            hostname: Hostname::parse("lablink-vm-test-1").unwrap(),
-            instance_id: None,
-            credential_hash: Some(
-                Secret::presented("fixture-credential-of-lablink-vm-test-1-not-a-secret").hash(),
-            ),
-            status: VmStatus::Running,
-            provision: None,
-        }],
-    )
-    .await
-    .unwrap();
-    db
-}
-
-/// A DynamoDB jobs table on moto holding the fixture job.
-async fn jobs_table(name: &str) {
-    let client = lablink_ops::dynamo::Client::new(&moto::sdk_config());
-    lablink_ops::dynamo::create_table(&client, name).await.unwrap();
-    let store = lablink_ops::dynamo::DynamoJobStore::new(client, name);
-    fixtures::seed_job(&store).await;
-    fixtures::seed_done_export(&store).await;
+/// Routes whose crate enables no `lablink-web` feature (participant and VM routes) link
+/// no AWS service client; the dashboard, which uses the job store, STS and the admin
+/// secret, links those (so the check can see a client when one is there).
+fn only_what_each_route_uses_is_linked(bin: impl Fn(&str) -> PathBuf) {
+    for route in routes::ALL.iter().filter(|r| r.features.is_empty()) {
+        let linked = aws_clients_linked(&bin(route.function)).unwrap();
+        assert!(linked.is_empty(), "{} links {linked:?}", route.function);
+    }
+    let home = aws_clients_linked(&bin("admin-home")).unwrap();
+    for client in ["DynamoDB", "STS", "Secrets Manager"] {
+        assert!(home.contains(&client), "admin-home links {home:?}, not {client}");
+    }
+    assert!(
+        !home.contains(&"S3") && !home.contains(&"EC2"),
+        "admin-home links {home:?}"
+    );
 }
 
 async fn every_function_answers(variant: &str, bin: impl Fn(&str) -> PathBuf) {
-    let db = fixture_db().await;
-    fixtures::seed_enrollment(&db.client().await).await;
-    fixtures::seed_open_export(&db.client().await).await;
-    let hash = lablink_web::auth::hash_password(fixtures::ADMIN_PASSWORD);
-    let moto_env = moto::env();
-    for route in Route::ALL {
-        let function = route.function_name();
-        // Each function its own table: job fixtures must not find another's fleet lock.
-        let table = format!("jobs-{variant}-{function}");
-        jobs_table(&table).await;
-        let mut env: Vec<(&str, &str)> = vec![
-            ("DATABASE_URL", db.url.as_str()),
-            ("LABLINK_SESSION_KEY", fixtures::SESSION_KEY),
-            ("LABLINK_ADMIN_USER", fixtures::ADMIN_USER),
-            ("LABLINK_ADMIN_PASSWORD_HASH", hash.as_str()),
-            ("LABLINK_DEPLOYMENT", fixtures::DEPLOYMENT),
-            ("LABLINK_JOBS_TABLE", table.as_str()),
-            // Presigning a download link needs no object: the fixture's is never fetched.
-            ("LABLINK_EXPORT_BUCKET", "lablink-exports-fixture"),
-        ];
-        env.extend(moto_env.iter().map(|(k, v)| (*k, v.as_str())));
+    let world = FixtureWorld::new().await;
+    for route in routes::ALL {
+        let function = route.function;
+        let env = world.route_env(variant, function).await;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let bin = bin(function);
         assert!(bin.exists(), "{} is missing", bin.display());
         let event =
@@ -83,14 +54,14 @@ async fn every_function_answers(variant: &str, bin: impl Fn(&str) -> PathBuf) {
         let status = v["statusCode"].as_u64().unwrap();
         assert!((200..400).contains(&status), "{function}: {status} {}", got.body);
     }
-    provisioner_answers(variant, &bin("provisioner"), &db).await;
+    provisioner_answers(variant, &bin("provisioner"), &world.db).await;
 }
 
 /// The provisioner, fed its stream fixture: it reads the (finished) fixture job from
 /// DynamoDB on moto and leaves it alone.
 async fn provisioner_answers(variant: &str, bin: &std::path::Path, db: &TestDb) {
     let table = format!("jobs-{variant}-provisioner");
-    jobs_table(&table).await;
+    FixtureWorld::jobs_table(&table).await;
     let mut env: Vec<(&str, &str)> = vec![
         ("DATABASE_URL", db.url.as_str()),
         ("LABLINK_JOBS_TABLE", table.as_str()),
@@ -122,16 +93,17 @@ async fn provisioner_answers(variant: &str, bin: &std::path::Path, db: &TestDb) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_debug_binary_answers_its_fixture_under_the_runtime_api() {
-    every_function_answers("debug", |f| workspace_bin(f).unwrap_or_else(|e| panic!("{e}"))).await;
+    let bin = |f: &str| workspace_bin(f).unwrap_or_else(|e| panic!("{e}"));
+    only_what_each_route_uses_is_linked(bin);
+    every_function_answers("debug", bin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cargo_lambda_artifact_answers_its_fixture_under_the_runtime_api() {
-    if std::env::var("LABLINK_LAMBDA_ARTIFACTS").as_deref() != Ok("1") {
-        eprintln!("LABLINK_LAMBDA_ARTIFACTS is not 1: the release artifacts are checked by scripts/test");
-        return;
-    }
-    every_function_answers("release", |f| lambda_artifact(f).unwrap()).await;
+    lablink_e2e::require_lambda_artifacts();
+    let bin = |f: &str| lambda_artifact(f).unwrap();
+    only_what_each_route_uses_is_linked(bin);
+    every_function_answers("artifact", bin).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! `GET /admin/jobs/{id}`: a job's progress page.
-//! Wiring only; the handler is [`lablink_web::Route::AdminJob`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::admin_pages::JOB`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::AdminJob).await
+    lablink_web::lambda::serve(lablink_web::routes::admin_pages::JOB).await
 }

@@ -1,7 +1,7 @@
 //! `GET /admin/login`: the admin login form.
-//! Wiring only; the handler is [`lablink_web::Route::AdminLoginPage`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::admin_pages::LOGIN_PAGE`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::AdminLoginPage).await
+    lablink_web::lambda::serve(lablink_web::routes::admin_pages::LOGIN_PAGE).await
 }

@@ -1,7 +1,7 @@
 //! `POST /destroy`: queues a destroy job (DynamoDB) and returns at once.
-//! Wiring only; the handler is [`lablink_web::Route::Destroy`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::admin_jobs::DESTROY`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::Destroy).await
+    lablink_web::lambda::serve(lablink_web::routes::admin_jobs::DESTROY).await
 }

@@ -1,7 +1,7 @@
 //! `GET /api/health`: database reachable, schema version.
-//! Wiring only; the handler is [`lablink_web::Route::Health`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::participant::HEALTH`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::Health).await
+    lablink_web::lambda::serve(lablink_web::routes::participant::HEALTH).await
 }

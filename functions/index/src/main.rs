@@ -1,7 +1,7 @@
 //! `GET /`: the participant page.
-//! Wiring only; the handler is [`lablink_web::Route::Index`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::participant::INDEX`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::Index).await
+    lablink_web::lambda::serve(lablink_web::routes::participant::INDEX).await
 }

@@ -1,10 +1,9 @@
 //! The log processor: invoked by the VM log group's subscription filter with
-//! `{"awslogs":{"data": base64(gzip(JSON))}}`. See `lablink_core::cwlogs` for the
+//! `{"awslogs":{"data": base64(gzip(JSON))}}`. See `log_processor` for the
 //! decoding bounds and what each outcome means; `events/log-processor/` for fixtures.
 
 use lablink_core::config::{Settings, exit_on_error};
-use lablink_core::cwlogs;
-use lablink_core::db::{Db, DbConfig};
+use lablink_db::{Db, DbConfig};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 
@@ -23,7 +22,7 @@ async fn main() -> Result<(), Error> {
         // Re-serialized once: the decoder takes the raw event and bounds everything itself.
         let raw = serde_json::to_vec(&event.payload)?;
         let client = db.client().await?;
-        let outcome = cwlogs::ingest(&client, &raw).await?;
+        let outcome = log_processor::ingest(&client, &raw).await?;
         if let Some(reason) = &outcome.refused {
             tracing::error!(%reason, "refused a malformed subscription event; nothing written");
         } else if let Some(stream) = &outcome.unknown_stream {

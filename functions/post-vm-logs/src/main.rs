@@ -1,7 +1,7 @@
 //! `POST /api/vm-logs`: log lines from a forwarder or the VM.
-//! Wiring only; the handler is [`lablink_web::Route::PostVmLogs`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::vm::POST_VM_LOGS`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::PostVmLogs).await
+    lablink_web::lambda::serve(lablink_web::routes::vm::POST_VM_LOGS).await
 }

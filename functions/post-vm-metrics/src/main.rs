@@ -1,7 +1,7 @@
 //! `POST /api/vm-metrics/{hostname}`: a VM's start-up timings.
-//! Wiring only; the handler is [`lablink_web::Route::PostVmMetrics`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::vm::POST_VM_METRICS`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::PostVmMetrics).await
+    lablink_web::lambda::serve(lablink_web::routes::vm::POST_VM_METRICS).await
 }

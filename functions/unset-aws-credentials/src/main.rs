@@ -1,7 +1,7 @@
 //! `POST /api/admin/unset-aws-credentials`: forgets the stored AWS keys.
-//! Wiring only; the handler is [`lablink_web::Route::UnsetAwsCredentials`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::credentials::UNSET_AWS_CREDENTIALS`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::UnsetAwsCredentials).await
+    lablink_web::lambda::serve(lablink_web::routes::credentials::UNSET_AWS_CREDENTIALS).await
 }

@@ -1,7 +1,7 @@
 //! `POST /api/vm-export/{hostname}`: a VM reports its part of a data export.
-//! Wiring only; the handler is [`lablink_web::Route::VmExport`].
+//! Wiring only; the route and its handler are [`lablink_web::routes::export::VM_EXPORT`].
 
 #[tokio::main]
 async fn main() -> Result<(), lablink_web::lambda::Error> {
-    lablink_web::lambda::serve(lablink_web::Route::VmExport).await
+    lablink_web::lambda::serve(lablink_web::routes::export::VM_EXPORT).await
 }

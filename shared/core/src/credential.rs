@@ -61,9 +61,43 @@ impl SecretHash {
     }
 }
 
+/// The token of an `Authorization` header value `Bearer <token>` (scheme in any case).
+/// The API and the holder both read VM credentials through this.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a VM whose stored credential hash is `stored` (`None`: it has none, a
+/// classic client's row) is the one presenting `token`.
+pub fn vm_admits(stored: Option<&SecretHash>, token: &str) -> bool {
+    stored.is_some_and(|h| h.matches(&Secret::presented(token)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_header_value() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn a_vm_admits_only_its_own_credential() {
+        let own = Secret::generate();
+        let hash = own.hash();
+        assert!(vm_admits(Some(&hash), own.expose()));
+        assert!(!vm_admits(Some(&hash), Secret::generate().expose()));
+        assert!(!vm_admits(None, own.expose()));
+    }
 
     #[test]
     fn secrets_are_random_and_only_their_own_hash_matches() {

@@ -1,16 +1,13 @@
 //! LabLink's domain core, shared by every function, the holder, the client daemon and
 //! the local runner.
 //!
-//! - [`domain`]: validated types (no I/O).
+//! - [`domain`]: validated types.
 //! - [`config`]: typed settings from the environment, every problem reported at once.
 //! - [`credential`]: per-VM secrets and their stored hashes.
-//! - [`db`]: the Postgres connection, embedded migrations and every query.
-//! - [`cwlogs`]: bounded decoding of CloudWatch Logs subscription batches.
 //!
-//! Nothing here knows about HTTP or Lambda.
+//! No I/O: nothing here knows about HTTP, Lambda, Postgres or AWS. Postgres lives in
+//! `lablink-db`, the wire messages between our processes in `lablink-wire`.
 
 pub mod config;
 pub mod credential;
-pub mod cwlogs;
-pub mod db;
 pub mod domain;

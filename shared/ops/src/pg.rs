@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lablink_core::db::Db;
+use lablink_db::Db;
 use serde_json::Value;
 use tokio::sync::mpsc;
 

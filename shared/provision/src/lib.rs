@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use lablink_core::credential::Secret;
-use lablink_core::db::{Db, exports, fleet};
 use lablink_core::domain::{Hostname, Phase};
+use lablink_db::{Db, exports, fleet};
 use lablink_export::{ExportStorage, VmPart};
 use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, JobVm, Lock, StoreError};
 
@@ -38,7 +38,7 @@ pub enum ProvisionError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("database: {0}")]
-    Db(#[from] lablink_core::db::DbError),
+    Db(#[from] lablink_db::DbError),
 }
 
 /// What one delivery of a job came to.
@@ -242,8 +242,7 @@ impl Provisioner {
             .hostnames
             .iter()
             .map(|h| {
-                Hostname::parse(h)
-                    .map_err(|e| lablink_core::db::DbError::Corrupt(format!("job hostname: {e}")))
+                Hostname::parse(h).map_err(|e| lablink_db::DbError::Corrupt(format!("job hostname: {e}")))
             })
             .collect::<Result<_, _>>()?;
 

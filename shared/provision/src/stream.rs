@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use lablink_core::config::Settings;
-use lablink_core::db::{Db, DbConfig};
+use lablink_db::{Db, DbConfig};
 use lablink_ops::JobId;
 use lablink_ops::dynamo::DynamoJobStore;
 use serde_json::Value;

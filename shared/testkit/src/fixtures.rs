@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use lablink_core::credential::Secret;
-use lablink_core::db::fleet;
+use lablink_db::fleet;
 use lablink_ops::{Job, JobId, JobKind, JobStore};
 
 pub const SESSION_KEY: &str = "abababababababababababababababababababababababababababababababab";
@@ -67,7 +67,7 @@ pub async fn seed_exports(client: &tokio_postgres::Client, store: &dyn JobStore)
 
 /// Export [`OPEN_EXPORT`], collecting, asking [`VM_HOST`].
 pub async fn seed_open_export(client: &tokio_postgres::Client) {
-    use lablink_core::db::exports;
+    use lablink_db::exports;
     let target = exports::Target {
         hostname: lablink_core::domain::Hostname::parse(VM_HOST).unwrap(),
         email: Some("ada@uni.edu".into()),

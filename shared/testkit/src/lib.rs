@@ -12,7 +12,7 @@ pub mod pg;
 
 use std::sync::OnceLock;
 
-use lablink_core::db::{self, DbConfig};
+use lablink_db::DbConfig;
 use rand::Rng;
 
 /// The server tests create their databases on.
@@ -56,7 +56,7 @@ impl TestDb {
         let url = with_dbname(&admin, &name);
         let config = DbConfig::from_url(&url).expect("a valid test database URL");
         let mut client = config.connect().await.expect("connect to the test database");
-        db::migrate(&mut client)
+        lablink_db::migrate(&mut client)
             .await
             .expect("migrations apply to a fresh database");
         Self { name, url, config }

@@ -12,26 +12,35 @@
 //!   address and per user.
 //! - A log forwarder presents the forwarder token (its SHA-256 is configured).
 
+#[cfg(feature = "admin")]
 use base64::Engine;
+#[cfg(feature = "admin")]
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+#[cfg(feature = "admin")]
 use chrono::{DateTime, Utc};
+#[cfg(feature = "admin")]
 use hmac::{Hmac, Mac};
-use lablink_core::credential::Secret;
-use lablink_core::db::admin as admin_db;
-use lablink_core::db::vms;
+use lablink_core::credential::{Secret, vm_admits};
 use lablink_core::domain::Hostname;
+#[cfg(feature = "admin")]
+use lablink_db::admin as admin_db;
+use lablink_db::vms;
 use lambda_http::Request;
 use lambda_http::http::header;
+#[cfg(feature = "admin")]
 use sha2::Sha256;
 
 use crate::{ApiError, AppState};
 
+#[cfg(feature = "admin")]
 pub const SESSION_COOKIE: &str = "lablink_session";
 
+#[cfg(feature = "admin")]
 /// The key that signs admin sessions.
 #[derive(Clone)]
 pub struct SessionKey(Vec<u8>);
 
+#[cfg(feature = "admin")]
 impl SessionKey {
     pub fn from_hex(v: &str) -> Result<Self, &'static str> {
         let bytes = hex::decode(v).map_err(|_| "not hex")?;
@@ -59,6 +68,7 @@ impl SessionKey {
     }
 }
 
+#[cfg(feature = "admin")]
 /// The argon2id PHC string of `password` (fresh salt; the crate's default parameters).
 pub fn hash_password(password: &str) -> String {
     use argon2::PasswordHasher;
@@ -69,6 +79,7 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
+#[cfg(feature = "admin")]
 /// A signed session cookie value for `user`, valid until `expires`.
 pub fn issue_session(key: &SessionKey, user: &str, expires: DateTime<Utc>) -> String {
     let payload = format!("v1.{}.{}", B64.encode(user), expires.timestamp());
@@ -76,6 +87,7 @@ pub fn issue_session(key: &SessionKey, user: &str, expires: DateTime<Utc>) -> St
     format!("{payload}.{sig}")
 }
 
+#[cfg(feature = "admin")]
 /// The user of a valid, unexpired session cookie value.
 pub fn verify_session(key: &SessionKey, value: &str, now: DateTime<Utc>) -> Option<String> {
     let (payload, sig) = value.rsplit_once('.')?;
@@ -92,6 +104,36 @@ pub fn verify_session(key: &SessionKey, value: &str, now: DateTime<Utc>) -> Opti
     String::from_utf8(B64.decode(user).ok()?).ok()
 }
 
+/// How long an admin session lasts.
+#[cfg(feature = "admin")]
+pub const SESSION_HOURS: i64 = 8;
+
+#[cfg(feature = "admin")]
+fn secure(req: &Request) -> bool {
+    req.uri().scheme_str() == Some("https")
+        || req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, and Secure over HTTPS.
+#[cfg(feature = "admin")]
+pub(crate) fn cookie_header(req: &Request, name: &str, value: &str, path: &str, max_age: i64) -> String {
+    format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+        if secure(req) { "; Secure" } else { "" }
+    )
+}
+
+/// A write with nothing but its CSRF token (logout, unset credentials).
+#[cfg(feature = "admin")]
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+}
+
 /// How a request was let in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -100,6 +142,7 @@ pub enum Access {
     /// A legacy-mode call without a credential.
     Legacy,
     /// An admin, by session cookie or HTTP Basic.
+    #[cfg(feature = "admin")]
     Admin(Admin),
     /// The log forwarder.
     Forwarder,
@@ -115,14 +158,10 @@ pub struct Admin {
 }
 
 fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    lablink_core::credential::bearer_token(req.headers().get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
+#[cfg(feature = "admin")]
 /// `Authorization: Basic` user and password.
 fn basic(req: &Request) -> Option<(String, String)> {
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -149,6 +188,7 @@ pub fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+#[cfg(feature = "admin")]
 /// The CSRF token of a session: bound to that session's cookie value, so it is useless
 /// to anyone who cannot read the admin's pages.
 pub fn csrf_token(key: &SessionKey, session: &str) -> String {
@@ -171,14 +211,18 @@ pub fn client_ip(req: &Request) -> String {
     }
 }
 
+#[cfg(feature = "admin")]
 /// Failed logins from one address within the window before it must wait.
 pub const MAX_FAILURES_PER_ADDRESS: i32 = 5;
+#[cfg(feature = "admin")]
 /// Failed logins for the admin user (all addresses together) within the window.
 pub const MAX_FAILURES_PER_USER: i32 = 50;
+#[cfg(feature = "admin")]
 pub fn throttle_window() -> chrono::Duration {
     chrono::Duration::minutes(15)
 }
 
+#[cfg(feature = "admin")]
 pub fn throttle_limits(ip: &str, user: &str) -> Vec<admin_db::Limit> {
     vec![
         admin_db::Limit {
@@ -192,6 +236,7 @@ pub fn throttle_limits(ip: &str, user: &str) -> Vec<admin_db::Limit> {
     ]
 }
 
+#[cfg(feature = "admin")]
 /// Check a user name and password (throttled): `Ok(true)` on a match. A mismatch is
 /// counted against the address and the user.
 pub async fn check_password(
@@ -230,6 +275,7 @@ pub async fn check_password(
     Ok(ok)
 }
 
+#[cfg(feature = "admin")]
 /// The admin of a valid session cookie on this request, if any.
 pub async fn admin_session(state: &AppState, req: &Request) -> Option<Admin> {
     let value = cookie(req, SESSION_COOKIE)?;
@@ -241,6 +287,7 @@ pub async fn admin_session(state: &AppState, req: &Request) -> Option<Admin> {
     })
 }
 
+#[cfg(feature = "admin")]
 /// An admin is required: a session cookie, or HTTP Basic (scripts). Reads only; writes
 /// go through [`require_admin_write`].
 pub async fn require_admin(state: &AppState, req: &Request) -> Result<Admin, ApiError> {
@@ -258,6 +305,7 @@ pub async fn require_admin(state: &AppState, req: &Request) -> Result<Admin, Api
     Err(ApiError::Unauthorized)
 }
 
+#[cfg(feature = "admin")]
 /// Whether `Origin` (when a browser sent one) is this site. A cross-site form post
 /// always carries a foreign Origin.
 fn same_origin(req: &Request) -> bool {
@@ -273,6 +321,7 @@ fn same_origin(req: &Request) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
+#[cfg(feature = "admin")]
 /// A state-changing admin request. With a session: the CSRF token (form field `csrf`
 /// or header `X-CSRF-Token`) must be the session's, and `Origin`, when present, this
 /// site. With HTTP Basic: no `Origin` at all (browsers send one on every POST, so a
@@ -316,11 +365,12 @@ pub async fn require_vm(state: &AppState, req: &Request, host: &Hostname) -> Res
     let client = state.db.client().await?;
     match vms::credential_hash(&client, host).await? {
         None => Err(ApiError::NotFound(format!("unknown VM {host}"))),
-        Some(Some(hash)) if hash.matches(&Secret::presented(token)) => Ok(Access::Vm),
+        Some(stored) if vm_admits(stored.as_ref(), token) => Ok(Access::Vm),
         Some(_) => Err(ApiError::Forbidden),
     }
 }
 
+#[cfg(feature = "admin")]
 /// Reads allowed to the VM itself and to admins.
 pub async fn require_vm_or_admin(
     state: &AppState,
@@ -354,7 +404,7 @@ pub async fn require_log_writer(
     require_vm(state, req, host).await
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "admin"))]
 mod tests {
     use super::*;
 

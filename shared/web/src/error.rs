@@ -1,6 +1,6 @@
 //! One error type for every handler, mapped to a response in exactly one place.
 
-use lablink_core::db::DbError;
+use lablink_db::DbError;
 use lambda_http::http::{StatusCode, header};
 use lambda_http::{Body, Response};
 
@@ -27,6 +27,7 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many failed logins; try again in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
+    #[cfg(feature = "jobs")]
     #[error(transparent)]
     Store(#[from] lablink_ops::StoreError),
     #[error(transparent)]
@@ -50,7 +51,9 @@ impl ApiError {
             Self::Refused(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            #[cfg(feature = "jobs")]
             Self::Store(lablink_ops::StoreError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            #[cfg(feature = "jobs")]
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             // The database being unreachable is an outage, not a bug: 503 tells
             // clients to retry.
@@ -71,6 +74,7 @@ impl ApiError {
                 tracing::error!(error = %e, "internal error");
                 "internal error".to_owned()
             }
+            #[cfg(feature = "jobs")]
             Self::Store(e) => {
                 tracing::error!(error = %e, "job store error");
                 "the job store is unavailable; try again shortly".to_owned()
@@ -89,37 +93,8 @@ impl ApiError {
             }
             _ => {}
         }
-        b.body(Body::from(serde_json::json!({ "error": message }).to_string()))
-            .expect("static headers are valid")
+        let body =
+            serde_json::to_string(&lablink_wire::ErrorBody::new(message)).expect("a string serializes");
+        b.body(Body::from(body)).expect("static headers are valid")
     }
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(Body::from(value.to_string()))
-        .expect("static headers are valid")
-}
-
-/// An HTML page. `Referrer-Policy: same-origin`, not `no-referrer`: nothing leaks to other
-/// sites, while a browser's own form posts keep a real `Origin` (under `no-referrer`
-/// Chromium sends `Origin: null`, which the admin write check must refuse).
-pub fn html(status: StatusCode, page: maud_markup::Markup) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-        .header(header::CACHE_CONTROL, "no-store")
-        .header("x-content-type-options", "nosniff")
-        .header("x-frame-options", "DENY")
-        .header("referrer-policy", "same-origin")
-        .body(Body::from(page.into_string()))
-        .expect("static headers are valid")
-}
-
-/// Re-exported so this crate needs no direct maud dependency.
-pub mod maud_markup {
-    pub use lablink_templates::Markup;
 }

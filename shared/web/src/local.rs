@@ -13,16 +13,17 @@ use axum::routing::{MethodFilter, on};
 use lambda_http::RequestExt;
 use lambda_http::http::StatusCode;
 
-use crate::error::json;
+use crate::AppState;
 use crate::request::LOG_BODY;
-use crate::{AppState, Route};
+use crate::respond::json;
+use crate::routes::{self, Route};
 
 /// A router serving every [`Route`] (unknown paths: 404 JSON; known path, other method: 405).
 pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new();
-    for route in Route::ALL {
-        let (method, path) = route.method_and_path();
-        let filter = MethodFilter::try_from(method).expect("routes use standard methods");
+    for route in routes::ALL {
+        let filter = MethodFilter::try_from(route.verb.method()).expect("routes use standard methods");
+        let path = route.path;
         let st = Arc::clone(&state);
         r = r.route(
             path,

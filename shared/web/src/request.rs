@@ -62,6 +62,12 @@ pub fn path_hostname(req: &Request) -> Result<Hostname, ApiError> {
     Hostname::parse(&raw).map_err(|e| ApiError::bad_request(format!("invalid hostname in path: {e}")))
 }
 
+/// The `{id}` of the path: a job id.
+pub fn path_job_id(req: &Request) -> Result<lablink_core::domain::JobId, ApiError> {
+    let raw = path_param(req, "id").ok_or_else(|| ApiError::bad_request("the path has no job id"))?;
+    lablink_core::domain::JobId::parse(&raw).map_err(ApiError::bad_request)
+}
+
 /// A query-string parameter parsed as `T`; absent → `None`, bad → 400.
 pub fn query<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, ApiError> {
     let params = req.query_string_parameters();
@@ -72,6 +78,22 @@ pub fn query<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T
             .map(Some)
             .map_err(|_| ApiError::bad_request(format!("query parameter {name} is invalid: {v:?}"))),
     }
+}
+
+/// Whether the caller wants HTML (a browser form) rather than JSON (a script).
+pub fn wants_html(req: &Request) -> bool {
+    use lambda_http::http::header;
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let accept_html = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    form || accept_html
 }
 
 fn percent_decode(s: &str) -> String {

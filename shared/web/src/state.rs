@@ -2,18 +2,26 @@
 //! here touches the network at start-up: the database, the AWS clients and the admin
 //! secret are made on first use and kept for the life of the process.
 
+#[cfg(feature = "admin")]
 use std::sync::Arc;
 
 use lablink_core::config::{ConfigError, Settings};
 use lablink_core::credential::SecretHash;
-use lablink_core::db::{Db, DbConfig};
+use lablink_core::domain::DeploymentName;
+use lablink_db::{Db, DbConfig};
+#[cfg(feature = "export")]
 use lablink_export::ExportStorage;
+#[cfg(feature = "jobs")]
 use lablink_ops::JobStore;
+#[cfg(feature = "admin")]
 use tokio::sync::OnceCell;
 
+#[cfg(feature = "admin")]
 use crate::ApiError;
+#[cfg(feature = "admin")]
 use crate::auth::SessionKey;
 
+#[cfg(feature = "admin")]
 /// Where the admin's user, password hash and session key come from.
 #[derive(Clone)]
 pub enum AdminSource {
@@ -27,6 +35,7 @@ pub enum AdminSource {
     None,
 }
 
+#[cfg(feature = "admin")]
 /// The admin's identity and the key that signs sessions.
 pub struct AdminAuth {
     pub user: String,
@@ -35,6 +44,7 @@ pub struct AdminAuth {
     pub session_key: SessionKey,
 }
 
+#[cfg(feature = "admin")]
 impl AdminAuth {
     pub fn new(user: &str, password_hash: &str, session_key: SessionKey) -> Result<Self, String> {
         if user.is_empty() || user.len() > 64 {
@@ -56,6 +66,7 @@ pub struct AppConfig {
     /// `LABLINK_LEGACY_VM_AUTH`: accept the classic unauthenticated VM calls so an
     /// unmodified classic client image works. Off by default; logged loudly when on.
     pub legacy_vm_auth: bool,
+    #[cfg(feature = "admin")]
     pub admin: AdminSource,
     /// `LABLINK_LOG_FORWARDER_TOKEN_SHA256`: SHA-256 (hex) of the token log forwarders
     /// present to `POST /api/vm-logs`.
@@ -67,7 +78,7 @@ pub struct AppConfig {
     pub max_vms: u32,
     /// `LABLINK_DEPLOYMENT`: this deployment's name (tags, hostnames, the destroy
     /// confirmation). Default `local`.
-    pub deployment: String,
+    pub deployment: DeploymentName,
     /// `LABLINK_EXPORT_BUCKET`: the data-export bucket (unset: the local runner supplies
     /// a folder, or export downloads answer 503).
     pub export_bucket: Option<String>,
@@ -77,40 +88,8 @@ impl AppConfig {
     pub fn read(s: &mut Settings) -> Option<Self> {
         let db = DbConfig::read(s);
         let legacy_vm_auth = s.flag("LABLINK_LEGACY_VM_AUTH", false);
-        let session_key = s.optional_with(
-            "LABLINK_SESSION_KEY",
-            "at least 64 hex characters (32 bytes)",
-            SessionKey::from_hex,
-        );
-        let user = s.raw("LABLINK_ADMIN_USER").map(str::to_owned);
-        let hash = s.raw("LABLINK_ADMIN_PASSWORD_HASH").map(str::to_owned);
-        let secret_id = s
-            .raw("LABLINK_ADMIN_SECRET_ID")
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
-        let admin = match (user, hash, session_key, secret_id) {
-            (_, _, _, Some(id)) => AdminSource::SecretsManager(id),
-            (Some(u), Some(h), Some(k), None) => match AdminAuth::new(&u, &h, k) {
-                Ok(a) => AdminSource::Env(Arc::new(a)),
-                Err(e) => {
-                    s.report(
-                        "LABLINK_ADMIN_PASSWORD_HASH",
-                        e,
-                        "the output of `lablink-local hash-password`",
-                    );
-                    AdminSource::None
-                }
-            },
-            (None, None, _, None) => AdminSource::None,
-            _ => {
-                s.report(
-                    "LABLINK_ADMIN_USER",
-                    "LABLINK_ADMIN_USER, LABLINK_ADMIN_PASSWORD_HASH and LABLINK_SESSION_KEY go together",
-                    "all three, or LABLINK_ADMIN_SECRET_ID",
-                );
-                AdminSource::None
-            }
-        };
+        #[cfg(feature = "admin")]
+        let admin = read_admin(s);
         let forwarder_token_hash = s.optional_with(
             "LABLINK_LOG_FORWARDER_TOKEN_SHA256",
             "64 hex characters (a SHA-256)",
@@ -130,23 +109,13 @@ impl AppConfig {
             .optional_with(
                 "LABLINK_DEPLOYMENT",
                 "1 to 40 letters, digits and dashes",
-                |v: &str| {
-                    let ok = !v.is_empty()
-                        && v.len() <= 40
-                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        && !v.starts_with('-')
-                        && !v.ends_with('-');
-                    if ok {
-                        Ok(v.to_owned())
-                    } else {
-                        Err("not a deployment name")
-                    }
-                },
+                DeploymentName::parse,
             )
-            .unwrap_or_else(|| "local".to_owned());
+            .unwrap_or_else(|| DeploymentName::parse("local").expect("a valid name"));
         Some(Self {
             db: db?,
             legacy_vm_auth,
+            #[cfg(feature = "admin")]
             admin,
             forwarder_token_hash,
             jobs_table,
@@ -170,9 +139,13 @@ impl AppConfig {
 pub struct AppState {
     pub config: AppConfig,
     pub db: Db,
+    #[cfg(feature = "admin")]
     admin: OnceCell<Arc<AdminAuth>>,
+    #[cfg(feature = "admin")]
     aws: OnceCell<aws_config::SdkConfig>,
+    #[cfg(feature = "jobs")]
     jobs: OnceCell<Arc<dyn JobStore>>,
+    #[cfg(feature = "export")]
     exports: OnceCell<Arc<dyn ExportStorage>>,
     /// Set by the local runner: what launches VMs when there is no AWS (shown on /admin).
     pub local_compute: Option<String>,
@@ -190,14 +163,19 @@ impl AppState {
         Self {
             db: Db::new(config.db.clone()),
             config,
+            #[cfg(feature = "admin")]
             admin: OnceCell::new(),
+            #[cfg(feature = "admin")]
             aws: OnceCell::new(),
+            #[cfg(feature = "jobs")]
             jobs: OnceCell::new(),
+            #[cfg(feature = "export")]
             exports: OnceCell::new(),
             local_compute: None,
         }
     }
 
+    #[cfg(feature = "jobs")]
     /// Use this job store instead of DynamoDB (the local runner's embedded store), and
     /// say what computes.
     pub fn with_local_jobs(self, store: Arc<dyn JobStore>, compute: &str) -> Self {
@@ -210,6 +188,7 @@ impl AppState {
         }
     }
 
+    #[cfg(feature = "export")]
     /// Keep data exports here instead of the export bucket (the local runner's folder).
     pub fn with_export_storage(self, storage: Arc<dyn ExportStorage>) -> Self {
         let exports = OnceCell::new();
@@ -217,6 +196,7 @@ impl AppState {
         Self { exports, ..self }
     }
 
+    #[cfg(feature = "export")]
     /// Where data exports are, made on first use.
     pub async fn exports(&self) -> Result<&Arc<dyn ExportStorage>, ApiError> {
         self.exports
@@ -232,6 +212,7 @@ impl AppState {
             .await
     }
 
+    #[cfg(feature = "admin")]
     /// Use this AWS configuration instead of the environment's (tests against moto).
     pub fn with_aws(self, sdk: aws_config::SdkConfig) -> Self {
         let aws = OnceCell::new();
@@ -239,6 +220,7 @@ impl AppState {
         Self { aws, ..self }
     }
 
+    #[cfg(feature = "admin")]
     /// The AWS configuration (region, credentials chain; `AWS_ENDPOINT_URL` honoured).
     pub async fn aws(&self) -> &aws_config::SdkConfig {
         self.aws
@@ -246,6 +228,7 @@ impl AppState {
             .await
     }
 
+    #[cfg(feature = "jobs")]
     /// The job store, made on first use.
     pub async fn jobs(&self) -> Result<&Arc<dyn JobStore>, ApiError> {
         self.jobs
@@ -261,6 +244,7 @@ impl AppState {
             .await
     }
 
+    #[cfg(feature = "admin")]
     /// The admin's identity and session key, read on first use.
     pub async fn admin(&self) -> Result<&Arc<AdminAuth>, ApiError> {
         self.admin
@@ -294,6 +278,47 @@ impl AppState {
     }
 }
 
+#[cfg(feature = "jobs")]
 fn aws_sdk_dynamodb_client(cfg: &aws_config::SdkConfig) -> lablink_ops::dynamo::Client {
     lablink_ops::dynamo::Client::new(cfg)
+}
+
+/// The admin's source: a Secrets Manager secret, or user, hash and key from the
+/// environment, or none.
+#[cfg(feature = "admin")]
+fn read_admin(s: &mut Settings) -> AdminSource {
+    let session_key = s.optional_with(
+        "LABLINK_SESSION_KEY",
+        "at least 64 hex characters (32 bytes)",
+        SessionKey::from_hex,
+    );
+    let user = s.raw("LABLINK_ADMIN_USER").map(str::to_owned);
+    let hash = s.raw("LABLINK_ADMIN_PASSWORD_HASH").map(str::to_owned);
+    let secret_id = s
+        .raw("LABLINK_ADMIN_SECRET_ID")
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    match (user, hash, session_key, secret_id) {
+        (_, _, _, Some(id)) => AdminSource::SecretsManager(id),
+        (Some(u), Some(h), Some(k), None) => match AdminAuth::new(&u, &h, k) {
+            Ok(a) => AdminSource::Env(Arc::new(a)),
+            Err(e) => {
+                s.report(
+                    "LABLINK_ADMIN_PASSWORD_HASH",
+                    e,
+                    "the output of `lablink-local hash-password`",
+                );
+                AdminSource::None
+            }
+        },
+        (None, None, _, None) => AdminSource::None,
+        _ => {
+            s.report(
+                "LABLINK_ADMIN_USER",
+                "LABLINK_ADMIN_USER, LABLINK_ADMIN_PASSWORD_HASH and LABLINK_SESSION_KEY go together",
+                "all three, or LABLINK_ADMIN_SECRET_ID",
+            );
+            AdminSource::None
+        }
+    }
 }

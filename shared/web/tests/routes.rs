@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 
 use lablink_core::credential::Secret;
-use lablink_core::db::vms;
 use lablink_core::domain::{Hostname, VmStatus};
+use lablink_db::vms;
 use lablink_testkit::TestDb;
 use lablink_testkit::fixtures;
 use lablink_web::auth::SessionKey;
+use lablink_web::routes::{self, Route};
 use lablink_web::state::{AdminAuth, AdminSource};
-use lablink_web::{AppConfig, AppState, Body, Request, Response, Route};
+use lablink_web::{AppConfig, AppState, Body, Request, Response};
 use lambda_http::http::{HeaderValue, header};
 
 const HOST: &str = "lablink-vm-test-1";
@@ -54,13 +55,13 @@ async fn setup(legacy: bool) -> Fixture {
         forwarder_token_hash: Some(Secret::presented(FORWARDER_TOKEN).hash()),
         jobs_table: None,
         max_vms: 50,
-        deployment: fixtures::DEPLOYMENT.into(),
+        deployment: lablink_core::domain::DeploymentName::parse(fixtures::DEPLOYMENT).unwrap(),
         export_bucket: None,
     };
     let client = db.client().await;
     fixtures::seed_enrollment(&client).await;
     let store: std::sync::Arc<dyn lablink_ops::JobStore> = std::sync::Arc::new(
-        lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_core::db::Db::new(db.config.clone()))),
+        lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_db::Db::new(db.config.clone()))),
     );
     fixtures::seed_job(store.as_ref()).await;
     fixtures::seed_exports(&client, store.as_ref()).await;
@@ -102,11 +103,8 @@ fn fixture(function: &str, name: &str) -> Request {
     lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn route_of(function: &str) -> Route {
-    Route::ALL
-        .into_iter()
-        .find(|r| r.function_name() == function)
-        .unwrap()
+fn route(function: &str) -> Route {
+    routes::by_function(function).unwrap_or_else(|| panic!("no route for {function}"))
 }
 
 fn text(r: &Response<Body>) -> String {
@@ -139,9 +137,9 @@ async fn every_fixture_gets_its_expected_answer_and_refusals_change_nothing() {
         .filter(|f| f != "log-processor" && f != "provisioner")
         .collect();
     functions.sort();
-    assert_eq!(functions.len(), Route::ALL.len(), "one fixture folder per route");
+    assert_eq!(functions.len(), routes::ALL.len(), "one fixture folder per route");
     for function in functions {
-        let route = route_of(&function);
+        let route = route(&function);
         let mut names: Vec<String> = std::fs::read_dir(events_dir().join(&function))
             .unwrap()
             .flatten()
@@ -307,7 +305,7 @@ async fn the_auth_matrix_holds_for_every_vm_side_and_admin_read_route() {
     for (function, cases) in matrix {
         for (who, want) in cases {
             let before = snapshot(&f.client).await;
-            let resp = route_of(function)
+            let resp = route(function)
                 .handle(&f.state, as_caller(fixture(function, "valid"), who))
                 .await;
             assert_eq!(
@@ -338,17 +336,23 @@ async fn legacy_mode_accepts_classic_calls_without_a_credential_but_still_checks
     let f = setup(true).await;
     let classic = as_caller(fixture("update-inuse-status", "valid"), Caller::Nobody);
     assert_eq!(
-        Route::UpdateInuseStatus.handle(&f.state, classic).await.status(),
+        route("update-inuse-status")
+            .handle(&f.state, classic)
+            .await
+            .status(),
         200
     );
     let wrong = as_caller(fixture("update-inuse-status", "valid"), Caller::OtherVm);
     assert_eq!(
-        Route::UpdateInuseStatus.handle(&f.state, wrong).await.status(),
+        route("update-inuse-status")
+            .handle(&f.state, wrong)
+            .await
+            .status(),
         403
     );
     // Reads that can show a participant's data still need a credential.
     let read = as_caller(fixture("get-vm-logs", "valid"), Caller::Nobody);
-    assert_eq!(Route::GetVmLogs.handle(&f.state, read).await.status(), 401);
+    assert_eq!(route("get-vm-logs").handle(&f.state, read).await.status(), 401);
 }
 
 async fn request_vm(state: &AppState, email: &str, code: &str) -> Response<Body> {
@@ -367,7 +371,7 @@ async fn request_vm(state: &AppState, email: &str, code: &str) -> Response<Body>
     );
     let mut req = fixture("request-vm", "valid");
     *req.body_mut() = Body::from(body);
-    Route::RequestVm.handle(state, req).await
+    route("request-vm").handle(state, req).await
 }
 
 fn field(page: &str, id: &str) -> String {
@@ -431,8 +435,8 @@ async fn no_free_vm_gives_the_form_back_and_public_pages_leak_nothing() {
     assert_eq!(snapshot(&f.client).await, before);
 
     for (route, function) in [
-        (Route::Index, "index"),
-        (Route::UnassignedVmsCount, "unassigned-vms-count"),
+        (route("index"), "index"),
+        (route("unassigned-vms-count"), "unassigned-vms-count"),
     ] {
         let body = text(&route.handle(&f.state, fixture(function, "valid")).await);
         for secret in ["ada@uni.edu", "secretcode", "bob@"] {
@@ -440,7 +444,7 @@ async fn no_free_vm_gives_the_form_back_and_public_pages_leak_nothing() {
         }
     }
     let count = text(
-        &Route::UnassignedVmsCount
+        &route("unassigned-vms-count")
             .handle(&f.state, fixture("unassigned-vms-count", "valid"))
             .await,
     );
@@ -455,10 +459,10 @@ async fn bad_input_gets_a_clear_4xx() {
         "{{\"log_stream\":\"{HOST}\",\"messages\":[\"{}\"]}}",
         "x".repeat(2 << 20)
     ));
-    let r = Route::PostVmLogs.handle(&f.state, big).await;
+    let r = route("post-vm-logs").handle(&f.state, big).await;
     assert_eq!(r.status(), 413);
 
-    let r = Route::Health
+    let r = route("health")
         .handle(&f.state, fixture("health", "invalid-method"))
         .await;
     assert_eq!(r.status(), 405);
@@ -466,14 +470,17 @@ async fn bad_input_gets_a_clear_4xx() {
 
     let mut empty = fixture("gpu-health", "valid");
     *empty.body_mut() = Body::Empty;
-    let r = Route::GpuHealth.handle(&f.state, empty).await;
+    let r = route("gpu-health").handle(&f.state, empty).await;
     assert_eq!(r.status(), 400);
     assert!(text(&r).contains("empty"));
 
     // An unknown hostname is 404 (after the credential check: 401 comes first).
     let text = std::fs::read_to_string(events_dir().join("post-vm-metrics/valid.json")).unwrap();
     let unknown = lambda_http::request::from_str(&text.replace(HOST, "lablink-vm-ghost")).unwrap();
-    assert_eq!(Route::PostVmMetrics.handle(&f.state, unknown).await.status(), 404);
+    assert_eq!(
+        route("post-vm-metrics").handle(&f.state, unknown).await.status(),
+        404
+    );
 
     let mut bad = fixture("get-vm-logs", "valid");
     *bad.uri_mut() = "/api/vm-logs/lablink-vm-test-1?after=abc".parse().unwrap();
@@ -481,13 +488,13 @@ async fn bad_input_gets_a_clear_4xx() {
         bad,
         std::collections::HashMap::from([("after".to_string(), "abc".to_string())]),
     );
-    assert_eq!(Route::GetVmLogs.handle(&f.state, bad).await.status(), 400);
+    assert_eq!(route("get-vm-logs").handle(&f.state, bad).await.status(), 400);
 }
 
 #[tokio::test]
 async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
     let f = setup(false).await;
-    let resp = Route::PostVmLogs
+    let resp = route("post-vm-logs")
         .handle(&f.state, fixture("post-vm-logs", "valid"))
         .await;
     assert_eq!(
@@ -495,11 +502,11 @@ async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
         "{\"message\":\"VM logs posted successfully.\",\"stored\":2}"
     );
     // Redelivery stores nothing new.
-    let resp = Route::PostVmLogs
+    let resp = route("post-vm-logs")
         .handle(&f.state, fixture("post-vm-logs", "valid"))
         .await;
     assert!(text(&resp).contains("\"stored\":0"));
-    let r = Route::GetVmLogs
+    let r = route("get-vm-logs")
         .handle(&f.state, fixture("get-vm-logs", "valid"))
         .await;
     let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
@@ -510,7 +517,7 @@ async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
         std::collections::HashMap::from([("after".to_string(), next.to_string())]),
     );
     let v: serde_json::Value =
-        serde_json::from_str(&text(&Route::GetVmLogs.handle(&f.state, later).await)).unwrap();
+        serde_json::from_str(&text(&route("get-vm-logs").handle(&f.state, later).await)).unwrap();
     assert_eq!(v["lines"].as_array().unwrap().len(), 0);
     assert_eq!(v["next"], next);
 
@@ -525,7 +532,7 @@ async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
     let text_other = std::fs::read_to_string(events_dir().join("get-vm-logs/valid.json"))
         .unwrap()
         .replace(HOST, OTHER);
-    let r = Route::GetVmLogs
+    let r = route("get-vm-logs")
         .handle(&f.state, lambda_http::request::from_str(&text_other).unwrap())
         .await;
     assert_eq!(r.status(), 503);
@@ -535,20 +542,20 @@ async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
 #[tokio::test]
 async fn health_reports_the_schema_version() {
     let f = setup(false).await;
-    let r = Route::Health.handle(&f.state, fixture("health", "valid")).await;
+    let r = route("health").handle(&f.state, fixture("health", "valid")).await;
     let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(v["status"], "ok");
-    assert_eq!(v["schema_version"], lablink_core::db::latest_known_version());
+    assert_eq!(v["schema_version"], lablink_db::latest_known_version());
 }
 
 #[test]
 fn routes_match_their_paths_only() {
-    assert!(Route::GetVmStatus.matches_path("/api/vm-status/vm-1"));
-    assert!(!Route::GetVmStatus.matches_path("/api/vm-status"));
-    assert!(!Route::GetVmStatus.matches_path("/api/vm-status/"));
-    assert!(Route::ListVmStatus.matches_path("/api/vm-status"));
-    assert!(Route::Index.matches_path("/"));
-    assert!(!Route::Index.matches_path("/x"));
+    assert!(route("get-vm-status").matches_path("/api/vm-status/vm-1"));
+    assert!(!route("get-vm-status").matches_path("/api/vm-status"));
+    assert!(!route("get-vm-status").matches_path("/api/vm-status/"));
+    assert!(route("list-vm-status").matches_path("/api/vm-status"));
+    assert!(route("index").matches_path("/"));
+    assert!(!route("index").matches_path("/x"));
 }
 
 // ---- admin console -------------------------------------------------------------------
@@ -593,13 +600,13 @@ fn hidden(page: &str, name: &str) -> String {
 
 /// Log in through the real pages; returns the session cookie and its CSRF token.
 async fn log_in(state: &AppState) -> (String, String) {
-    let page = Route::AdminLoginPage
+    let page = route("admin-login-page")
         .handle(state, bare("GET", "/admin/login"))
         .await;
     assert_eq!(page.status(), 200);
     let login_cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
     let token = hidden(&text(&page), "csrf");
-    let r = Route::AdminLogin
+    let r = route("admin-login")
         .handle(
             state,
             form_req(
@@ -628,7 +635,7 @@ async fn log_in(state: &AppState) -> (String, String) {
     let mut home = bare("GET", "/admin");
     home.headers_mut()
         .insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
-    let page = Route::AdminHome.handle(state, home).await;
+    let page = route("admin-home").handle(state, home).await;
     assert_eq!(page.status(), 200);
     let csrf = hidden(&text(&page), "csrf");
     (session, csrf)
@@ -637,21 +644,21 @@ async fn log_in(state: &AppState) -> (String, String) {
 #[tokio::test]
 async fn admin_routes_need_a_session_pages_redirect_and_json_answers_401() {
     let f = setup(false).await;
-    for route in Route::ALL {
+    for route in routes::ALL {
         let (method, path) = route.method_and_path();
         let path = path.replace("{hostname}", HOST).replace("{id}", fixtures::JOB);
         let is_admin_page =
             method == lambda_http::http::Method::GET && path.starts_with("/admin") && path != "/admin/login";
-        let is_admin_json = matches!(
-            route,
-            Route::GetJob
-                | Route::ListVmStatus
-                | Route::Launch
-                | Route::Destroy
-                | Route::SetAwsCredentials
-                | Route::UnsetAwsCredentials
-                | Route::AdminLogout
-        );
+        let is_admin_json = [
+            "get-job",
+            "list-vm-status",
+            "launch",
+            "destroy",
+            "set-aws-credentials",
+            "unset-aws-credentials",
+            "admin-logout",
+        ]
+        .contains(&route.function);
         if !is_admin_page && !is_admin_json {
             continue;
         }
@@ -684,14 +691,14 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
         format!("lablink_session={v}")
     };
     let cases: [(Route, &str); 5] = [
-        (Route::Launch, "num_vms=1"),
-        (Route::Destroy, "confirm=test"),
+        (route("launch"), "num_vms=1"),
+        (route("destroy"), "confirm=test"),
         (
-            Route::SetAwsCredentials,
+            route("set-aws-credentials"),
             "aws_access_key_id=AKIAAAAAAAAAAAAAAAAA&aws_secret_access_key=xxxxxxxxxxxxxxxxxxxxxxxx",
         ),
-        (Route::UnsetAwsCredentials, ""),
-        (Route::AdminLogout, ""),
+        (route("unset-aws-credentials"), ""),
+        (route("admin-logout"), ""),
     ];
     for (route, body) in cases {
         let path = route.method_and_path().1;
@@ -736,7 +743,7 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
     let key = lablink_ops::JobId::generate(chrono::Utc::now());
     let body = format!("num_vms=2&csrf={csrf}&job_id={key}");
     for _ in 0..2 {
-        let r = Route::Launch
+        let r = route("launch")
             .handle(
                 &f.state,
                 form_req("/api/launch", &body, std::slice::from_ref(&session)),
@@ -753,7 +760,7 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
         .get(0);
     assert_eq!(jobs, 3, "the two fixture jobs and one launch");
     // Another launch while that one is queued: refused with a clear message.
-    let r = Route::Launch
+    let r = route("launch")
         .handle(
             &f.state,
             form_req(
@@ -776,7 +783,7 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
     let mut req = bare("GET", &format!("/api/jobs/{key}"));
     req.headers_mut()
         .insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
-    let r = Route::GetJob.handle(&f.state, req).await;
+    let r = route("get-job").handle(&f.state, req).await;
     assert_eq!(r.status(), 200, "{}", text(&r));
     assert!(text(&r).contains("\"state\":\"queued\""));
     let mut req = form_req("/api/admin/unset-aws-credentials", "", &[]);
@@ -785,7 +792,10 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
     req.headers_mut()
         .insert(header::ORIGIN, HeaderValue::from_static("http://admin.test"));
     assert_eq!(
-        Route::UnsetAwsCredentials.handle(&f.state, req).await.status(),
+        route("unset-aws-credentials")
+            .handle(&f.state, req)
+            .await
+            .status(),
         403
     );
 }
@@ -793,7 +803,7 @@ async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it
 #[tokio::test]
 async fn the_sixth_failed_login_from_one_address_is_throttled() {
     let f = setup(false).await;
-    let page = Route::AdminLoginPage
+    let page = route("admin-login-page")
         .handle(&f.state, bare("GET", "/admin/login"))
         .await;
     let cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
@@ -806,18 +816,38 @@ async fn the_sixth_failed_login_from_one_address_is_throttled() {
         )
     };
     for i in 1..=5 {
-        let r = Route::AdminLogin.handle(&f.state, attempt("guess")).await;
+        let r = route("admin-login").handle(&f.state, attempt("guess")).await;
         assert_eq!(r.status(), 401, "attempt {i}");
     }
-    let r = Route::AdminLogin.handle(&f.state, attempt("guess")).await;
+    let r = route("admin-login").handle(&f.state, attempt("guess")).await;
     assert_eq!(r.status(), 429, "the 6th");
     assert!(r.headers().contains_key(header::RETRY_AFTER));
     // Even the right password waits now: guessing must not tell.
-    let r = Route::AdminLogin
+    let r = route("admin-login")
         .handle(&f.state, attempt(fixtures::ADMIN_PASSWORD))
         .await;
     assert_eq!(r.status(), 429);
     assert!(set_cookie(&r, "lablink_session").is_none());
+}
+
+/// The `lablink-web` features a function crate enables (its `Cargo.toml`'s
+/// `lablink-web = { ..., features = [...] }` line; none when it has no such list).
+fn crate_features(cargo_toml: &str) -> Vec<String> {
+    let line = cargo_toml
+        .lines()
+        .find(|l| l.trim_start().starts_with("lablink-web"))
+        .unwrap_or_default();
+    let Some(list) = line.split_once("features = [").map(|(_, rest)| rest) else {
+        return Vec::new();
+    };
+    let list = &list[..list.find(']').expect("a closed feature list")];
+    let mut features: Vec<String> = list
+        .split(',')
+        .map(|f| f.trim().trim_matches('"').to_owned())
+        .filter(|f| !f.is_empty())
+        .collect();
+    features.sort();
+    features
 }
 
 #[test]
@@ -826,28 +856,85 @@ fn the_function_manifest_matches_the_route_table_and_the_crates() {
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("functions/manifest.json")).unwrap())
             .unwrap();
-    let mut listed: Vec<(String, String, String)> = m["http"]
+    type Row = (String, String, String, String, bool, bool, Option<String>);
+    let mut listed: Vec<Row> = m["http"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| {
             let s = |k: &str| r[k].as_str().unwrap().to_owned();
-            (s("function"), s("method"), s("path"))
+            (
+                s("function"),
+                s("method"),
+                s("path"),
+                s("access"),
+                r["db"].as_bool().unwrap(),
+                r["jobs_table"].as_bool().unwrap(),
+                r["export_bucket"].as_str().map(str::to_owned),
+            )
         })
         .collect();
-    let mut routes: Vec<(String, String, String)> = Route::ALL
+    let mut table: Vec<Row> = routes::ALL
         .iter()
         .map(|r| {
-            let (m, p) = r.method_and_path();
-            (r.function_name().to_owned(), m.to_string(), p.to_owned())
+            (
+                r.function.to_owned(),
+                r.verb.as_str().to_owned(),
+                r.path.to_owned(),
+                r.access.as_str().to_owned(),
+                r.reaches.db,
+                r.reaches.jobs_table,
+                r.reaches.export_bucket.map(str::to_owned),
+            )
         })
         .collect();
     listed.sort();
-    routes.sort();
+    table.sort();
     assert_eq!(
-        listed, routes,
+        listed, table,
         "functions/manifest.json's http list is the route table"
     );
+    // Each route's crate enables exactly the features its route declares, and its main
+    // serves that route.
+    for route in routes::ALL {
+        let dir = root.join("functions").join(route.function);
+        let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let mut want: Vec<String> = route.features.iter().map(|f| f.to_string()).collect();
+        want.sort();
+        assert_eq!(
+            crate_features(&cargo),
+            want,
+            "functions/{}/Cargo.toml's lablink-web features",
+            route.function
+        );
+        let main = std::fs::read_to_string(dir.join("src/main.rs")).unwrap();
+        let serves = main
+            .split("lablink_web::lambda::serve(lablink_web::routes::")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_default()
+            .to_owned();
+        let (group, name) = serves.split_once("::").unwrap_or_default();
+        let file = std::fs::read_to_string(root.join(format!("shared/web/src/routes/{group}.rs")))
+            .unwrap_or_default();
+        let defined = file
+            .split(&format!("pub const {name}: Route = Route {{"))
+            .nth(1)
+            .and_then(|body| body.lines().find(|l| l.trim_start().starts_with("function:")))
+            .map(|l| {
+                l.trim()
+                    .trim_start_matches("function:")
+                    .trim()
+                    .trim_matches(|c| c == '"' || c == ',')
+            })
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            defined, route.function,
+            "functions/{}/src/main.rs serves {serves}, which is not its route",
+            route.function
+        );
+    }
     let mut all: Vec<String> = listed.into_iter().map(|(f, ..)| f).collect();
     all.extend(
         m["events"]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lablink_core::db::vms;
 use lablink_core::domain::{CrdCommand, Email, Pin, VmStatus};
+use lablink_db::vms;
 use lablink_e2e::{HolderProc, create_vms, workspace_bin};
 use lablink_testkit::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,6 +1,6 @@
 //! Log-append benchmark: 1,000 CloudWatch-shaped batches (100 lines each, realistic
 //! cloud-init lines) for ONE VM through the log processor's code path
-//! (`cwlogs::ingest`: decode, then one-statement append), timing the first 100 batches
+//! (`log_processor::ingest`: decode, then one-statement append), timing the first 100 batches
 //! against the last 100. Classic rewrote the VM's whole log on every batch, so its cost
 //! grew with the log; here it must stay flat.
 //!
@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use lablink_core::cwlogs;
-use lablink_core::db::vms;
 use lablink_core::domain::{Hostname, VmStatus};
+use lablink_db::vms;
 use lablink_testkit::TestDb;
 
 fn batch(n: usize, lines: usize) -> Vec<u8> {
@@ -74,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let mut times = Vec::with_capacity(batches);
     for e in &events {
         let t = Instant::now();
-        let o = cwlogs::ingest(&client, e).await?;
+        let o = log_processor::ingest(&client, e).await?;
         times.push(t.elapsed());
         if o.stored as usize != lines {
             bail!("stored {} of {lines}: {o:?}", o.stored);

@@ -100,6 +100,24 @@ impl GpuHealth {
             Self::NotAvailable => serde_json::Value::String("N/A".into()),
         }
     }
+
+    /// `gpu_status` as a daemon sends it: `true`, `false` or `"N/A"`.
+    pub fn to_wire(self) -> lablink_wire::GpuStatus {
+        match self {
+            Self::Healthy => lablink_wire::GpuStatus::Bool(true),
+            Self::Unhealthy => lablink_wire::GpuStatus::Bool(false),
+            Self::NotAvailable => lablink_wire::GpuStatus::not_available(),
+        }
+    }
+
+    /// `gpu_status` as received: the wire forms and the stored strings (as [`Self::from_json`]).
+    pub fn from_wire(v: &lablink_wire::GpuStatus) -> Result<Self, GpuHealthError> {
+        match v {
+            lablink_wire::GpuStatus::Bool(true) => Ok(Self::Healthy),
+            lablink_wire::GpuStatus::Bool(false) => Ok(Self::Unhealthy),
+            lablink_wire::GpuStatus::Text(s) => Self::parse(s),
+        }
+    }
 }
 
 impl fmt::Display for GpuHealth {
@@ -140,5 +158,17 @@ mod tests {
         assert!(err.contains("true, false or \"N/A\""), "{err}");
         assert!(GpuHealth::from_json(&json!(null)).is_err());
         assert!(GpuHealth::parse("melted").is_err());
+    }
+
+    #[test]
+    fn gpu_health_goes_through_the_wire_type_as_through_json() {
+        for g in [GpuHealth::Healthy, GpuHealth::Unhealthy, GpuHealth::NotAvailable] {
+            let wire = g.to_wire();
+            assert_eq!(serde_json::to_value(&wire).unwrap(), g.to_json());
+            assert_eq!(GpuHealth::from_wire(&wire), Ok(g));
+        }
+        let text = |s: &str| lablink_wire::GpuStatus::Text(s.into());
+        assert_eq!(GpuHealth::from_wire(&text("Healthy")), Ok(GpuHealth::Healthy));
+        assert!(GpuHealth::from_wire(&text("melted")).is_err());
     }
 }

@@ -47,16 +47,10 @@ pub struct StartupTimings {
     pub container: Option<Phase>,
 }
 
-/// The classic payload; `container_ready` is the classic name of the container's end,
-/// and the `docker_pull_*` fields are accepted and ignored (they fall inside cloud-init).
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct RawTimings {
-    pub cloud_init_start: Option<String>,
-    pub cloud_init_end: Option<String>,
-    pub container_start: Option<String>,
-    #[serde(alias = "container_ready")]
-    pub container_end: Option<String>,
-}
+/// The classic payload, as the daemon sends it and the API reads it (one type, in
+/// `lablink-wire`); `container_ready` is the classic name of the container's end, and
+/// the `docker_pull_*` fields are carried and ignored (they fall inside cloud-init).
+pub use lablink_wire::RawTimings;
 
 fn ts(field: &'static str, v: &Option<String>) -> Result<Option<DateTime<Utc>>, TimingsError> {
     match v.as_deref() {
@@ -112,6 +106,7 @@ mod tests {
             cloud_init_end: o(ci.1),
             container_start: o(c.0),
             container_end: o(c.1),
+            ..RawTimings::default()
         }
     }
 

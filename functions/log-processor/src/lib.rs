@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 
 use tokio_postgres::Client;
 
-use crate::db::DbError;
-use crate::db::logs::{self, LogLine};
-use crate::domain::Hostname;
+use lablink_core::domain::Hostname;
+use lablink_db::DbError;
+use lablink_db::logs::{self, LogLine};
 
 /// CloudWatch delivers at most 1 MiB (compressed) per invocation; its JSON expands to a
 /// few MiB. Anything past this is refused.

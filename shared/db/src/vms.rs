@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::credential::SecretHash;
-use crate::domain::{CrdCommand, Email, GpuHealth, Hostname, Phase, Pin, StartupTimings, VmStatus};
+use lablink_core::credential::SecretHash;
+use lablink_core::domain::{CrdCommand, Email, GpuHealth, Hostname, Phase, Pin, StartupTimings, VmStatus};
 
 /// The result of a successful assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::domain::Hostname;
+use lablink_core::domain::Hostname;
 
 /// One line to store. `event_id` is CloudWatch's event id, or one the sender made up
 /// that is stable across its retries.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use lablink_core::credential::Secret;
-use lablink_core::db::{self, Db, logs, vms};
 use lablink_core::domain::{CrdCommand, Email, GpuHealth, Hostname, Phase, Pin, StartupTimings, VmStatus};
+use lablink_db::{Db, logs, vms};
 use lablink_testkit::TestDb;
 
 fn host(s: &str) -> Hostname {
@@ -496,16 +496,16 @@ async fn creating_vms_keeps_credentials_hashed_and_a_retry_changes_nothing() {
 async fn migrations_are_idempotent_and_report_the_schema_version() {
     let db = TestDb::new().await;
     let mut c = db.client().await;
-    let v = db::migrate(&mut c).await.unwrap();
-    assert_eq!(v, Some(db::latest_known_version()));
-    assert_eq!(db::schema_version(&c).await.unwrap(), v);
+    let v = lablink_db::migrate(&mut c).await.unwrap();
+    assert_eq!(v, Some(lablink_db::latest_known_version()));
+    assert_eq!(lablink_db::schema_version(&c).await.unwrap(), v);
 }
 
 #[tokio::test]
 async fn the_lazy_connection_connects_on_first_use_and_again_after_it_breaks() {
     let db = TestDb::new().await;
     // Nothing listens on port 1: building a Db does no network work.
-    let _unused = Db::new(lablink_core::db::DbConfig::from_url("postgres://x@127.0.0.1:1/x").unwrap());
+    let _unused = Db::new(lablink_db::DbConfig::from_url("postgres://x@127.0.0.1:1/x").unwrap());
     let lazy = Db::new(db.config.clone());
     let first = lazy.client().await.unwrap();
     let pid: i32 = first

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::credential::{Secret, SecretHash};
-use crate::domain::{Hostname, Phase};
+use lablink_core::credential::{Secret, SecretHash};
+use lablink_core::domain::{Hostname, InstanceId, Phase};
 
 /// `n` fresh hostnames `<prefix>-vm-<number>`, numbers from a sequence that never
 /// reuses one (even after a destroy). One statement.
@@ -100,10 +100,11 @@ pub enum Enrollment {
 /// say why nothing happened.
 pub async fn enroll(
     client: &Client,
-    instance_id: &str,
+    instance_id: &InstanceId,
     secret: &Secret,
     credential: &SecretHash,
 ) -> Result<Enrollment, DbError> {
+    let instance_id: &str = instance_id.as_ref();
     let secret_hash = secret.hash();
     let row = client
         .query_opt(

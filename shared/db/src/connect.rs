@@ -1,11 +1,11 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::Settings;
+use lablink_core::config::Settings;
 
 /// The connection future of one client; whoever connects with [`DbConfig::connect_raw`]
 /// must poll it (the holder does, to read notifications).
@@ -117,6 +117,13 @@ impl DbConfig {
         } else {
             None
         };
+        if iam && !cfg!(feature = "rds-iam") {
+            s.report(
+                "LABLINK_DB_IAM_AUTH",
+                "is on, but this program was built without RDS IAM support",
+                "a build with lablink-db's `rds-iam` feature, or a password",
+            );
+        }
         let root_cert = read_root_cert(s);
         let auth = if iam {
             DbAuth::IamToken { region: region? }
@@ -220,16 +227,43 @@ fn tls(extra: Option<&std::path::Path>) -> Result<MakeRustlsConnect, DbError> {
     Ok(MakeRustlsConnect::new(config))
 }
 
+#[cfg(not(feature = "rds-iam"))]
+async fn iam_token(_pg: &tokio_postgres::Config, _region: &str) -> Result<String, DbError> {
+    Err(DbError::Token(
+        "this program was built without RDS IAM support (lablink-db's rds-iam feature)".into(),
+    ))
+}
+
+/// An RDS IAM auth token (a SigV4-presigned URL, valid 15 minutes) signed with the
+/// environment's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`), which is how Lambda hands a function its role. No credential
+/// chain, no network: a Lambda links no STS or SSO client for its database login.
+#[cfg(feature = "rds-iam")]
 async fn iam_token(pg: &tokio_postgres::Config, region: &str) -> Result<String, DbError> {
+    use aws_credential_types::Credentials;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (Some(key), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) else {
+        return Err(DbError::Token(
+            "IAM auth signs with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Lambda sets them); they are not set"
+                .into(),
+        ));
+    };
+    let credentials = Credentials::new(key, secret, var("AWS_SESSION_TOKEN"), None, "environment");
+    sign_token(pg, region, credentials).await
+}
+
+#[cfg(feature = "rds-iam")]
+async fn sign_token(
+    pg: &tokio_postgres::Config,
+    region: &str,
+    credentials: aws_credential_types::Credentials,
+) -> Result<String, DbError> {
+    use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_sdk_rds::auth_token::{AuthTokenGenerator, Config};
-    static SDK: OnceCell<aws_config::SdkConfig> = OnceCell::const_new();
-    let sdk = SDK
-        .get_or_init(|| async {
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await
-        })
-        .await;
+    let sdk = aws_types::SdkConfig::builder()
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
+        .build();
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => return Err(DbError::Token("IAM auth needs a TCP host name".into())),
@@ -241,11 +275,11 @@ async fn iam_token(pg: &tokio_postgres::Config, region: &str) -> Result<String, 
         .hostname(host)
         .port(u64::from(pg.get_ports().first().copied().unwrap_or(5432)))
         .username(user)
-        .region(aws_config::Region::new(region.to_owned()))
+        .region(aws_types::region::Region::new(region.to_owned()))
         .build()
         .map_err(|e| DbError::Token(e.to_string()))?;
     let token = AuthTokenGenerator::new(cfg)
-        .auth_token(sdk)
+        .auth_token(&sdk)
         .await
         .map_err(|e| DbError::Token(e.to_string()))?;
     Ok(token.as_str().to_owned())
@@ -338,5 +372,43 @@ mod tests {
                 .to_string()
                 .contains("DATABASE_URL is invalid")
         );
+    }
+
+    #[cfg(feature = "rds-iam")]
+    #[tokio::test]
+    async fn iam_tokens_are_presigned_connect_urls_for_the_host_and_user() {
+        let pg =
+            tokio_postgres::Config::from_str("postgres://lablink_app@proxy.example:5432/lablink").unwrap();
+        let creds = aws_credential_types::Credentials::new(
+            "AKIDEXAMPLE",
+            "secret",
+            Some("session".into()),
+            None,
+            "test",
+        );
+        let token = sign_token(&pg, "eu-west-1", creds).await.unwrap();
+        assert!(
+            token.starts_with("proxy.example:5432/?Action=connect&DBUser=lablink_app&"),
+            "{token}"
+        );
+        for part in [
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "X-Amz-Credential=AKIDEXAMPLE%2F",
+            "%2Feu-west-1%2Frds-db%2Faws4_request",
+            "X-Amz-Security-Token=session",
+            "X-Amz-Signature=",
+        ] {
+            assert!(token.contains(part), "{part} not in {token}");
+        }
+        let unix = tokio_postgres::Config::from_str("host=/run/pg user=u").unwrap();
+        assert!(matches!(
+            sign_token(
+                &unix,
+                "eu-west-1",
+                aws_credential_types::Credentials::new("a", "b", None, None, "t")
+            )
+            .await,
+            Err(DbError::Token(_))
+        ));
     }
 }

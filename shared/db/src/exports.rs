@@ -7,7 +7,8 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::domain::Hostname;
+use lablink_core::domain::Hostname;
+use lablink_wire::ExportTask;
 
 /// The channel [`start`] notifies (payload: the job id); the holder listens on it.
 pub const CHANNEL: &str = "vm_exports";
@@ -98,18 +99,9 @@ pub async fn start(
     Ok(row.get::<_, i64>(0) == 1)
 }
 
-/// What the holder hands a VM: the open export and the URL for this VM's archive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Task {
-    pub job_id: String,
-    pub upload_url: String,
-    pub extensions: Vec<String>,
-    pub max_file_bytes: i64,
-    pub deadline: DateTime<Utc>,
-}
-
-/// The open export `host` still has to answer, if any.
-pub async fn task_for(client: &Client, host: &Hostname) -> Result<Option<Task>, DbError> {
+/// The open export `host` still has to answer, if any: what the holder hands the VM, as
+/// the message itself (the daemon reads the same type).
+pub async fn task_for(client: &Client, host: &Hostname) -> Result<Option<ExportTask>, DbError> {
     let row = client
         .query_opt(
             "SELECT e.job_id, v.upload_url, e.extensions, e.max_file_bytes, e.deadline
@@ -119,13 +111,19 @@ pub async fn task_for(client: &Client, host: &Hostname) -> Result<Option<Task>, 
             &[&host.as_str()],
         )
         .await?;
-    Ok(row.map(|r| Task {
-        job_id: r.get(0),
-        upload_url: r.get(1),
-        extensions: r.get(2),
-        max_file_bytes: r.get(3),
-        deadline: r.get(4),
-    }))
+    row.map(|r| {
+        // `CHECK (max_file_bytes > 0)`: a negative is a corrupt row.
+        let max: i64 = r.get(3);
+        Ok(ExportTask {
+            job_id: r.get(0),
+            upload_url: r.get(1),
+            extensions: r.get(2),
+            max_file_bytes: u64::try_from(max)
+                .map_err(|_| DbError::Corrupt(format!("exports.max_file_bytes is {max}")))?,
+            deadline: r.get(4),
+        })
+    })
+    .transpose()
 }
 
 /// A VM's report on its part of an export.

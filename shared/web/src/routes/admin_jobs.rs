@@ -1,0 +1,206 @@
+//! The admin's job routes: launch and destroy (a form from the console or JSON from a
+//! script; the form's job id is the idempotency key) and a job's status. A job goes to
+//! the job store (DynamoDB, or the local runner's embedded store); the provisioner runs
+//! it. A browser's refused form gets a page (the routes' `on_error`), a script JSON.
+
+use chrono::Utc;
+use lablink_core::domain::JobId;
+use lablink_db::{exports, fleet};
+use lablink_ops::{Job, JobKind, Submitted};
+use lambda_http::Request;
+use lambda_http::http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Access, OnError, Reaches, Reply, Route, Verb, handler};
+use crate::auth::{self, Admin};
+use crate::request::{self, SMALL_BODY, wants_html};
+use crate::respond::{json, redirect};
+use crate::{ApiError, AppState};
+
+pub const GET_JOB: Route = Route {
+    function: "get-job",
+    verb: Verb::Get,
+    path: "/api/jobs/{id}",
+    access: Access::Admin,
+    features: &["admin", "jobs"],
+    reaches: Reaches::DB_AND_JOBS,
+    on_error: OnError::Json,
+    handler: handler!(get_job),
+};
+
+async fn get_job(state: &AppState, req: &Request) -> Reply {
+    let id = request::path_job_id(req)?;
+    auth::require_admin(state, req).await?;
+    let job = state
+        .jobs()
+        .await?
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    let mut v = job_json(&job);
+    if job.kind == JobKind::Export {
+        // Per-VM progress lives in Postgres, where the VMs report it.
+        let client = state.db.client().await?;
+        v["export_vms"] = json!(exports::progress(&client, id.as_str()).await?);
+        if let (Some((export_state, deadline)), Some(o)) =
+            (exports::state(&client, id.as_str()).await?, v.as_object_mut())
+        {
+            o.insert("export_state".into(), json!(export_state));
+            o.insert("export_deadline".into(), json!(deadline));
+        }
+        if job.export.is_some() {
+            v["download_url"] = json!(format!("/api/exports/{id}/download"));
+        }
+    }
+    Ok(json(StatusCode::OK, &v))
+}
+
+pub(crate) fn job_json(job: &Job) -> serde_json::Value {
+    let mut v = serde_json::to_value(job).expect("jobs serialize");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("version");
+        o.remove("lease_until");
+        o.insert("url".into(), json!(format!("/admin/jobs/{}", job.id)));
+    }
+    v
+}
+
+/// A launch or destroy body: a form (browser) or JSON (script).
+#[derive(Deserialize, Default)]
+struct JobForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    /// The idempotency key (a job id); scripts may leave it out.
+    #[serde(default, alias = "idempotency_key")]
+    job_id: Option<String>,
+    #[serde(default)]
+    num_vms: Option<String>,
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+fn job_form(req: &Request) -> Result<JobForm, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        let v: serde_json::Value = request::json(req, SMALL_BODY)?;
+        // JSON may carry num_vms as a number.
+        let s = |k: &str| match &v[k] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(JobForm {
+            csrf: s("csrf"),
+            job_id: s("job_id").or_else(|| s("idempotency_key")),
+            num_vms: s("num_vms"),
+            confirm: s("confirm"),
+        })
+    } else {
+        request::form(req, SMALL_BODY)
+    }
+}
+
+async fn submit(state: &AppState, req: &Request, admin: &Admin, id: JobId, kind: JobKind) -> Reply {
+    let job = Job::new(id, kind, &admin.user, Utc::now());
+    let store = state.jobs().await?;
+    let (job, status) = match lablink_ops::submit(store.as_ref(), job, Utc::now()).await? {
+        Submitted::Created(j) => (j, StatusCode::ACCEPTED),
+        Submitted::Existing(j) => (j, StatusCode::OK),
+        Submitted::Busy(holder) => {
+            let msg = match holder {
+                Some(h) => format!(
+                    "Another job is running: {} (job {}, {}). Wait for it to finish, then try again.",
+                    h.kind.label(),
+                    h.id,
+                    h.state.as_str()
+                ),
+                None => "Another launch or destroy is running. Wait for it to finish, then try again.".into(),
+            };
+            return Err(ApiError::Conflict(msg));
+        }
+    };
+    if wants_html(req) {
+        return Ok(redirect(&format!("/admin/jobs/{}", job.id)));
+    }
+    Ok(json(status, &job_json(&job)))
+}
+
+fn idempotency_key(form: &JobForm) -> Result<JobId, ApiError> {
+    match form.job_id.as_deref() {
+        None | Some("") => Ok(JobId::generate(Utc::now())),
+        Some(k) => JobId::parse(k).map_err(|e| ApiError::bad_request(format!("job_id: {e}"))),
+    }
+}
+
+pub const LAUNCH: Route = Route {
+    function: "launch",
+    verb: Verb::Post,
+    path: "/api/launch",
+    access: Access::Admin,
+    features: &["admin", "jobs"],
+    reaches: Reaches::DB_AND_JOBS,
+    on_error: OnError::PageOrJson {
+        back: "/admin/create",
+        label: "Back to Launch",
+    },
+    handler: handler!(launch),
+};
+
+async fn launch(state: &AppState, req: &Request) -> Reply {
+    let form = job_form(req)?;
+    let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    let max = state.config.max_vms;
+    let n: u32 = form
+        .num_vms
+        .as_deref()
+        .map(str::trim)
+        .ok_or_else(|| ApiError::bad_request("num_vms is required"))?
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::bad_request(format!("num_vms must be a whole number from 1 to {max}")))?;
+    let id = idempotency_key(&form)?;
+    let client = state.db.client().await?;
+    let current = fleet::counts(&client).await?.total;
+    // A resubmitted form must find its job even when the fleet has grown since.
+    let existing = state.jobs().await?.get(&id).await?;
+    if existing.is_none() && current + i64::from(n) > i64::from(max) {
+        return Err(ApiError::bad_request(format!(
+            "the fleet has {current} VM(s) and its limit is {max}: at most {} more",
+            (i64::from(max) - current).max(0)
+        )));
+    }
+    submit(state, req, &admin, id, JobKind::Launch { num_vms: n }).await
+}
+
+pub const DESTROY: Route = Route {
+    function: "destroy",
+    verb: Verb::Post,
+    path: "/destroy",
+    access: Access::Admin,
+    features: &["admin", "jobs"],
+    reaches: Reaches::DB_AND_JOBS,
+    on_error: OnError::PageOrJson {
+        back: "/admin/instances/delete",
+        label: "Back",
+    },
+    handler: handler!(destroy),
+};
+
+async fn destroy(state: &AppState, req: &Request) -> Reply {
+    let form = job_form(req)?;
+    let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    let deployment = &state.config.deployment;
+    if form.confirm.as_deref().map(str::trim) != Some(deployment.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "type the deployment name ({deployment}) in confirm to destroy the fleet"
+        )));
+    }
+    let id = idempotency_key(&form)?;
+    submit(state, req, &admin, id, JobKind::Destroy).await
+}

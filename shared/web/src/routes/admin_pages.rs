@@ -1,0 +1,483 @@
+//! The admin console's pages and its login: login page, login, logout, the dashboard,
+//! launch and destroy forms, the instances list, a VM's logs and a job's page. Pages
+//! redirect to the login page without a session. Writes need the session's CSRF token
+//! (see [`auth::require_admin_write`]).
+
+use chrono::{Duration, Utc};
+use lablink_core::credential::Secret;
+use lablink_core::domain::JobId;
+use lablink_db::{fleet, vms};
+#[cfg(feature = "aws-credentials")]
+use lablink_ops::aws::{self as ops_aws, StoredCredentials};
+use lablink_templates::admin as pages;
+use lambda_http::http::{StatusCode, header};
+use lambda_http::{Body, Request, Response};
+use serde::Deserialize;
+
+use super::{Access, OnError, Reaches, Reply, Route, Verb, handler};
+use crate::auth::{self, Admin, CsrfForm, SESSION_COOKIE, SESSION_HOURS, cookie_header};
+use crate::request::{self, SMALL_BODY};
+use crate::respond::{html, redirect};
+use crate::{ApiError, AppState};
+
+const LOGIN_CSRF_COOKIE: &str = "lablink_login_csrf";
+
+/// A page needs a session: without one, the login page (then back here).
+async fn page_session(
+    state: &AppState,
+    req: &Request,
+) -> Result<Result<(Admin, String), Response<Body>>, ApiError> {
+    match auth::admin_session(state, req).await {
+        Some(a) => {
+            let key = &state.admin().await?.session_key;
+            let csrf = auth::csrf_token(key, a.session.as_deref().unwrap_or_default());
+            Ok(Ok((a, csrf)))
+        }
+        None => {
+            // Surface "no admin configured" as 503 rather than a login loop.
+            state.admin().await?;
+            let next = req.uri().path();
+            Ok(Err(redirect(&format!("/admin/login?next={}", url_encode(next)))))
+        }
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Only our own admin pages are places to go back to after logging in.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with("/admin") && !n.starts_with("//") && !n.contains("://") && !n.contains('\\') =>
+        {
+            n.to_owned()
+        }
+        _ => "/admin".to_owned(),
+    }
+}
+
+macro_rules! session_or_login {
+    ($state:expr, $req:expr) => {
+        match page_session($state, $req).await? {
+            Ok(s) => s,
+            Err(redirect) => return Ok(redirect),
+        }
+    };
+}
+
+// ---- login -----------------------------------------------------------------------
+
+pub const LOGIN_PAGE: Route = Route {
+    function: "admin-login-page",
+    verb: Verb::Get,
+    path: "/admin/login",
+    access: Access::Public,
+    features: &["admin"],
+    reaches: Reaches::NOTHING,
+    on_error: OnError::Json,
+    handler: handler!(login_page),
+};
+
+async fn login_page(state: &AppState, req: &Request) -> Reply {
+    state.admin().await?;
+    if auth::admin_session(state, req).await.is_some() {
+        return Ok(redirect("/admin"));
+    }
+    let next = safe_next(request::query::<String>(req, "next")?.as_deref());
+    let token = Secret::generate();
+    let mut resp = html(StatusCode::OK, pages::login_page(None, token.expose(), &next, ""));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie_header(req, LOGIN_CSRF_COOKIE, token.expose(), "/admin/login", 3600)
+            .parse()
+            .expect("hex cookie value"),
+    );
+    Ok(resp)
+}
+
+pub const LOGIN: Route = Route {
+    function: "admin-login",
+    verb: Verb::Post,
+    path: "/admin/login",
+    access: Access::Public,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(login),
+};
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+async fn login(state: &AppState, req: &Request) -> Reply {
+    let form: LoginForm = request::form(req, SMALL_BODY)?;
+    let admin = state.admin().await?;
+    let next = safe_next(form.next.as_deref());
+    let again = |status: StatusCode, msg: &str| {
+        let token = Secret::generate();
+        let mut resp = html(
+            status,
+            pages::login_page(Some(msg), token.expose(), &next, &form.user),
+        );
+        resp.headers_mut().insert(
+            header::SET_COOKIE,
+            cookie_header(req, LOGIN_CSRF_COOKIE, token.expose(), "/admin/login", 3600)
+                .parse()
+                .expect("hex cookie value"),
+        );
+        resp
+    };
+    let cookie_token = auth::cookie(req, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    if form.csrf.is_empty() || !auth::same(cookie_token, &form.csrf) {
+        return Ok(again(
+            StatusCode::FORBIDDEN,
+            "This login form has expired or came from another site. Try again.",
+        ));
+    }
+    if form.user.is_empty() || form.password.is_empty() || form.password.len() > 1024 {
+        return Ok(again(StatusCode::BAD_REQUEST, "Enter the user and the password."));
+    }
+    match auth::check_password(state, req, &form.user, &form.password).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(again(StatusCode::UNAUTHORIZED, "Wrong user or password.")),
+        Err(ApiError::TooManyRequests { retry_after }) => {
+            let mut r = again(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "Too many failed attempts. Try again in {} minute(s).",
+                    retry_after.div_ceil(60)
+                ),
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                retry_after.to_string().parse().expect("digits"),
+            );
+            return Ok(r);
+        }
+        Err(e) => return Err(e),
+    }
+    tracing::info!(user = %form.user, "admin logged in");
+    let value = auth::issue_session(
+        &admin.session_key,
+        &admin.user,
+        Utc::now() + Duration::hours(SESSION_HOURS),
+    );
+    let mut resp = redirect(&next);
+    let h = resp.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        cookie_header(req, SESSION_COOKIE, &value, "/", SESSION_HOURS * 3600)
+            .parse()
+            .expect("base64url cookie value"),
+    );
+    h.append(
+        header::SET_COOKIE,
+        cookie_header(req, LOGIN_CSRF_COOKIE, "", "/admin/login", 0)
+            .parse()
+            .expect("static cookie"),
+    );
+    Ok(resp)
+}
+
+pub const LOGOUT: Route = Route {
+    function: "admin-logout",
+    verb: Verb::Post,
+    path: "/admin/logout",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(logout),
+};
+
+async fn logout(state: &AppState, req: &Request) -> Reply {
+    let form: CsrfForm = request::form(req, SMALL_BODY).unwrap_or_default();
+    auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    let mut resp = redirect("/admin/login");
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie_header(req, SESSION_COOKIE, "", "/", 0)
+            .parse()
+            .expect("static cookie"),
+    );
+    Ok(resp)
+}
+
+// ---- pages -----------------------------------------------------------------------
+
+#[cfg(feature = "aws-credentials")]
+async fn identity_line(state: &AppState, stored: Option<&StoredCredentials>) -> String {
+    if let Some(c) = stored {
+        return format!(
+            "{} (stored by {}, until {})",
+            c.identity.arn,
+            c.stored_by,
+            c.expires_at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+    if let Some(local) = &state.local_compute {
+        return format!("no AWS: {local}");
+    }
+    let sdk = state.aws().await;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ops_aws::caller_identity(sdk)).await {
+        Ok(Ok(id)) => format!("{} (the provisioner's role)", id.arn),
+        Ok(Err(e)) => format!("unknown: {e}"),
+        Err(_) => "unknown: AWS STS did not answer within 5 s".into(),
+    }
+}
+
+#[cfg(feature = "aws-credentials")]
+pub(crate) async fn render_home(
+    state: &AppState,
+    admin: &Admin,
+    csrf: &str,
+    message: Option<(bool, &str)>,
+) -> Reply {
+    let client = state.db.client().await?;
+    let c = fleet::counts(&client).await?;
+    let store = state.jobs().await;
+    let (jobs, stored) = match store {
+        Ok(s) => (
+            s.recent(10).await?,
+            ops_aws::stored(s.as_ref(), Utc::now()).await?,
+        ),
+        Err(_) => (Vec::new(), None),
+    };
+    let identity = identity_line(state, stored.as_ref()).await;
+    let rows: Vec<pages::JobRow<'_>> = jobs
+        .iter()
+        .map(|j| pages::JobRow {
+            id: j.id.as_str(),
+            label: j.kind.label(),
+            state: j.state.as_str(),
+            requested_by: &j.requested_by,
+            created_at: j.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        })
+        .collect();
+    let counts = [
+        ("total", c.total),
+        ("running", c.running),
+        ("initializing", c.initializing),
+        ("error", c.error),
+        ("assigned", c.assigned),
+        ("in-use", c.in_use),
+    ];
+    Ok(html(
+        StatusCode::OK,
+        pages::home_page(&pages::Home {
+            session: pages::Session {
+                user: &admin.user,
+                csrf,
+            },
+            message,
+            counts: &counts,
+            free: c.free,
+            max_vms: state.config.max_vms,
+            identity: &identity,
+            stored_credentials: stored.is_some(),
+            jobs: &rows,
+        }),
+    ))
+}
+
+#[cfg(feature = "aws-credentials")]
+pub const HOME: Route = Route {
+    function: "admin-home",
+    verb: Verb::Get,
+    path: "/admin",
+    access: Access::Admin,
+    features: &["admin", "jobs", "aws-credentials"],
+    reaches: Reaches::DB_AND_JOBS,
+    on_error: OnError::Json,
+    handler: handler!(home),
+};
+
+#[cfg(feature = "aws-credentials")]
+async fn home(state: &AppState, req: &Request) -> Reply {
+    let (admin, csrf) = session_or_login!(state, req);
+    render_home(state, &admin, &csrf, None).await
+}
+
+pub const CREATE: Route = Route {
+    function: "admin-create",
+    verb: Verb::Get,
+    path: "/admin/create",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(create),
+};
+
+async fn create(state: &AppState, req: &Request) -> Reply {
+    let (admin, csrf) = session_or_login!(state, req);
+    let client = state.db.client().await?;
+    let current = fleet::counts(&client).await?.total;
+    let id = JobId::generate(Utc::now());
+    Ok(html(
+        StatusCode::OK,
+        pages::create_page(&pages::Create {
+            session: pages::Session {
+                user: &admin.user,
+                csrf: &csrf,
+            },
+            job_id: id.as_str(),
+            max_vms: state.config.max_vms,
+            current,
+            error: None,
+        }),
+    ))
+}
+
+pub const INSTANCES: Route = Route {
+    function: "admin-instances",
+    verb: Verb::Get,
+    path: "/admin/instances",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(instances),
+};
+
+async fn instances(state: &AppState, req: &Request) -> Reply {
+    let (admin, csrf) = session_or_login!(state, req);
+    let client = state.db.client().await?;
+    let all = vms::list_vms(&client).await?;
+    let rows: Vec<pages::VmRow<'_>> = all
+        .iter()
+        .map(|v| pages::VmRow {
+            hostname: v.hostname.as_str(),
+            status: v.status.as_str(),
+            reason: v.status_reason.as_deref(),
+            healthy: v.healthy.as_deref(),
+            in_use: v.in_use,
+            email: v.user_email.as_deref(),
+            provision_s: v.provision.map(|p| p.seconds()),
+            cloud_init_s: v.cloud_init.map(|p| p.seconds()),
+            container_s: v.container.map(|p| p.seconds()),
+            total_s: v.total_startup_seconds,
+        })
+        .collect();
+    Ok(html(
+        StatusCode::OK,
+        pages::instances_page(
+            &pages::Session {
+                user: &admin.user,
+                csrf: &csrf,
+            },
+            &rows,
+        ),
+    ))
+}
+
+pub const DELETE: Route = Route {
+    function: "admin-delete",
+    verb: Verb::Get,
+    path: "/admin/instances/delete",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(delete_page),
+};
+
+async fn delete_page(state: &AppState, req: &Request) -> Reply {
+    let (admin, csrf) = session_or_login!(state, req);
+    let client = state.db.client().await?;
+    let total = fleet::counts(&client).await?.total;
+    let id = JobId::generate(Utc::now());
+    Ok(html(
+        StatusCode::OK,
+        pages::delete_page(&pages::Delete {
+            session: pages::Session {
+                user: &admin.user,
+                csrf: &csrf,
+            },
+            job_id: id.as_str(),
+            deployment: state.config.deployment.as_str(),
+            total,
+            error: None,
+        }),
+    ))
+}
+
+pub const LOGS: Route = Route {
+    function: "admin-logs",
+    verb: Verb::Get,
+    path: "/admin/logs/{hostname}",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(logs_page),
+};
+
+async fn logs_page(state: &AppState, req: &Request) -> Reply {
+    let host = request::path_hostname(req)?;
+    let (admin, csrf) = session_or_login!(state, req);
+    let client = state.db.client().await?;
+    let status = vms::get_status(&client, &host)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown VM {host}")))?;
+    Ok(html(
+        StatusCode::OK,
+        pages::logs_page(
+            &pages::Session {
+                user: &admin.user,
+                csrf: &csrf,
+            },
+            host.as_str(),
+            status.as_str(),
+        ),
+    ))
+}
+
+pub const JOB: Route = Route {
+    function: "admin-job",
+    verb: Verb::Get,
+    path: "/admin/jobs/{id}",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches {
+        // The page's script reads the job through `GET /api/jobs/{id}`.
+        db: false,
+        jobs_table: true,
+        export_bucket: None,
+    },
+    on_error: OnError::Json,
+    handler: handler!(job_page),
+};
+
+async fn job_page(state: &AppState, req: &Request) -> Reply {
+    let id = request::path_job_id(req)?;
+    let (admin, csrf) = session_or_login!(state, req);
+    Ok(html(
+        StatusCode::OK,
+        pages::job_page(
+            &pages::Session {
+                user: &admin.user,
+                csrf: &csrf,
+            },
+            id.as_str(),
+        ),
+    ))
+}

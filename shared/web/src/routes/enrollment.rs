@@ -1,0 +1,66 @@
+//! `POST /api/enroll`: a launched VM trades its launch job's enrollment secret for its
+//! own credential, once. Postgres only.
+
+use lablink_core::credential::Secret;
+use lablink_core::domain::InstanceId;
+use lablink_db::fleet;
+use lablink_wire as wire;
+use lambda_http::Request;
+use lambda_http::http::StatusCode;
+
+use super::{Access, OnError, Reaches, Reply, Route, Verb, handler};
+use crate::request::{self, SMALL_BODY};
+use crate::respond::json;
+use crate::{ApiError, AppState};
+
+pub const ENROLL: Route = Route {
+    function: "enroll",
+    verb: Verb::Post,
+    path: "/api/enroll",
+    access: Access::Vm,
+    features: &[],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(enroll),
+};
+
+/// `POST /api/enroll`: a launched VM's first call. The instance must be one a launch job
+/// recorded, the secret that job's, and the VM not enrolled before; the credential is
+/// returned this once and only its hash kept.
+async fn enroll(state: &AppState, req: &Request) -> Reply {
+    let body: wire::EnrollRequest = request::json(req, SMALL_BODY)?;
+    let id = InstanceId::parse(&body.instance_id).map_err(ApiError::bad_request)?;
+    if body.enrollment_secret.is_empty() || body.enrollment_secret.len() > 128 {
+        return Err(ApiError::bad_request("enrollment_secret is required"));
+    }
+    let credential = Secret::generate();
+    let client = state.db.client().await?;
+    match fleet::enroll(
+        &client,
+        &id,
+        &Secret::presented(&body.enrollment_secret),
+        &credential.hash(),
+    )
+    .await?
+    {
+        fleet::Enrollment::Enrolled(hostname) => {
+            tracing::info!(%hostname, instance_id = %id, "VM enrolled");
+            Ok(json(
+                StatusCode::OK,
+                &wire::Enrollment {
+                    hostname: hostname.to_string(),
+                    credential: credential.expose().to_owned(),
+                },
+            ))
+        }
+        fleet::Enrollment::UnknownInstance => Err(ApiError::NotFound(format!(
+            "instance {id} is not (yet) a VM of this deployment"
+        ))),
+        fleet::Enrollment::AlreadyEnrolled => {
+            Err(ApiError::Conflict(format!("instance {id} has enrolled already")))
+        }
+        fleet::Enrollment::BadSecret => Err(ApiError::Refused(
+            "the enrollment secret is not this instance's launch job's, or it expired".into(),
+        )),
+    }
+}

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body::Frame;
@@ -100,12 +100,9 @@ struct Params {
 
 async fn vm_startup(
     State(holder): State<Arc<Holder>>,
-    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    VmPollRequest { host, token, wait }: VmPollRequest,
 ) -> Result<Response, Refusal> {
     let cfg = &holder.config;
-    let (host, token, wait) = parse_poll(params, headers, body)?;
     let token = token.as_deref();
     if token.is_none() && !cfg.legacy_vm_auth {
         return Err(Refusal::NoCredential);
@@ -154,36 +151,44 @@ async fn vm_startup(
 }
 
 /// The common part of both polls: `?wait=`, a bounded `{"hostname"}` body and the bearer
-/// token. Every refusal is a 4xx and changes nothing. Only what the wait needs is kept:
-/// the request's headers and body are dropped before waiting (a waiter's memory is what
-/// 10,000 VMs multiply).
-fn parse_poll(
-    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(Hostname, Option<String>, Option<Duration>), Refusal> {
-    let Ok(Query(params)) = params else {
-        return Err(Refusal::BadRequest("invalid query string".into()));
-    };
-    if body.len() > BODY_LIMIT {
-        return Err(Refusal::TooLarge);
+/// token, taken from the request by the extractor. Every refusal is a 4xx and changes
+/// nothing. Only what the wait needs is kept: the request's headers and body are dropped
+/// before waiting (a waiter's memory is what 10,000 VMs multiply).
+struct VmPollRequest {
+    host: Hostname,
+    token: Option<String>,
+    wait: Option<Duration>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for VmPollRequest {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Refusal> {
+        let (mut parts, body) = req.into_parts();
+        let Ok(Query(params)) = Query::<Params>::from_request_parts(&mut parts, state).await else {
+            return Err(Refusal::BadRequest("invalid query string".into()));
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .map(str::to_owned);
+        let body = axum::body::to_bytes(body, BODY_LIMIT)
+            .await
+            .map_err(|_| Refusal::TooLarge)?;
+        let parsed: VmPoll = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::BadRequest(format!("invalid JSON body: {e}")))?;
+        let host = Hostname::parse(&parsed.hostname)
+            .map_err(|e| Refusal::BadRequest(format!("invalid hostname: {e}")))?;
+        let wait = match params.wait.as_deref() {
+            Some(v) => Some(Duration::from_secs(v.parse::<u64>().map_err(|_| {
+                Refusal::BadRequest(format!("wait must be whole seconds, got {v:?}"))
+            })?)),
+            None => None,
+        };
+        Ok(VmPollRequest { host, token, wait })
     }
-    let parsed: VmPoll =
-        serde_json::from_slice(&body).map_err(|e| Refusal::BadRequest(format!("invalid JSON body: {e}")))?;
-    let host = Hostname::parse(&parsed.hostname)
-        .map_err(|e| Refusal::BadRequest(format!("invalid hostname: {e}")))?;
-    let wait = match params.wait.as_deref() {
-        Some(v) => Some(Duration::from_secs(v.parse::<u64>().map_err(|_| {
-            Refusal::BadRequest(format!("wait must be whole seconds, got {v:?}"))
-        })?)),
-        None => None,
-    };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .map(str::to_owned);
-    Ok((host, token, wait))
 }
 
 /// `POST /vm_export`: the daemon's second long-poll. It answers 200 with the open
@@ -191,12 +196,9 @@ fn parse_poll(
 /// as one opens, or 204 when the window ends. Only with the VM's credential.
 async fn vm_export(
     State(holder): State<Arc<Holder>>,
-    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    VmPollRequest { host, token, wait }: VmPollRequest,
 ) -> Result<Response, Refusal> {
     let cfg = &holder.config;
-    let (host, token, wait) = parse_poll(params, headers, body)?;
     let token = token.ok_or(Refusal::NoCredential)?;
     let window = wait.unwrap_or(cfg.default_wait).min(cfg.max_wait);
     let client = holder.link.client().await.ok_or(Refusal::Unavailable)?;

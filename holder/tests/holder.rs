@@ -553,9 +553,14 @@ async fn an_export_opened_while_a_vm_waits_is_handed_to_that_vm_as_its_task() {
         email: Some("p0@example.edu".into()),
     };
     assert!(
-        exports::start(&client, job, &spec, &[(target, url.into())])
-            .await
-            .unwrap()
+        exports::start(
+            &client,
+            &lablink_core::domain::JobId::parse(job).unwrap(),
+            &spec,
+            &[(target, url.into())]
+        )
+        .await
+        .unwrap()
     );
 
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)

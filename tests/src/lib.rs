@@ -281,24 +281,24 @@ pub fn lambda_artifact(function: &str) -> anyhow::Result<PathBuf> {
     Ok(target_dir()?.join("lambda").join(function).join("bootstrap"))
 }
 
-/// The AWS service clients a built binary links, told by a string only that client's
-/// generated code carries (its protocol's operation names or target prefix). A route's
-/// binary links only what its handler reaches (the linker drops the rest), so this is
-/// what its Lambda can call.
+/// The AWS service clients a built binary links, told by the FIPS endpoint prefix that
+/// only that client's endpoint resolver carries (`"https://<service>-fips."`; every
+/// client built links its resolver). A route's binary links only what its handler
+/// reaches (the linker drops the rest), so this is what its Lambda can call.
 pub fn aws_clients_linked(bin: &Path) -> std::io::Result<Vec<&'static str>> {
-    const MARKERS: [(&str, &[&str]); 6] = [
-        ("DynamoDB", &["DynamoDB_20120810"]),
-        ("S3", &["s3-object-lambda"]),
-        ("STS", &["GetCallerIdentity", "AssumeRoleWithWebIdentity"]),
-        ("Secrets Manager", &["secretsmanager"]),
-        ("EC2", &["RunInstances"]),
-        ("CloudWatch Logs", &["Logs_20140328"]),
+    const MARKERS: [(&str, &str); 6] = [
+        ("DynamoDB", "https://dynamodb-fips."),
+        ("S3", "https://s3-fips."),
+        ("STS", "https://sts-fips."),
+        ("Secrets Manager", "https://secretsmanager-fips."),
+        ("EC2", "https://ec2-fips."),
+        ("CloudWatch Logs", "https://logs-fips."),
     ];
     let bytes = std::fs::read(bin)?;
-    let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let has = |needle: &str| memchr::memmem::find(&bytes, needle.as_bytes()).is_some();
     Ok(MARKERS
         .iter()
-        .filter(|(_, needles)| needles.iter().any(|n| has(n)))
+        .filter(|(_, marker)| has(marker))
         .map(|(name, _)| *name)
         .collect())
 }

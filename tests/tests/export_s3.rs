@@ -165,7 +165,7 @@ async fn vms_upload_to_presigned_urls_and_the_zip_is_a_multipart_object_behind_a
             bytes: got.bytes as i64,
             skipped: 0,
         };
-        exports::report(&client, job.id.as_str(), &h, &report)
+        exports::report(&client, &job.id, &h, &report)
             .await
             .unwrap()
             .unwrap();
@@ -250,7 +250,7 @@ async fn vms_upload_to_presigned_urls_and_the_zip_is_a_multipart_object_behind_a
     // The job is finished: its upload URLs' export no longer takes reports.
     let late = exports::report(
         &client,
-        job.id.as_str(),
+        &job.id,
         &Hostname::parse(&first).unwrap(),
         &exports::Report::Uploading,
     )

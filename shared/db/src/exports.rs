@@ -7,7 +7,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::DbError;
-use lablink_core::domain::Hostname;
+use lablink_core::domain::{Hostname, JobId};
 use lablink_wire::ExportTask;
 
 /// The channel [`start`] notifies (payload: the job id); the holder listens on it.
@@ -58,7 +58,7 @@ pub async fn targets(client: &Client) -> Result<Vec<Target>, DbError> {
 /// job can be alive.
 pub async fn start(
     client: &Client,
-    job_id: &str,
+    job_id: &JobId,
     spec: &ExportSpec,
     vms: &[(Target, String)],
 ) -> Result<bool, DbError> {
@@ -66,7 +66,7 @@ pub async fn start(
         .execute(
             "UPDATE exports SET state = 'failed'
              WHERE state IN ('collecting', 'assembling') AND job_id <> $1",
-            &[&job_id],
+            &[&job_id.as_str()],
         )
         .await?;
     let hosts: Vec<&str> = vms.iter().map(|(t, _)| t.hostname.as_str()).collect();
@@ -86,7 +86,7 @@ pub async fn start(
              n AS (SELECT pg_notify('vm_exports', job_id) FROM e)
              SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM v), (SELECT count(*) FROM n)",
             &[
-                &job_id,
+                &job_id.as_str(),
                 &spec.extensions,
                 &spec.max_file_bytes,
                 &spec.deadline,
@@ -153,7 +153,7 @@ pub enum Refused {
 /// not final. One statement.
 pub async fn report(
     client: &Client,
-    job_id: &str,
+    job_id: &JobId,
     host: &Hostname,
     report: &Report,
 ) -> Result<Result<(), Refused>, DbError> {
@@ -173,7 +173,7 @@ pub async fn report(
              FROM exports e
              WHERE e.job_id = v.job_id AND e.state = 'collecting'
                AND v.job_id = $1 AND v.hostname = $2 AND v.state IN ('waiting', 'uploading')",
-            &[&job_id, &host.as_str(), &state, &files, &bytes, &skipped, &detail],
+            &[&job_id.as_str(), &host.as_str(), &state, &files, &bytes, &skipped, &detail],
         )
         .await?;
     if n == 1 {
@@ -182,7 +182,7 @@ pub async fn report(
     let exists = client
         .query_opt(
             "SELECT 1 FROM export_vms WHERE job_id = $1 AND hostname = $2",
-            &[&job_id, &host.as_str()],
+            &[&job_id.as_str(), &host.as_str()],
         )
         .await?
         .is_some();
@@ -207,12 +207,12 @@ pub struct VmProgress {
 }
 
 /// Every VM of `job_id`, by hostname.
-pub async fn progress(client: &Client, job_id: &str) -> Result<Vec<VmProgress>, DbError> {
+pub async fn progress(client: &Client, job_id: &JobId) -> Result<Vec<VmProgress>, DbError> {
     let rows = client
         .query(
             "SELECT hostname, email, state, files, bytes, skipped, detail, updated_at
              FROM export_vms WHERE job_id = $1 ORDER BY hostname",
-            &[&job_id],
+            &[&job_id.as_str()],
         )
         .await?;
     Ok(rows
@@ -231,22 +231,22 @@ pub async fn progress(client: &Client, job_id: &str) -> Result<Vec<VmProgress>, 
 }
 
 /// The export's own state and deadline, if it was opened.
-pub async fn state(client: &Client, job_id: &str) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
+pub async fn state(client: &Client, job_id: &JobId) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
     let row = client
         .query_opt(
             "SELECT state, deadline FROM exports WHERE job_id = $1",
-            &[&job_id],
+            &[&job_id.as_str()],
         )
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// How many VMs of `job_id` have not answered finally yet.
-pub async fn outstanding(client: &Client, job_id: &str) -> Result<i64, DbError> {
+pub async fn outstanding(client: &Client, job_id: &JobId) -> Result<i64, DbError> {
     let row = client
         .query_one(
             "SELECT count(*) FROM export_vms WHERE job_id = $1 AND state IN ('waiting', 'uploading')",
-            &[&job_id],
+            &[&job_id.as_str()],
         )
         .await?;
     Ok(row.get(0))
@@ -255,11 +255,11 @@ pub async fn outstanding(client: &Client, job_id: &str) -> Result<i64, DbError> 
 /// Stop collecting: late reports are refused from now on, and VMs that have not answered
 /// are unreachable (in that order, so no report slips in between). Returns how many VMs
 /// were marked unreachable.
-pub async fn close(client: &Client, job_id: &str) -> Result<u64, DbError> {
+pub async fn close(client: &Client, job_id: &JobId) -> Result<u64, DbError> {
     client
         .execute(
             "UPDATE exports SET state = 'assembling' WHERE job_id = $1 AND state = 'collecting'",
-            &[&job_id],
+            &[&job_id.as_str()],
         )
         .await?;
     Ok(client
@@ -268,17 +268,17 @@ pub async fn close(client: &Client, job_id: &str) -> Result<u64, DbError> {
                  detail = CASE state WHEN 'uploading' THEN 'its upload did not finish by the deadline'
                                      ELSE 'no answer by the deadline (daemon stopped or VM off?)' END
              WHERE job_id = $1 AND state IN ('waiting', 'uploading')",
-            &[&job_id],
+            &[&job_id.as_str()],
         )
         .await?)
 }
 
 /// The export ended (`done` or `failed`).
-pub async fn finish(client: &Client, job_id: &str, ok: bool) -> Result<(), DbError> {
+pub async fn finish(client: &Client, job_id: &JobId, ok: bool) -> Result<(), DbError> {
     client
         .execute(
             "UPDATE exports SET state = $2 WHERE job_id = $1",
-            &[&job_id, &if ok { "done" } else { "failed" }],
+            &[&job_id.as_str(), &if ok { "done" } else { "failed" }],
         )
         .await?;
     Ok(())

@@ -353,7 +353,7 @@ impl Provisioner {
                 "data export is not configured here (no export bucket)".into(),
             )));
         };
-        let id = job.id.as_str().to_owned();
+        let id = job.id.clone();
         let client = self.db.client().await?;
         if exports::state(&client, &id).await?.is_none() {
             let targets = exports::targets(&client).await?;
@@ -362,7 +362,7 @@ impl Provisioner {
             let ttl = ex.settings.wait + std::time::Duration::from_secs(600);
             let mut vms = Vec::with_capacity(targets.len());
             for t in targets {
-                match ex.storage.upload_url(&id, &t.hostname, ttl).await {
+                match ex.storage.upload_url(id.as_str(), &t.hostname, ttl).await {
                     Ok(url) => vms.push((t, url)),
                     Err(e) => return Ok(Err(Failed(e.to_string()))),
                 }
@@ -429,7 +429,7 @@ impl Provisioner {
         let name = lablink_export::zip_name(job.created_at);
         let assembled = lablink_export::assemble(
             Arc::clone(&ex.storage),
-            id.clone(),
+            id.as_str().to_owned(),
             name.clone(),
             parts,
             Utc::now(),

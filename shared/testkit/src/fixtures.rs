@@ -79,7 +79,7 @@ pub async fn seed_open_export(client: &tokio_postgres::Client) {
     };
     exports::start(
         client,
-        OPEN_EXPORT,
+        &lablink_core::domain::JobId::parse(OPEN_EXPORT).expect("a job id"),
         &spec,
         &[(target, "https://upload.example/fixture".into())],
     )

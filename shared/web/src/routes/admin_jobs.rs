@@ -42,9 +42,9 @@ async fn get_job(state: &AppState, req: &Request) -> Reply {
     if job.kind == JobKind::Export {
         // Per-VM progress lives in Postgres, where the VMs report it.
         let client = state.db.client().await?;
-        v["export_vms"] = json!(exports::progress(&client, id.as_str()).await?);
+        v["export_vms"] = json!(exports::progress(&client, &id).await?);
         if let (Some((export_state, deadline)), Some(o)) =
-            (exports::state(&client, id.as_str()).await?, v.as_object_mut())
+            (exports::state(&client, &id).await?, v.as_object_mut())
         {
             o.insert("export_state".into(), json!(export_state));
             o.insert("export_deadline".into(), json!(deadline));

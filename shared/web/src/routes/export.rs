@@ -196,7 +196,7 @@ pub const VM_EXPORT: Route = Route {
 async fn vm_export(state: &AppState, req: &Request) -> Reply {
     let host = request::path_hostname(req)?;
     let r: wire::ExportReport = request::json(req, SMALL_BODY)?;
-    JobId::parse(&r.job_id).map_err(|e| ApiError::bad_request(format!("job_id: {e}")))?;
+    let job = JobId::parse(&r.job_id).map_err(|e| ApiError::bad_request(format!("job_id: {e}")))?;
     let count = |n: u64| {
         i64::try_from(n).map_err(|_| ApiError::bad_request("files, bytes and skipped must fit in 63 bits"))
     };
@@ -227,15 +227,13 @@ async fn vm_export(state: &AppState, req: &Request) -> Reply {
         return Err(ApiError::Unauthorized);
     }
     let client = state.db.client().await?;
-    match exports::report(&client, &r.job_id, &host, &report).await? {
+    match exports::report(&client, &job, &host, &report).await? {
         Ok(()) => Ok(json(StatusCode::OK, &wire::ExportAccepted::default())),
-        Err(exports::Refused::NotFound) => Err(ApiError::NotFound(format!(
-            "{host} is not part of export {}",
-            r.job_id
-        ))),
+        Err(exports::Refused::NotFound) => {
+            Err(ApiError::NotFound(format!("{host} is not part of export {job}")))
+        }
         Err(exports::Refused::Closed) => Err(ApiError::Conflict(format!(
-            "export {} no longer takes this report from {host} (past its deadline, or already answered)",
-            r.job_id
+            "export {job} no longer takes this report from {host} (past its deadline, or already answered)"
         ))),
     }
 }

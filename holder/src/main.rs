@@ -15,8 +15,21 @@ async fn main() {
         .json()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
-    let config =
+    let mut config =
         lablink_core::config::exit_on_error("lablink-holder", lablink_holder::HolderConfig::from_env());
+    if config.db.uses_iam() {
+        // On Fargate the task role comes from ECS's credentials endpoint, not the
+        // environment: IAM database tokens are signed with AWS's default chain.
+        let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+            .build()
+            .await;
+        config.db =
+            config
+                .db
+                .with_iam_credentials(aws_credential_types::provider::SharedCredentialsProvider::new(
+                    chain,
+                ));
+    }
     // Each waiting VM is one open socket: allow as many as the hard limit does.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::info!(nofile = n, "open-file limit"),

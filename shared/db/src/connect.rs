@@ -46,8 +46,14 @@ impl DbError {
 pub enum DbAuth {
     /// From the URL or `PGPASSWORD` (or none: trust/peer auth).
     Password,
-    /// A fresh RDS IAM auth token per connection (valid 15 minutes, used only to log in).
-    IamToken { region: String },
+    /// A fresh RDS IAM auth token per connection (valid 15 minutes, used only to log in),
+    /// signed with the environment's credentials unless a process gave its own source
+    /// ([`DbConfig::with_iam_credentials`]).
+    IamToken {
+        region: String,
+        #[cfg(feature = "rds-iam")]
+        credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    },
 }
 
 /// Where and how to connect.
@@ -126,7 +132,11 @@ impl DbConfig {
         }
         let root_cert = read_root_cert(s);
         let auth = if iam {
-            DbAuth::IamToken { region: region? }
+            DbAuth::IamToken {
+                region: region?,
+                #[cfg(feature = "rds-iam")]
+                credentials: None,
+            }
         } else {
             DbAuth::Password
         };
@@ -153,6 +163,25 @@ impl DbConfig {
     }
 
     /// Name this process's sessions in `pg_stat_activity` (unless the URL named them).
+    /// Sign IAM auth tokens with credentials from `provider` instead of the environment
+    /// (the holder passes AWS's default chain: on Fargate its role comes from ECS's
+    /// credentials endpoint). No effect without IAM auth.
+    #[cfg(feature = "rds-iam")]
+    pub fn with_iam_credentials(
+        mut self,
+        provider: aws_credential_types::provider::SharedCredentialsProvider,
+    ) -> Self {
+        if let DbAuth::IamToken { credentials, .. } = &mut self.auth {
+            *credentials = Some(provider);
+        }
+        self
+    }
+
+    /// Whether this configuration logs in with IAM auth tokens.
+    pub fn uses_iam(&self) -> bool {
+        matches!(self.auth, DbAuth::IamToken { .. })
+    }
+
     pub fn with_application_name(mut self, name: &str) -> Self {
         if self.pg.get_application_name().is_none() {
             self.pg.application_name(name);
@@ -167,8 +196,8 @@ impl DbConfig {
     /// Connect and hand back the connection future for the caller to poll.
     pub async fn connect_raw(&self) -> Result<(tokio_postgres::Client, PgConnection), DbError> {
         let mut pg = self.pg.clone();
-        if let DbAuth::IamToken { region } = &self.auth {
-            pg.password(iam_token(&pg, region).await?);
+        if let DbAuth::IamToken { .. } = &self.auth {
+            pg.password(iam_token(&pg, &self.auth).await?);
         }
         pg.connect_timeout(std::time::Duration::from_secs(10));
         let extra = self
@@ -228,27 +257,42 @@ fn tls(extra: Option<&std::path::Path>) -> Result<MakeRustlsConnect, DbError> {
 }
 
 #[cfg(not(feature = "rds-iam"))]
-async fn iam_token(_pg: &tokio_postgres::Config, _region: &str) -> Result<String, DbError> {
+async fn iam_token(_pg: &tokio_postgres::Config, _auth: &DbAuth) -> Result<String, DbError> {
     Err(DbError::Token(
         "this program was built without RDS IAM support (lablink-db's rds-iam feature)".into(),
     ))
 }
 
-/// An RDS IAM auth token (a SigV4-presigned URL, valid 15 minutes) signed with the
+/// An RDS IAM auth token (a SigV4-presigned URL, valid 15 minutes). Signed with the
 /// environment's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-/// `AWS_SESSION_TOKEN`), which is how Lambda hands a function its role. No credential
-/// chain, no network: a Lambda links no STS or SSO client for its database login.
+/// `AWS_SESSION_TOKEN`), which is how Lambda hands a function its role: no credential
+/// chain, no network, so a Lambda links no STS or SSO client for its database login. A
+/// process whose role comes from elsewhere (the holder: ECS's credentials endpoint)
+/// passes its own provider.
 #[cfg(feature = "rds-iam")]
-async fn iam_token(pg: &tokio_postgres::Config, region: &str) -> Result<String, DbError> {
+async fn iam_token(pg: &tokio_postgres::Config, auth: &DbAuth) -> Result<String, DbError> {
     use aws_credential_types::Credentials;
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let (Some(key), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) else {
-        return Err(DbError::Token(
-            "IAM auth signs with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Lambda sets them); they are not set"
-                .into(),
-        ));
+    use aws_credential_types::provider::ProvideCredentials;
+    let DbAuth::IamToken { region, credentials } = auth else {
+        return Err(DbError::Token("not configured for IAM auth".into()));
     };
-    let credentials = Credentials::new(key, secret, var("AWS_SESSION_TOKEN"), None, "environment");
+    let credentials = match credentials {
+        Some(provider) => provider
+            .provide_credentials()
+            .await
+            .map_err(|e| DbError::Token(format!("no AWS credentials: {e}")))?,
+        None => {
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let (Some(key), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) else {
+                return Err(DbError::Token(
+                    "IAM auth signs with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Lambda sets them); \
+                     they are not set"
+                        .into(),
+                ));
+            };
+            Credentials::new(key, secret, var("AWS_SESSION_TOKEN"), None, "environment")
+        }
+    };
     sign_token(pg, region, credentials).await
 }
 
@@ -372,6 +416,30 @@ mod tests {
                 .to_string()
                 .contains("DATABASE_URL is invalid")
         );
+    }
+
+    #[cfg(feature = "rds-iam")]
+    #[tokio::test]
+    async fn a_process_may_sign_iam_tokens_with_its_own_credentials() {
+        let mut s = settings(&[
+            ("LABLINK_DB_IAM_AUTH", "1"),
+            ("PGHOST", "db.example"),
+            ("PGUSER", "lablink_app"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        let cfg = DbConfig::read(&mut s).unwrap();
+        assert!(cfg.uses_iam());
+        let own = aws_credential_types::Credentials::new("AKIDOWNSOURCE", "secret", None, None, "test");
+        let cfg = cfg.with_iam_credentials(aws_credential_types::provider::SharedCredentialsProvider::new(
+            own,
+        ));
+        let token = iam_token(&cfg.pg, &cfg.auth).await.unwrap();
+        assert!(
+            token.starts_with("db.example:5432/?Action=connect&DBUser=lablink_app&"),
+            "{token}"
+        );
+        assert!(token.contains("X-Amz-Credential=AKIDOWNSOURCE%2F"), "{token}");
+        assert!(!token.contains("X-Amz-Security-Token"), "{token}");
     }
 
     #[cfg(feature = "rds-iam")]

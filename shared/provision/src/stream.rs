@@ -46,12 +46,9 @@ impl ProvisionerConfig {
                 }
             },
         );
+        // Checked as the API checks it: it goes into EC2 tags and every VM's hostname.
         let deployment = s.required_with("LABLINK_DEPLOYMENT", "the deployment's name", |v: &str| {
-            if v.is_empty() {
-                Err("empty")
-            } else {
-                Ok(v.to_owned())
-            }
+            lablink_core::domain::DeploymentName::parse(v).map(|d| d.as_str().to_owned())
         });
         let ami_id = s.required_with("LABLINK_AMI_ID", "an AMI id like ami-0123…", |v: &str| {
             if v.starts_with("ami-") {

@@ -9,6 +9,7 @@ use lablink_db::{logs, vms};
 use lablink_wire as wire;
 use lambda_http::Request;
 use lambda_http::http::StatusCode;
+#[cfg(feature = "admin")]
 use serde_json::json;
 
 use super::{Access, OnError, Reaches, Reply, Route, Verb, handler, message, not_found};

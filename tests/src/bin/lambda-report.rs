@@ -33,11 +33,8 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|r| {
             (
-                r.function_name(),
-                repo_root()
-                    .join("events")
-                    .join(r.function_name())
-                    .join("valid.json"),
+                r.function,
+                repo_root().join("events").join(r.function).join("valid.json"),
             )
         })
         .collect();

@@ -204,11 +204,6 @@ impl Route {
         (self.verb.method(), self.path)
     }
 
-    /// The function (crate, binary) that serves this route.
-    pub fn function_name(&self) -> &'static str {
-        self.function
-    }
-
     /// Whether `path` matches this route's path pattern (`{param}` is one segment).
     pub fn matches_path(&self, path: &str) -> bool {
         let mut p = self.path.split('/');
@@ -232,12 +227,10 @@ impl Route {
     pub async fn handle(&self, state: &AppState, req: Request) -> Response<Body> {
         let method_ok =
             req.method() == self.verb.method() || (self.verb == Verb::Get && req.method() == Method::HEAD);
-        let result = if method_ok {
-            (self.handler)(state, &req).await
-        } else {
+        if !method_ok {
             return self.refused(ApiError::MethodNotAllowed(self.verb.as_str()), None);
-        };
-        match result {
+        }
+        match (self.handler)(state, &req).await {
             Ok(r) => r,
             Err(e) => self.refused(e, Some(&req)),
         }

@@ -55,3 +55,50 @@ ensure_browser() {
     cp "$dir/package-lock.json" "$stamp"
   fi
 }
+
+# A Docker engine for the workspace tests and the local runner's --client-image: Debian's
+# docker.io, and dockerd started in the background when none answers (as on a VM, the
+# engine runs as root).
+ensure_docker() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  command -v dockerd >/dev/null || apt_install docker.io
+  local log="$HOME/.cache/lablink-dockerd.log"
+  mkdir -p "$(dirname "$log")"
+  echo "starting dockerd (its log: $log)" >&2
+  as_root sh -c 'nohup dockerd >>"$1" 2>&1 </dev/null &' sh "$log"
+  local i
+  for i in $(seq 1 120); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "dockerd did not answer within 60 s; see $log" >&2
+  return 1
+}
+
+# The workspace tests' stand-in client image (tests/client-image), built FROM a minimal
+# Debian made by debootstrap (no image registry is needed). Both stay in the engine's
+# store between runs; the client image's tag is the hash of its build context, so an edit
+# rebuilds it. Prints the image name.
+ensure_test_client_image() {
+  local base=lablink-test-base:bookworm
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    local root
+    root="$(mktemp -d)"
+    echo "building $base with debootstrap (about a minute)" >&2
+    as_root debootstrap --variant=minbase --include=git,procps bookworm "$root" http://deb.debian.org/debian >/dev/null
+    as_root tar -C "$root" -c . | docker import - "$base" >/dev/null
+    as_root rm -rf "$root"
+  fi
+  local tag
+  tag="$(cd tests/client-image && cat Dockerfile start-host chrome-remote-desktop sleap-label classic-entrypoint | sha256sum | cut -c1-12)"
+  local image="lablink-test-client:$tag"
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    local log
+    log="$(mktemp)"
+    docker build -q --build-arg "BASE=$base" -t "$image" tests/client-image >"$log" 2>&1 \
+      || { cat "$log" >&2; rm -f "$log"; return 1; }
+    rm -f "$log"
+  fi
+  echo "$image"
+}

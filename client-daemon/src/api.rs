@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use lablink_core::domain::{GpuHealth, Hostname, VmStatus};
-use lablink_wire::{Assignment, GpuHealthReport, InUseReport, RawTimings, VmPoll, VmStatusReport};
+use lablink_wire::{
+    Assignment, GpuHealthReport, InUseReport, RawTimings, StartHostOutcome, VmPoll, VmStatusReport,
+};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -159,10 +161,21 @@ impl Api {
     }
 
     pub async fn status(&self, status: VmStatus, reason: Option<&str>) -> Result<(), ApiError> {
+        self.status_after_start_host(status, reason, None).await
+    }
+
+    /// A status report that carries the outcome of the start-host run it follows.
+    pub async fn status_after_start_host(
+        &self,
+        status: VmStatus,
+        reason: Option<&str>,
+        start_host: Option<&StartHostOutcome>,
+    ) -> Result<(), ApiError> {
         let body = VmStatusReport {
             hostname: self.hostname_field(),
             status: status.as_str().to_owned(),
             reason: reason.map(|r| r.chars().take(1000).collect()),
+            start_host: start_host.cloned(),
         };
         self.post("/api/vm-status", &body).await
     }

@@ -75,10 +75,60 @@ pub struct Args {
     #[arg(long, env = "LABLINK_GPU_INTERVAL_SECONDS", default_value_t = 20)]
     pub gpu_interval_seconds: u64,
 
-    /// The process name whose presence means a participant is using the VM (classic
-    /// SUBJECT_SOFTWARE, e.g. `sleap`). Without it in-use is not reported.
+    /// The subject software whose process means a participant is using the VM (classic
+    /// SUBJECT_SOFTWARE, e.g. `sleap`): a process matches when this is part of its name
+    /// or of its argv[0]'s (or, for an interpreter, argv[1]'s) file name, so `sleap`
+    /// matches `sleap-label`; `=sleap-label` matches that name exactly. Looked for in the
+    /// workspace container when there is one. Without it in-use is not reported.
     #[arg(long, env = "LABLINK_SUBJECT_SOFTWARE")]
     pub subject_software: Option<String>,
+
+    /// The client image of the participant's workspace (classic `image_name`, e.g. the
+    /// LabLink client base image). With it the daemon pulls the image, runs ONE
+    /// workspace container for this VM on the host's Docker engine and runs start-host
+    /// inside it as the desktop user; without it start-host runs on the host.
+    #[arg(long, env = "LABLINK_CLIENT_IMAGE")]
+    pub client_image: Option<String>,
+
+    /// The non-root user whose desktop the participant gets (the client image's user).
+    #[arg(long, env = "LABLINK_DESKTOP_USER", default_value = "client")]
+    pub desktop_user: String,
+
+    /// A git repository cloned onto the desktop user's Desktop in the workspace (classic
+    /// `repository`). A failed clone is reported, not fatal.
+    #[arg(long, env = "LABLINK_TUTORIAL_REPO")]
+    pub tutorial_repo: Option<String>,
+
+    /// The admin's startup script (a file on the VM), run once per workspace container,
+    /// as root inside it, after the clone.
+    #[arg(long, env = "LABLINK_STARTUP_SCRIPT")]
+    pub startup_script: Option<PathBuf>,
+
+    /// What a failing startup script does: `continue` (the VM serves, the failure is
+    /// reported) or `fail` (the VM reports `error` and stays out of the pool).
+    #[arg(long, env = "LABLINK_STARTUP_ON_ERROR", default_value = "continue")]
+    pub startup_on_error: String,
+
+    /// Longest the startup script may run before it counts as failed.
+    #[arg(long, env = "LABLINK_STARTUP_TIMEOUT_SECONDS", default_value_t = 3600)]
+    pub startup_timeout_seconds: u64,
+
+    /// The Docker CLI (it honours DOCKER_HOST).
+    #[arg(long, env = "LABLINK_DOCKER", default_value = "docker")]
+    pub docker: PathBuf,
+
+    /// Attempts at pulling the client image before the VM reports `error` (then it
+    /// tries again every minute).
+    #[arg(long, env = "LABLINK_PULL_ATTEMPTS", default_value_t = 5)]
+    pub pull_attempts: u32,
+
+    /// cloud-init's own record of its stages (the start-up timings' cloud-init phase).
+    #[arg(
+        long,
+        env = "LABLINK_CLOUD_INIT_STATUS",
+        default_value = "/var/lib/cloud/data/status.json"
+    )]
+    pub cloud_init_status: PathBuf,
 
     #[arg(long, env = "LABLINK_INUSE_INTERVAL_SECONDS", default_value_t = 20)]
     pub inuse_interval_seconds: u64,
@@ -105,15 +155,30 @@ pub struct Args {
     #[arg(long, env = "LABLINK_LOG_GROUP")]
     pub log_group: Option<String>,
 
-    /// JSON with the cloud-init (and optionally container) timings written by the VM's
-    /// user-data, in the `POST /api/vm-metrics` shape (default: `<state-dir>/timings.json`).
-    #[arg(long, env = "LABLINK_TIMINGS_FILE")]
-    pub timings_file: Option<PathBuf>,
+    /// Data export: the participant's files. Files with the export's extensions under it
+    /// are sent (symbolic links are never followed). Default: the workspace's home
+    /// volume with a client image, `/home` without.
+    #[arg(long, env = "LABLINK_EXPORT_DIR")]
+    pub export_dir: Option<PathBuf>,
+}
 
-    /// Data export: the participant's workspace. Files with the export's extensions under
-    /// it are sent (symbolic links are never followed).
-    #[arg(long, env = "LABLINK_EXPORT_DIR", default_value = "/home")]
-    pub export_dir: PathBuf,
+/// What a failing startup script does to the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Continue,
+    Fail,
+}
+
+/// The workspace's settings (a client image is configured).
+#[derive(Debug, Clone)]
+pub struct WorkspaceConfig {
+    pub image: String,
+    pub tutorial_repo: Option<String>,
+    pub startup_script: Option<PathBuf>,
+    pub startup_on_error: OnError,
+    pub startup_timeout: Duration,
+    pub docker: PathBuf,
+    pub pull_attempts: u32,
 }
 
 /// Where shipped logs go.
@@ -140,10 +205,51 @@ pub struct Config {
     pub poll_wait: Duration,
     pub nvidia_smi: PathBuf,
     pub gpu_interval: Duration,
-    pub subject_software: Option<String>,
+    pub subject_software: Option<crate::monitor::SubjectSoftware>,
     pub inuse_interval: Duration,
-    pub timings_file: PathBuf,
-    pub export_dir: PathBuf,
+    pub cloud_init_status: PathBuf,
+    /// `None`: the workspace's home volume (with a client image) or `/home`.
+    pub export_dir: Option<PathBuf>,
+    pub desktop_user: String,
+    pub workspace: Option<WorkspaceConfig>,
+}
+
+impl Config {
+    /// Where the data export looks for the participant's files (`/home` unless set; the
+    /// daemon sets the workspace's home volume when it has one).
+    pub fn export_dir(&self) -> PathBuf {
+        self.export_dir.clone().unwrap_or_else(|| PathBuf::from("/home"))
+    }
+}
+
+/// A POSIX user name as useradd takes it (so it is never an option or a path).
+fn check_user_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--desktop-user {name:?}: expected a user name like client (lowercase letters, digits, _ and -)"
+        ))
+    }
+}
+
+/// A repository URL git may clone: never an option, no whitespace or control characters.
+fn check_repo(url: &str) -> Result<(), String> {
+    if url.starts_with('-') || url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "--tutorial-repo {url:?}: expected a git URL (https://..., git://..., file://...) without spaces"
+        ));
+    }
+    Ok(())
 }
 
 impl Args {
@@ -231,6 +337,51 @@ impl Args {
         };
         let home_crd =
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/chrome-remote-desktop"));
+        check_user_name(&self.desktop_user)?;
+        let startup_on_error = match self.startup_on_error.as_str() {
+            "continue" => OnError::Continue,
+            "fail" => OnError::Fail,
+            other => {
+                return Err(format!("--startup-on-error {other:?}: expected continue or fail"));
+            }
+        };
+        if self.startup_timeout_seconds == 0 || self.pull_attempts == 0 {
+            return Err("--startup-timeout-seconds and --pull-attempts must be at least 1".into());
+        }
+        let subject_software = match self.subject_software.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(crate::monitor::SubjectSoftware::parse(s)?),
+        };
+        let workspace = match self.client_image.map(|i| i.trim().to_owned()) {
+            None => None,
+            Some(i) if i.is_empty() => None,
+            Some(image) => {
+                if image.starts_with('-') || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(format!(
+                        "--client-image {image:?}: expected an image reference like repo/name:tag"
+                    ));
+                }
+                let tutorial_repo = self
+                    .tutorial_repo
+                    .map(|r| r.trim().to_owned())
+                    .filter(|r| !r.is_empty());
+                if let Some(r) = &tutorial_repo {
+                    check_repo(r)?;
+                }
+                // Read when the workspace is prepared: a missing file is the VM's `error`
+                // (with the reason, on the admin's page), not a daemon that cannot start.
+                let startup_script = self.startup_script.filter(|p| !p.as_os_str().is_empty());
+                Some(WorkspaceConfig {
+                    image,
+                    tutorial_repo,
+                    startup_script,
+                    startup_on_error,
+                    startup_timeout: Duration::from_secs(self.startup_timeout_seconds),
+                    docker: self.docker,
+                    pull_attempts: self.pull_attempts,
+                })
+            }
+        };
         Ok(Config {
             ship_logs,
             log_sink,
@@ -238,9 +389,7 @@ impl Args {
             api_url: self.api_url,
             hostname,
             credential,
-            timings_file: self
-                .timings_file
-                .unwrap_or_else(|| self.state_dir.join("timings.json")),
+            cloud_init_status: self.cloud_init_status,
             state_dir: self.state_dir,
             start_host: self.start_host,
             start_host_timeout: Duration::from_secs(self.start_host_timeout_seconds),
@@ -248,9 +397,11 @@ impl Args {
             poll_wait: Duration::from_secs(self.poll_wait_seconds),
             nvidia_smi: self.nvidia_smi,
             gpu_interval: Duration::from_secs(self.gpu_interval_seconds),
-            subject_software: self.subject_software.filter(|s| !s.is_empty()),
+            subject_software,
             inuse_interval: Duration::from_secs(self.inuse_interval_seconds),
             export_dir: self.export_dir,
+            desktop_user: self.desktop_user,
+            workspace,
         })
     }
 }

@@ -134,7 +134,7 @@ pub async fn run_task(cfg: &Config, api: &Api, task: &ExportTask) -> Option<Expo
         job_id: task.job_id.clone(),
         state,
     };
-    tracing::info!(job, dir = %cfg.export_dir.display(), "export requested");
+    tracing::info!(job, dir = %cfg.export_dir().display(), "export requested");
     if let Err(e) = api.export_report(&report(ExportState::Uploading)).await {
         tracing::warn!(job, error = %e, "export not reported as started");
         if is_final(&e) {
@@ -159,16 +159,12 @@ async fn collect_and_upload(cfg: &Config, api: &Api, task: &ExportTask) -> Resul
     let archive = cfg
         .state_dir
         .join(format!("export-{}.tar.partial", safe(&task.job_id)));
-    let (dir, exts, max) = (
-        cfg.export_dir.clone(),
-        task.extensions.clone(),
-        task.max_file_bytes,
-    );
+    let (dir, exts, max) = (cfg.export_dir(), task.extensions.clone(), task.max_file_bytes);
     let out = archive.clone();
     let collected = tokio::task::spawn_blocking(move || write_archive(&dir, &exts, max, &out))
         .await
         .map_err(|e| format!("collecting files: {e}"))?
-        .map_err(|e| format!("collecting files under {}: {e}", cfg.export_dir.display()));
+        .map_err(|e| format!("collecting files under {}: {e}", cfg.export_dir().display()));
     let uploaded = match collected {
         Ok(c) => api
             .upload(&task.upload_url, &archive, task.deadline)

@@ -1,9 +1,12 @@
-//! The LabLink client daemon, run by systemd on each VM (see `dist/`).
+//! The LabLink client daemon, run by systemd on each VM (see `dist/`), as root on the
+//! host.
 //!
-//! It reports `initializing`, checks it can do its job, reports `running` (or `error`
-//! with the reason), posts its start-up timings once, keeps GPU health and in-use
-//! current, and waits for its assignment on the holder: on one, it runs start-host
-//! (see [`starthost`]) and remembers that on disk (see [`state`]).
+//! It reports `initializing`, prepares the participant's workspace (with a client image:
+//! the container, the tutorial repository, the startup script; see [`workspace`]) or
+//! checks the host can serve, reports `running` (or `error` with the reason), posts its
+//! start-up timings once, keeps GPU health and in-use current, and waits for its
+//! assignment on the holder: on one, it runs start-host as the desktop user (see
+//! [`starthost`]), reports the outcome, and remembers that on disk (see [`state`]).
 
 pub mod api;
 pub mod cli;
@@ -14,6 +17,7 @@ pub mod logship;
 pub mod monitor;
 pub mod starthost;
 pub mod state;
+pub mod workspace;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -21,13 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use lablink_core::domain::VmStatus;
-use lablink_wire::RawTimings;
+use lablink_core::domain::{GpuHealth, VmStatus};
+use lablink_wire::{RawTimings, StartHostOutcome};
 use rand::Rng;
 
 use crate::api::{Api, Poll};
 use crate::config::Config;
 use crate::state::{AssignmentRecord, Phase, StateDir};
+use crate::workspace::{PrepError, Workspace};
 
 const METRICS_MARKER: &str = "metrics-posted";
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -79,7 +84,22 @@ where
     }
 }
 
-/// Why this VM cannot serve a participant, if it cannot.
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `user` exists on this host.
+fn user_exists(user: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(user) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name; the result is only compared with null (the daemon
+    // calls this from one task at a time, and reads nothing through the pointer).
+    unsafe { !libc::getpwnam(name.as_ptr()).is_null() }
+}
+
+/// Why this VM cannot serve a participant without a workspace, if it cannot.
 fn preflight(cfg: &Config) -> Result<(), String> {
     let meta = std::fs::metadata(&cfg.start_host)
         .map_err(|e| format!("start-host {} is unusable: {e}", cfg.start_host.display()))?;
@@ -89,11 +109,25 @@ fn preflight(cfg: &Config) -> Result<(), String> {
             cfg.start_host.display()
         ));
     }
+    if running_as_root() && !user_exists(&cfg.desktop_user) {
+        return Err(format!(
+            "the desktop user {} (LABLINK_DESKTOP_USER) does not exist on this VM",
+            cfg.desktop_user
+        ));
+    }
     Ok(())
 }
 
-/// A `host#*.json` in CRD's config directory: this host is registered already.
-fn crd_configured(cfg: &Config) -> bool {
+/// Whether Chrome Remote Desktop is registered already: in the workspace, or a
+/// `host#*.json` in the host's CRD config directory.
+async fn crd_configured(cfg: &Config, workspace: Option<&Workspace>) -> bool {
+    if let Some(w) = workspace {
+        return w.registered().await;
+    }
+    crd_configured_on_host(cfg)
+}
+
+fn crd_configured_on_host(cfg: &Config) -> bool {
     let Some(dir) = &cfg.crd_config_dir else {
         return false;
     };
@@ -110,30 +144,34 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The start-up timings: cloud-init's from the file user-data wrote (if any); the
-/// container phase is this daemon's own start-up unless the file has one.
-fn timings(file: &std::path::Path, started: DateTime<Utc>, ready: DateTime<Utc>) -> RawTimings {
-    let mut t = match std::fs::read(file) {
-        // An object only: serde would also read a JSON array, by position.
-        Ok(b) => match serde_json::from_slice::<RawTimings>(&b) {
-            Ok(t) if b.trim_ascii_start().starts_with(b"{") => t,
-            _ => {
-                tracing::warn!(file = %file.display(), "timings file is not a JSON object of timestamps; ignoring it");
-                RawTimings::default()
-            }
-        },
-        Err(_) => RawTimings::default(),
-    };
-    // `container_ready`, the classic name, is read as `container_end`.
-    if t.container_start.is_none() && t.container_end.is_none() {
-        t.container_start = Some(rfc3339(started));
-        t.container_end = Some(rfc3339(ready));
+/// The start-up timings to report: cloud-init's from its own record on the VM, then
+/// what this daemon measured (the workspace's phases, or its own start-up as the
+/// container phase without a workspace).
+fn timings(cloud_init: &std::path::Path, mut measured: RawTimings) -> RawTimings {
+    if let Some((s, e)) = workspace::cloud_init_phase(cloud_init) {
+        measured.cloud_init_start = Some(rfc3339(s));
+        measured.cloud_init_end = Some(rfc3339(e));
     }
-    t
+    measured
+}
+
+/// Wait (up to 10 minutes) for cloud-init to finish when it is still running (the
+/// daemon starts during its final stage), so its phase can be reported.
+async fn cloud_init_settled(status: &std::path::Path) {
+    if !status.exists() {
+        return;
+    }
+    for _ in 0..300 {
+        if workspace::cloud_init_phase(status).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tracing::warn!("cloud-init has not finished after 10 minutes; reporting the timings without it");
 }
 
 async fn post_metrics_once(api: &Api, state: &StateDir, body: RawTimings) {
-    if state.has_marker(METRICS_MARKER) {
+    if state.has_marker(METRICS_MARKER) || body == RawTimings::default() {
         return;
     }
     let mut b = Backoff::new();
@@ -196,7 +234,7 @@ pub fn ship_logs(
 
 /// Run the daemon until the process is stopped.
 pub async fn run(cfg: Config) -> std::io::Result<()> {
-    let state = StateDir::open(&cfg.state_dir)?;
+    let state = Arc::new(StateDir::open(&cfg.state_dir)?);
     let api = Arc::new(Api::new(&cfg));
     if cfg.credential.is_none() {
         tracing::warn!(
@@ -209,42 +247,129 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     })
     .await;
 
+    let gpu_present = monitor::gpu_health(&cfg.nvidia_smi).await == GpuHealth::Healthy;
     let gpu = tokio::spawn({
         let (api, path, every) = (Arc::clone(&api), cfg.nvidia_smi.clone(), cfg.gpu_interval);
         async move { monitor::gpu_loop(&api, &path, every).await }
     });
-    let inuse = cfg.subject_software.clone().map(|name| {
-        let (api, every) = (Arc::clone(&api), cfg.inuse_interval);
-        tokio::spawn(async move { monitor::inuse_loop(&api, &name, every).await })
+    let workspace = cfg
+        .workspace
+        .as_ref()
+        .map(|w| Arc::new(Workspace::new(w, &cfg.hostname, &cfg.desktop_user)));
+
+    let (measured, warnings) = match &workspace {
+        Some(ws) => prepare_workspace(&cfg, &api, &state, ws, gpu_present).await,
+        None => {
+            if let Err(reason) = preflight(&cfg) {
+                tracing::error!(%reason, "cannot serve a participant");
+                retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+                while preflight(&cfg).is_err() {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+            let t = RawTimings {
+                container_start: Some(rfc3339(started)),
+                container_end: Some(rfc3339(Utc::now())),
+                ..RawTimings::default()
+            };
+            (t, Vec::new())
+        }
+    };
+    let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+
+    let inuse = cfg.subject_software.clone().map(|software| {
+        let (api, every, ws) = (Arc::clone(&api), cfg.inuse_interval, workspace.clone());
+        tokio::spawn(async move { monitor::inuse_loop(&api, &software, ws.as_deref(), every).await })
+    });
+    let supervisor = workspace.clone().map(|ws| {
+        let (state, every, start_host) = (Arc::clone(&state), cfg.inuse_interval, cfg.start_host.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                ws.supervise(&state, &start_host).await;
+            }
+        })
     });
 
-    if let Err(reason) = preflight(&cfg) {
-        tracing::error!(%reason, "cannot serve a participant");
-        retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
-        while preflight(&cfg).is_err() {
-            tokio::time::sleep(Duration::from_secs(30)).await;
+    retry("reporting running", || {
+        api.status(VmStatus::Running, warning.as_deref())
+    })
+    .await;
+    tracing::info!(host = %cfg.hostname, "running");
+    let metrics = tokio::spawn({
+        let (api, state, status) = (
+            Arc::clone(&api),
+            Arc::clone(&state),
+            cfg.cloud_init_status.clone(),
+        );
+        async move {
+            cloud_init_settled(&status).await;
+            post_metrics_once(&api, &state, timings(&status, measured)).await;
+        }
+    });
+
+    // The export channel: a second long-poll, open for the life of the daemon. The
+    // participant's files are on the workspace's home volume when there is one.
+    let mut export_cfg = cfg.clone();
+    if export_cfg.export_dir.is_none()
+        && let Some(ws) = &workspace
+    {
+        match ws.home_volume_dir().await {
+            Ok(dir) => export_cfg.export_dir = Some(dir),
+            Err(e) => tracing::error!(error = %e, "cannot find the workspace's home volume for data export"),
         }
     }
-    retry("reporting running", || api.status(VmStatus::Running, None)).await;
-    let ready = Utc::now();
-    tracing::info!(host = %cfg.hostname, "running");
-    let body = timings(&cfg.timings_file, started, ready);
-    post_metrics_once(&api, &state, body).await;
-
-    // The export channel: a second long-poll, open for the life of the daemon.
     let exports = tokio::spawn({
-        let (api, cfg) = (Arc::clone(&api), cfg.clone());
-        async move { export::export_loop(&cfg, &api).await }
+        let api = Arc::clone(&api);
+        async move { export::export_loop(&export_cfg, &api).await }
     });
-    assignment_loop(&cfg, &api, &state).await?;
+    assignment_loop(&cfg, &api, &state, workspace.as_deref(), warning.as_deref()).await?;
     // Registered: the monitors go on for the life of the VM.
+    let _ = metrics.await;
     let _ = gpu.await;
     let _ = exports.await;
-    if let Some(h) = inuse {
+    for h in [inuse, supervisor].into_iter().flatten() {
         let _ = h.await;
     }
-
     Ok(())
+}
+
+/// Prepare the workspace, reporting `error` while it cannot be: retried every minute
+/// when it may heal (engine, registry), never when an admin must act (a failing startup
+/// script under `fail`): then the VM stays in `error`, out of the pool, for good.
+async fn prepare_workspace(
+    cfg: &Config,
+    api: &Api,
+    state: &StateDir,
+    ws: &Workspace,
+    gpu: bool,
+) -> (RawTimings, Vec<String>) {
+    let Some(wcfg) = &cfg.workspace else {
+        unreachable!("a workspace exists only with its settings")
+    };
+    let mut env: Vec<(&str, String)> = vec![("VM_NAME", cfg.hostname.as_str().to_owned())];
+    if let Some(s) = &cfg.subject_software {
+        env.push(("SUBJECT_SOFTWARE", s.name().to_owned()));
+    }
+    if let Some(r) = &wcfg.tutorial_repo {
+        env.push(("TUTORIAL_REPO_TO_CLONE", r.clone()));
+    }
+    env.push(("LABLINK_DESKTOP_USER", cfg.desktop_user.clone()));
+    loop {
+        match ws.prepare(wcfg, state, gpu, &env, &cfg.start_host).await {
+            Ok(p) => return (p.timings, p.warnings),
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(%reason, "the workspace is not ready");
+                retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+                match e {
+                    PrepError::Retry(_) => tokio::time::sleep(Duration::from_secs(60)).await,
+                    PrepError::Fatal(_) => std::future::pending::<()>().await,
+                }
+            }
+        }
+    }
 }
 
 /// The saved assignment record; an unreadable one is moved aside (and logged) rather
@@ -262,12 +387,35 @@ fn saved_assignment(state: &StateDir) -> Option<AssignmentRecord> {
     }
 }
 
+/// What one start-host run needs besides the assignment.
+struct Run<'a> {
+    cfg: &'a Config,
+    api: &'a Api,
+    state: &'a StateDir,
+    workspace: Option<&'a Workspace>,
+    /// What went wrong preparing the VM without stopping it, kept on every `running`.
+    warning: Option<&'a str>,
+}
+
 /// Wait for this VM's assignment and run it, exactly once across restarts.
-async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::Result<()> {
+async fn assignment_loop(
+    cfg: &Config,
+    api: &Api,
+    state: &StateDir,
+    workspace: Option<&Workspace>,
+    warning: Option<&str>,
+) -> std::io::Result<()> {
+    let run = Run {
+        cfg,
+        api,
+        state,
+        workspace,
+        warning,
+    };
     match saved_assignment(state) {
         // Interrupted before its outcome was recorded. If CRD got registered meanwhile,
         // the run succeeded: its one-time code must not be spent again.
-        Some(r) if r.phase == Phase::Received && crd_configured(cfg) => {
+        Some(r) if r.phase == Phase::Received && crd_configured(cfg, workspace).await => {
             tracing::info!("an interrupted start-host run had registered this host; recording it as done");
             save_or_log(state, &done(r.key, "ok".into()));
             return Ok(());
@@ -275,7 +423,7 @@ async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::
         Some(r) if r.phase == Phase::Received => {
             tracing::warn!("resuming an assignment received before a restart");
             if let (Some(command), Some(pin)) = (r.command.clone(), r.pin.clone())
-                && execute(cfg, api, state, r.key.clone(), &command, &pin).await
+                && execute(&run, r.key.clone(), &command, &pin).await
             {
                 return Ok(());
             }
@@ -286,7 +434,7 @@ async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::
         }
         _ => {}
     }
-    if crd_configured(cfg) {
+    if crd_configured(cfg, workspace).await {
         tracing::info!(
             "Chrome Remote Desktop is already configured on this host; not waiting for an assignment"
         );
@@ -315,7 +463,7 @@ async fn assignment_loop(cfg: &Config, api: &Api, state: &StateDir) -> std::io::
                     continue;
                 }
                 backoff.reset();
-                if execute(cfg, api, state, key, &command, &pin).await {
+                if execute(&run, key, &command, &pin).await {
                     return Ok(());
                 }
             }
@@ -347,7 +495,8 @@ fn save_or_log(state: &StateDir, r: &AssignmentRecord) {
 }
 
 /// Record, run, record the outcome, report it. True when start-host succeeded.
-async fn execute(cfg: &Config, api: &Api, state: &StateDir, key: String, command: &str, pin: &str) -> bool {
+async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
+    let (cfg, api, state) = (run.cfg, run.api, run.state);
     save_or_log(
         state,
         &AssignmentRecord {
@@ -358,81 +507,52 @@ async fn execute(cfg: &Config, api: &Api, state: &StateDir, key: String, command
             outcome: None,
         },
     );
-    tracing::info!("assignment received; running start-host");
-    let result = starthost::run(
-        &cfg.start_host,
-        command,
-        pin,
-        &cfg.hostname,
-        cfg.start_host_timeout,
-    )
-    .await;
-    let outcome = match &result {
+    tracing::info!(user = %cfg.desktop_user, in_workspace = run.workspace.is_some(), "assignment received; running start-host");
+    let runner = match run.workspace {
+        Some(workspace) => starthost::Runner::Workspace {
+            workspace,
+            start_host: &cfg.start_host,
+        },
+        None => starthost::Runner::Host {
+            start_host: &cfg.start_host,
+            user_name: running_as_root().then_some(cfg.desktop_user.as_str()),
+        },
+    };
+    let result = starthost::run(&runner, command, pin, &cfg.hostname, cfg.start_host_timeout).await;
+    let (outcome, report) = match &result {
         Ok(stdout) => {
             tracing::info!(output = %stdout, "start-host succeeded");
-            "ok".to_owned()
+            let report = StartHostOutcome {
+                ok: true,
+                exit_code: Some(0),
+                output: stdout.clone(),
+            };
+            ("ok".to_owned(), report)
         }
         Err(e) => {
             tracing::error!(error = %e, "start-host failed");
-            e.to_string()
+            (e.to_string(), e.outcome())
         }
     };
     save_or_log(state, &done(key, outcome.clone()));
     match result {
         Ok(_) => {
-            retry("reporting running", || api.status(VmStatus::Running, None)).await;
+            if let Some(w) = run.workspace {
+                w.desktop_started(state).await;
+            }
+            retry("reporting running", || {
+                api.status_after_start_host(VmStatus::Running, run.warning, Some(&report))
+            })
+            .await;
             true
         }
         Err(_) => {
             let reason = format!("start-host failed: {outcome}");
-            retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+            retry("reporting error", || {
+                api.status_after_start_host(VmStatus::Error, Some(&reason), Some(&report))
+            })
+            .await;
             false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_timings_file_keeps_its_container_phase_and_gets_the_daemons_otherwise() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("timings.json");
-        let started = "2025-11-13T10:06:00Z".parse().unwrap();
-        let ready = "2025-11-13T10:06:02.5Z".parse().unwrap();
-        let ours = (
-            Some("2025-11-13T10:06:00.000Z".to_owned()),
-            Some("2025-11-13T10:06:02.500Z".to_owned()),
-        );
-
-        // No file: the daemon's own start-up only.
-        let t = timings(&file, started, ready);
-        assert_eq!((t.container_start, t.container_end), ours.clone());
-        assert_eq!(t.cloud_init_start, None);
-
-        // Cloud-init's phase is kept, the container phase is the daemon's.
-        std::fs::write(
-            &file,
-            r#"{"cloud_init_start":"2025-11-13T10:00:00Z","cloud_init_end":"2025-11-13T10:05:30Z"}"#,
-        )
-        .unwrap();
-        let t = timings(&file, started, ready);
-        assert_eq!(t.cloud_init_end.as_deref(), Some("2025-11-13T10:05:30Z"));
-        assert_eq!((t.container_start, t.container_end), ours.clone());
-
-        // A container phase in the file (by its classic name too) is not replaced.
-        std::fs::write(&file, r#"{"container_ready":"2025-11-13T10:05:30Z"}"#).unwrap();
-        let t = timings(&file, started, ready);
-        assert_eq!(t.container_start, None);
-        assert_eq!(t.container_end.as_deref(), Some("2025-11-13T10:05:30Z"));
-
-        // Not an object of timestamps: ignored.
-        for bad in ["[]", "not json", r#"{"cloud_init_start":12}"#] {
-            std::fs::write(&file, bad).unwrap();
-            let t = timings(&file, started, ready);
-            assert_eq!(t.cloud_init_start, None, "{bad}");
-            assert_eq!((t.container_start, t.container_end), ours.clone(), "{bad}");
         }
     }
 }

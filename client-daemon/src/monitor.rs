@@ -44,33 +44,104 @@ pub async fn gpu_health(nvidia_smi: &Path) -> GpuHealth {
     }
 }
 
-/// Whether a process named `name` runs (its `comm`, or its argv[0]'s file name, which
-/// is what a Python entry point like `sleap-label` shows as).
-pub fn process_running(name: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            return false;
+/// The subject software to look for (classic `SUBJECT_SOFTWARE`): a process matches
+/// when the name is part of its own name (`comm`) or of the file name of its argv[0] or
+/// argv[1] (an entry point run by an interpreter, `python /usr/bin/sleap-label`), so
+/// `sleap` matches `sleap-label`. Written `=name`, the name must match exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectSoftware {
+    name: String,
+    exact: bool,
+}
+
+impl SubjectSoftware {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (name, exact) = match s.strip_prefix('=') {
+            Some(n) => (n, true),
+            None => (s, false),
+        };
+        if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
+            return Err(format!(
+                "--subject-software {s:?}: expected a program name like sleap (or =sleap-label to match exactly)"
+            ));
         }
-        if std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == name) {
+        Ok(Self {
+            name: name.to_owned(),
+            exact,
+        })
+    }
+
+    /// The name looked for (without the `=` of an exact match).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn matches_name(&self, candidate: &str) -> bool {
+        if self.exact {
+            candidate == self.name
+        } else {
+            candidate.contains(&self.name)
+        }
+    }
+
+    /// Whether the process with this `comm` and NUL-separated `cmdline` is the software.
+    pub fn matches(&self, comm: &str, cmdline: &[u8]) -> bool {
+        // `comm` is cut at 15 bytes: only an exact match on a longer name must skip it.
+        if self.matches_name(comm.trim()) {
             return true;
         }
-        std::fs::read(p.join("cmdline")).is_ok_and(|c| {
-            c.split(|b| *b == 0).take(2).any(|arg| {
-                Path::new(&*String::from_utf8_lossy(arg))
-                    .file_name()
-                    .is_some_and(|f| f == name)
-            })
+        cmdline.split(|b| *b == 0).take(2).any(|arg| {
+            Path::new(&*String::from_utf8_lossy(arg))
+                .file_name()
+                .is_some_and(|f| self.matches_name(&f.to_string_lossy()))
         })
-    })
+    }
+
+    /// Whether one of `pids` (all of this host's processes when `None`) is the software.
+    pub fn running(&self, pids: Option<&[u32]>) -> bool {
+        let check = |dir: &Path| {
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            self.matches(&comm, &cmdline)
+        };
+        match pids {
+            Some(pids) => pids
+                .iter()
+                .any(|p| check(&Path::new("/proc").join(p.to_string()))),
+            None => std::fs::read_dir("/proc").is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        && check(&e.path())
+                })
+            }),
+        }
+    }
+}
+
+/// Whether the subject software runs: in the workspace container when there is one (its
+/// processes, by their host pids), else anywhere on the host.
+pub async fn in_use_now(
+    software: &SubjectSoftware,
+    workspace: Option<&crate::workspace::Workspace>,
+) -> Option<bool> {
+    let pids = match workspace {
+        Some(w) => match w.pids().await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // A stopped or missing workspace runs nothing.
+                tracing::debug!(error = %e, "cannot list the workspace's processes");
+                Some(Vec::new())
+            }
+        },
+        None => None,
+    };
+    let software = software.clone();
+    tokio::task::spawn_blocking(move || software.running(pids.as_deref()))
+        .await
+        .ok()
 }
 
 /// Post GPU health every `interval`, on change only.
@@ -94,15 +165,19 @@ pub async fn gpu_loop(api: &Api, nvidia_smi: &Path, interval: Duration) {
 }
 
 /// Post in-use every `interval`, on change only.
-pub async fn inuse_loop(api: &Api, name: &str, interval: Duration) {
+pub async fn inuse_loop(
+    api: &Api,
+    software: &SubjectSoftware,
+    workspace: Option<&crate::workspace::Workspace>,
+    interval: Duration,
+) {
     let mut posted: Option<bool> = None;
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let name = name.to_owned();
-        let now = tokio::task::spawn_blocking(move || process_running(&name))
-            .await
-            .unwrap_or(false);
+        let Some(now) = in_use_now(software, workspace).await else {
+            continue;
+        };
         if posted == Some(now) {
             continue;
         }
@@ -131,17 +206,48 @@ mod tests {
     }
 
     #[test]
-    fn finds_a_running_process_by_name() {
+    fn the_subject_software_matches_by_part_of_its_name_or_exactly() {
+        let sleap = SubjectSoftware::parse("sleap").unwrap();
+        let exact = SubjectSoftware::parse("=sleap-label").unwrap();
+        let cmd = |args: &[&str]| args.join("\0").into_bytes();
+        // The GUI's entry point, by its own name and by a Python interpreter's argv[1].
+        assert!(sleap.matches("sleap-label", &cmd(&["/usr/bin/sleap-label"])));
+        assert!(sleap.matches(
+            "python3",
+            &cmd(&["/usr/bin/python3", "/opt/conda/bin/sleap-label", "x.slp"])
+        ));
+        assert!(
+            !sleap.matches("bash", &cmd(&["bash", "-c", "echo sleap"])),
+            "only argv[0..2]'s names"
+        );
+        assert!(exact.matches("sleap-label", b""));
+        assert!(!exact.matches("sleap-train", &cmd(&["/usr/bin/sleap-train"])));
+        assert!(!exact.matches("python3", &cmd(&["python3", "/x/sleap-label-old"])));
+        for bad in ["", "=", "a/b"] {
+            assert!(SubjectSoftware::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn finds_a_running_process_by_part_of_its_name_and_among_given_pids() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let sle = SubjectSoftware::parse("slee").unwrap();
         // `spawn` returns once the child is forked; its name is `sleep` only after exec.
         let seen = (0..200).any(|_| {
-            process_running("sleep") || {
+            sle.running(None) || {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 false
             }
         });
         assert!(seen, "a running sleep is found within 2 s");
-        assert!(!process_running("surely-no-such-process-name"));
+        assert!(sle.running(Some(&[pid])));
+        assert!(!sle.running(Some(&[])), "not among no processes");
+        assert!(
+            !SubjectSoftware::parse("surely-no-such-process-name")
+                .unwrap()
+                .running(None)
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

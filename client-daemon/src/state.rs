@@ -94,6 +94,11 @@ impl StateDir {
         self.write_atomic(name, b"")
     }
 
+    /// Write a file of the state dir atomically (see [`Self::write_atomic`]).
+    pub fn write_file(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.write_atomic(name, data)
+    }
+
     /// Write to a temporary file, fsync, rename, fsync the directory: a crash leaves the
     /// old or the new content, never a torn file.
     fn write_atomic(&self, name: &str, data: &[u8]) -> std::io::Result<()> {

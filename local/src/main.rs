@@ -58,6 +58,26 @@ struct Cli {
     /// The fleet limit (as LABLINK_MAX_VMS on AWS).
     #[arg(long, default_value_t = 20)]
     max_vms: u32,
+    /// Give each local VM a real workspace container from this client image, on this
+    /// machine's Docker engine (as on EC2); start-host is then the image's, run as the
+    /// desktop user. Without it, a stand-in start-host records what it gets.
+    #[arg(long)]
+    client_image: Option<String>,
+    /// A git repository cloned onto the desktop user's Desktop in each workspace.
+    #[arg(long, requires = "client_image")]
+    tutorial_repo: Option<String>,
+    /// The admin's startup script, run once in each workspace.
+    #[arg(long, requires = "client_image")]
+    startup_script: Option<PathBuf>,
+    /// What a failing startup script does: continue or fail.
+    #[arg(long, requires = "client_image", value_parser = ["continue", "fail"])]
+    startup_on_error: Option<String>,
+    /// The subject software whose process means the VM is in use (e.g. sleap).
+    #[arg(long)]
+    subject_software: Option<String>,
+    /// The workspace's desktop user (default: client).
+    #[arg(long, requires = "client_image")]
+    desktop_user: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -219,13 +239,35 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<JobId>();
     let store: Arc<dyn JobStore> = Arc::new(PgJobStore::new(Arc::clone(&db)).with_insert_channel(tx.clone()));
     let api_url = format!("http://{api_addr}");
+    let mut extra_env: Vec<(String, String)> = vec![("RUST_LOG".into(), "info".into())];
+    if let Some(image) = &cli.client_image {
+        docker_engine(image).await?;
+    }
+    if let Some(script) = &cli.startup_script {
+        // The daemons run from elsewhere: give them a path that does not depend on it.
+        let script = script
+            .canonicalize()
+            .with_context(|| format!("--startup-script {}", script.display()))?;
+        extra_env.push(("LABLINK_STARTUP_SCRIPT".into(), script.display().to_string()));
+    }
+    for (var, value) in [
+        ("LABLINK_TUTORIAL_REPO", &cli.tutorial_repo),
+        ("LABLINK_STARTUP_ON_ERROR", &cli.startup_on_error),
+        ("LABLINK_SUBJECT_SOFTWARE", &cli.subject_software),
+        ("LABLINK_DESKTOP_USER", &cli.desktop_user),
+    ] {
+        if let Some(v) = value {
+            extra_env.push((var.into(), v.clone()));
+        }
+    }
     let compute = Arc::new(LocalCompute::new(LocalSettings {
         daemon_bin: std::env::current_exe()?,
         daemon_args: vec!["client-daemon".into()],
         api_url: api_url.clone(),
         holder_url: format!("http://{}", holder.addr),
         state_dir: state_dir.join("vms"),
-        extra_env: vec![("RUST_LOG".into(), "info".into())],
+        extra_env,
+        client_image: cli.client_image.clone(),
     }));
     // Data exports: VM archives and zips under the state dir, uploaded through this
     // server's own signed upload URLs.
@@ -354,6 +396,29 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 
 /// `POST /vm_startup` as API Gateway does it: to the holder, with the body, the
 /// credential and `?wait=`.
+/// `--client-image` needs a Docker engine: a one-line error saying how to start one
+/// when none answers.
+async fn docker_engine(image: &str) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            let why = String::from_utf8_lossy(&o.stderr);
+            let why = why.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no answer");
+            anyhow::bail!(
+                "--client-image {image} needs a Docker engine and none answers ({why}); start one with `sudo systemctl start docker` (or `sudo dockerd &`)"
+            )
+        }
+        Err(e) => anyhow::bail!(
+            "--client-image {image} needs Docker, and the docker command cannot run ({e}); install it (Debian: `sudo apt-get install docker.io`) and start the engine with `sudo systemctl start docker`"
+        ),
+    }
+}
+
 async fn pass_to_holder(
     http: &reqwest::Client,
     url: &str,

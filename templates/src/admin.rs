@@ -266,20 +266,44 @@ pub struct VmRow<'a> {
     pub email: Option<&'a str>,
     pub provision_s: Option<f64>,
     pub cloud_init_s: Option<f64>,
+    pub image_pull_s: Option<f64>,
     pub container_s: Option<f64>,
+    pub tutorial_clone_s: Option<f64>,
+    pub startup_script_s: Option<f64>,
     pub total_s: Option<f64>,
+    /// How the last start-host run ended: ok, exit code, its last lines (no code, no PIN).
+    pub start_host: Option<(bool, Option<i32>, &'a str)>,
 }
 
-const BAR_COLORS: [(&str, &str); 3] = [
+impl VmRow<'_> {
+    fn phases(&self) -> [Option<f64>; 6] {
+        [
+            self.provision_s,
+            self.cloud_init_s,
+            self.image_pull_s,
+            self.container_s,
+            self.tutorial_clone_s,
+            self.startup_script_s,
+        ]
+    }
+}
+
+const BAR_COLORS: [(&str, &str); 6] = [
     ("provision", "#2456d6"),
     ("cloud-init", "#e08a00"),
+    ("image pull", "#8e44ad"),
     ("container", "#1f9d55"),
+    ("tutorial clone", "#00a3a3"),
+    ("startup script", "#c0392b"),
 ];
 
-/// A small bar: provision / cloud-init / container, scaled to `scale` seconds.
+/// A small bar: the start-up phases laid end to end (provision, cloud-init, image pull,
+/// container, tutorial clone, startup script), scaled to `scale` seconds. Phases may
+/// overlap in time (the daemon prepares the workspace while cloud-init ends), so the
+/// total beside the bar, the real span, can be shorter than the bar's sum.
 pub fn timing_bar(v: &VmRow<'_>, scale: f64) -> Markup {
     let w = 160.0;
-    let parts = [v.provision_s, v.cloud_init_s, v.container_s];
+    let parts = v.phases();
     // Each present phase's segment: (name, color, seconds, x, width), laid end to end.
     let mut x = 0.0;
     let segments: Vec<(&str, &str, f64, f64, f64)> = BAR_COLORS
@@ -312,7 +336,7 @@ pub fn timing_bar(v: &VmRow<'_>, scale: f64) -> Markup {
 pub fn instances_page(session: &Session<'_>, vms: &[VmRow<'_>]) -> Markup {
     let scale = vms
         .iter()
-        .map(|v| v.provision_s.unwrap_or(0.0) + v.cloud_init_s.unwrap_or(0.0) + v.container_s.unwrap_or(0.0))
+        .map(|v| v.phases().iter().flatten().sum::<f64>())
         .fold(0.0, f64::max);
     layout(
         "Instances",
@@ -339,6 +363,17 @@ pub fn instances_page(session: &Session<'_>, vms: &[VmRow<'_>]) -> Markup {
                                         td {
                                             span class={ "pill " (v.status) } { (v.status) }
                                             @if let Some(r) = v.reason { br; span.hint { (r) } }
+                                            @if let Some((ok, code, output)) = v.start_host {
+                                                br;
+                                                span.hint.start-host title=(output) {
+                                                    "start-host: "
+                                                    @if ok { "ok" } @else {
+                                                        "failed"
+                                                        @if let Some(c) = code { " (exit " (c) ")" }
+                                                        @if !output.is_empty() { ": " (output.lines().last().unwrap_or_default()) }
+                                                    }
+                                                }
+                                            }
                                         }
                                         td { @match v.healthy { Some(h) => span class={ "pill " (h) } { (h) }, None => span.hint { "–" } } }
                                         td { @if v.in_use { "yes" } @else { span.hint { "no" } } }
@@ -535,12 +570,20 @@ mod tests {
                 email: Some("<x@y>"),
                 provision_s: Some(30.0),
                 cloud_init_s: Some(60.0),
+                image_pull_s: None,
                 container_s: None,
+                tutorial_clone_s: None,
+                startup_script_s: None,
                 total_s: Some(90.0),
+                start_host: Some((false, Some(1), "line one\nOAuth <refused>")),
             }],
         )
         .into_string();
         assert!(page.contains("&lt;x@y&gt;"));
+        assert!(
+            page.contains("start-host: failed (exit 1): OAuth &lt;refused&gt;"),
+            "{page}"
+        );
         assert!(page.contains("<svg") && page.contains("provision: 30.0 s"));
         assert!(page.contains(r#"width="53.3""#), "30 of 90 s on 160 px");
     }

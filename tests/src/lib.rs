@@ -303,6 +303,51 @@ pub fn aws_clients_linked(bin: &Path) -> std::io::Result<Vec<&'static str>> {
         .collect())
 }
 
+/// The workspace tests' stand-in client image (`tests/client-image`), on a running Docker
+/// engine: `scripts/test` builds it and exports `LABLINK_TEST_CLIENT_IMAGE`; a bare
+/// `cargo test` builds it here with the same script function (the engine is started
+/// and the image built when missing, as for Postgres).
+pub fn test_client_image() -> String {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            if let Ok(i) = std::env::var("LABLINK_TEST_CLIENT_IMAGE")
+                && !i.is_empty()
+            {
+                return i;
+            }
+            let out = std::process::Command::new("bash")
+                .args([
+                    "-c",
+                    "source scripts/lib.sh && ensure_docker && ensure_test_client_image",
+                ])
+                .current_dir(repo_root())
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run bash for scripts/lib.sh");
+            assert!(
+                out.status.success(),
+                "cannot start a Docker engine or build the test client image (scripts/lib.sh)"
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .clone()
+}
+
+/// `docker` with `args`; its stdout, trimmed (panics with stderr when it fails).
+pub fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

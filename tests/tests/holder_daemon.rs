@@ -16,7 +16,14 @@ use lablink_testkit::TestDb;
 use tokio::process::Command;
 
 const STAND_IN: &str = r#"#!/bin/sh
-# Stand-in for Chrome Remote Desktop's start-host: records what it was given.
+# Stand-in for Chrome Remote Desktop's start-host: records what it was given. Like
+# Google's, it refuses root without --user-name.
+if [ "$(id -u)" = 0 ]; then
+  case " $* " in
+    *" --user-name="*) ;;
+    *) echo "Must specify the --user-name option when running as root." >&2; exit 1 ;;
+  esac
+fi
 out="$LABLINK_TEST_RECORD"
 {
   printf 'argv'; for a in "$@"; do printf '\t%s' "$a"; done; printf '\n'
@@ -26,6 +33,25 @@ out="$LABLINK_TEST_RECORD"
 mv "$out.partial" "$out.run$(ls "$out".run* 2>/dev/null | wc -l)"
 echo "Host registered (stand-in)"
 "#;
+
+/// The user running this test.
+fn me() -> String {
+    let out = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The arguments a daemon running as this test's user adds to start-host's.
+fn user_name_arg() -> Vec<String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        vec![format!("--user-name={}", me())]
+    } else {
+        Vec::new()
+    }
+}
 
 struct Record {
     argv: Vec<String>,
@@ -86,6 +112,9 @@ fn spawn_daemon_with(
         .env("LABLINK_POLL_WAIT_SECONDS", "3")
         .env("LABLINK_NVIDIA_SMI", "/nonexistent/nvidia-smi")
         .env("LABLINK_TEST_RECORD", dir.join(format!("{host}.record")))
+        // The desktop user of a host without a workspace: whoever runs the test (as
+        // root, the daemon passes it as Google's --user-name).
+        .env("LABLINK_DESKTOP_USER", me())
         // The daemon ships its own log (its stderr, below) to POST /api/vm-logs.
         .env("LABLINK_SHIP_LOGS", "")
         .env("LABLINK_DAEMON_LOG_FILE", dir.join(format!("{host}.log")))
@@ -214,14 +243,13 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
     );
     eprintln!("participant request → start-host ran on {host1} in {ran:?}");
     let r = &runs(dir.path(), &host1)[0];
-    assert_eq!(
-        r.argv,
-        [
-            format!("--code={CODE_1}"),
-            "--redirect-url=https://remotedesktop.google.com/_/oauthredirect".into(),
-            format!("--name={host1}"),
-        ]
-    );
+    let mut want = vec![
+        format!("--code={CODE_1}"),
+        "--redirect-url=https://remotedesktop.google.com/_/oauthredirect".into(),
+        format!("--name={host1}"),
+    ];
+    want.extend(user_name_arg());
+    assert_eq!(r.argv, want);
     assert_eq!(r.display, "DISPLAY=[]");
     assert_eq!(r.stdin, [pin1.clone(), pin1.clone()]);
     // The others keep waiting; the assigned one is done waiting.

@@ -29,13 +29,28 @@ pub struct Vm {
     pub in_use: bool,
     pub provision: Option<Phase>,
     pub cloud_init: Option<Phase>,
+    pub image_pull: Option<Phase>,
     pub container: Option<Phase>,
+    pub tutorial_clone: Option<Phase>,
+    pub startup_script: Option<Phase>,
     pub total_startup_seconds: Option<f64>,
+    /// How the last start-host run ended, when one ran.
+    pub start_host: Option<StartHostRun>,
     pub assigned_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of a VM's last start-host run, as its daemon reported it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StartHostRun {
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    /// Its last lines, the code and PIN removed by the daemon.
+    pub output: String,
+    pub at: DateTime<Utc>,
 }
 
 /// An assignment not yet delivered to its VM.
@@ -126,7 +141,10 @@ pub async fn free_seat_count(client: &Client) -> Result<i64, DbError> {
 
 const VM_COLUMNS: &str = "hostname, instance_id, user_email, status, status_reason, healthy, in_use,
     provision_start, provision_end, cloud_init_start, cloud_init_end, container_start, container_end,
-    total_startup_duration_seconds, assigned_at, delivered_at, created_at, updated_at, last_seen_at";
+    total_startup_duration_seconds, assigned_at, delivered_at, created_at, updated_at, last_seen_at,
+    image_pull_start, image_pull_end, tutorial_clone_start, tutorial_clone_end,
+    startup_script_start, startup_script_end,
+    start_host_ok, start_host_exit_code, start_host_output, start_host_at";
 
 fn vm_from_row(r: &tokio_postgres::Row) -> Result<Vm, DbError> {
     let phase = |a: usize, b: usize| match (
@@ -146,8 +164,23 @@ fn vm_from_row(r: &tokio_postgres::Row) -> Result<Vm, DbError> {
         in_use: r.get(6),
         provision: phase(7, 8),
         cloud_init: phase(9, 10),
+        image_pull: phase(19, 20),
         container: phase(11, 12),
+        tutorial_clone: phase(21, 22),
+        startup_script: phase(23, 24),
         total_startup_seconds: r.get(13),
+        start_host: match (
+            r.get::<_, Option<bool>>(25),
+            r.get::<_, Option<DateTime<Utc>>>(28),
+        ) {
+            (Some(ok), Some(at)) => Some(StartHostRun {
+                ok,
+                exit_code: r.get(26),
+                output: r.get::<_, Option<String>>(27).unwrap_or_default(),
+                at,
+            }),
+            _ => None,
+        },
         assigned_at: r.get(14),
         delivered_at: r.get(15),
         created_at: r.get(16),
@@ -178,13 +211,41 @@ pub async fn set_status(
     status: VmStatus,
     reason: Option<&str>,
 ) -> Result<bool, DbError> {
-    let reason: Option<String> =
-        reason.map(|r| super::logs::without_nul(&r.chars().take(1024).collect::<String>()));
+    set_status_after_start_host(client, hostname, status, reason, None).await
+}
+
+/// What a start-host run reported, for [`set_status_after_start_host`].
+#[derive(Debug, Clone, Copy)]
+pub struct StartHostReport<'a> {
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    pub output: &'a str,
+}
+
+/// [`set_status`], recording in the same statement how the start-host run this report
+/// follows ended (when `start_host` is given; the last outcome stays otherwise).
+pub async fn set_status_after_start_host(
+    client: &Client,
+    hostname: &Hostname,
+    status: VmStatus,
+    reason: Option<&str>,
+    start_host: Option<StartHostReport<'_>>,
+) -> Result<bool, DbError> {
+    let clip = |r: &str, n: usize| super::logs::without_nul(&r.chars().take(n).collect::<String>());
+    let reason: Option<String> = reason.map(|r| clip(r, 1024));
+    let (ok, code, output) = match start_host {
+        Some(o) => (Some(o.ok), o.exit_code, Some(clip(o.output, 2000))),
+        None => (None, None, None),
+    };
     let n = client
         .execute(
-            "UPDATE vms SET status = $2, status_reason = $3, updated_at = now(), last_seen_at = now()
+            "UPDATE vms SET status = $2, status_reason = $3, updated_at = now(), last_seen_at = now(),
+                start_host_ok = COALESCE($4, start_host_ok),
+                start_host_exit_code = CASE WHEN $4::boolean IS NULL THEN start_host_exit_code ELSE $5 END,
+                start_host_output = COALESCE($6, start_host_output),
+                start_host_at = CASE WHEN $4::boolean IS NULL THEN start_host_at ELSE now() END
              WHERE hostname = $1",
-            &[&hostname.as_str(), &status.as_str(), &reason],
+            &[&hostname.as_str(), &status.as_str(), &reason, &ok, &code, &output],
         )
         .await?;
     Ok(n == 1)
@@ -250,6 +311,10 @@ pub async fn record_timings(
 ) -> Result<Option<f64>, DbError> {
     let (ci_s, ci_e, ci_d) = parts(t.cloud_init);
     let (c_s, c_e, c_d) = parts(t.container);
+    let (p_s, p_e, _) = parts(t.image_pull);
+    let (g_s, g_e, _) = parts(t.tutorial_clone);
+    let (s_s, s_e, _) = parts(t.startup_script);
+    // GREATEST and LEAST skip NULLs: the span covers whichever phases are known.
     let row = client
         .query_opt(
             "UPDATE vms SET
@@ -259,14 +324,38 @@ pub async fn record_timings(
                 container_start = COALESCE($5, container_start),
                 container_end = COALESCE($6, container_end),
                 container_startup_duration_seconds = COALESCE($7, container_startup_duration_seconds),
+                image_pull_start = COALESCE($8, image_pull_start),
+                image_pull_end = COALESCE($9, image_pull_end),
+                tutorial_clone_start = COALESCE($10, tutorial_clone_start),
+                tutorial_clone_end = COALESCE($11, tutorial_clone_end),
+                startup_script_start = COALESCE($12, startup_script_start),
+                startup_script_end = COALESCE($13, startup_script_end),
                 total_startup_duration_seconds = EXTRACT(EPOCH FROM (
-                    GREATEST(provision_end, COALESCE($3, cloud_init_end), COALESCE($6, container_end))
-                  - LEAST(provision_start, COALESCE($2, cloud_init_start), COALESCE($5, container_start))
+                    GREATEST(provision_end, COALESCE($3, cloud_init_end), COALESCE($6, container_end),
+                             COALESCE($9, image_pull_end), COALESCE($11, tutorial_clone_end),
+                             COALESCE($13, startup_script_end))
+                  - LEAST(provision_start, COALESCE($2, cloud_init_start), COALESCE($5, container_start),
+                          COALESCE($8, image_pull_start), COALESCE($10, tutorial_clone_start),
+                          COALESCE($12, startup_script_start))
                 ))::double precision,
                 updated_at = now(), last_seen_at = now()
              WHERE hostname = $1
              RETURNING total_startup_duration_seconds",
-            &[&hostname.as_str(), &ci_s, &ci_e, &ci_d, &c_s, &c_e, &c_d],
+            &[
+                &hostname.as_str(),
+                &ci_s,
+                &ci_e,
+                &ci_d,
+                &c_s,
+                &c_e,
+                &c_d,
+                &p_s,
+                &p_e,
+                &g_s,
+                &g_e,
+                &s_s,
+                &s_e,
+            ],
         )
         .await?;
     Ok(row.map(|r| r.get::<_, Option<f64>>(0).unwrap_or(0.0)))

@@ -382,27 +382,84 @@ async fn timings_are_recorded_and_total_startup_spans_provisioning_to_the_last_e
     .unwrap();
     let cloud_init = StartupTimings {
         cloud_init: Some(Phase::new("cloud-init", t(2), t(8)).unwrap()),
-        container: None,
+        ..StartupTimings::default()
     };
     assert_eq!(
         vms::record_timings(&c, &h, &cloud_init).await.unwrap(),
         Some(480.0)
     );
     let container = StartupTimings {
-        cloud_init: None,
         container: Some(Phase::new("container", t(5), t(10)).unwrap()),
+        ..StartupTimings::default()
     };
     assert_eq!(
         vms::record_timings(&c, &h, &container).await.unwrap(),
         Some(600.0)
     );
+    // The workspace's phases: the startup script ends last, so the span grows to it.
+    let workspace = StartupTimings {
+        image_pull: Some(Phase::new("image pull", t(3), t(5)).unwrap()),
+        tutorial_clone: Some(Phase::new("tutorial clone", t(10), t(11)).unwrap()),
+        startup_script: Some(Phase::new("startup script", t(11), t(13)).unwrap()),
+        ..StartupTimings::default()
+    };
+    assert_eq!(
+        vms::record_timings(&c, &h, &workspace).await.unwrap(),
+        Some(780.0)
+    );
     let vm = vms::get_vm(&c, &h).await.unwrap().unwrap();
     assert_eq!(vm.cloud_init.unwrap().seconds(), 360.0);
     assert_eq!(vm.container.unwrap().seconds(), 300.0);
     assert_eq!(vm.provision.unwrap().seconds(), 60.0);
+    assert_eq!(vm.image_pull.unwrap().seconds(), 120.0);
+    assert_eq!(vm.tutorial_clone.unwrap().seconds(), 60.0);
+    assert_eq!(vm.startup_script.unwrap().seconds(), 120.0);
     assert_eq!(
         vms::record_timings(&c, &host("ghost"), &container).await.unwrap(),
         None
+    );
+}
+
+#[tokio::test]
+async fn a_start_host_outcome_is_kept_until_the_next_one() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 1).await;
+    let h = &hosts[0];
+    assert_eq!(vms::get_vm(&c, h).await.unwrap().unwrap().start_host, None);
+    let failed = vms::StartHostReport {
+        ok: false,
+        exit_code: Some(1),
+        output: "OAuth error: the code was refused",
+    };
+    assert!(
+        vms::set_status_after_start_host(&c, h, VmStatus::Error, Some("start-host failed"), Some(failed))
+            .await
+            .unwrap()
+    );
+    let run = vms::get_vm(&c, h).await.unwrap().unwrap().start_host.unwrap();
+    assert_eq!((run.ok, run.exit_code), (false, Some(1)));
+    assert_eq!(run.output, "OAuth error: the code was refused");
+    // A plain status report leaves the outcome as it was.
+    vms::set_status(&c, h, VmStatus::Running, None).await.unwrap();
+    let vm = vms::get_vm(&c, h).await.unwrap().unwrap();
+    assert_eq!(vm.start_host.as_ref().map(|r| r.ok), Some(false));
+    assert_eq!(vm.status_reason, None);
+    // The next run replaces it; a run killed at the timeout has no exit code.
+    let killed = vms::StartHostReport {
+        ok: false,
+        exit_code: None,
+        output: &"x".repeat(5000),
+    };
+    vms::set_status_after_start_host(&c, h, VmStatus::Error, Some("timeout"), Some(killed))
+        .await
+        .unwrap();
+    let run = vms::get_vm(&c, h).await.unwrap().unwrap().start_host.unwrap();
+    assert_eq!(run.exit_code, None);
+    assert_eq!(
+        run.output.len(),
+        2000,
+        "the output is clipped to the column's limit"
     );
 }
 

@@ -1,7 +1,11 @@
 //! Compute without a cloud: each "instance" is a real `lablink-client-daemon` process on
-//! this machine, enrolling with its job's secret like an EC2 VM would, with a stand-in
-//! `start-host` that records what it received (arguments and PIN) in its state dir and
-//! prints it (so it shows in the VM's logs). Terminating an instance stops its process.
+//! this machine, enrolling with its job's secret like an EC2 VM would. With a client
+//! image ([`LocalSettings::client_image`]) each daemon runs its own workspace container
+//! on this machine's Docker engine, exactly as on EC2, and start-host is the image's.
+//! Without one, a stand-in `start-host` records what it received (arguments and PIN) in
+//! the VM's state dir and prints it (so it shows in the VM's logs); like Google's, it
+//! refuses to run as root without `--user-name`. Terminating an instance stops its
+//! process and removes its workspace container and home volume.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -28,8 +32,12 @@ pub struct LocalSettings {
     pub holder_url: String,
     /// Each VM gets `<state_dir>/<instance id>/`.
     pub state_dir: PathBuf,
-    /// Extra environment for every daemon (e.g. short report intervals in tests).
+    /// Extra environment for every daemon (e.g. short report intervals in tests, the
+    /// workspace's settings).
     pub extra_env: Vec<(String, String)>,
+    /// The client image of every VM's workspace container (`LABLINK_CLIENT_IMAGE`);
+    /// `None`: start-host is the stand-in, run on this machine as the desktop user.
+    pub client_image: Option<String>,
 }
 
 struct LocalVm {
@@ -46,9 +54,16 @@ pub struct LocalCompute {
 }
 
 /// The stand-in start-host: appends its arguments and the PIN lines it read to
-/// `start-host.log` next to itself and echoes them to stderr.
+/// `start-host.log` next to itself and echoes them to stderr. As root it refuses to run
+/// without `--user-name`, with Google's message.
 pub const STAND_IN_START_HOST: &str = r#"#!/bin/sh
 # LabLink local stand-in for Chrome Remote Desktop's start-host: records what it got.
+if [ "$(id -u)" = 0 ]; then
+  case " $* " in
+    *" --user-name="*) ;;
+    *) echo "Must specify the --user-name option when running as root." >&2; exit 1 ;;
+  esac
+fi
 dir=$(dirname "$0")
 read -r pin1 || pin1=""
 read -r pin2 || pin2=""
@@ -91,25 +106,43 @@ impl LocalCompute {
             .env("LABLINK_ENROLL_SECRET", secret)
             .env("LABLINK_STATE_DIR", &dir)
             .env("LABLINK_CREDENTIAL_FILE", dir.join("credential"))
-            .env("LABLINK_START_HOST", &start_host)
-            .env("LABLINK_CRD_CONFIG_DIR", dir.join("crd"))
             .env("LABLINK_NVIDIA_SMI", dir.join("no-nvidia-smi"))
+            // No cloud-init here: its record, if this machine has one, is not this VM's.
+            .env("LABLINK_CLOUD_INIT_STATUS", dir.join("no-cloud-init-status.json"))
             // The VM's log is its daemon's: shipped to POST /api/vm-logs (no AWS here).
             .env("LABLINK_DAEMON_LOG_FILE", dir.join("daemon.log"))
             .env("LABLINK_SHIP_LOGS", "")
-            .env("LABLINK_LOG_SINK", "http")
-            // The participant's files for data export: `<vm dir>/workspace`.
-            .env("LABLINK_EXPORT_DIR", dir.join("workspace"))
-            .envs(
-                self.settings
-                    .extra_env
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
+            .env("LABLINK_LOG_SINK", "http");
+        for var in ["DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        match &self.settings.client_image {
+            // start-host, the desktop and the participant's files are the workspace's.
+            Some(image) => {
+                cmd.env("LABLINK_CLIENT_IMAGE", image);
+            }
+            None => {
+                cmd.env("LABLINK_START_HOST", &start_host)
+                    .env("LABLINK_CRD_CONFIG_DIR", dir.join("crd"))
+                    // The stand-in runs as whoever runs this runner (as root, with
+                    // Google's --user-name).
+                    .env("LABLINK_DESKTOP_USER", current_user())
+                    // The participant's files for data export: `<vm dir>/workspace`.
+                    .env("LABLINK_EXPORT_DIR", dir.join("workspace"));
+            }
+        }
+        cmd.envs(
+            self.settings
+                .extra_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
         // A local VM dies with the runner, even when the runner is killed outright (no
         // orphaned daemons polling an API that is gone).
         // SAFETY: between fork and exec only `prctl`, which is async-signal-safe, runs.
@@ -182,6 +215,7 @@ impl Compute for LocalCompute {
         for id in instance_ids {
             if let Some(mut vm) = vms.remove(id) {
                 terminate_child(&mut vm.child).await;
+                self.remove_workspace(&vm).await;
             }
         }
         Ok(())
@@ -194,6 +228,34 @@ impl LocalCompute {
         let mut vms = self.vms.lock().await;
         for (_, mut vm) in std::mem::take(&mut *vms) {
             terminate_child(&mut vm.child).await;
+            self.remove_workspace(&vm).await;
+        }
+    }
+
+    /// A terminated VM's workspace goes with it, as an EC2 instance's disk does.
+    async fn remove_workspace(&self, vm: &LocalVm) {
+        let (Some(_), Some(host)) = (&self.settings.client_image, &vm.hostname) else {
+            return;
+        };
+        let container = format!("lablink-workspace-{host}");
+        let volume = format!("lablink-home-{host}");
+        for args in [
+            vec!["rm", "--force", "--volumes", container.as_str()],
+            vec!["volume", "rm", "--force", volume.as_str()],
+        ] {
+            let out = Command::new("docker")
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .await;
+            if let Ok(o) = out
+                && !o.status.success()
+            {
+                tracing::warn!(
+                    error = %String::from_utf8_lossy(&o.stderr).trim(),
+                    "cannot remove a local VM's workspace"
+                );
+            }
         }
     }
 
@@ -207,6 +269,21 @@ impl LocalCompute {
             }
             None => false,
         }
+    }
+}
+
+/// The user this runner runs as (the stand-in start-host's desktop user).
+fn current_user() -> String {
+    // SAFETY: getpwuid with our own uid; the entry is read at once, on this thread, before
+    // any other passwd lookup could replace it.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return "root".into();
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 

@@ -23,7 +23,7 @@ pub use enroll::{EnrollRequest, Enrollment};
 pub use export::{Ack, ExportAccepted, ExportReport, ExportState, ExportTask};
 pub use report::{
     GpuHealthReport, GpuStatus, InUseReport, LogBatch, LogsAccepted, MetricsAccepted, RawTimings,
-    VmStatusReport,
+    StartHostOutcome, VmStatusReport,
 };
 pub use startup::{Assignment, HolderHealth, ListenerState, Success, VmPoll};
 

@@ -8,13 +8,32 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// `{"hostname":"lablink-vm-001","status":"error","reason":"start-host failed: ..."}`.
 /// `status` is `initializing`, `running` or `error` (`lablink_core::domain::VmStatus`
 /// parses it, classic aliases included); `reason` is ours, optional, and left out when
-/// there is none. Answered with a [`Message`](crate::Message).
+/// there is none (a `running` VM may carry one too: what went wrong without stopping it,
+/// e.g. a tutorial repository that could not be cloned). `start_host` is ours, optional:
+/// the outcome of the start-host run this report follows. Answered with a
+/// [`Message`](crate::Message).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStatusReport {
     pub hostname: String,
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_host: Option<StartHostOutcome>,
+}
+
+/// How Chrome Remote Desktop's start-host ended, daemon → API inside a
+/// [`VmStatusReport`]: `{"ok":false,"exit_code":1,"output":"OAuth error: ..."}`.
+/// `exit_code` is absent when it did not exit by itself (killed at the timeout, or it
+/// could not start); `output` is the last lines of its stderr (stdout when stderr was
+/// empty), with the code and the PIN already removed by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartHostOutcome {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output: String,
 }
 
 /// `POST /api/gpu_health`, daemon → API: `{"hostname":"lablink-vm-001","gpu_status":true}`
@@ -92,9 +111,9 @@ pub struct InUseReport {
 ///
 /// Strings, not times: `lablink_core::domain::StartupTimings::parse` checks them and names
 /// the bad field (an empty string counts as absent). `container_ready` is the classic
-/// name of `container_end` (read as it, written as `container_end`); the classic
-/// `docker_pull_*` fields fall inside cloud-init: carried, not used. Other keys are
-/// ignored. Answered with a [`MetricsAccepted`].
+/// name of `container_end` (read as it, written as `container_end`). The image pull keeps
+/// its classic keys (`docker_pull_*`); `tutorial_clone_*` and `startup_script_*` are ours
+/// (the workspace's phases). Other keys are ignored. Answered with a [`MetricsAccepted`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawTimings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +128,14 @@ pub struct RawTimings {
     pub container_start: Option<String>,
     #[serde(default, alias = "container_ready", skip_serializing_if = "Option::is_none")]
     pub container_end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tutorial_clone_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tutorial_clone_end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_script_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_script_end: Option<String>,
 }
 
 /// `POST /api/vm-metrics/{hostname}`, API → daemon, 200:
@@ -157,6 +184,7 @@ mod tests {
                 hostname: "vm-1".into(),
                 status: "running".into(),
                 reason: None,
+                start_host: None,
             },
         );
         round_trip(
@@ -165,6 +193,33 @@ mod tests {
                 hostname: "vm-1".into(),
                 status: "error".into(),
                 reason: Some("start-host failed: exit 1".into()),
+                start_host: None,
+            },
+        );
+        round_trip(
+            r#"{"hostname":"vm-1","status":"error","reason":"start-host failed","start_host":{"ok":false,"exit_code":1,"output":"OAuth error"}}"#,
+            &VmStatusReport {
+                hostname: "vm-1".into(),
+                status: "error".into(),
+                reason: Some("start-host failed".into()),
+                start_host: Some(StartHostOutcome {
+                    ok: false,
+                    exit_code: Some(1),
+                    output: "OAuth error".into(),
+                }),
+            },
+        );
+        round_trip(
+            r#"{"hostname":"vm-1","status":"running","start_host":{"ok":true,"exit_code":0,"output":""}}"#,
+            &VmStatusReport {
+                hostname: "vm-1".into(),
+                status: "running".into(),
+                reason: None,
+                start_host: Some(StartHostOutcome {
+                    ok: true,
+                    exit_code: Some(0),
+                    output: String::new(),
+                }),
             },
         );
     }
@@ -225,6 +280,7 @@ mod tests {
             docker_pull_end: s("2025-11-13T10:03:00Z"),
             container_start: s("2025-11-13T10:03:00Z"),
             container_end: s("2025-11-13T10:05:30Z"),
+            ..RawTimings::default()
         };
         assert_eq!(t, want);
         round_trip(
@@ -238,6 +294,17 @@ mod tests {
             &RawTimings {
                 container_start: s("2025-11-13T10:03:00.000Z"),
                 container_end: s("2025-11-13T10:03:02.500Z"),
+                ..RawTimings::default()
+            },
+        );
+        round_trip(
+            r#"{"tutorial_clone_start":"2025-11-13T10:03:01Z","tutorial_clone_end":"2025-11-13T10:03:04Z",
+                "startup_script_start":"2025-11-13T10:03:04Z","startup_script_end":"2025-11-13T10:03:09Z"}"#,
+            &RawTimings {
+                tutorial_clone_start: s("2025-11-13T10:03:01Z"),
+                tutorial_clone_end: s("2025-11-13T10:03:04Z"),
+                startup_script_start: s("2025-11-13T10:03:04Z"),
+                startup_script_end: s("2025-11-13T10:03:09Z"),
                 ..RawTimings::default()
             },
         );

@@ -1,6 +1,7 @@
 use chrono::{DateTime, Duration, Utc};
 
-/// One timed phase of a VM's start-up (provisioning, cloud-init, container).
+/// One timed phase of a VM's start-up (provisioning, cloud-init, image pull, container,
+/// tutorial clone, startup script).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Phase {
     pub start: DateTime<Utc>,
@@ -18,7 +19,7 @@ pub enum TimingsError {
     #[error("{phase} needs both a start and an end")]
     HalfPhase { phase: &'static str },
     #[error(
-        "no timing fields given; expected cloud_init_start/cloud_init_end and/or container_start/container_end"
+        "no timing fields given; expected start/end pairs of cloud_init, docker_pull, container, tutorial_clone or startup_script"
     )]
     Empty,
 }
@@ -40,16 +41,20 @@ impl Phase {
 }
 
 /// The start-up timings a VM reports to `POST /api/vm-metrics/{hostname}` (seed 004
-/// §3.3): cloud-init and container phases. Provisioning is recorded by the provisioner.
+/// §3.3): cloud-init and container phases, and the workspace's image pull, tutorial
+/// clone and startup script. Provisioning is recorded by the provisioner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StartupTimings {
     pub cloud_init: Option<Phase>,
+    pub image_pull: Option<Phase>,
     pub container: Option<Phase>,
+    pub tutorial_clone: Option<Phase>,
+    pub startup_script: Option<Phase>,
 }
 
 /// The classic payload, as the daemon sends it and the API reads it (one type, in
 /// `lablink-wire`); `container_ready` is the classic name of the container's end, and
-/// the `docker_pull_*` fields are carried and ignored (they fall inside cloud-init).
+/// the classic `docker_pull_*` fields are the image pull.
 pub use lablink_wire::RawTimings;
 
 fn ts(field: &'static str, v: &Option<String>) -> Result<Option<DateTime<Utc>>, TimingsError> {
@@ -80,18 +85,37 @@ impl StartupTimings {
             ts("cloud_init_start", &raw.cloud_init_start)?,
             ts("cloud_init_end", &raw.cloud_init_end)?,
         )?;
+        let image_pull = phase(
+            "image pull",
+            ts("docker_pull_start", &raw.docker_pull_start)?,
+            ts("docker_pull_end", &raw.docker_pull_end)?,
+        )?;
         let container = phase(
             "container",
             ts("container_start", &raw.container_start)?,
             ts("container_end", &raw.container_end)?,
         )?;
-        if cloud_init.is_none() && container.is_none() {
+        let tutorial_clone = phase(
+            "tutorial clone",
+            ts("tutorial_clone_start", &raw.tutorial_clone_start)?,
+            ts("tutorial_clone_end", &raw.tutorial_clone_end)?,
+        )?;
+        let startup_script = phase(
+            "startup script",
+            ts("startup_script_start", &raw.startup_script_start)?,
+            ts("startup_script_end", &raw.startup_script_end)?,
+        )?;
+        let t = Self {
+            cloud_init,
+            image_pull,
+            container,
+            tutorial_clone,
+            startup_script,
+        };
+        if t == Self::default() {
             return Err(TimingsError::Empty);
         }
-        Ok(Self {
-            cloud_init,
-            container,
-        })
+        Ok(t)
     }
 }
 
@@ -119,6 +143,32 @@ mod tests {
         let t = StartupTimings::parse(&raw).unwrap();
         assert_eq!(t.cloud_init.unwrap().seconds(), 330.0);
         assert_eq!(t.container.unwrap().seconds(), 150.0);
+        assert_eq!(t.image_pull.unwrap().seconds(), 120.0);
+    }
+
+    #[test]
+    fn the_workspace_phases_parse_on_their_own() {
+        let raw = RawTimings {
+            tutorial_clone_start: Some("2025-11-13T10:03:01Z".into()),
+            tutorial_clone_end: Some("2025-11-13T10:03:04.250Z".into()),
+            startup_script_start: Some("2025-11-13T10:03:04.250Z".into()),
+            startup_script_end: Some("2025-11-13T10:03:09Z".into()),
+            ..RawTimings::default()
+        };
+        let t = StartupTimings::parse(&raw).unwrap();
+        assert_eq!(t.tutorial_clone.unwrap().seconds(), 3.25);
+        assert_eq!(t.startup_script.unwrap().seconds(), 4.75);
+        assert_eq!((t.cloud_init, t.container, t.image_pull), (None, None, None));
+        let half = RawTimings {
+            startup_script_start: Some("2025-11-13T10:03:04Z".into()),
+            ..RawTimings::default()
+        };
+        assert_eq!(
+            StartupTimings::parse(&half),
+            Err(TimingsError::HalfPhase {
+                phase: "startup script"
+            })
+        );
     }
 
     #[test]
@@ -142,6 +192,6 @@ mod tests {
             StartupTimings::parse(&RawTimings::default()),
             Err(TimingsError::Empty)
         );
-        assert!(TimingsError::Empty.to_string().contains("cloud_init_start"));
+        assert!(TimingsError::Empty.to_string().contains("startup_script"));
     }
 }

@@ -373,8 +373,15 @@ async fn instances(state: &AppState, req: &Request) -> Reply {
             email: v.user_email.as_deref(),
             provision_s: v.provision.map(|p| p.seconds()),
             cloud_init_s: v.cloud_init.map(|p| p.seconds()),
+            image_pull_s: v.image_pull.map(|p| p.seconds()),
             container_s: v.container.map(|p| p.seconds()),
+            tutorial_clone_s: v.tutorial_clone.map(|p| p.seconds()),
+            startup_script_s: v.startup_script.map(|p| p.seconds()),
             total_s: v.total_startup_seconds,
+            start_host: v
+                .start_host
+                .as_ref()
+                .map(|r| (r.ok, r.exit_code, r.output.as_str())),
         })
         .collect();
     Ok(html(

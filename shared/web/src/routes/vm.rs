@@ -83,8 +83,13 @@ async fn post_vm_status(state: &AppState, req: &Request) -> Reply {
     let host = hostname_field(&body.hostname)?;
     let status = VmStatus::parse(&body.status).map_err(ApiError::bad_request)?;
     auth::require_vm(state, req, &host).await?;
+    let start_host = body.start_host.as_ref().map(|o| vms::StartHostReport {
+        ok: o.ok,
+        exit_code: o.exit_code,
+        output: &o.output,
+    });
     let client = state.db.client().await?;
-    if !vms::set_status(&client, &host, status, body.reason.as_deref()).await? {
+    if !vms::set_status_after_start_host(&client, &host, status, body.reason.as_deref(), start_host).await? {
         return Err(not_found(&host));
     }
     Ok(message("VM status updated successfully."))

@@ -1,0 +1,561 @@
+//! The participant's workspace, end to end against a real Docker engine: Postgres, the
+//! routes on HTTP, the holder, and client-daemon binaries that each run a workspace
+//! container from the stand-in client image (`tests/client-image`: a user `client`, a
+//! start-host that refuses root without `--user-name` as Google's does and records who
+//! ran it with what, `sleap-label`, an entrypoint that must not run). The tutorial
+//! repository is served by a local `git daemon`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lablink_core::domain::VmStatus;
+use lablink_db::vms;
+use lablink_e2e::{
+    ApiServer, HolderProc, Proc, TestVm, create_vms, docker, eventually, free_port, workspace_bin,
+};
+use lablink_testkit::TestDb;
+use tokio::process::Command;
+
+/// Removes the test's containers and volumes, whatever happens.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for host in &self.0 {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "--force", &format!("lablink-workspace-{host}")])
+                .output();
+            let _ = std::process::Command::new("docker")
+                .args(["volume", "rm", "--force", &format!("lablink-home-{host}")])
+                .output();
+        }
+    }
+}
+
+/// Hostnames no earlier run left a container for.
+fn prefix(what: &str) -> String {
+    format!("ws{what}{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+fn container(host: &str) -> String {
+    format!("lablink-workspace-{host}")
+}
+
+/// A git repository served by `git daemon` on loopback (the containers use the host's
+/// network): `git://127.0.0.1:<port>/tutorial.git` with one file.
+async fn git_daemon(dir: &Path) -> (Proc, String) {
+    let work = dir.join("tutorial-src");
+    let base = dir.join("git");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(work.join("README.md"), "# SLEAP tutorial data\n").unwrap();
+    let git = |args: &[&str], cwd: &Path| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"], &work);
+    git(&["add", "README.md"], &work);
+    git(&["commit", "-q", "-m", "tutorial"], &work);
+    git(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            base.join("tutorial.git").to_str().unwrap(),
+        ],
+        dir,
+    );
+    let port = free_port();
+    let child = Command::new("git")
+        .arg("daemon")
+        .arg("--export-all")
+        .arg("--reuseaddr")
+        .arg("--listen=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(&base)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("git daemon");
+    let url = format!("git://127.0.0.1:{port}/tutorial.git");
+    // Serving once it answers.
+    eventually("git daemon", Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
+    .await
+    .unwrap();
+    (Proc { child }, url)
+}
+
+/// cloud-init's status record as cloud-init lays it out (`/var/lib/cloud/data/status.json`).
+fn cloud_init_fixture(dir: &Path) -> PathBuf {
+    let p = dir.join("cloud-init-status.json");
+    std::fs::write(
+        &p,
+        r#"{"v1":{"datasource":"DataSourceEc2Local","stage":null,
+          "init-local":{"errors":[],"start":1763028000.0,"finished":1763028003.0},
+          "init":{"errors":[],"start":1763028004.0,"finished":1763028010.0},
+          "modules-config":{"errors":[],"start":1763028011.0,"finished":1763028012.0},
+          "modules-final":{"errors":[],"start":1763028013.0,"finished":1763028042.5}}}"#,
+    )
+    .unwrap();
+    p
+}
+
+struct Daemon<'a> {
+    bin: PathBuf,
+    dir: &'a Path,
+    api: String,
+    holder: String,
+    image: String,
+}
+
+impl Daemon<'_> {
+    fn spawn(&self, vm: &TestVm, extra: &[(&str, &str)]) -> Proc {
+        let host = vm.hostname.as_str();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{host}.log")))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("LABLINK_API_URL", &self.api)
+            .env("LABLINK_HOLDER_URL", &self.holder)
+            .env("LABLINK_HOSTNAME", host)
+            .env("LABLINK_CREDENTIAL", vm.secret.expose())
+            .env("LABLINK_STATE_DIR", self.dir.join(format!("{host}.state")))
+            .env("LABLINK_CLIENT_IMAGE", &self.image)
+            .env("LABLINK_POLL_WAIT_SECONDS", "3")
+            .env("LABLINK_NVIDIA_SMI", "/nonexistent/nvidia-smi")
+            .env("LABLINK_INUSE_INTERVAL_SECONDS", "1")
+            .env("LABLINK_PULL_ATTEMPTS", "2")
+            .env("LABLINK_SHIP_LOGS", "")
+            .env("LABLINK_LOG_SINK", "none")
+            .envs(extra.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the client daemon");
+        Proc { child }
+    }
+
+    fn log(&self, host: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{host}.log"))).unwrap_or_default()
+    }
+}
+
+async fn request_vm(http: &reqwest::Client, api: &str, email: &str, code: &str) -> String {
+    let pasted = format!(
+        "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
+         --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+    );
+    let page = http
+        .post(format!("{api}/api/request_vm"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("email", email), ("crd_command", pasted.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let start = html.find("id=\"pin\"").expect("a PIN on the success page");
+    let rest = &html[start..];
+    let open = rest.find('>').unwrap() + 1;
+    let close = rest[open..].find('<').unwrap();
+    rest[open..open + close].trim().to_owned()
+}
+
+/// What the stand-in start-host recorded in a workspace, one line per run.
+fn start_host_runs(host: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &container(host), "cat", "/tmp/start-host-runs.log"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn vm_with(
+    client: &tokio_postgres::Client,
+    host: &lablink_core::domain::Hostname,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&vms::Vm) -> bool,
+) -> anyhow::Result<vms::Vm> {
+    eventually(what, within, || async {
+        let vm = vms::get_vm(client, host).await.ok()??;
+        f(&vm).then_some(vm)
+    })
+    .await
+}
+
+const CODE: &str = "4/0AVMBsJh1-workspaceParticipantCodeXyZ";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_restarts_repeat_nothing() {
+    let image = lablink_e2e::test_client_image();
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let vm = create_vms(&client, &prefix("a"), 1, VmStatus::Initializing)
+        .await
+        .unwrap()
+        .remove(0);
+    let host = vm.hostname.as_str().to_owned();
+    let _cleanup = Cleanup(vec![host.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_git, repo) = git_daemon(dir.path()).await;
+    let script = dir.path().join("startup.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\necho \"startup as $(id -un) for $LABLINK_DESKTOP_USER in $VM_NAME\" > /var/tmp/startup-ran\necho installed\n",
+    )
+    .unwrap();
+    let cloud_init = cloud_init_fixture(dir.path());
+    let api = ApiServer::start(&db.config).await.unwrap();
+    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let d = Daemon {
+        bin: workspace_bin("lablink-client-daemon").unwrap(),
+        dir: dir.path(),
+        api: api.url(),
+        holder: holder.url(),
+        image: image.clone(),
+    };
+    let env = [
+        ("LABLINK_TUTORIAL_REPO", repo.as_str()),
+        ("LABLINK_STARTUP_SCRIPT", script.to_str().unwrap()),
+        ("LABLINK_STARTUP_ON_ERROR", "fail"),
+        ("LABLINK_SUBJECT_SOFTWARE", "sleap"),
+        ("LABLINK_CLOUD_INIT_STATUS", cloud_init.to_str().unwrap()),
+    ];
+    let t0 = Instant::now();
+    let mut daemon = d.spawn(&vm, &env);
+
+    // Running once the workspace is prepared, with every phase's timing reported.
+    let running = vm_with(
+        &client,
+        &vm.hostname,
+        "running with timings",
+        Duration::from_secs(60),
+        |v| v.status == VmStatus::Running && v.startup_script.is_some() && v.cloud_init.is_some(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    eprintln!(
+        "launch → running in {:?}: image {:?} s, container {:?} s, clone {:?} s, script {:?} s",
+        t0.elapsed(),
+        running.image_pull.map(|p| p.seconds()),
+        running.container.map(|p| p.seconds()),
+        running.tutorial_clone.map(|p| p.seconds()),
+        running.startup_script.map(|p| p.seconds()),
+    );
+    assert!(running.image_pull.is_some() && running.container.is_some() && running.tutorial_clone.is_some());
+    assert_eq!(
+        running.cloud_init.unwrap().seconds(),
+        42.5,
+        "from cloud-init's record"
+    );
+    assert_eq!(running.status_reason, None, "nothing went wrong");
+
+    // ONE container, labelled, host network, restart policy, home on the volume, and
+    // not the image's own entrypoint.
+    let ctr = container(&host);
+    let labelled = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=lablink.hostname={host}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(labelled, ctr);
+    let inspect = docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NetworkMode}} {{.HostConfig.RestartPolicy.Name}} {{range .Mounts}}{{.Name}}:{{.Destination}}{{end}}",
+        &ctr,
+    ]);
+    assert_eq!(inspect, format!("host unless-stopped lablink-home-{host}:/home"));
+    assert!(
+        docker(&[
+            "exec",
+            &ctr,
+            "sh",
+            "-c",
+            "test -e /var/tmp/classic-entrypoint-ran && echo ran || echo no"
+        ]) == "no",
+        "the image's classic services must not run"
+    );
+    // The tutorial is on the desktop user's Desktop, owned by that user; the startup
+    // script ran as root inside the workspace with the classic environment.
+    assert_eq!(
+        docker(&[
+            "exec",
+            &ctr,
+            "stat",
+            "-c",
+            "%U",
+            "/home/client/Desktop/tutorial",
+            "/home/client/Desktop/tutorial/README.md"
+        ]),
+        "client\nclient"
+    );
+    assert_eq!(
+        docker(&["exec", &ctr, "cat", "/var/tmp/startup-ran"]),
+        format!("startup as root for client in {host}")
+    );
+
+    // In use while the subject software (`sleap-label` matches `sleap`) runs inside.
+    docker(&["exec", "--detach", "--user", "client", &ctr, "sleap-label"]);
+    vm_with(&client, &vm.hostname, "in use", Duration::from_secs(15), |v| {
+        v.in_use
+    })
+    .await
+    .unwrap();
+    docker(&["exec", &ctr, "pkill", "-f", "sleap-label"]);
+    vm_with(
+        &client,
+        &vm.hostname,
+        "not in use",
+        Duration::from_secs(15),
+        |v| !v.in_use,
+    )
+    .await
+    .unwrap();
+
+    // A participant's request: start-host runs in the workspace as `client`, with the
+    // code, the name and the PIN twice, and an empty DISPLAY.
+    holder
+        .wait_for_waiters(&reqwest::Client::new(), 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let asked = Instant::now();
+    let pin = request_vm(&http, &api.url(), "ada@example.edu", CODE).await;
+    let runs = eventually("start-host in the workspace", Duration::from_secs(20), || async {
+        let r = start_host_runs(&host);
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    eprintln!("request → start-host in the workspace in {:?}", asked.elapsed());
+    assert_eq!(
+        runs,
+        [format!(
+            "user=client home=/home/client display=[] args=--code={CODE} \
+             --redirect-url=https://remotedesktop.google.com/_/oauthredirect --name={host} pin1={pin} pin2={pin}"
+        )]
+    );
+    let done = vm_with(
+        &client,
+        &vm.hostname,
+        "start-host's outcome",
+        Duration::from_secs(10),
+        |v| v.start_host.is_some(),
+    )
+    .await
+    .unwrap();
+    let outcome = done.start_host.unwrap();
+    assert!(outcome.ok && outcome.exit_code == Some(0), "{outcome:?}");
+    assert_eq!(done.status, VmStatus::Running);
+    let registration = "ls /home/client/.config/chrome-remote-desktop | grep -c '^host#'";
+    assert_eq!(docker(&["exec", &ctr, "sh", "-c", registration]), "1");
+
+    // The daemon restarts: nothing is prepared or run again.
+    daemon.kill().await;
+    let _again = d.spawn(&vm, &env);
+    eventually(
+        "the restarted daemon to settle",
+        Duration::from_secs(20),
+        || async {
+            d.log(&host)
+                .contains("the workspace was prepared before")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        start_host_runs(&host).len(),
+        1,
+        "no second start-host after a daemon restart"
+    );
+    assert_eq!(
+        docker(&["exec", &ctr, "sh", "-c", "cat /var/tmp/startup-ran | wc -l"]),
+        "1"
+    );
+
+    // The container restarts: the registration is kept, the desktop is started again by
+    // Chrome Remote Desktop's own script as `client`, and start-host does not run again.
+    docker(&["restart", "--time", "1", &ctr]);
+    let starts = eventually(
+        "the desktop started after the restart",
+        Duration::from_secs(20),
+        || async {
+            let out = std::process::Command::new("docker")
+                .args(["exec", &ctr, "cat", "/tmp/crd-host-starts.log"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (!text.is_empty()).then_some(text)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    assert_eq!(starts, "user=client args=--start");
+    assert_eq!(
+        start_host_runs(&host).len(),
+        1,
+        "no second start-host after a container restart"
+    );
+    assert_eq!(
+        docker(&["exec", &ctr, "sh", "-c", registration]),
+        "1",
+        "the registration is kept"
+    );
+    let vm_now = vms::get_vm(&client, &vm.hostname).await.unwrap().unwrap();
+    assert_eq!(vm_now.status, VmStatus::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_reach_the_admin() {
+    let image = lablink_e2e::test_client_image();
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let vms_ = create_vms(&client, &prefix("b"), 3, VmStatus::Initializing)
+        .await
+        .unwrap();
+    let hosts: Vec<String> = vms_.iter().map(|v| v.hostname.as_str().to_owned()).collect();
+    let _cleanup = Cleanup(hosts.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing.sh");
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\necho step one\necho 'apt-get: package sleap-extras not found' >&2\nexit 3\n",
+    )
+    .unwrap();
+    let api = ApiServer::start(&db.config).await.unwrap();
+    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let d = Daemon {
+        bin: workspace_bin("lablink-client-daemon").unwrap(),
+        dir: dir.path(),
+        api: api.url(),
+        holder: holder.url(),
+        image: image.clone(),
+    };
+    let script = failing.to_str().unwrap();
+    // `fail`: error, out of the pool. `continue`, with a repository that cannot be
+    // cloned: running, both failures reported. An image no registry has: error.
+    let _fail = d.spawn(
+        &vms_[0],
+        &[
+            ("LABLINK_STARTUP_SCRIPT", script),
+            ("LABLINK_STARTUP_ON_ERROR", "fail"),
+        ],
+    );
+    let _cont = d.spawn(
+        &vms_[1],
+        &[
+            ("LABLINK_STARTUP_SCRIPT", script),
+            ("LABLINK_STARTUP_ON_ERROR", "continue"),
+            ("LABLINK_TUTORIAL_REPO", "git://127.0.0.1:1/nowhere.git"),
+        ],
+    );
+    let _nopull = d.spawn(
+        &vms_[2],
+        &[("LABLINK_CLIENT_IMAGE", "lablink-test/no-such-image:1")],
+    );
+
+    let failed = vm_with(
+        &client,
+        &vms_[0].hostname,
+        "error",
+        Duration::from_secs(60),
+        |v| v.status == VmStatus::Error,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[0])));
+    let reason = failed.status_reason.unwrap_or_default();
+    assert!(reason.contains("startup script failed (exit 3)"), "{reason}");
+    assert!(
+        reason.contains("package sleap-extras not found"),
+        "the script's last lines: {reason}"
+    );
+    let cont = vm_with(
+        &client,
+        &vms_[1].hostname,
+        "running",
+        Duration::from_secs(60),
+        |v| v.status == VmStatus::Running,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[1])));
+    let reason = cont.status_reason.unwrap_or_default();
+    assert!(reason.contains("tutorial repository not cloned"), "{reason}");
+    assert!(reason.contains("startup script failed (exit 3)"), "{reason}");
+    let nopull = vm_with(
+        &client,
+        &vms_[2].hostname,
+        "error",
+        Duration::from_secs(60),
+        |v| v.status == VmStatus::Error,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[2])));
+    let reason = nopull.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains("cannot pull the client image lablink-test/no-such-image:1 (2 attempts)"),
+        "{reason}"
+    );
+    // Only the `continue` VM is offered to participants.
+    assert_eq!(vms::free_seat_count(&client).await.unwrap(), 1);
+
+    // A code Google refuses: start-host's failure and its redacted output reach the
+    // admin's view of the VM.
+    holder
+        .wait_for_waiters(&reqwest::Client::new(), 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let expired = "4/0AVMBsJh1-expired-participant-code";
+    let pin = request_vm(&reqwest::Client::new(), &api.url(), "bob@example.edu", expired).await;
+    let vm = vm_with(
+        &client,
+        &vms_[1].hostname,
+        "start-host's failure",
+        Duration::from_secs(20),
+        |v| v.start_host.is_some(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[1])));
+    let outcome = vm.start_host.unwrap();
+    assert!(!outcome.ok);
+    assert_eq!(outcome.exit_code, Some(1));
+    assert!(
+        outcome
+            .output
+            .contains("OAuth error: the code <code> was refused (PIN <pin> not stored)"),
+        "{outcome:?}"
+    );
+    assert!(!outcome.output.contains(expired) && !outcome.output.contains(&pin));
+    assert_eq!(vm.status, VmStatus::Error);
+}

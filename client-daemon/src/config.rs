@@ -113,6 +113,11 @@ pub struct Args {
     #[arg(long, env = "LABLINK_STARTUP_TIMEOUT_SECONDS", default_value_t = 3600)]
     pub startup_timeout_seconds: u64,
 
+    /// Extra labels for the workspace container, comma-separated `key=value` (the local
+    /// runner marks its VMs' containers with one, to find them after a crash).
+    #[arg(long, env = "LABLINK_WORKSPACE_LABELS", default_value = "")]
+    pub workspace_labels: String,
+
     /// The Docker CLI (it honours DOCKER_HOST).
     #[arg(long, env = "LABLINK_DOCKER", default_value = "docker")]
     pub docker: PathBuf,
@@ -179,6 +184,8 @@ pub struct WorkspaceConfig {
     pub startup_timeout: Duration,
     pub docker: PathBuf,
     pub pull_attempts: u32,
+    /// Extra `key=value` labels of the container.
+    pub labels: Vec<String>,
 }
 
 /// Where shipped logs go.
@@ -371,7 +378,25 @@ impl Args {
                 // Read when the workspace is prepared: a missing file is the VM's `error`
                 // (with the reason, on the admin's page), not a daemon that cannot start.
                 let startup_script = self.startup_script.filter(|p| !p.as_os_str().is_empty());
+                let mut labels = Vec::new();
+                for l in self
+                    .workspace_labels
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                {
+                    let ok = l.split_once('=').is_some_and(|(k, _)| {
+                        !k.is_empty()
+                            && k.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    });
+                    if !ok || l.chars().any(char::is_control) {
+                        return Err(format!("--workspace-labels {l:?}: expected key=value"));
+                    }
+                    labels.push(l.to_owned());
+                }
                 Some(WorkspaceConfig {
+                    labels,
                     image,
                     tutorial_repo,
                     startup_script,

@@ -89,6 +89,7 @@ pub struct Workspace {
     user: String,
     name: String,
     volume: String,
+    labels: Vec<String>,
     home: OnceLock<String>,
 }
 
@@ -145,6 +146,7 @@ impl Workspace {
             user: user.to_owned(),
             name: format!("lablink-workspace-{host}"),
             volume: format!("lablink-home-{host}"),
+            labels: cfg.labels.clone(),
             home: OnceLock::new(),
         }
     }
@@ -292,6 +294,9 @@ impl Workspace {
             "--volume".into(),
             format!("{}:/home", self.volume),
         ];
+        for l in &self.labels {
+            a.extend(["--label".into(), l.clone()]);
+        }
         if gpu {
             a.extend(["--gpus".into(), "all".into()]);
         }
@@ -784,6 +789,7 @@ mod tests {
             startup_timeout: Duration::from_secs(60),
             docker: "docker".into(),
             pull_attempts: 1,
+            labels: vec!["lablink.local-runner=/tmp/x".into()],
         };
         let host = Hostname::parse("lablink-vm-3").unwrap();
         let w = Workspace::new(&cfg, &host, "client");
@@ -795,7 +801,9 @@ mod tests {
         assert!(
             without.contains("--label lablink.hostname=lablink-vm-3 --network host --restart unless-stopped")
         );
-        assert!(without.contains("--volume lablink-home-lablink-vm-3:/home"));
+        assert!(
+            without.contains("--volume lablink-home-lablink-vm-3:/home --label lablink.local-runner=/tmp/x")
+        );
         assert!(without.ends_with(
             "--env VM_NAME=lablink-vm-3 --entrypoint sleep ghcr.io/talmolab/lablink-client-base-image:v1 infinity"
         ));

@@ -202,6 +202,10 @@ async fn database(state_dir: &Path) -> anyhow::Result<(DbConfig, Option<lablink_
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
+    // Before anything starts: without an engine no local VM could ever run.
+    if let Some(image) = &cli.client_image {
+        docker_engine(image).await?;
+    }
     std::fs::create_dir_all(&cli.state_dir)?;
     let state_dir = cli.state_dir.canonicalize()?;
     let (db_config, cluster) = database(&state_dir).await?;
@@ -240,9 +244,6 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let store: Arc<dyn JobStore> = Arc::new(PgJobStore::new(Arc::clone(&db)).with_insert_channel(tx.clone()));
     let api_url = format!("http://{api_addr}");
     let mut extra_env: Vec<(String, String)> = vec![("RUST_LOG".into(), "info".into())];
-    if let Some(image) = &cli.client_image {
-        docker_engine(image).await?;
-    }
     if let Some(script) = &cli.startup_script {
         // The daemons run from elsewhere: give them a path that does not depend on it.
         let script = script
@@ -269,6 +270,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         extra_env,
         client_image: cli.client_image.clone(),
     }));
+    let stale = compute.remove_stale_workspaces().await;
+    if stale > 0 {
+        tracing::info!(stale, "removed the workspace containers of an earlier run");
+    }
     // Data exports: VM archives and zips under the state dir, uploaded through this
     // server's own signed upload URLs.
     let mut upload_key = vec![0u8; 32];

@@ -382,8 +382,21 @@ impl LocalStack {
         admin: (&str, &str),
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_full(db_url, state_dir, vms, admin, env, &[]).await
+    }
+
+    /// [`LocalStack::start_with`] with extra flags (`--client-image ...`).
+    pub async fn start_full(
+        db_url: &str,
+        state_dir: &Path,
+        vms: u32,
+        admin: (&str, &str),
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let (port, holder_port) = (free_port(), free_port());
         let mut child = Command::new(workspace_bin("lablink-local")?)
+            .args(args)
             .args(["--port", &port.to_string()])
             .args(["--holder-port", &holder_port.to_string()])
             .args(["--vms", &vms.to_string()])

@@ -1,11 +1,13 @@
 //! The local runner (`lablink-local`), run as a person runs it: it launches two local VMs
 //! (real client-daemon processes that enroll through `POST /api/enroll`), a participant
 //! gets one, the VM's stand-in start-host receives that code and PIN, the VM's log
-//! reaches the admin's log API, and Ctrl-C stops every process it started.
+//! reaches the admin's log API, and Ctrl-C stops every process it started. With
+//! `--client-image` each local VM runs a real workspace container on this machine's
+//! Docker engine; without an engine the runner says how to start one.
 
 use std::time::Duration;
 
-use lablink_e2e::{LocalStack, eventually};
+use lablink_e2e::{LocalStack, docker, eventually};
 use lablink_testkit::TestDb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +58,7 @@ async fn one_command_runs_the_product_and_a_participant_gets_a_local_vm() {
         "{record}"
     );
 
-    // The VM's own log (shipped over HTTP) shows it, to the admin.
+    // The VM's own log (shipped over HTTP) shows it ran, to the admin, without secrets.
     eventually(
         "the VM's log shows start-host",
         Duration::from_secs(30),
@@ -70,7 +72,10 @@ async fn one_command_runs_the_product_and_a_participant_gets_a_local_vm() {
                 .json()
                 .await
                 .ok()?;
-            v["logs"].as_str().filter(|l| l.contains(code)).map(drop)
+            // The daemon logs start-host's output with the code and PIN removed.
+            let logs = v["logs"].as_str()?;
+            assert!(!logs.contains(code), "the code must not reach the logs");
+            logs.contains("start-host args: --code=<code>").then_some(())
         },
     )
     .await
@@ -118,4 +123,175 @@ async fn a_killed_runner_leaves_no_local_vm_behind() {
     )
     .await
     .unwrap();
+}
+
+/// The participant's request on the local runner's form; (hostname, PIN) from the page.
+async fn request_vm(base: &str, email: &str, code: &str) -> (String, String) {
+    let command = format!(
+        "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
+         --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+    );
+    let page = reqwest::Client::new()
+        .post(format!("{base}/api/request_vm"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("email", email), ("crd_command", command.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let field = |id: &str| {
+        let at = page.find(&format!("id=\"{id}\">")).unwrap() + id.len() + 6;
+        page[at..at + page[at..].find('<').unwrap()].to_owned()
+    };
+    (field("hostname"), field("pin"))
+}
+
+/// This runner's workspace containers (by the label the runner gives them).
+fn runner_containers(state: &std::path::Path) -> Vec<String> {
+    let filter = format!(
+        "label=lablink.local-runner={}/vms",
+        state.canonicalize().unwrap().display()
+    );
+    let names = docker(&["ps", "--all", "--filter", &filter, "--format", "{{.Names}}"]);
+    let mut v: Vec<String> = names.lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_image_each_local_vm_runs_a_workspace_and_the_admin_sees_start_host() {
+    let image = lablink_e2e::test_client_image();
+    let db = TestDb::new().await;
+    let state = tempfile::tempdir().unwrap();
+    let script = state.path().join("startup.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ready > /var/tmp/startup-ran\n").unwrap();
+    let admin = ("admin", "local-workspace-password");
+    let stack = LocalStack::start_full(
+        &db.url,
+        state.path(),
+        2,
+        admin,
+        &[],
+        &[
+            "--client-image",
+            &image,
+            "--startup-script",
+            script.to_str().unwrap(),
+            "--startup-on-error",
+            "fail",
+            "--subject-software",
+            "sleap",
+        ],
+    )
+    .await
+    .unwrap();
+    let base = stack.url.clone();
+    stack.wait_for_free_vms(2, Duration::from_secs(90)).await.unwrap();
+
+    // One workspace container per VM, labelled with its hostname, the script run in it.
+    let hosts: Vec<String> = stack.vms().into_iter().map(|(h, _)| h).collect();
+    assert_eq!(hosts.len(), 2);
+    let want: Vec<String> = hosts.iter().map(|h| format!("lablink-workspace-{h}")).collect();
+    assert_eq!(runner_containers(state.path()), want);
+    for h in &hosts {
+        let labelled = docker(&[
+            "ps",
+            "--filter",
+            &format!("label=lablink.hostname={h}"),
+            "--format",
+            "{{.Names}}",
+        ]);
+        assert_eq!(labelled, format!("lablink-workspace-{h}"));
+        assert_eq!(
+            docker(&["exec", &labelled, "cat", "/var/tmp/startup-ran"]),
+            "ready"
+        );
+    }
+
+    // A participant's code reaches start-host inside the assigned VM's workspace, run as
+    // `client`; the admin's instances page shows how it ended.
+    let code = "4/0AanRJrjkgQxYzLocalWorkspace_-7";
+    let (host, pin) = request_vm(&base, "grace@uni.edu", code).await;
+    let ctr = format!("lablink-workspace-{host}");
+    let run = eventually("start-host in the workspace", Duration::from_secs(30), || async {
+        let out = std::process::Command::new("docker")
+            .args(["exec", &ctr, "cat", "/tmp/start-host-runs.log"])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.starts_with("user=client home=/home/client display=[] "),
+        "{run}"
+    );
+    assert!(
+        run.contains(&format!("--code={code} ")) && run.contains(&format!("--name={host} ")),
+        "{run}"
+    );
+    assert!(run.ends_with(&format!("pin1={pin} pin2={pin}")), "{run}");
+    // What the admin's instances page shows for it (the browser test reads the page).
+    let client = db.client().await;
+    let hostname = lablink_core::domain::Hostname::parse(&host).unwrap();
+    let vm = eventually(
+        "start-host's outcome recorded",
+        Duration::from_secs(20),
+        || async {
+            lablink_db::vms::get_vm(&client, &hostname)
+                .await
+                .ok()?
+                .filter(|v| v.start_host.is_some())
+        },
+    )
+    .await
+    .unwrap();
+    let outcome = vm.start_host.unwrap();
+    assert!(outcome.ok && outcome.exit_code == Some(0), "{outcome:?}");
+    assert!(
+        vm.startup_script.is_some() && vm.image_pull.is_some(),
+        "the workspace's timings"
+    );
+
+    // Ctrl-C takes the workspaces with the VMs.
+    let status = stack.interrupt(Duration::from_secs(60)).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(runner_containers(state.path()), Vec::<String>::new());
+    for h in &hosts {
+        let vols = docker(&[
+            "volume",
+            "ls",
+            "--quiet",
+            "--filter",
+            &format!("name=lablink-home-{h}"),
+        ]);
+        assert!(vols.is_empty(), "volume of {h} left: {vols}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_client_image_and_no_docker_engine_the_runner_says_how_to_start_one() {
+    let state = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(lablink_e2e::workspace_bin("lablink-local").unwrap())
+        .args(["--port", &lablink_e2e::free_port().to_string(), "--vms", "1"])
+        .args(["--client-image", "ghcr.io/talmolab/lablink-client-base-image:v1"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/unused")
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/no-docker.sock", state.path().display()),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("needs a Docker engine and none answers") && last.contains("systemctl start docker"),
+        "{err}"
+    );
 }

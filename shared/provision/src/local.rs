@@ -121,7 +121,8 @@ impl LocalCompute {
         match &self.settings.client_image {
             // start-host, the desktop and the participant's files are the workspace's.
             Some(image) => {
-                cmd.env("LABLINK_CLIENT_IMAGE", image);
+                cmd.env("LABLINK_CLIENT_IMAGE", image)
+                    .env("LABLINK_WORKSPACE_LABELS", self.runner_label());
             }
             None => {
                 cmd.env("LABLINK_START_HOST", &start_host)
@@ -177,7 +178,13 @@ impl Compute for LocalCompute {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Instance>, ComputeError> {
         let mut vms = self.vms.lock().await;
         let mut out = Vec::new();
-        for i in 0..spec.hostnames.len() {
+        for (i, host) in spec.hostnames.iter().enumerate() {
+            // A new VM starts with an empty disk, as an EC2 instance does: a workspace an
+            // earlier run left under this hostname (a fresh database numbers VMs from
+            // 001 again) must not be adopted, with its registration and files.
+            if self.settings.client_image.is_some() {
+                remove_container_and_volume(host.as_str()).await;
+            }
             let id = format!("local-{:04}", self.next.fetch_add(1, Ordering::Relaxed));
             let child = self
                 .spawn(&id, spec.enrollment_secret.expose())
@@ -232,11 +239,56 @@ impl LocalCompute {
         }
     }
 
+    /// The label of this runner's workspace containers (its state dir).
+    fn runner_label(&self) -> String {
+        format!("lablink.local-runner={}", self.settings.state_dir.display())
+    }
+
+    /// Remove the workspaces an earlier run of this runner left behind (it was killed
+    /// outright): a new VM must never inherit an old one's container or registration.
+    /// Returns how many.
+    pub async fn remove_stale_workspaces(&self) -> usize {
+        if self.settings.client_image.is_none() {
+            return 0;
+        }
+        let filter = format!("label={}", self.runner_label());
+        let Ok(out) = Command::new("docker")
+            .args([
+                "ps",
+                "--all",
+                "--filter",
+                &filter,
+                "--format",
+                "{{.Label \"lablink.hostname\"}}",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .await
+        else {
+            return 0;
+        };
+        let hosts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for host in &hosts {
+            remove_container_and_volume(host).await;
+        }
+        hosts.len()
+    }
+
     /// A terminated VM's workspace goes with it, as an EC2 instance's disk does.
     async fn remove_workspace(&self, vm: &LocalVm) {
-        let (Some(_), Some(host)) = (&self.settings.client_image, &vm.hostname) else {
-            return;
-        };
+        if let (Some(_), Some(host)) = (&self.settings.client_image, &vm.hostname) {
+            remove_container_and_volume(host).await;
+        }
+    }
+}
+
+async fn remove_container_and_volume(host: &str) {
+    {
         let container = format!("lablink-workspace-{host}");
         let volume = format!("lablink-home-{host}");
         for args in [
@@ -258,7 +310,9 @@ impl LocalCompute {
             }
         }
     }
+}
 
+impl LocalCompute {
     /// Stop one VM's daemon without forgetting it (a VM that stopped answering).
     pub async fn stop_daemon(&self, instance_id: &str) -> bool {
         let mut vms = self.vms.lock().await;

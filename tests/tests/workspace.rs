@@ -41,63 +41,6 @@ fn container(host: &str) -> String {
     format!("lablink-workspace-{host}")
 }
 
-/// A git repository served by `git daemon` on loopback (the containers use the host's
-/// network): `git://127.0.0.1:<port>/tutorial.git` with one file.
-async fn git_daemon(dir: &Path) -> (Proc, String) {
-    let work = dir.join("tutorial-src");
-    let base = dir.join("git");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::write(work.join("README.md"), "# SLEAP tutorial data\n").unwrap();
-    let git = |args: &[&str], cwd: &Path| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    git(&["init", "-q", "-b", "main"], &work);
-    git(&["add", "README.md"], &work);
-    git(&["commit", "-q", "-m", "tutorial"], &work);
-    git(
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            base.join("tutorial.git").to_str().unwrap(),
-        ],
-        dir,
-    );
-    let port = free_port();
-    let child = Command::new("git")
-        .arg("daemon")
-        .arg("--export-all")
-        .arg("--reuseaddr")
-        .arg("--listen=127.0.0.1")
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", base.display()))
-        .arg(&base)
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("git daemon");
-    let url = format!("git://127.0.0.1:{port}/tutorial.git");
-    // Serving once it answers.
-    eventually("git daemon", Duration::from_secs(10), || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-    })
-    .await
-    .unwrap();
-    (Proc { child }, url)
-}
-
 /// cloud-init's status record as cloud-init lays it out (`/var/lib/cloud/data/status.json`).
 fn cloud_init_fixture(dir: &Path) -> PathBuf {
     let p = dir.join("cloud-init-status.json");
@@ -220,7 +163,7 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     let host = vm.hostname.as_str().to_owned();
     let _cleanup = Cleanup(vec![host.clone()]);
     let dir = tempfile::tempdir().unwrap();
-    let (_git, repo) = git_daemon(dir.path()).await;
+    let (_git, repo) = lablink_e2e::git_daemon(dir.path()).await;
     let script = dir.path().join("startup.sh");
     std::fs::write(
         &script,

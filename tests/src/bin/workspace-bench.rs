@@ -1,0 +1,204 @@
+//! Workspace benchmark: N client-daemon processes, each preparing its own workspace
+//! container from the stand-in client image (present on this machine) with a tutorial
+//! repository (local `git daemon`) and a startup script, against Postgres, the routes
+//! and the holder. Prints each VM's launch → `running` and its phases (image, container
+//! start, clone, script) as the VM reported them, then one participant request per VM,
+//! one at a time, timed from the request to start-host's record appearing inside the
+//! workspace (read from the container's filesystem on the host, polled every 1 ms), and
+//! `docker exec <container> true` alone for comparison.
+//!
+//! Run with `scripts/bench-workspace` (as root: it reads containers' filesystems).
+//! Usage: workspace-bench [--vms 10]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lablink_core::domain::VmStatus;
+use lablink_db::vms;
+use lablink_e2e::{ApiServer, HolderProc, Proc, create_vms, docker, workspace_bin};
+use lablink_testkit::TestDb;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn summary(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    format!(
+        "min {:.1} / median {:.1} / p99 {:.1} / max {:.1} ms (n = {})",
+        v[0],
+        at(0.5),
+        at(0.99),
+        v[v.len() - 1],
+        v.len()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut n = 10usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--vms" => n = args.next().context("--vms N")?.parse()?,
+            other => bail!("unknown argument {other}; usage: workspace-bench [--vms 10]"),
+        }
+    }
+    let image = lablink_e2e::test_client_image();
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let prefix = format!("wsbench{:04x}", rand::random::<u16>());
+    let vms_ = create_vms(&client, &prefix, n, VmStatus::Initializing).await?;
+    let hosts: Vec<String> = vms_.iter().map(|v| v.hostname.as_str().to_owned()).collect();
+    let dir = tempfile::tempdir()?;
+    let (_git, repo) = lablink_e2e::git_daemon(dir.path()).await;
+    let script = dir.path().join("startup.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"prepared for $LABLINK_DESKTOP_USER\" > /var/tmp/startup-ran\n",
+    )?;
+    let api = ApiServer::start(&db.config).await?;
+    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse()?, &[]).await?;
+    let bin = workspace_bin("lablink-client-daemon")?;
+
+    let launched = Instant::now();
+    let mut daemons: Vec<Proc> = Vec::new();
+    for vm in &vms_ {
+        let host = vm.hostname.as_str();
+        let child = tokio::process::Command::new(&bin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("LABLINK_API_URL", api.url())
+            .env("LABLINK_HOLDER_URL", holder.url())
+            .env("LABLINK_HOSTNAME", host)
+            .env("LABLINK_CREDENTIAL", vm.secret.expose())
+            .env("LABLINK_STATE_DIR", dir.path().join(format!("{host}.state")))
+            .env("LABLINK_CLIENT_IMAGE", &image)
+            .env("LABLINK_TUTORIAL_REPO", &repo)
+            .env("LABLINK_STARTUP_SCRIPT", &script)
+            .env("LABLINK_NVIDIA_SMI", "/nonexistent/nvidia-smi")
+            .env("LABLINK_CLOUD_INIT_STATUS", dir.path().join("none.json"))
+            .env("LABLINK_LOG_SINK", "none")
+            .env("LABLINK_SHIP_LOGS", "")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("{host}.log")))?)
+            .kill_on_drop(true)
+            .spawn()?;
+        daemons.push(Proc { child });
+    }
+    // launch → running per VM, polled every 20 ms.
+    let mut running_at = vec![None; n];
+    let deadline = Instant::now() + Duration::from_secs(120 + 10 * n as u64);
+    while running_at.iter().any(Option::is_none) {
+        if Instant::now() > deadline {
+            bail!("not every VM reported running within the deadline");
+        }
+        for (i, vm) in vms_.iter().enumerate() {
+            if running_at[i].is_none()
+                && vms::get_vm(&client, &vm.hostname)
+                    .await?
+                    .is_some_and(|v| v.status == VmStatus::Running && v.startup_script.is_some())
+            {
+                running_at[i] = Some(launched.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("{n} VMs launched at once, image present on this machine (2 cores):");
+    println!("host                      launch→running   image    container  clone    script   (s)");
+    for (i, vm) in vms_.iter().enumerate() {
+        let v = vms::get_vm(&client, &vm.hostname).await?.context("vm row")?;
+        let s = |p: Option<lablink_core::domain::Phase>| {
+            p.map_or("-".to_owned(), |p| format!("{:.3}", p.seconds()))
+        };
+        println!(
+            "{:<25} {:>14.3}   {:<8} {:<10} {:<8} {}",
+            vm.hostname.as_str(),
+            running_at[i].unwrap_or_default().as_secs_f64(),
+            s(v.image_pull),
+            s(v.container),
+            s(v.tutorial_clone),
+            s(v.startup_script),
+        );
+    }
+
+    // `docker exec` alone: the floor of anything run in a workspace.
+    let ctr = format!("lablink-workspace-{}", hosts[0]);
+    let mut exec = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        docker(&["exec", &ctr, "true"]);
+        exec.push(ms(t.elapsed()));
+    }
+    println!("docker exec <workspace> true:            {}", summary(exec));
+
+    // One request at a time, each to the next free VM.
+    let http = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for i in 0..n {
+        holder
+            .wait_for_waiters(&http, (n - i) as u64, Duration::from_secs(30))
+            .await?;
+        let code = format!("4/0AVMBsJh1-benchParticipantCode{i:04}");
+        let command = format!(
+            "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
+             --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+        );
+        let t = Instant::now();
+        let page = http
+            .post(format!("{}/api/request_vm", api.url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string([
+                ("email", format!("p{i}@example.edu")),
+                ("crd_command", command),
+            ])?)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let host = hosts
+            .iter()
+            .find(|h| page.contains(&format!(">{h}<")))
+            .context("the success page names a VM")?;
+        let merged = PathBuf::from(docker(&[
+            "inspect",
+            "--format",
+            "{{.GraphDriver.Data.MergedDir}}",
+            &format!("lablink-workspace-{host}"),
+        ]));
+        let record = merged.join("tmp/start-host-runs.log");
+        loop {
+            if has_code(&record, &code) {
+                latencies.push(ms(t.elapsed()));
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("start-host did not run on {host} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    println!(
+        "request → start-host ran in the workspace: {}",
+        summary(latencies)
+    );
+    println!("(command: scripts/bench-workspace --vms {n})");
+
+    drop(daemons);
+    for h in &hosts {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "--force", &format!("lablink-workspace-{h}")])
+            .output();
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "--force", &format!("lablink-home-{h}")])
+            .output();
+    }
+    Ok(())
+}
+
+fn has_code(record: &Path, code: &str) -> bool {
+    std::fs::read_to_string(record).is_ok_and(|t| t.contains(code))
+}

@@ -102,3 +102,10 @@ ensure_test_client_image() {
   fi
   echo "$image"
 }
+
+# cloud-init's own schema validator for the VMs' user-data tests (Debian's package; it
+# brings the python3-yaml the tests read the YAML back with).
+ensure_cloud_init() {
+  command -v cloud-init >/dev/null && /usr/bin/python3 -c 'import yaml' 2>/dev/null && return 0
+  apt_install cloud-init
+}

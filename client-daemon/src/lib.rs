@@ -148,7 +148,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 /// what this daemon measured (the workspace's phases, or its own start-up as the
 /// container phase without a workspace).
 fn timings(cloud_init: &std::path::Path, mut measured: RawTimings) -> RawTimings {
-    if let Some((s, e)) = workspace::cloud_init_phase(cloud_init) {
+    if let Some((s, e)) = workspace::cloud_init_phase(cloud_init, workspace::boot_epoch()) {
         measured.cloud_init_start = Some(rfc3339(s));
         measured.cloud_init_end = Some(rfc3339(e));
     }
@@ -162,7 +162,7 @@ async fn cloud_init_settled(status: &std::path::Path) {
         return;
     }
     for _ in 0..300 {
-        if workspace::cloud_init_phase(status).is_some() {
+        if workspace::cloud_init_phase(status, workspace::boot_epoch()).is_some() {
             return;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -744,15 +744,20 @@ impl Workspace {
 }
 
 /// cloud-init's phase from its own record (`/var/lib/cloud/data/status.json`: each
-/// stage's `start` and `finished`, seconds since the epoch): from the first stage's
-/// start to the final stage's end. `None` while the final stage runs, or without a
-/// record.
-pub fn cloud_init_phase(status_json: &Path) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+/// stage's `start` and `finished`): from the first stage's start to the final stage's
+/// end. `None` while the final stage runs, or without a record.
+///
+/// cloud-init wrote seconds since the epoch up to 24.1 and seconds since boot from 24.2
+/// on (canonical/cloud-init `cmd/main.py`, "Harden cloud-init to system clock
+/// changes"); a value under 10^9 is read as time since boot, placed with `boot_epoch`
+/// (this host's boot, seconds since the epoch: [`boot_epoch`]).
+pub fn cloud_init_phase(status_json: &Path, boot_epoch: f64) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(status_json).ok()?).ok()?;
     let v1 = v.get("v1")?;
     let at = |stage: &str, key: &str| {
         let secs = v1.get(stage)?.get(key)?.as_f64()?;
-        DateTime::from_timestamp_millis((secs * 1000.0) as i64)
+        let epoch = if secs < 1e9 { boot_epoch + secs } else { secs };
+        DateTime::from_timestamp_millis((epoch * 1000.0).round() as i64)
     };
     let start = ["init-local", "init", "modules-config", "modules-final"]
         .iter()
@@ -760,6 +765,15 @@ pub fn cloud_init_phase(status_json: &Path) -> Option<(DateTime<Utc>, DateTime<U
         .min()?;
     let end = at("modules-final", "finished")?;
     (end >= start).then_some((start, end))
+}
+
+/// When this host booted, in seconds since the epoch (now less `/proc/uptime`).
+pub fn boot_epoch() -> f64 {
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Utc::now().timestamp_millis() as f64 / 1000.0 - uptime
 }
 
 #[cfg(test)]
@@ -813,7 +827,8 @@ mod tests {
     fn cloud_init_timing_comes_from_its_status_record_once_final_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("status.json");
-        assert_eq!(cloud_init_phase(&f), None, "no record");
+        let phase = |f: &Path| cloud_init_phase(f, 0.0);
+        assert_eq!(phase(&f), None, "no record");
         std::fs::write(
             &f,
             r#"{"v1":{"datasource":"DataSourceEc2Local","stage":null,
@@ -823,16 +838,31 @@ mod tests {
               "modules-final":{"errors":[],"start":1763028013.0,"finished":null}}}"#,
         )
         .unwrap();
-        assert_eq!(cloud_init_phase(&f), None, "final stage still running");
+        assert_eq!(phase(&f), None, "final stage still running");
         let text = std::fs::read_to_string(&f).unwrap().replace(
             r#""start":1763028013.0,"finished":null"#,
             r#""start":1763028013.0,"finished":1763028330.5"#,
         );
         std::fs::write(&f, text).unwrap();
-        let (s, e) = cloud_init_phase(&f).unwrap();
+        let (s, e) = phase(&f).unwrap();
         assert_eq!(rfc3339(s), "2025-11-13T10:00:00.250Z");
         assert_eq!((e - s).num_milliseconds(), 330_250);
+
+        // cloud-init 24.2 and later: seconds since boot.
+        std::fs::write(
+            &f,
+            r#"{"v1":{"init-local":{"start":4.5,"finished":6.0},"init":{"start":7.0,"finished":12.0},
+              "modules-final":{"start":20.0,"finished":95.25}}}"#,
+        )
+        .unwrap();
+        let booted = 1_763_028_000.0;
+        let (s, e) = cloud_init_phase(&f, booted).unwrap();
+        assert_eq!(rfc3339(s), "2025-11-13T10:00:04.500Z");
+        assert_eq!((e - s).num_milliseconds(), 90_750);
+        let here = boot_epoch();
+        assert!(here > 1e9 && here <= Utc::now().timestamp() as f64, "{here}");
+
         std::fs::write(&f, "not json").unwrap();
-        assert_eq!(cloud_init_phase(&f), None);
+        assert_eq!(phase(&f), None);
     }
 }

@@ -37,6 +37,9 @@ pub struct HolderConfig {
     /// `LABLINK_HOLDER_HEARTBEAT_SECONDS` (default 10): how often the listening
     /// connection must answer a trivial query (within 5 s) to be kept.
     pub heartbeat: Duration,
+    /// `LABLINK_BOOTSTRAP_DEADLINE_MINUTES` (default 20): a VM still `initializing` this
+    /// long after its launch is marked `error` ("bootstrap did not finish").
+    pub bootstrap_deadline: Duration,
 }
 
 impl HolderConfig {
@@ -58,7 +61,9 @@ impl HolderConfig {
         }
         let legacy_vm_auth = s.flag("LABLINK_LEGACY_VM_AUTH", false);
         let heartbeat = s.ranged::<u64>("LABLINK_HOLDER_HEARTBEAT_SECONDS", 10, 1, 300);
+        let deadline = s.ranged::<u64>("LABLINK_BOOTSTRAP_DEADLINE_MINUTES", 20, 5, 1440);
         Some(Self {
+            bootstrap_deadline: Duration::from_secs(deadline * 60),
             heartbeat: Duration::from_secs(heartbeat),
             db: db?.with_application_name("lablink-holder"),
             addr,
@@ -141,9 +146,36 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
         Arc::clone(&holder.exports),
         holder.stop.clone(),
     ));
+    tokio::spawn(expire_bootstraps(Arc::clone(&holder)));
     let app = http::router(Arc::clone(&holder));
     let task = tokio::spawn(serve(listener, app, holder.stop.clone()));
     Ok(Running { addr, holder, task })
+}
+
+/// Every minute (or a fifth of the deadline, if shorter): VMs whose bootstrap never
+/// finished are marked `error`, so the admin sees them (the holder is the one process
+/// that always runs; with two tasks the update is simply done twice).
+async fn expire_bootstraps(holder: Arc<Holder>) {
+    let deadline = holder.config.bootstrap_deadline;
+    let mut tick =
+        tokio::time::interval((deadline / 5).clamp(Duration::from_millis(100), Duration::from_secs(60)));
+    loop {
+        tokio::select! {
+            _ = holder.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(client) = holder.link.client().await else {
+            continue;
+        };
+        match tokio::time::timeout(listener::QUERY_TIMEOUT, vms::expire_bootstraps(&client, deadline)).await {
+            Ok(Ok(hosts)) if !hosts.is_empty() => {
+                tracing::warn!(?hosts, "VMs whose bootstrap did not finish marked error");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "checking bootstrap deadlines failed"),
+            Err(_) => tracing::warn!("checking bootstrap deadlines timed out"),
+        }
+    }
 }
 
 /// The accept loop: HTTP/1.1 only (what the VMs and the load balancer speak). Each

@@ -17,6 +17,8 @@ export const CONTEXT = {
   lambdaCode: 'lablink:lambdaCode',
   /** cargo-lambda's output dir; default <repo>/target/lambda or $CARGO_TARGET_DIR/lambda. */
   lambdaDir: 'lablink:lambdaDir',
+  /** The client daemon binary; default <lambdaDir>/lablink-client-daemon/bootstrap. */
+  daemonPath: 'lablink:daemonPath',
   /** x86_64 (default) or arm64. */
   architecture: 'lablink:architecture',
   /** Function manifest; default <repo>/functions/manifest.json. */
@@ -61,6 +63,8 @@ export interface BuiltApp {
   readonly stack: LabLinkStack;
   /** Functions that got a stand-in bootstrap in `auto` mode. */
   readonly standIns: readonly string[];
+  /** True when the client daemon got a stand-in in `auto` mode. */
+  readonly daemonStandIn: boolean;
 }
 
 export function buildApp(context: Record<string, unknown> = {}, outdir?: string): BuiltApp {
@@ -72,6 +76,7 @@ export function buildApp(context: Record<string, unknown> = {}, outdir?: string)
     mode: parseLambdaCodeMode(ctx(CONTEXT.lambdaCode)),
     artifactDir: ctx(CONTEXT.lambdaDir) ? path.resolve(String(ctx(CONTEXT.lambdaDir))) : defaultLambdaDir(),
     standInDir: path.join(infraRoot(), '.stand-in-lambdas'),
+    daemonPath: ctx(CONTEXT.daemonPath) ? path.resolve(String(ctx(CONTEXT.daemonPath))) : undefined,
   });
   code.requireAll([...manifest.http, ...manifest.events].map((f) => f.function));
   const stack = new LabLinkStack(app, STACK_NAME, {
@@ -82,6 +87,7 @@ export function buildApp(context: Record<string, unknown> = {}, outdir?: string)
     analyticsReporting: false,
     manifest,
     code,
+    daemon: code.daemon(),
     architecture: architecture(ctx(CONTEXT.architecture)),
     participantConcurrency: intContext(app, CONTEXT.participantConcurrency, 20, 1, 1000),
     holderMaxWaitSeconds: intContext(app, CONTEXT.holderMaxWaitSeconds, 27, 1, 3600),
@@ -89,5 +95,5 @@ export function buildApp(context: Record<string, unknown> = {}, outdir?: string)
     dbInstanceType: String(ctx(CONTEXT.dbInstanceType) ?? 't4g.small'),
     dbMultiAz: String(ctx(CONTEXT.dbMultiAz) ?? 'false') === 'true',
   });
-  return { app, stack, standIns: code.standIns };
+  return { app, stack, standIns: code.standIns, daemonStandIn: code.daemonStandIn };
 }

@@ -13,10 +13,13 @@
 //   through API Gateway;
 // - the export bucket is private: only functions whose manifest entry has `export_bucket`
 //   may touch it (and only under exports/); VMs and the holder never get a permission on
-//   it: VMs upload and admins download through presigned URLs.
+//   it: VMs upload and admins download through presigned URLs;
+// - the client daemon ships with the deployment as one S3 object: VMs may read that object
+//   and nothing else in its bucket, and the provisioner tells them its SHA-256.
 
 import {
   Aws,
+  CfnCondition,
   CfnOutput,
   CfnParameter,
   Duration,
@@ -40,10 +43,11 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import { LambdaDestination } from 'aws-cdk-lib/aws-logs-destinations';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { LambdaCodeSource } from './lambda-code';
+import { DaemonBinary, LambdaCodeSource } from './lambda-code';
 import { EventFunction, ExportBucketAccess, HOLDER_ROUTE_PATHS, HttpFunction, Manifest, pascal } from './manifest';
 
 /** The tag every VM of a deployment carries; IAM conditions on it fence the provisioner. */
@@ -75,10 +79,25 @@ export const EXPORT_BUCKET_ACTIONS: Readonly<Record<Exclude<ExportBucketAccess, 
 /** The holder's container port and health check. */
 export const HOLDER_PORT = 8080;
 export const HOLDER_HEALTH_PATH = '/healthz';
+/** The VM image when `AmiId` is empty: AWS's current GPU base image, resolved at launch. */
+export const DEFAULT_AMI_SSM_PARAMETER =
+  '/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id';
+/** The AWS managed policy a VM gets when `EnableSessionManager` is true. */
+export const SESSION_MANAGER_POLICY = 'AmazonSSMManagedInstanceCore';
+/**
+ * Longest `StartupScriptB64` (1050 bytes of script). It travels in the provisioner's
+ * environment, and Lambda allows 4 KB for all of a function's variables together: this is
+ * about what is left with every other value at its longest (test/stack.test.ts checks the
+ * sum). A multiple of 4, as base64 is. (A CloudFormation parameter holds at most 4096
+ * characters in any case.)
+ */
+export const STARTUP_SCRIPT_B64_MAX = 1400;
 
 export interface LabLinkStackProps extends StackProps {
   readonly manifest: Manifest;
   readonly code: LambdaCodeSource;
+  /** The client daemon binary the VMs download (lambda-code.ts chooses it). */
+  readonly daemon: DaemonBinary;
   readonly architecture: lambda.Architecture;
   /** Reserved concurrency of each participant route (a class-start burst is throttled with 429). */
   readonly participantConcurrency: number;
@@ -98,6 +117,7 @@ export class LabLinkStack extends Stack {
       type: 'String',
       default: 'prod',
       allowedPattern: '^[a-z][a-z0-9-]{0,19}$',
+      maxLength: 20,
       description: 'Name of this deployment (lower case); VMs are tagged lablink:deployment=<it>.',
     }).valueAsString;
     const adminUser = new CfnParameter(this, 'AdminUser', {
@@ -117,11 +137,27 @@ export class LabLinkStack extends Stack {
       type: 'String',
       default: 'g4dn.xlarge',
       allowedPattern: '^[a-z0-9-]+\\.[a-z0-9]+$',
+      maxLength: 32,
       description: 'EC2 instance type of the VMs.',
     }).valueAsString;
     const amiId = new CfnParameter(this, 'AmiId', {
-      type: 'AWS::EC2::Image::Id',
-      description: 'AMI of the VMs (GPU drivers, Chrome Remote Desktop, the client daemon).',
+      type: 'String',
+      default: '',
+      allowedPattern: '^(ami-[0-9a-f]{8}([0-9a-f]{9})?)?$',
+      maxLength: 21,
+      constraintDescription: 'empty, or an AMI id like ami-0123456789abcdef0',
+      description:
+        "Override of the VMs' image. Empty: AWS's current Deep Learning Base OSS Nvidia Driver GPU AMI " +
+        'for Ubuntu 22.04, resolved by the provisioner from the public SSM parameter AmiSsmParameter at launch.',
+    }).valueAsString;
+    const amiSsmParameter = new CfnParameter(this, 'AmiSsmParameter', {
+      type: 'String',
+      default: DEFAULT_AMI_SSM_PARAMETER,
+      // Public parameters only: the provisioner may read nothing else.
+      allowedPattern: '^/aws/service/[A-Za-z0-9_./-]+$',
+      maxLength: 128,
+      constraintDescription: 'a public SSM parameter under /aws/service/ that holds an AMI id',
+      description: 'Public SSM parameter holding the VM image when AmiId is empty (read at every launch).',
     }).valueAsString;
     const maxVms = new CfnParameter(this, 'MaxVms', {
       type: 'Number',
@@ -141,11 +177,75 @@ export class LabLinkStack extends Stack {
       allowedPattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$',
       description: 'Tag of the holder image in the ECR repository lablink-holder-<Environment>.',
     }).valueAsString;
-    const daemonUrl = new CfnParameter(this, 'DaemonUrl', {
+    // ---- The workshop: what every VM runs (passed to the provisioner, which writes user data) ----
+    const clientImage = new CfnParameter(this, 'ClientImage', {
+      type: 'String',
+      default: 'ghcr.io/talmolab/lablink-client-base-image:linux-amd64-latest',
+      // An image reference: registry/path:tag or @digest; no whitespace, nothing a shell reads.
+      allowedPattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$',
+      maxLength: 255,
+      constraintDescription: 'a container image reference without spaces, e.g. ghcr.io/org/image:tag',
+      description: "Container image of the participants' workspace on every VM.",
+    }).valueAsString;
+    const tutorialRepo = new CfnParameter(this, 'TutorialRepo', {
       type: 'String',
       default: '',
-      allowedPattern: '^(https://\\S+)?$',
-      description: 'Optional: where VM user-data downloads the client daemon when the AMI lacks it.',
+      allowedPattern: '^((https|git)://[^\\s]+)?$',
+      maxLength: 255,
+      constraintDescription: 'empty, or an https:// or git:// URL without spaces',
+      description: "Optional git repository cloned into the participant's home on every VM.",
+    }).valueAsString;
+    const subjectSoftware = new CfnParameter(this, 'SubjectSoftware', {
+      type: 'String',
+      default: 'sleap',
+      allowedPattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$',
+      maxLength: 64,
+      constraintDescription: 'a program name: letters, digits, dot, underscore, dash (at most 64)',
+      description: 'The workshop software whose activity the VMs report.',
+    }).valueAsString;
+    const startupScriptB64 = new CfnParameter(this, 'StartupScriptB64', {
+      type: 'String',
+      default: '',
+      allowedPattern: '^[A-Za-z0-9+/=]*$',
+      maxLength: STARTUP_SCRIPT_B64_MAX,
+      constraintDescription: `base64 (no line breaks), at most ${STARTUP_SCRIPT_B64_MAX} characters`,
+      description:
+        "Optional: base64 of the admin's startup script, run in every workspace before the participant " +
+        `arrives (at most ${STARTUP_SCRIPT_B64_MAX} characters: it travels in a Lambda environment variable).`,
+    }).valueAsString;
+    const startupOnError = new CfnParameter(this, 'StartupOnError', {
+      type: 'String',
+      default: 'continue',
+      allowedValues: ['continue', 'fail'],
+      description: 'When the startup script fails: continue (the VM is still handed out) or fail (it is not).',
+    }).valueAsString;
+    const desktopUser = new CfnParameter(this, 'DesktopUser', {
+      type: 'String',
+      default: 'client',
+      allowedPattern: '^[a-z_][a-z0-9_-]{0,31}$',
+      maxLength: 32,
+      constraintDescription: 'a Linux user name: lower case, digits, underscore, dash; at most 32',
+      description: "The participant's user in the workspace (the client image must have it).",
+    }).valueAsString;
+    const vmDiskGb = new CfnParameter(this, 'VmDiskGb', {
+      type: 'Number',
+      default: 100,
+      minValue: 30,
+      maxValue: 2000,
+      description: "Size (GiB) of each VM's root volume.",
+    }).valueAsString;
+    const bootstrapDeadlineMinutes = new CfnParameter(this, 'BootstrapDeadlineMinutes', {
+      type: 'Number',
+      default: 20,
+      minValue: 5,
+      maxValue: 120,
+      description: 'Minutes a VM has from launch to report ready before the holder gives up on it.',
+    }).valueAsString;
+    const enableSessionManager = new CfnParameter(this, 'EnableSessionManager', {
+      type: 'String',
+      default: 'false',
+      allowedValues: ['true', 'false'],
+      description: `Give the VMs ${SESSION_MANAGER_POLICY}, so admins can open a Session Manager shell (off by default).`,
     }).valueAsString;
     const deletionProtection = new CfnParameter(this, 'DatabaseDeletionProtection', {
       type: 'String',
@@ -164,6 +264,8 @@ export class LabLinkStack extends Stack {
       type: 'String',
       default: 'slp',
       allowedPattern: '^[A-Za-z0-9_-]{1,16}(,[A-Za-z0-9_-]{1,16})*$',
+      // Bounded, as everything in the provisioner's environment is (STARTUP_SCRIPT_B64_MAX).
+      maxLength: 128,
       constraintDescription: 'comma-separated file extensions without dots, e.g. slp or slp,h5',
       description: 'File extensions a data export collects from the VMs (comma separated, no dots).',
     }).valueAsString;
@@ -190,6 +292,13 @@ export class LabLinkStack extends Stack {
     this.templateOptions.metadata = { 'cfn-lint': { config: { ignore_checks: ['W3005'] } } };
 
     Tags.of(this).add(DEPLOYMENT_TAG, environment, { excludeResourceTypes: ['aws:cdk:stack'] });
+
+    const amiIdGiven = new CfnCondition(this, 'AmiIdGiven', {
+      expression: Fn.conditionNot(Fn.conditionEquals(amiId, '')),
+    });
+    const sessionManagerEnabled = new CfnCondition(this, 'SessionManagerEnabled', {
+      expression: Fn.conditionEquals(enableSessionManager, 'true'),
+    });
 
     // ---- Network: 2 AZs; public subnets for the VMs and NAT, private for everything else ----
     const vpc = new ec2.Vpc(this, 'Vpc', {
@@ -351,7 +460,7 @@ export class LabLinkStack extends Stack {
     });
     const vmRole = new iam.Role(this, 'VmRole', {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
-      description: 'LabLink VMs: write their own log group, nothing else',
+      description: 'LabLink VMs: write their own log group, read the client daemon',
     });
     vmRole.addToPolicy(
       new iam.PolicyStatement({
@@ -359,6 +468,32 @@ export class LabLinkStack extends Stack {
         actions: ['logs:CreateLogStream', 'logs:PutLogEvents', 'logs:DescribeLogStreams'],
         resources: [vmLogGroup.logGroupArn],
       }),
+    );
+    // The client daemon: a file asset in the CDK bootstrap bucket (cdk-<qualifier>-assets-
+    // <account>-<region>). Its SHA-256 is computed here from the file's bytes, not taken
+    // from the asset hash (a fingerprint, not the file's digest), so the VM can check what
+    // it downloaded. The VMs read this one object only: not asset.grantRead, which allows
+    // the whole bucket. No kms:Decrypt: `cdk bootstrap` encrypts the bucket with SSE-KMS
+    // under the account's aws/s3 key (or, with --bootstrap-customer-key, a key whose policy
+    // lets any principal of the account decrypt through S3); both let s3:GetObject alone
+    // read it. Only a bootstrap given its own key (--bootstrap-kms-key-id) with a stricter
+    // policy would need a grant, and the synthesizer does not know that key.
+    const daemonAsset = new s3assets.Asset(this, 'ClientDaemon', { path: props.daemon.path });
+    vmRole.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'FetchClientDaemon',
+        actions: ['s3:GetObject'],
+        resources: [daemonAsset.bucket.arnForObjects(daemonAsset.s3ObjectKey)],
+      }),
+    );
+    // Session Manager only when the admin asks for it (EnableSessionManager=true).
+    (vmRole.node.defaultChild as iam.CfnRole).addPropertyOverride(
+      'ManagedPolicyArns',
+      Fn.conditionIf(
+        sessionManagerEnabled.logicalId,
+        [iam.ManagedPolicy.fromAwsManagedPolicyName(SESSION_MANAGER_POLICY).managedPolicyArn],
+        Aws.NO_VALUE,
+      ),
     );
     const vmProfile = new iam.InstanceProfile(this, 'VmInstanceProfile', { role: vmRole });
 
@@ -521,15 +656,28 @@ export class LabLinkStack extends Stack {
       memory: 256,
       env: {
         LABLINK_DEPLOYMENT: environment,
+        // Empty: the provisioner reads the image from LABLINK_AMI_SSM_PARAMETER at launch.
         LABLINK_AMI_ID: amiId,
+        LABLINK_AMI_SSM_PARAMETER: amiSsmParameter,
         LABLINK_INSTANCE_TYPE: machineType,
+        LABLINK_VM_DISK_GB: vmDiskGb,
         LABLINK_SUBNET_IDS: Fn.join(',', publicSubnetIds),
         LABLINK_SECURITY_GROUP_IDS: vmSg.securityGroupId,
         LABLINK_INSTANCE_PROFILE_ARN: vmProfile.instanceProfileArn,
         LABLINK_MAX_VMS: maxVms,
         LABLINK_API_URL: apiUrl,
         LABLINK_VM_LOG_GROUP: vmLogGroup.logGroupName,
-        LABLINK_DAEMON_URL: daemonUrl,
+        // The VM fetches the daemon from here and refuses it unless its SHA-256 matches.
+        LABLINK_DAEMON_BUCKET: daemonAsset.s3BucketName,
+        LABLINK_DAEMON_KEY: daemonAsset.s3ObjectKey,
+        LABLINK_DAEMON_SHA256: props.daemon.sha256,
+        // The workshop, for each VM's user data.
+        LABLINK_CLIENT_IMAGE: clientImage,
+        LABLINK_TUTORIAL_REPO: tutorialRepo,
+        LABLINK_SUBJECT_SOFTWARE: subjectSoftware,
+        LABLINK_STARTUP_SCRIPT_B64: startupScriptB64,
+        LABLINK_STARTUP_ON_ERROR: startupOnError,
+        LABLINK_DESKTOP_USER: desktopUser,
         // Data exports (its access to the bucket comes from the manifest's export_bucket).
         LABLINK_EXPORT_BUCKET: exportBucket.bucketName,
         LABLINK_EXPORT_EXTENSIONS: exportExtensions,
@@ -554,7 +702,9 @@ export class LabLinkStack extends Stack {
         onFailure: new SqsDlq(provisionerFailures),
       }),
     );
-    if (provFn.ec2) this.allowFleetControl(provisioner, { environment, amiId, publicSubnetIds, vmSg, vmRole });
+    if (provFn.ec2) {
+      this.allowFleetControl(provisioner, { environment, amiId, amiIdGiven, publicSubnetIds, vmSg, vmRole });
+    }
 
     // ---- Holder: ECS Fargate behind an internal ALB, reached through a VPC link ----
     const cluster = new ecs.Cluster(this, 'Cluster', { vpc });
@@ -603,6 +753,8 @@ export class LabLinkStack extends Stack {
         LABLINK_HOLDER_ADDR: `0.0.0.0:${HOLDER_PORT}`,
         LABLINK_HOLDER_DEFAULT_WAIT_SECONDS: '25',
         LABLINK_HOLDER_MAX_WAIT_SECONDS: String(props.holderMaxWaitSeconds),
+        // How long a launched VM may take to report ready.
+        LABLINK_BOOTSTRAP_DEADLINE_MINUTES: bootstrapDeadlineMinutes,
         // RDS's CA bundle, baked into the image (infra-cdk/holder/Dockerfile): the holder
         // connects to the instance, whose certificate is not under a public root.
         PGSSLROOTCERT: '/etc/lablink/rds-global-bundle.pem',
@@ -711,13 +863,21 @@ export class LabLinkStack extends Stack {
 
   /**
    * The provisioner's EC2 rights: run instances only with this deployment's tag, from the
-   * configured AMI into the VM subnets and security group; tag at launch, and afterwards
-   * only its own instances and only with their names; terminate only instances that
-   * carry this deployment's tag; pass only the VM role.
+   * configured AMI (or, without one, an Amazon-owned image) into the VM subnets and
+   * security group; tag at launch, and afterwards only its own instances and only with
+   * their names; terminate only instances that carry this deployment's tag; pass only the
+   * VM role; read public SSM parameters (the default image's id).
    */
   private allowFleetControl(
     fn: lambda.Function,
-    o: { environment: string; amiId: string; publicSubnetIds: string[]; vmSg: ec2.ISecurityGroup; vmRole: iam.IRole },
+    o: {
+      environment: string;
+      amiId: string;
+      amiIdGiven: CfnCondition;
+      publicSubnetIds: string[];
+      vmSg: ec2.ISecurityGroup;
+      vmRole: iam.IRole;
+    },
   ): void {
     const ec2Arn = (resource: string, account: string = Aws.ACCOUNT_ID): string =>
       Fn.join('', ['arn:', Aws.PARTITION, ':ec2:', Aws.REGION, ':', account, ':', resource]);
@@ -741,12 +901,38 @@ export class LabLinkStack extends Stack {
         sid: 'RunInstancesWith',
         actions: ['ec2:RunInstances'],
         resources: [
-          ec2Arn(Fn.join('', ['image/', o.amiId]), ''),
           ...o.publicSubnetIds.map((s) => ec2Arn(Fn.join('', ['subnet/', s]))),
           ec2Arn(Fn.join('', ['security-group/', o.vmSg.securityGroupId])),
           ec2Arn('network-interface/*'),
           ec2Arn('volume/*'),
         ],
+      }),
+    );
+    // The image: a configured AmiId by its ARN (any owner: it may be the admin's own);
+    // without one, the id comes from a public SSM parameter at launch, so any image, but
+    // only one Amazon owns (the Deep Learning AMIs are).
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'RunInstancesFromImage',
+        actions: ['ec2:RunInstances'],
+        resources: [
+          Fn.conditionIf(
+            o.amiIdGiven.logicalId,
+            ec2Arn(Fn.join('', ['image/', o.amiId]), ''),
+            ec2Arn('image/*', ''),
+          ).toString(),
+        ],
+        conditions: {
+          StringLike: { 'ec2:Owner': Fn.conditionIf(o.amiIdGiven.logicalId, '*', 'amazon').toString() },
+        },
+      }),
+    );
+    fn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'ReadPublicSsmParameters',
+        actions: ['ssm:GetParameter'],
+        // Public parameters have no account in their ARN.
+        resources: [Fn.join('', ['arn:', Aws.PARTITION, ':ssm:', Aws.REGION, '::parameter/aws/service/*'])],
       }),
     );
     fn.addToRolePolicy(
@@ -779,8 +965,9 @@ export class LabLinkStack extends Stack {
     fn.addToRolePolicy(
       new iam.PolicyStatement({
         sid: 'SeeInstances',
-        // Describe calls have no resource-level permissions.
-        actions: ['ec2:DescribeInstances', 'ec2:DescribeInstanceStatus'],
+        // Describe calls have no resource-level permissions. DescribeImages: the image's
+        // root device, which VmDiskGb sizes.
+        actions: ['ec2:DescribeInstances', 'ec2:DescribeInstanceStatus', 'ec2:DescribeImages'],
         resources: ['*'],
       }),
     );

@@ -1,6 +1,7 @@
-// Context switches, the manifest as the source of routes, and where function code comes from.
+// Context switches, the manifest as the source of routes, and where function code and the client daemon come from.
 
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
@@ -189,12 +190,32 @@ describe('the manifest drives the routes', () => {
   });
 });
 
+/** Writes `<dir>/lablink-client-daemon/bootstrap` (where scripts/build-client-daemon puts it); returns its SHA-256. */
+function writeDaemon(dir: string, body = 'a daemon build'): string {
+  fs.mkdirSync(path.join(dir, 'lablink-client-daemon'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'lablink-client-daemon', 'bootstrap'), body);
+  return createHash('sha256').update(body).digest('hex');
+}
+
+/** The provisioner's LABLINK_DAEMON_SHA256 in a built app. */
+function daemonSha(built: ReturnType<typeof buildApp>): string {
+  const provisioner = realManifest.events.find((e: { trigger: string }) => e.trigger === 'dynamodb-stream').function;
+  const template = Template.fromStack(built.stack);
+  const json = template.toJSON();
+  return envOf({ built, template, json, resources: json.Resources }, provisioner).LABLINK_DAEMON_SHA256;
+}
+
 describe('function code', () => {
-  test('release mode names every missing cargo-lambda artifact', () => {
+  test('release mode names every missing cargo-lambda artifact and the missing daemon', () => {
     const dir = tempDir('no-artifacts');
     assert.throws(
       () => buildApp({ 'lablink:lambdaCode': 'release', 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) }),
-      (e: Error) => /index/.test(e.message) && /provisioner/.test(e.message) && /scripts\/build-lambdas/.test(e.message),
+      (e: Error) =>
+        /index/.test(e.message) &&
+        /provisioner/.test(e.message) &&
+        /scripts\/build-lambdas/.test(e.message) &&
+        e.message.includes(path.join(dir, 'lablink-client-daemon', 'bootstrap')) &&
+        /scripts\/build-client-daemon/.test(e.message),
     );
   });
 
@@ -205,6 +226,7 @@ describe('function code', () => {
       fs.mkdirSync(path.join(dir, n));
       fs.writeFileSync(path.join(dir, n, 'bootstrap.zip'), `zip of ${n}`);
     }
+    const sha = writeDaemon(dir);
     const outdir = tempDir('release-out');
     const built = buildApp(
       { 'lablink:lambdaCode': 'release', 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) },
@@ -218,6 +240,33 @@ describe('function code', () => {
     assert.equal(lambdaZips.length, names.length);
     for (const f of lambdaZips) assert.equal(f.source.packaging, 'file');
     assert.deepEqual(built.standIns, []);
+    // The daemon: the build's bytes, uploaded as they are, and their SHA-256 to the provisioner.
+    assert.equal(built.daemonStandIn, false);
+    assert.equal(daemonSha(built), sha);
+    const daemon = files.filter((f) => !f.source.path.endsWith('.zip') && !f.source.path.endsWith('.template.json'));
+    assert.equal(daemon.length, 1);
+    assert.equal(daemon[0]!.source.packaging, 'file');
+    const staged = fs.readFileSync(path.join(assembly.directory, daemon[0]!.source.path), 'utf8');
+    assert.equal(staged, 'a daemon build');
+  });
+
+  test('lablink:daemonPath names the daemon binary', () => {
+    const dir = tempDir('artifacts-elsewhere');
+    for (const n of ['index', 'admin-job', ...realManifest.events.map((e: { function: string }) => e.function)]) {
+      fs.mkdirSync(path.join(dir, n));
+      fs.writeFileSync(path.join(dir, n, 'bootstrap.zip'), `zip of ${n}`);
+    }
+    const elsewhere = tempDir('daemon');
+    const sha = writeDaemon(elsewhere, 'the daemon from elsewhere');
+    const context = {
+      'lablink:lambdaCode': 'release',
+      'lablink:lambdaDir': dir,
+      'lablink:manifest': writeManifest(smallManifest()),
+      'lablink:daemonPath': path.join(elsewhere, 'lablink-client-daemon', 'bootstrap'),
+    };
+    assert.equal(daemonSha(buildApp(context, tempDir('daemon-out'))), sha);
+    const missing = { ...context, 'lablink:daemonPath': path.join(elsewhere, 'nothing-here') };
+    assert.throws(() => buildApp(missing, tempDir('daemon-out')), /nothing-here.*scripts\/build-client-daemon/s);
   });
 
   test('auto mode falls back to stand-ins and says which', () => {
@@ -226,5 +275,23 @@ describe('function code', () => {
     fs.writeFileSync(path.join(dir, 'index', 'bootstrap.zip'), 'zip');
     const built = buildApp({ 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) }, tempDir('auto-out'));
     assert.deepEqual([...built.standIns].sort(), ['admin-job', 'log-processor', 'provisioner']);
+    assert.equal(built.daemonStandIn, true);
+    // With a daemon build there, auto mode ships it.
+    const sha = writeDaemon(dir);
+    const context = { 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) };
+    const withDaemon = buildApp(context, tempDir('auto-out'));
+    assert.equal(withDaemon.daemonStandIn, false);
+    assert.equal(daemonSha(withDaemon), sha);
+  });
+
+  test('stand-in mode ships the stand-in daemon even where a build exists', () => {
+    const dir = tempDir('stand-in-mode');
+    const sha = writeDaemon(dir);
+    const built = buildApp(
+      { 'lablink:lambdaCode': 'stand-in', 'lablink:lambdaDir': dir, 'lablink:manifest': writeManifest(smallManifest()) },
+      tempDir('stand-in-out'),
+    );
+    assert.notEqual(daemonSha(built), sha);
+    assert.equal(built.daemonStandIn, false, 'asked for, so not reported');
   });
 });

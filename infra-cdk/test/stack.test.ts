@@ -2,12 +2,24 @@
 // functions/manifest.json, so a route added there is checked without editing this file.
 
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { describe, test } from 'node:test';
-import { EXPORT_BUCKET_ACTIONS, holderIdleTimeoutSeconds, JOBS_TABLE_ACTIONS, VM_NAME_TAGS } from '../lib/lablink-stack';
-import { HOLDER_ROUTE_PATHS, loadManifest } from '../lib/manifest';
+import {
+  DEFAULT_AMI_SSM_PARAMETER,
+  EXPORT_BUCKET_ACTIONS,
+  holderIdleTimeoutSeconds,
+  JOBS_TABLE_ACTIONS,
+  SESSION_MANAGER_POLICY,
+  STARTUP_SCRIPT_B64_MAX,
+  VM_NAME_TAGS,
+} from '../lib/lablink-stack';
+import { HOLDER_ROUTE_PATHS, infraRoot, loadManifest } from '../lib/manifest';
 import {
   actionsOf,
   allStatements,
+  deployedWith,
   envOf,
   fn,
   functionsByName,
@@ -19,6 +31,7 @@ import {
   routeTarget,
   statementsOfFunction,
   synth,
+  worstCaseLength,
 } from './template';
 
 const manifest = loadManifest();
@@ -54,6 +67,21 @@ const logProcessorName = manifest.events.find((e) => e.trigger === 'cloudwatch-l
 const allFunctions = [...manifest.http, ...manifest.events];
 /** The holder's routes on the API: its long-polls, each a POST. */
 const holderRoutes = HOLDER_ROUTE_PATHS.map((p) => `POST ${p}`);
+/** Each parameter that sets up the VMs → the provisioner's variable it becomes. */
+const VM_SETTINGS: Record<string, string> = {
+  MachineType: 'LABLINK_INSTANCE_TYPE',
+  AmiId: 'LABLINK_AMI_ID',
+  AmiSsmParameter: 'LABLINK_AMI_SSM_PARAMETER',
+  ClientImage: 'LABLINK_CLIENT_IMAGE',
+  TutorialRepo: 'LABLINK_TUTORIAL_REPO',
+  SubjectSoftware: 'LABLINK_SUBJECT_SOFTWARE',
+  StartupScriptB64: 'LABLINK_STARTUP_SCRIPT_B64',
+  StartupOnError: 'LABLINK_STARTUP_ON_ERROR',
+  DesktopUser: 'LABLINK_DESKTOP_USER',
+  VmDiskGb: 'LABLINK_VM_DISK_GB',
+};
+/** The client daemon's variables (describe('client daemon')). */
+const daemonEnv = envOf(s, provisionerName);
 
 describe('routes and functions', () => {
   test('every manifest route exists and invokes its own function', () => {
@@ -258,12 +286,23 @@ describe('IAM', () => {
     }
   });
 
-  test('the VM instance profile may only write the VM log group', () => {
+  test('the VM instance profile may only write the VM log group and read the client daemon', () => {
     const vmRole = roleOfVm();
     const st = allStatements(s).filter((x) => x.role === vmRole);
-    assert.deepEqual(actionsOf(st), new Set(['logs:CreateLogStream', 'logs:PutLogEvents', 'logs:DescribeLogStreams']));
-    for (const x of st) assert.deepEqual(x.Resource, [{ 'Fn::GetAtt': [vmLogGroupId, 'Arn'] }]);
-    assert.equal(s.resources[vmRole].Properties.ManagedPolicyArns, undefined);
+    assert.deepEqual(
+      actionsOf(st),
+      new Set(['logs:CreateLogStream', 'logs:PutLogEvents', 'logs:DescribeLogStreams', 's3:GetObject']),
+    );
+    for (const x of st) {
+      if (x.Action.some((a) => a.startsWith('logs:'))) {
+        assert.deepEqual(x.Resource, [{ 'Fn::GetAtt': [vmLogGroupId, 'Arn'] }]);
+      } else {
+        assert.deepEqual(x.Action, ['s3:GetObject']);
+        assert.deepEqual(x.Resource, [daemonObjectArn()]);
+      }
+    }
+    // Managed policies: none unless EnableSessionManager (describe('VM settings')).
+    assert.equal(deployedWith(s).resources[vmRole].Properties.ManagedPolicyArns, undefined);
   });
 
   test('only jobs-table functions (and the provisioner) touch DynamoDB, on the jobs table only', () => {
@@ -390,7 +429,17 @@ describe('events', () => {
       'LABLINK_API_URL',
       'LABLINK_VM_LOG_GROUP',
       'LABLINK_JOBS_TABLE',
-      'LABLINK_DAEMON_URL',
+      'LABLINK_DAEMON_BUCKET',
+      'LABLINK_DAEMON_KEY',
+      'LABLINK_DAEMON_SHA256',
+      'LABLINK_AMI_SSM_PARAMETER',
+      'LABLINK_CLIENT_IMAGE',
+      'LABLINK_TUTORIAL_REPO',
+      'LABLINK_SUBJECT_SOFTWARE',
+      'LABLINK_STARTUP_SCRIPT_B64',
+      'LABLINK_STARTUP_ON_ERROR',
+      'LABLINK_DESKTOP_USER',
+      'LABLINK_VM_DISK_GB',
       'LABLINK_EXPORT_BUCKET',
       'LABLINK_EXPORT_EXTENSIONS',
       'LABLINK_EXPORT_MAX_FILE_MB',
@@ -498,7 +547,10 @@ describe('export bucket', () => {
     ];
     for (const role of noAccess) {
       assert.deepEqual(onBucket(role), [], role);
-      assert.ok(!allStatements(s).some((st) => st.role === role && st.Action.some((a) => a.startsWith('s3:'))), role);
+      // The VMs' one S3 right is reading the client daemon (describe('client daemon')).
+      const s3 = allStatements(s).filter((st) => st.role === role && st.Action.some((a) => a.startsWith('s3:')));
+      if (role === roleOfVm()) for (const st of s3) assert.deepEqual(st.Resource, [daemonObjectArn()], role);
+      else assert.deepEqual(s3, [], role);
     }
     // Across the whole template: the roles naming the bucket are exactly the exporters'.
     const naming = new Set(allStatements(s).filter((st) => mentions(st.Resource, bucketId)).map((st) => st.role));
@@ -629,7 +681,7 @@ describe('network', () => {
 });
 
 describe('parameters and outputs', () => {
-  test('SAM parameters: environment, admin user, machine type, AMI, max VMs, allowed CIDRs', () => {
+  test('SAM parameters: environment, admin user, machine type, AMI, max VMs, allowed CIDRs, the workshop', () => {
     const p = s.json.Parameters;
     for (const k of [
       'Environment',
@@ -643,10 +695,16 @@ describe('parameters and outputs', () => {
       'ExportExtensions',
       'ExportMaxFileMb',
       'ExportWaitSeconds',
+      ...Object.keys(VM_SETTINGS),
+      'AmiSsmParameter',
+      'BootstrapDeadlineMinutes',
+      'EnableSessionManager',
     ]) {
       assert.ok(p[k], k);
     }
-    assert.equal(p.AmiId.Type, 'AWS::EC2::Image::Id');
+    // Optional: empty picks AWS's current GPU image (describe('VM image')).
+    assert.equal(p.AmiId.Type, 'String');
+    assert.equal(p.AmiId.Default, '');
     assert.equal(p.AllowedCidrs.Type, 'CommaDelimitedList');
     assert.equal(p.BootstrapVersion, undefined, 'no CDK bootstrap needed');
   });
@@ -666,6 +724,229 @@ describe('parameters and outputs', () => {
     assert.ok(mentions(o.HolderUrl.Value, the('AWS::ElasticLoadBalancingV2::LoadBalancer')[0]));
   });
 });
+
+describe('client daemon', () => {
+  const sha256 = (file: string): string => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+  const standIn = path.join(infraRoot(), '.stand-in-lambdas', 'lablink-client-daemon', 'lablink-client-daemon');
+
+  test('ships with the deployment as a file asset; the provisioner gets its bucket, key and SHA-256', () => {
+    const assembly = s.built.app.synth();
+    const manifestFile = path.join(assembly.directory, 'LabLink.assets.json');
+    const files = JSON.parse(fs.readFileSync(manifestFile, 'utf8')).files as Record<string, Json>;
+    const found = Object.entries(files).filter(([, f]) =>
+      Object.values(f.destinations).some((d: Json) => d.objectKey === daemonEnv.LABLINK_DAEMON_KEY),
+    );
+    assert.equal(found.length, 1, 'one asset is the daemon');
+    const [assetHash, asset] = found[0]!;
+    assert.equal(asset.source.packaging, 'file');
+    const [dest] = Object.values(asset.destinations) as Json[];
+    assert.deepEqual(daemonEnv.LABLINK_DAEMON_BUCKET, { 'Fn::Sub': dest.bucketName });
+    // The SHA-256 of the file's bytes (the stand-in here), not CDK's asset hash.
+    assert.match(fs.readFileSync(standIn, 'utf8'), /stand-in for lablink-client-daemon/);
+    assert.equal(daemonEnv.LABLINK_DAEMON_SHA256, sha256(standIn));
+    assert.equal(sha256(path.join(assembly.directory, asset.source.path)), sha256(standIn), 'the uploaded file');
+    assert.notEqual(daemonEnv.LABLINK_DAEMON_SHA256, assetHash);
+  });
+
+  test('the VMs may s3:GetObject that one object, and nothing else in its bucket', () => {
+    const bucket = JSON.stringify(daemonEnv.LABLINK_DAEMON_BUCKET);
+    const naming = allStatements(s).filter((st) => JSON.stringify(st.Resource).includes(bucket));
+    assert.equal(naming.length, 1, JSON.stringify(naming));
+    const [st] = naming;
+    assert.equal(st!.role, roleOfVm());
+    assert.equal(st!.Effect, 'Allow');
+    assert.deepEqual(st!.Action, ['s3:GetObject']);
+    assert.deepEqual(st!.Resource, [daemonObjectArn()]);
+    assert.equal(st!.Condition, undefined);
+    // Not the bucket, not bucket/*: the ARN ends with the object's key.
+    const tail = st!.Resource[0]['Fn::Join'][1].at(-1);
+    assert.equal(tail, `/${daemonEnv.LABLINK_DAEMON_KEY}`);
+    assert.ok(!String(daemonEnv.LABLINK_DAEMON_KEY).includes('*'));
+  });
+
+  test('DaemonUrl is gone: no parameter, no variable', () => {
+    assert.equal(s.json.Parameters.DaemonUrl, undefined);
+    for (const f of allFunctions) assert.equal(envOf(s, f.function).LABLINK_DAEMON_URL, undefined, f.function);
+    assert.ok(!JSON.stringify(s.json).includes('DaemonUrl'));
+  });
+});
+
+describe('VM image', () => {
+  const p = s.json.Parameters;
+
+  test('AmiId is optional; AmiSsmParameter defaults to the Deep Learning Base GPU AMI for Ubuntu 22.04', () => {
+    assert.equal(p.AmiId.Default, '');
+    const ami = new RegExp(p.AmiId.AllowedPattern);
+    for (const ok of ['', 'ami-12345678', 'ami-0123456789abcdef0']) assert.match(ok, ami);
+    for (const bad of ['ami-', 'ami-XYZ12345', ' ami-12345678', 'ami-0123456789abcdef01']) assert.doesNotMatch(bad, ami);
+    assert.equal(
+      DEFAULT_AMI_SSM_PARAMETER,
+      '/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id',
+    );
+    assert.equal(p.AmiSsmParameter.Default, DEFAULT_AMI_SSM_PARAMETER);
+    const ssm = new RegExp(p.AmiSsmParameter.AllowedPattern);
+    assert.ok(p.AmiSsmParameter.AllowedPattern.startsWith('^/aws/service/'));
+    assert.match(DEFAULT_AMI_SSM_PARAMETER, ssm);
+    for (const bad of ['', '/aws/service/', '/my/own/ami', 'aws/service/x', '/aws/service/x y']) assert.doesNotMatch(bad, ssm);
+    const env = envOf(s, provisionerName);
+    assert.deepEqual(env.LABLINK_AMI_ID, { Ref: 'AmiId' });
+    assert.deepEqual(env.LABLINK_AMI_SSM_PARAMETER, { Ref: 'AmiSsmParameter' });
+  });
+
+  test('the provisioner may ssm:GetParameter public /aws/service/* parameters only; nobody else reads SSM', () => {
+    const st = allStatements(s).filter((x) => x.Action.some((a) => a.startsWith('ssm:')));
+    assert.equal(st.length, 1);
+    assert.equal(st[0]!.role, roleOfFunction(s, provisionerName));
+    assert.deepEqual(st[0]!.Action, ['ssm:GetParameter']);
+    assert.deepEqual(st[0]!.Resource, [
+      {
+        'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':ssm:', { Ref: 'AWS::Region' }, '::parameter/aws/service/*']],
+      },
+    ]);
+  });
+
+  test('without AmiId the provisioner may launch Amazon-owned images only; with one, exactly that image', () => {
+    const imageStatements = (d: ReturnType<typeof deployedWith>) =>
+      statementsOfFunction(d, provisionerName).filter(
+        (x) => x.Action.includes('ec2:RunInstances') && JSON.stringify(x.Resource).includes('image/'),
+      );
+    const imageArn = (...tail: Json[]) => ({
+      'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':ec2:', { Ref: 'AWS::Region' }, ...tail]],
+    });
+    const byDefault = imageStatements(deployedWith(s));
+    assert.equal(byDefault.length, 1);
+    assert.deepEqual(byDefault[0]!.Resource, [imageArn('::image/*')]);
+    assert.deepEqual(byDefault[0]!.Condition, { StringLike: { 'ec2:Owner': 'amazon' } });
+    const given = imageStatements(deployedWith(s, { AmiId: 'ami-0123456789abcdef0' }));
+    assert.equal(given.length, 1);
+    assert.deepEqual(given[0]!.Resource, [imageArn('::image/', { Ref: 'AmiId' })]);
+    assert.deepEqual(given[0]!.Condition, { StringLike: { 'ec2:Owner': '*' } }, 'any owner: the ARN pins the image');
+  });
+
+  test('the provisioner may look up images (the root device VmDiskGb sizes), which has no resource-level permission', () => {
+    const st = statementsOfFunction(s, provisionerName).filter((x) => x.Action.includes('ec2:DescribeImages'));
+    assert.equal(st.length, 1);
+    assert.deepEqual(st[0]!.Resource, ['*']);
+    assert.ok(st[0]!.Action.every((a) => a.startsWith('ec2:Describe')), 'only Describe calls on *');
+  });
+});
+
+describe('VM settings', () => {
+  const p = s.json.Parameters;
+
+  test('each workshop parameter reaches the provisioner, and no other function', () => {
+    const env = envOf(s, provisionerName);
+    for (const [param, variable] of Object.entries(VM_SETTINGS)) {
+      assert.deepEqual(env[variable], { Ref: param }, `${param} → ${variable}`);
+      for (const f of allFunctions.filter((x) => x.function !== provisionerName)) {
+        assert.ok(!mentions(envOf(s, f.function), param), `${f.function} is not told ${param}`);
+      }
+    }
+  });
+
+  test('their defaults', () => {
+    const defaults: Record<string, unknown> = {
+      MachineType: 'g4dn.xlarge',
+      AmiId: '',
+      AmiSsmParameter: DEFAULT_AMI_SSM_PARAMETER,
+      ClientImage: 'ghcr.io/talmolab/lablink-client-base-image:linux-amd64-latest',
+      TutorialRepo: '',
+      SubjectSoftware: 'sleap',
+      StartupScriptB64: '',
+      StartupOnError: 'continue',
+      DesktopUser: 'client',
+      VmDiskGb: 100,
+      BootstrapDeadlineMinutes: 20,
+      EnableSessionManager: 'false',
+    };
+    for (const [k, v] of Object.entries(defaults)) assert.deepEqual(p[k].Default, v, k);
+    // Every default passes its own validation.
+    for (const k of Object.keys(defaults)) {
+      if (p[k].AllowedPattern) assert.match(String(p[k].Default), new RegExp(p[k].AllowedPattern), k);
+      if (p[k].AllowedValues) assert.ok(p[k].AllowedValues.includes(p[k].Default), k);
+      if (p[k].MaxLength !== undefined) assert.ok(String(p[k].Default).length <= p[k].MaxLength, k);
+    }
+  });
+
+  test('their validation: allowed values, patterns, ranges', () => {
+    assert.deepEqual(p.StartupOnError.AllowedValues, ['continue', 'fail']);
+    assert.deepEqual(p.EnableSessionManager.AllowedValues, ['true', 'false']);
+    for (const [k, min, max] of [
+      ['VmDiskGb', 30, 2000],
+      ['BootstrapDeadlineMinutes', 5, 120],
+    ] as const) {
+      assert.equal(p[k].Type, 'Number', k);
+      assert.equal(p[k].MinValue, min, k);
+      assert.equal(p[k].MaxValue, max, k);
+    }
+    const cases: Record<string, { ok: string[]; bad: string[] }> = {
+      ClientImage: {
+        ok: ['ubuntu:22.04', 'registry.example.com:5000/team/image@sha256:0123abcd', 'lablink-test/client'],
+        bad: ['', 'image:tag extra', 'image\tx', 'image;reboot', '$(reboot)', '-image'],
+      },
+      TutorialRepo: {
+        ok: ['', 'https://github.com/talmolab/sleap-tutorial-data.git', 'git://127.0.0.1:9418/repo.git'],
+        bad: ['http://example.com/repo.git', 'https://a b', 'git@github.com:org/repo.git', 'file:///etc', 'https://'],
+      },
+      SubjectSoftware: { ok: ['sleap', 'sleap-nn', 'napari'], bad: ['', 'two words', '../sleap', 'sleap;reboot'] },
+      StartupScriptB64: {
+        ok: ['', 'ZWNobyBoaQo=', Buffer.from('#!/bin/sh\napt-get install -y htop\n').toString('base64')],
+        bad: ['echo hi', 'ZWNo\nbw==', 'ZWNo-bw=='],
+      },
+      DesktopUser: { ok: ['client', '_svc', 'user-1', 'a'.repeat(32)], bad: ['', 'Client', '1user', 'a'.repeat(33), 'two users'] },
+      MachineType: { ok: ['g4dn.xlarge', 'g5.2xlarge', 'p4d.24xlarge'], bad: ['', 'g4dn', 'g4dn xlarge'] },
+    };
+    for (const [k, { ok, bad }] of Object.entries(cases)) {
+      const accepts = (v: string): boolean =>
+        new RegExp(p[k].AllowedPattern).test(v) && (p[k].MaxLength === undefined || v.length <= p[k].MaxLength);
+      for (const v of ok) assert.ok(accepts(v), `${k} accepts ${JSON.stringify(v)}`);
+      for (const v of bad) assert.ok(!accepts(v), `${k} refuses ${JSON.stringify(v)}`);
+    }
+    assert.equal(p.StartupScriptB64.MaxLength, STARTUP_SCRIPT_B64_MAX);
+    assert.equal(STARTUP_SCRIPT_B64_MAX % 4, 0, 'whole base64 quanta');
+  });
+
+  test('the holder gets BootstrapDeadlineMinutes; the provisioner does not', () => {
+    assert.deepEqual(holderEnv.LABLINK_BOOTSTRAP_DEADLINE_MINUTES, { Ref: 'BootstrapDeadlineMinutes' });
+    assert.equal(envOf(s, provisionerName).LABLINK_BOOTSTRAP_DEADLINE_MINUTES, undefined);
+  });
+
+  test(`Session Manager: ${SESSION_MANAGER_POLICY} on the VMs only when EnableSessionManager is true`, () => {
+    assert.deepEqual(s.json.Conditions.SessionManagerEnabled, { 'Fn::Equals': [{ Ref: 'EnableSessionManager' }, 'true'] });
+    const policyArn = {
+      'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, `:iam::aws:policy/${SESSION_MANAGER_POLICY}`]],
+    };
+    /** The roles that get the policy in a deployment. */
+    const withPolicy = (d: ReturnType<typeof deployedWith>) =>
+      Object.entries(d.resources)
+        .filter(([, r]) => JSON.stringify(r.Properties?.ManagedPolicyArns ?? []).includes(SESSION_MANAGER_POLICY))
+        .map(([id]) => id);
+    const off = deployedWith(s);
+    assert.equal(off.resources[roleOfVm()].Properties.ManagedPolicyArns, undefined, 'off by default');
+    assert.deepEqual(withPolicy(off), []);
+    const on = deployedWith(s, { EnableSessionManager: 'true' });
+    assert.deepEqual(on.resources[roleOfVm()].Properties.ManagedPolicyArns, [policyArn]);
+    assert.deepEqual(withPolicy(on), [roleOfVm()], 'the VM role only');
+  });
+
+  test("the provisioner's environment fits Lambda's 4 KB with every value at its longest", () => {
+    const env = envOf(s, provisionerName);
+    const longest = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, 'x'.repeat(worstCaseLength(s, v))]));
+    const size = Buffer.byteLength(JSON.stringify(longest));
+    assert.ok(size <= 4096, `${size} bytes: lower STARTUP_SCRIPT_B64_MAX or another parameter's MaxLength`);
+    assert.equal(longest.LABLINK_STARTUP_SCRIPT_B64!.length, STARTUP_SCRIPT_B64_MAX);
+  });
+});
+
+/** The one S3 object the VMs may read: the client daemon. */
+function daemonObjectArn(): Json {
+  return {
+    'Fn::Join': [
+      '',
+      ['arn:', { Ref: 'AWS::Partition' }, ':s3:::', daemonEnv.LABLINK_DAEMON_BUCKET, `/${daemonEnv.LABLINK_DAEMON_KEY}`],
+    ],
+  };
+}
 
 function roleOfVm(): string {
   const profile = the('AWS::IAM::InstanceProfile')[1];

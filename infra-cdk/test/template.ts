@@ -134,3 +134,133 @@ export function routeTarget(
 export function mentions(v: Json, id: string): boolean {
   return (JSON.stringify(v) ?? "").includes(`"${id}"`);
 }
+
+/**
+ * The template as CloudFormation deploys it with these parameter values (the defaults for
+ * the others): conditions evaluated, `Fn::If` replaced by its branch, `AWS::NoValue` and
+ * resources whose condition is false dropped. Other intrinsics are left as they are.
+ */
+export function deployedWith(s: Synth, values: Record<string, string> = {}): Synth {
+  const params: Record<string, Json> = s.json.Parameters ?? {};
+  for (const k of Object.keys(values)) if (!params[k]) throw new Error(`no parameter ${k}`);
+  const scalar = (v: Json): string => {
+    if (typeof v === 'string') return v;
+    if (typeof v?.Ref === 'string' && params[v.Ref]) return String(values[v.Ref] ?? params[v.Ref].Default);
+    throw new Error(`cannot evaluate ${JSON.stringify(v)} in a condition`);
+  };
+  const conditions: Record<string, Json> = s.json.Conditions ?? {};
+  const holds = (name: string): boolean => {
+    const c = conditions[name];
+    if (c === undefined) throw new Error(`no condition ${name}`);
+    return evaluate(c);
+  };
+  const evaluate = (c: Json): boolean => {
+    if (c['Fn::Equals']) return scalar(c['Fn::Equals'][0]) === scalar(c['Fn::Equals'][1]);
+    if (c['Fn::Not']) return !evaluate(c['Fn::Not'][0]);
+    if (c['Fn::And']) return c['Fn::And'].every(evaluate);
+    if (c['Fn::Or']) return c['Fn::Or'].some(evaluate);
+    if (typeof c.Condition === 'string') return holds(c.Condition);
+    throw new Error(`cannot evaluate condition ${JSON.stringify(c)}`);
+  };
+  const noValue = Symbol('AWS::NoValue');
+  const walk = (v: Json): Json => {
+    if (Array.isArray(v)) return v.map(walk).filter((x) => x !== noValue);
+    if (v === null || typeof v !== 'object') return v;
+    if (v.Ref === 'AWS::NoValue') return noValue;
+    if (Array.isArray(v['Fn::If'])) {
+      const [name, yes, no] = v['Fn::If'];
+      return walk(holds(name) ? yes : no);
+    }
+    const out: Record<string, Json> = {};
+    for (const [k, x] of Object.entries(v)) {
+      const w = walk(x);
+      if (w !== noValue) out[k] = w;
+    }
+    return out;
+  };
+  const resources: Record<string, Json> = {};
+  for (const [id, r] of Object.entries(s.resources)) {
+    if (typeof r.Condition === 'string' && !holds(r.Condition)) continue;
+    resources[id] = walk(r);
+  }
+  const json = { ...s.json, Resources: resources };
+  return { built: s.built, template: s.template, json, resources };
+}
+
+/**
+ * Worst-case deployed values, for the limits a template must respect at any parameter
+ * values (Lambda's 4 KB of environment). The stack's name is assumed to be at most
+ * `lablink-` plus a 20-character environment (samconfig.toml's `lablink-<environment>`);
+ * CloudFormation's generated names are `<stack>-<logical id>-<13 random>`.
+ */
+export const WORST_CASE = {
+  stackName: 'lablink-'.length + 20,
+  pseudo: {
+    'AWS::AccountId': 12,
+    'AWS::Partition': 'aws-us-gov'.length,
+    'AWS::Region': 'ap-southeast-5'.length,
+    'AWS::URLSuffix': 'amazonaws.com.cn'.length,
+  } as Record<string, number>,
+};
+
+/** The longest string `v` (any template value) can resolve to in a deployment of `s`. */
+export function worstCaseLength(s: Synth, v: Json): number {
+  if (typeof v === 'string') return v.length;
+  if (typeof v === 'number') return String(v).length;
+  const generatedName = (id: string): number => Math.min(WORST_CASE.stackName + 1 + id.length + 1 + 13, 255);
+  if (typeof v.Ref === 'string') {
+    const pseudo = WORST_CASE.pseudo[v.Ref];
+    if (pseudo !== undefined) return pseudo;
+    const param = s.json.Parameters?.[v.Ref];
+    if (param) {
+      if (param.AllowedValues) return Math.max(...param.AllowedValues.map((x: string) => String(x).length));
+      if (param.Type === 'Number' && param.MaxValue !== undefined) return String(param.MaxValue).length;
+      if (param.MaxLength !== undefined) return param.MaxLength;
+      throw new Error(`parameter ${v.Ref} has no MaxLength, AllowedValues or MaxValue`);
+    }
+    const r = s.resources[v.Ref];
+    switch (r?.Type) {
+      case 'AWS::EC2::Subnet':
+        return 'subnet-'.length + 17;
+      case 'AWS::ApiGatewayV2::Api':
+        return 10;
+      case 'AWS::S3::Bucket':
+        return r.Properties.BucketName ? worstCaseLength(s, r.Properties.BucketName) : 63;
+      case 'AWS::Logs::LogGroup':
+        return r.Properties.LogGroupName ? worstCaseLength(s, r.Properties.LogGroupName) : 512;
+      case 'AWS::DynamoDB::Table':
+        return r.Properties.TableName ? worstCaseLength(s, r.Properties.TableName) : generatedName(v.Ref);
+      default:
+        throw new Error(`no worst case for Ref ${v.Ref} (${r?.Type})`);
+    }
+  }
+  if (Array.isArray(v['Fn::GetAtt'])) {
+    const [id, attr] = v['Fn::GetAtt'];
+    const r = s.resources[id];
+    const arn = (service: string, resource: number): number =>
+      `arn::${service}:::`.length + WORST_CASE.pseudo['AWS::Partition']! + WORST_CASE.pseudo['AWS::AccountId']! + resource;
+    switch (`${r?.Type}.${attr}`) {
+      case 'AWS::RDS::DBProxy.Endpoint':
+        // <proxy name>.proxy-<12>.<region>.rds.<url suffix>
+        return (
+          worstCaseLength(s, r.Properties.DBProxyName) +
+          '.proxy-'.length + 12 + 1 + WORST_CASE.pseudo['AWS::Region']! + '.rds.'.length + WORST_CASE.pseudo['AWS::URLSuffix']!
+        );
+      case 'AWS::EC2::SecurityGroup.GroupId':
+        return 'sg-'.length + 17;
+      case 'AWS::IAM::InstanceProfile.Arn':
+        return arn('iam', 'instance-profile/'.length + 128);
+      default:
+        throw new Error(`no worst case for Fn::GetAtt ${id}.${attr} (${r?.Type})`);
+    }
+  }
+  if (Array.isArray(v['Fn::Join'])) {
+    const [sep, parts] = v['Fn::Join'];
+    if (!Array.isArray(parts)) throw new Error(`Fn::Join of ${JSON.stringify(parts)}`);
+    return parts.reduce((n: number, p: Json) => n + worstCaseLength(s, p), 0) + sep.length * Math.max(0, parts.length - 1);
+  }
+  if (typeof v['Fn::Sub'] === 'string') {
+    return (v['Fn::Sub'] as string).replace(/\$\{([^}]+)\}/g, (_, name) => 'x'.repeat(worstCaseLength(s, { Ref: name }))).length;
+  }
+  throw new Error(`no worst case for ${JSON.stringify(v).slice(0, 200)}`);
+}

@@ -88,6 +88,14 @@ enum Command {
     SessionKey,
     /// Run the client daemon (what each local VM runs).
     ClientDaemon(Box<lablink_client_daemon::config::Args>),
+    /// Check workshop settings files (config/examples/*.json) the way the deploy and
+    /// the provisioner will: every field, the startup script's size, and the VM's
+    /// user-data rendered and kept under EC2's 16 KB. Prints each file's deploy
+    /// parameters; exits 1 naming the file and the field at the first problem.
+    ValidateConfig {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() {
@@ -107,6 +115,17 @@ fn main() {
             println!("{}", lablink_web::auth::hash_password(password));
         }
         Some(Command::SessionKey) => println!("{}", SessionKey::generate().to_hex()),
+        Some(Command::ValidateConfig { files }) => {
+            for f in &files {
+                match validate_config(f) {
+                    Ok(report) => println!("{report}"),
+                    Err(e) => {
+                        eprintln!("lablink-local: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
         Some(Command::ClientDaemon(args)) => {
             logging(false);
             let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
@@ -235,6 +254,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         max_wait: std::time::Duration::from_secs(900),
         legacy_vm_auth: false,
         heartbeat: std::time::Duration::from_secs(10),
+        bootstrap_deadline: std::time::Duration::from_secs(20 * 60),
     })
     .await
     .with_context(|| format!("start the holder on {holder_addr}"))?;
@@ -325,6 +345,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         max_vms: cli.max_vms,
         deployment: lablink_core::domain::DeploymentName::parse("local").expect("a valid name"),
         export_bucket: None,
+        vm: Default::default(),
     };
     let state = Arc::new(
         AppState::new(config)
@@ -401,6 +422,64 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 
 /// `POST /vm_startup` as API Gateway does it: to the holder, with the body, the
 /// credential and `?wait=`.
+/// One settings file checked; its deploy parameters (`sam deploy --parameter-overrides`).
+fn validate_config(path: &Path) -> Result<String, String> {
+    use base64::Engine;
+    use lablink_provision::bootstrap::{Bootstrap, DaemonArtifact, load_workshop_file};
+    let vm = load_workshop_file(path)?;
+    // The user-data the provisioner would make, with the largest values of what it adds.
+    let job = JobId::generate(Utc::now());
+    let daemon = DaemonArtifact {
+        bucket: "cdk-hnb659fds-assets-123456789012-ap-southeast-2".into(),
+        key: format!("{}.bin", "0".repeat(64)),
+        sha256: "0".repeat(64),
+        region: "ap-southeast-2".into(),
+    };
+    let user_data = Bootstrap {
+        job: &job,
+        api_url: "https://abcdefghij.execute-api.ap-southeast-2.amazonaws.com",
+        log_group: "lablink-cloud-init-a-long-deployment-name",
+        enrollment_secret: &"x".repeat(64),
+        daemon: &daemon,
+        vm: &vm,
+    }
+    .user_data()
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    let script = vm
+        .startup_script
+        .as_deref()
+        .map(|s| base64::engine::general_purpose::STANDARD.encode(s))
+        .unwrap_or_default();
+    // The stack's StartupScriptB64 parameter: CloudFormation and the provisioner's
+    // environment (4 KB in all) bound it well below what user-data could carry.
+    const DEPLOY_SCRIPT_B64_MAX: usize = 1400;
+    if script.len() > DEPLOY_SCRIPT_B64_MAX {
+        return Err(format!(
+            "{}: startup_script_file: {} base64 characters; the deploy parameter StartupScriptB64 takes at most {DEPLOY_SCRIPT_B64_MAX} (about 1 KB of script): move the rest into the client image or the tutorial repository",
+            path.display(),
+            script.len()
+        ));
+    }
+    Ok(format!(
+        "{}: ok (user-data {} of {} bytes)\n  InstanceType={} ClientImage={} TutorialRepo={} SubjectSoftware={} StartupScriptB64={} StartupOnError={} DesktopUser={} VmDiskGb={}",
+        path.display(),
+        user_data.len(),
+        lablink_provision::bootstrap::USER_DATA_LIMIT,
+        vm.instance_type,
+        vm.client_image,
+        vm.tutorial_repo.as_deref().unwrap_or(""),
+        vm.subject_software.as_deref().unwrap_or(""),
+        if script.len() > 40 {
+            format!("<{} base64 characters>", script.len())
+        } else {
+            script
+        },
+        vm.startup_on_error.as_str(),
+        vm.desktop_user,
+        vm.disk_gb,
+    ))
+}
+
 /// `--client-image` needs a Docker engine: a one-line error saying how to start one
 /// when none answers.
 async fn docker_engine(image: &str) -> anyhow::Result<()> {

@@ -224,6 +224,13 @@ pub struct Create<'a> {
     pub max_vms: u32,
     pub current: i64,
     pub error: Option<&'a str>,
+    /// The deployment's VM settings, as (label, value) pairs shown on the form.
+    pub defaults: &'a [(&'a str, String)],
+    /// The deployment's instance type, client image and tutorial repository (the
+    /// override fields' placeholders).
+    pub instance_type: &'a str,
+    pub client_image: &'a str,
+    pub tutorial_repo: &'a str,
 }
 
 pub fn create_page(c: &Create<'_>) -> Markup {
@@ -241,6 +248,22 @@ pub fn create_page(c: &Create<'_>) -> Markup {
                 p { "The fleet has " strong #current { (c.current) } " VM(s); the limit is " strong { (c.max_vms) } "." }
                 label for="num_vms" { "How many more" }
                 input #num_vms type="number" name="num_vms" min="1" max=(room.max(1)) value="1" required;
+                @if !c.defaults.is_empty() {
+                    h2 style="font-size:1.05rem" { "The deployment's VM settings" }
+                    dl #vm-settings {
+                        @for (label, value) in c.defaults { dt { (label) } dd { code { (value) } } }
+                    }
+                }
+                details #overrides {
+                    summary { "Change them for this launch" }
+                    label for="instance_type" { "Instance type" }
+                    input #instance_type type="text" name="instance_type" placeholder=(c.instance_type) autocomplete="off";
+                    label for="client_image" { "Client image" }
+                    input #client_image type="text" name="client_image" placeholder=(c.client_image) autocomplete="off";
+                    label for="tutorial_repo" { "Tutorial repository" }
+                    input #tutorial_repo type="text" name="tutorial_repo" placeholder=(c.tutorial_repo) autocomplete="off";
+                    p.hint { "Empty: the deployment's setting. What you choose is kept on the job and shown on its page." }
+                }
                 p.hint { "Launching runs as a job: you will see its progress. VMs report " em { "running" } " a few minutes after they boot." }
                 button type="submit" disabled[room == 0] { "Launch" }
             }
@@ -273,6 +296,8 @@ pub struct VmRow<'a> {
     pub total_s: Option<f64>,
     /// How the last start-host run ended: ok, exit code, its last lines (no code, no PIN).
     pub start_host: Option<(bool, Option<i32>, &'a str)>,
+    /// While `initializing`: minutes since it was launched.
+    pub initializing_min: Option<i64>,
 }
 
 impl VmRow<'_> {
@@ -362,6 +387,7 @@ pub fn instances_page(session: &Session<'_>, vms: &[VmRow<'_>]) -> Markup {
                                         td { code { (v.hostname) } }
                                         td {
                                             span class={ "pill " (v.status) } { (v.status) }
+                                            @if let Some(m) = v.initializing_min { " " span.hint.since { "for " (m) " min" } }
                                             @if let Some(r) = v.reason { br; span.hint { (r) } }
                                             @if let Some((ok, code, output)) = v.start_host {
                                                 br;
@@ -467,6 +493,9 @@ var ol=document.getElementById('events');ol.innerHTML='';
 li.textContent=new Date(e.at).toLocaleTimeString()+' '+e.message;ol.appendChild(li);});
 var err=document.getElementById('error');if(j.error){err.hidden=false;text(err,j.error);}
 var v=document.getElementById('vms');v.innerHTML='';
+var o=j.overrides||{},set=[['instance type',o.instance_type],['client image',o.client_image],['tutorial repository',o.tutorial_repo],['image',j.image_id]].filter(function(x){return x[1]});
+if(set.length){var p=document.createElement('p');p.id='launch-settings';
+p.textContent='Settings: '+set.map(function(x){return x[0]+' '+x[1]}).join(', ');v.appendChild(p);}
 if((j.vms||[]).length){var t=document.createElement('p');
 t.textContent='VMs: '+j.vms.map(function(x){return x.hostname+' ('+x.instance_id+')'}).join(', ');v.appendChild(t);}
 var ex=document.getElementById('export');ex.innerHTML='';
@@ -554,6 +583,10 @@ mod tests {
             max_vms: 10,
             current: 3,
             error: None,
+            defaults: &[("Instance type", "g4dn.xlarge".into())],
+            instance_type: "g4dn.xlarge",
+            client_image: "img:1",
+            tutorial_repo: "none",
         })
         .into_string();
         assert!(page.contains(r#"name="csrf" value="tok&lt;en""#));
@@ -576,6 +609,7 @@ mod tests {
                 startup_script_s: None,
                 total_s: Some(90.0),
                 start_host: Some((false, Some(1), "line one\nOAuth <refused>")),
+                initializing_min: Some(7),
             }],
         )
         .into_string();
@@ -584,6 +618,7 @@ mod tests {
             page.contains("start-host: failed (exit 1): OAuth &lt;refused&gt;"),
             "{page}"
         );
+        assert!(page.contains("for 7 min"), "{page}");
         assert!(page.contains("<svg") && page.contains("provision: 30.0 s"));
         assert!(page.contains(r#"width="53.3""#), "30 of 90 s on 160 px");
     }

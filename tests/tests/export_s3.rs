@@ -75,14 +75,19 @@ async fn vms_upload_to_presigned_urls_and_the_zip_is_a_multipart_object_behind_a
         jobs_table: table,
         ec2: Ec2Settings {
             deployment: "t".into(),
-            ami_id: "ami-12c6146b".into(),
-            instance_type: "g4dn.xlarge".into(),
+            ami: lablink_provision::ec2::AmiSource::Id("ami-12c6146b".into()),
             subnet_ids: vec![],
             security_group_ids: vec![],
             instance_profile_arn: None,
             api_url: "https://api.example".into(),
             log_group: "lablink-cloud-init-t".into(),
-            daemon_url: None,
+            daemon: lablink_provision::bootstrap::DaemonArtifact {
+                bucket: "assets".into(),
+                key: "daemon.bin".into(),
+                sha256: "c".repeat(64),
+                region: "us-east-1".into(),
+            },
+            vm: Default::default(),
         },
         export_bucket: Some(bucket.clone()),
         export: ExportSettings {

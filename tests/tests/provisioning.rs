@@ -9,7 +9,8 @@ use chrono::Utc;
 use lablink_ops::dynamo::DynamoJobStore;
 use lablink_ops::{Job, JobId, JobKind, JobState, JobStore, Submitted};
 use lablink_provision::Processed;
-use lablink_provision::ec2::Ec2Settings;
+use lablink_provision::bootstrap::{DaemonArtifact, LaunchOverrides, VmSettings};
+use lablink_provision::ec2::{AmiSource, Ec2Settings};
 use lablink_provision::stream::{ProvisionerConfig, ProvisionerRuntime};
 use lablink_testkit::{TestDb, moto};
 use lablink_web::routes::{self, Route};
@@ -17,6 +18,11 @@ use lablink_web::state::AdminSource;
 use lablink_web::{AppConfig, AppState};
 use lambda_http::http::StatusCode;
 use serde_json::{Value, json};
+
+/// The SSM parameter standing in for AWS's public DLAMI parameter (moto refuses to create
+/// `/aws/...` names, as AWS does), and the AMI it names (one of moto's).
+const AMI_PARAMETER: &str = "/lablink-test/dlami-base-gpu-ubuntu";
+const DLAMI: &str = "ami-12c6146b";
 
 struct World {
     db: TestDb,
@@ -51,6 +57,15 @@ async fn world(subnet_override: Option<&str>) -> World {
         .unwrap();
     let deployment = format!("t{suffix}");
     let table = format!("jobs-{suffix}");
+    aws_sdk_ssm::Client::new(&sdk)
+        .put_parameter()
+        .name(AMI_PARAMETER)
+        .value(DLAMI)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
     let ddb = lablink_ops::dynamo::Client::new(&sdk);
     lablink_ops::dynamo::create_table(&ddb, &table).await.unwrap();
     let store = Arc::new(DynamoJobStore::new(ddb, &table));
@@ -59,14 +74,24 @@ async fn world(subnet_override: Option<&str>) -> World {
         jobs_table: table,
         ec2: Ec2Settings {
             deployment: deployment.clone(),
-            ami_id: "ami-12c6146b".into(),
-            instance_type: "g4dn.xlarge".into(),
+            // No AmiId: the image the SSM parameter names, read at launch.
+            ami: AmiSource::SsmParameter(AMI_PARAMETER.into()),
             subnet_ids: vec![subnet_override.map_or(subnet_id, str::to_owned)],
             security_group_ids: vec![sg.group_id().unwrap().to_owned()],
             instance_profile_arn: None,
             api_url: "https://api.example".into(),
             log_group: format!("lablink-cloud-init-{deployment}"),
-            daemon_url: None,
+            daemon: DaemonArtifact {
+                bucket: "cdk-assets-bucket".into(),
+                key: "daemon-0f1e.bin".into(),
+                sha256: "b".repeat(64),
+                region: "us-east-1".into(),
+            },
+            vm: VmSettings {
+                tutorial_repo: Some("https://github.com/talmolab/sleap-tutorial-data.git".into()),
+                subject_software: Some("sleap".into()),
+                ..VmSettings::default()
+            },
         },
         export_bucket: None,
         export: Default::default(),
@@ -130,6 +155,7 @@ fn state_for(w: &World) -> AppState {
         max_vms: 50,
         deployment: lablink_core::domain::DeploymentName::parse(&w.deployment).unwrap(),
         export_bucket: None,
+        vm: Default::default(),
     };
     AppState::new(config)
 }
@@ -226,17 +252,24 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
                 .unwrap(),
         )
         .unwrap();
-        assert!(script.contains("LABLINK_API_URL=https://api.example"));
+        // A cloud-config (its env file's lines are JSON-escaped inside the YAML).
+        assert!(script.starts_with("#cloud-config\n"), "{script}");
+        assert!(script.contains("LABLINK_API_URL=https://api.example\\n"));
+        assert!(script.contains("LABLINK_CLIENT_IMAGE=ghcr.io/talmolab/lablink-client-base-image"));
+        assert!(script.contains("LABLINK_DAEMON_SHA256=bbbbbbbb"));
         assert!(script.contains("systemctl enable --now lablink-client.service"));
         assert!(
             !script.contains("LABLINK_CREDENTIAL="),
             "user-data carries no VM credential"
         );
         let s = script
-            .lines()
-            .find_map(|l| l.strip_prefix("LABLINK_ENROLL_SECRET="))
+            .split("LABLINK_ENROLL_SECRET=")
+            .nth(1)
+            .and_then(|rest| rest.split("\\n").next())
             .expect("the enrollment secret")
             .to_owned();
+        assert_eq!(i.image_id(), Some(DLAMI), "the AMI the SSM parameter names");
+        assert_eq!(i.instance_type().map(|t| t.as_str()), Some("g4dn.xlarge"));
         assert_eq!(secret.get_or_insert_with(|| s.clone()), &s, "one secret per job");
     }
     let rows: i64 = client
@@ -349,4 +382,73 @@ async fn a_failed_launch_ends_the_job_with_the_aws_error_and_records_nothing() {
         submit(&w.store, JobKind::Destroy).await,
         Submitted::Created(_)
     ));
+}
+
+/// A launch's own instance type, client image and tutorial repository reach RunInstances
+/// and the VM's settings, and are kept on the job with the AMI used; a capacity refusal
+/// says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launchs_overrides_reach_the_vms_and_the_job_records_its_image() {
+    let w = world(None).await;
+    let mut job = Job::new(
+        JobId::generate(Utc::now()),
+        JobKind::Launch { num_vms: 2 },
+        "admin",
+        Utc::now(),
+    );
+    job.overrides = LaunchOverrides {
+        instance_type: Some("g5.2xlarge".into()),
+        client_image: Some("ghcr.io/example/workshop-image:2026-12".into()),
+        tutorial_repo: Some("https://github.com/example/day2-data.git".into()),
+    };
+    let Submitted::Created(job) = lablink_ops::submit(w.store.as_ref(), job, Utc::now())
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    let out = w.rt.handle(&record(&job.id)).await.unwrap();
+    assert_eq!(out[0].1, Processed::Finished(JobState::Succeeded));
+    let done = w.store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(done.image_id.as_deref(), Some(DLAMI));
+    assert_eq!(done.overrides.instance_type.as_deref(), Some("g5.2xlarge"));
+    assert!(
+        done.events
+            .iter()
+            .any(|e| e.message == format!("started from image {DLAMI}")),
+        "{:?}",
+        done.events
+    );
+    let launched = instances(&w.ec2, vec![filter("tag:lablink:job", job.id.as_str())]).await;
+    assert_eq!(launched.len(), 2);
+    for i in &launched {
+        assert_eq!(i.instance_type().map(|t| t.as_str()), Some("g5.2xlarge"));
+        let ud = w
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(i.instance_id().unwrap())
+            .attribute(InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap();
+        let text = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(ud.user_data().unwrap().value().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("LABLINK_CLIENT_IMAGE=ghcr.io/example/workshop-image:2026-12\\n"),
+            "{text}"
+        );
+        assert!(text.contains("LABLINK_TUTORIAL_REPO=https://github.com/example/day2-data.git\\n"));
+        assert!(
+            !text.contains("sleap-tutorial-data"),
+            "the deployment's repository is replaced"
+        );
+    }
+    // The job's JSON (the job page's source) shows them; the secret is not in it.
+    let v = serde_json::to_string(&done).unwrap();
+    assert!(v.contains("workshop-image:2026-12") && v.contains(DLAMI));
+    assert!(!v.contains("ENROLL"));
 }

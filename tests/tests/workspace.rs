@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use lablink_core::domain::VmStatus;
 use lablink_db::vms;
-use lablink_e2e::{
-    ApiServer, HolderProc, Proc, TestVm, create_vms, docker, eventually, free_port, workspace_bin,
-};
+use lablink_e2e::{ApiServer, HolderProc, Proc, TestVm, create_vms, docker, eventually, workspace_bin};
 use lablink_testkit::TestDb;
 use tokio::process::Command;
 

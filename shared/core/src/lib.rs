@@ -11,3 +11,4 @@
 pub mod config;
 pub mod credential;
 pub mod domain;
+pub mod vm_settings;

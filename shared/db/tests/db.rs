@@ -421,6 +421,45 @@ async fn timings_are_recorded_and_total_startup_spans_provisioning_to_the_last_e
 }
 
 #[tokio::test]
+async fn vms_initializing_past_the_bootstrap_deadline_are_marked_error() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 3).await;
+    for h in &hosts {
+        vms::set_status(&c, h, VmStatus::Initializing, None)
+            .await
+            .unwrap();
+    }
+    // Launched 30 minutes ago, 30 minutes ago (but running), and just now.
+    c.execute(
+        "UPDATE vms SET created_at = now() - interval '30 minutes' WHERE hostname = ANY($1)",
+        &[&vec![hosts[0].as_str(), hosts[1].as_str()]],
+    )
+    .await
+    .unwrap();
+    vms::set_status(&c, &hosts[1], VmStatus::Running, None)
+        .await
+        .unwrap();
+    let deadline = std::time::Duration::from_secs(20 * 60);
+    let marked = vms::expire_bootstraps(&c, deadline).await.unwrap();
+    assert_eq!(marked, vec![hosts[0].clone()]);
+    let vm = vms::get_vm(&c, &hosts[0]).await.unwrap().unwrap();
+    assert_eq!(vm.status, VmStatus::Error);
+    assert_eq!(
+        vm.status_reason.as_deref(),
+        Some("bootstrap did not finish within 20 minutes: see the VM's log and its EC2 console output")
+    );
+    assert_eq!(
+        vms::get_status(&c, &hosts[2]).await.unwrap(),
+        Some(VmStatus::Initializing)
+    );
+    assert!(
+        vms::expire_bootstraps(&c, deadline).await.unwrap().is_empty(),
+        "once"
+    );
+}
+
+#[tokio::test]
 async fn a_start_host_outcome_is_kept_until_the_next_one() {
     let db = TestDb::new().await;
     let c = db.client().await;

@@ -107,6 +107,17 @@ pub struct Job {
     /// Export: the zip, once assembled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportOutcome>,
+    /// Launch: what the admin chose for this launch instead of the deployment's defaults
+    /// (instance type, client image, tutorial repository).
+    #[serde(
+        default,
+        skip_serializing_if = "lablink_core::vm_settings::LaunchOverrides::is_empty"
+    )]
+    pub overrides: lablink_core::vm_settings::LaunchOverrides,
+    /// Launch: the AMI the VMs were started from (resolved from the SSM parameter when
+    /// the deployment names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// Optimistic concurrency: every stored change increments it.
     #[serde(default)]
     pub version: u64,
@@ -131,6 +142,8 @@ impl Job {
             }],
             error: None,
             export: None,
+            overrides: Default::default(),
+            image_id: None,
             version: 0,
         }
     }

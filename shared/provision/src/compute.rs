@@ -17,6 +17,8 @@ pub struct LaunchSpec {
     pub hostnames: Vec<Hostname>,
     /// Job-scoped: each VM presents it once, with its instance id, to `POST /api/enroll`.
     pub enrollment_secret: Secret,
+    /// What this launch changes of the deployment's VM settings (kept on the job).
+    pub overrides: lablink_core::vm_settings::LaunchOverrides,
 }
 
 /// An instance as the provider reports it.
@@ -27,6 +29,8 @@ pub struct Instance {
     pub hostname: Option<String>,
     /// Position within its launch (pairs instances with the job's hostnames).
     pub launch_index: i32,
+    /// The image it was started from, when the provider says.
+    pub image_id: Option<String>,
 }
 
 #[async_trait::async_trait]

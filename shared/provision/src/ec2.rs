@@ -1,30 +1,43 @@
 //! Compute on EC2 (`aws-sdk-ec2`): one `RunInstances` per launch with `ClientToken` = the
 //! job id, instances tagged with the deployment, the job and (after launch) their
-//! hostnames; IMDSv2 required; user-data that installs and starts the client daemon and
-//! carries only the job's enrollment secret.
+//! hostnames; IMDSv2 required; the root disk sized by the settings; the image AWS's
+//! current Deep Learning Base GPU AMI (read from its public SSM parameter at launch)
+//! unless the deployment names one; user-data the cloud-config of [`crate::bootstrap`],
+//! carrying only the job's enrollment secret. Capacity and quota refusals become
+//! messages that say what to do.
 
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::error::DisplayErrorContext;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest, InstanceType,
-    ResourceType, Tag, TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataOptionsRequest, InstanceType, ResourceType, Tag, TagSpecification, VolumeType,
 };
 use base64::Engine;
 use lablink_core::domain::Hostname;
 use lablink_ops::JobId;
 
+use crate::bootstrap::{Bootstrap, DaemonArtifact, VmSettings};
 use crate::compute::{Compute, ComputeError, Instance, LaunchSpec};
 
 pub const TAG_DEPLOYMENT: &str = "lablink:deployment";
 pub const TAG_JOB: &str = "lablink:job";
 pub const TAG_HOSTNAME: &str = "lablink:hostname";
 
+/// Which image VMs start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AmiSource {
+    /// The admin's own image (`AmiId`).
+    Id(String),
+    /// The image a public SSM parameter names, read at each launch (the default: AWS's
+    /// Deep Learning Base GPU AMI, [`crate::bootstrap::DEFAULT_AMI_PARAMETER`]).
+    SsmParameter(String),
+}
+
 /// What the EC2 provider needs (from the provisioner's environment).
 #[derive(Debug, Clone)]
 pub struct Ec2Settings {
     pub deployment: String,
-    pub ami_id: String,
-    pub instance_type: String,
+    pub ami: AmiSource,
     pub subnet_ids: Vec<String>,
     pub security_group_ids: Vec<String>,
     pub instance_profile_arn: Option<String>,
@@ -32,18 +45,61 @@ pub struct Ec2Settings {
     pub api_url: String,
     /// The log group the daemons ship to.
     pub log_group: String,
-    /// Where user-data fetches the daemon when the AMI lacks it.
-    pub daemon_url: Option<String>,
+    /// The client daemon the deployment shipped (S3 object and SHA-256).
+    pub daemon: DaemonArtifact,
+    /// The workshop's VM settings (deploy defaults; a launch may override some).
+    pub vm: VmSettings,
 }
 
 pub struct Ec2Compute {
     client: Client,
+    ssm: aws_sdk_ssm::Client,
     settings: Ec2Settings,
 }
 
 impl Ec2Compute {
-    pub fn new(client: Client, settings: Ec2Settings) -> Self {
-        Self { client, settings }
+    pub fn new(client: Client, ssm: aws_sdk_ssm::Client, settings: Ec2Settings) -> Self {
+        Self {
+            client,
+            ssm,
+            settings,
+        }
+    }
+
+    /// The image id to launch from.
+    async fn image_id(&self) -> Result<String, ComputeError> {
+        match &self.settings.ami {
+            AmiSource::Id(id) => Ok(id.clone()),
+            AmiSource::SsmParameter(name) => {
+                let out = self.ssm.get_parameter().name(name).send().await.map_err(|e| {
+                    ComputeError(format!(
+                        "reading the AMI id from SSM parameter {name}: {}",
+                        DisplayErrorContext(e)
+                    ))
+                })?;
+                out.parameter()
+                    .and_then(|p| p.value())
+                    .filter(|v| v.starts_with("ami-"))
+                    .map(str::to_owned)
+                    .ok_or_else(|| ComputeError(format!("SSM parameter {name} holds no AMI id")))
+            }
+        }
+    }
+
+    /// The image's root device (the disk size applies to it), `/dev/sda1` if unknown.
+    async fn root_device(&self, image: &str) -> String {
+        self.client
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| {
+                o.images()
+                    .first()
+                    .and_then(|i| i.root_device_name().map(str::to_owned))
+            })
+            .unwrap_or_else(|| "/dev/sda1".into())
     }
 }
 
@@ -51,61 +107,50 @@ fn aws<E: std::error::Error + 'static>(e: E) -> ComputeError {
     ComputeError(DisplayErrorContext(e).to_string())
 }
 
-/// Quote for a POSIX shell single-quoted string.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+/// vCPUs of an instance size (`xlarge` 4, `2xlarge` 8, `large` 2, ...), for quota messages.
+pub fn vcpus(instance_type: &str) -> Option<u32> {
+    let size = instance_type.split_once('.')?.1;
+    match size {
+        "medium" => Some(1),
+        "large" => Some(2),
+        "xlarge" => Some(4),
+        s => s.strip_suffix("xlarge")?.parse::<u32>().ok().map(|n| n * 4),
+    }
 }
 
-/// The user-data script: writes the daemon's settings (the enrollment secret readable by
-/// root only), fetches the daemon if the image lacks it, and starts it under systemd.
-/// The VM learns its hostname and its own credential from `POST /api/enroll`.
-pub fn user_data(s: &Ec2Settings, job: &JobId, secret: &str) -> String {
-    let fetch = match &s.daemon_url {
-        Some(url) => format!(
-            "if [ ! -x /usr/local/bin/lablink-client-daemon ]; then\n  curl -fsSL --retry 5 -o /usr/local/bin/lablink-client-daemon {}\n  chmod 0755 /usr/local/bin/lablink-client-daemon\nfi\n",
-            sh_quote(url)
-        ),
-        None => String::new(),
-    };
-    format!(
-        r#"#!/bin/bash
-# LabLink VM bootstrap (job {job}). Written by the provisioner; holds only the job's
-# enrollment secret. The daemon exchanges it once for this VM's own credential.
-set -euo pipefail
-install -d -m 0700 /etc/lablink /var/lib/lablink
-umask 077
-cat > /etc/lablink/client.env <<'LABLINK_ENV'
-LABLINK_API_URL={api}
-LABLINK_HOLDER_URL={api}
-LABLINK_ENROLL_SECRET={secret}
-LABLINK_STATE_DIR=/var/lib/lablink
-LABLINK_LOG_GROUP={group}
-LABLINK_DAEMON_LOG_FILE=/var/log/lablink-client.log
-LABLINK_CLOUD_INIT_START={{CLOUD_INIT_START}}
-LABLINK_ENV
-sed -i "s/{{CLOUD_INIT_START}}/$(date -u +%Y-%m-%dT%H:%M:%SZ)/" /etc/lablink/client.env
-{fetch}cat > /etc/systemd/system/lablink-client.service <<'LABLINK_UNIT'
-[Unit]
-Description=LabLink client daemon
-After=network-online.target
-Wants=network-online.target
+/// The Service Quotas name that limits on-demand instances of this family.
+fn quota_name(instance_type: &str) -> &'static str {
+    match instance_type.chars().next() {
+        Some('g' | 'v') => "Running On-Demand G and VT instances",
+        Some('p') => "Running On-Demand P instances",
+        Some('f') => "Running On-Demand F instances",
+        Some('i') if instance_type.starts_with("inf") => "Running On-Demand Inf instances",
+        Some('x') => "Running On-Demand X instances",
+        _ => "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
+    }
+}
 
-[Service]
-EnvironmentFile=/etc/lablink/client.env
-ExecStart=/usr/local/bin/lablink-client-daemon
-StandardError=append:/var/log/lablink-client.log
-Restart=always
-RestartSec=5
-
-[Install]
-WantedBy=multi-user.target
-LABLINK_UNIT
-systemctl daemon-reload
-systemctl enable --now lablink-client.service
-"#,
-        api = s.api_url,
-        group = s.log_group,
-    )
+/// A `RunInstances` refusal as the admin should read it: capacity and quota errors say
+/// what to do; anything else keeps EC2's text.
+pub fn launch_error(code: Option<&str>, detail: &str, n: i32, instance_type: &str) -> ComputeError {
+    match code {
+        Some("InsufficientInstanceCapacity") => ComputeError(format!(
+            "EC2 has no capacity for {n} × {instance_type} in the chosen availability zone right now. \
+             Try again in a few minutes, launch fewer VMs at a time, choose another instance type, \
+             or give the deployment subnets in more zones (docs/deploy.md, \"Quotas and zones\"). EC2 said: {detail}"
+        )),
+        Some("VcpuLimitExceeded" | "InstanceLimitExceeded" | "MaxSpotInstanceCountExceeded") => {
+            let need = vcpus(instance_type).map(|v| v * n as u32);
+            ComputeError(format!(
+                "your account's vCPU quota is too low for {n} × {instance_type}{}: in Service Quotas \
+                 (Amazon EC2), request an increase of \"{}\" to at least that many vCPUs plus what \
+                 already runs (docs/deploy.md, \"Quotas and zones\"). EC2 said: {detail}",
+                need.map_or(String::new(), |v| format!(" ({v} vCPUs)")),
+                quota_name(instance_type),
+            ))
+        }
+        _ => ComputeError(detail.to_owned()),
+    }
 }
 
 fn instances_of(out: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput) -> Vec<Instance> {
@@ -126,6 +171,7 @@ fn to_instance(i: &aws_sdk_ec2::types::Instance) -> Instance {
             .and_then(|t| t.value())
             .map(str::to_owned),
         launch_index: i.ami_launch_index().unwrap_or(0),
+        image_id: i.image_id().map(str::to_owned),
     }
 }
 
@@ -180,6 +226,9 @@ impl Compute for Ec2Compute {
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Instance>, ComputeError> {
         let s = &self.settings;
+        let vm =
+            s.vm.with(&spec.overrides)
+                .map_err(|e| ComputeError(format!("the launch's settings: {e}")))?;
         let n = spec.hostnames.len() as i32;
         let subnet = s
             .subnet_ids
@@ -192,12 +241,33 @@ impl Compute for Ec2Compute {
             .tags(tag(TAG_JOB, spec.job.as_str()))
             .tags(tag("Name", &format!("{}-vm (enrolling)", s.deployment)))
             .build();
-        let script = user_data(s, &spec.job, spec.enrollment_secret.expose());
+        let user_data = Bootstrap {
+            job: &spec.job,
+            api_url: &s.api_url,
+            log_group: &s.log_group,
+            enrollment_secret: spec.enrollment_secret.expose(),
+            daemon: &s.daemon,
+            vm: &vm,
+        }
+        .user_data()
+        .map_err(|e| ComputeError(e.to_string()))?;
+        let image = self.image_id().await?;
+        let root = BlockDeviceMapping::builder()
+            .device_name(self.root_device(&image).await)
+            .ebs(
+                EbsBlockDevice::builder()
+                    .volume_size(vm.disk_gb as i32)
+                    .volume_type(VolumeType::Gp3)
+                    .delete_on_termination(true)
+                    .encrypted(true)
+                    .build(),
+            )
+            .build();
         let out = self
             .client
             .run_instances()
-            .image_id(&s.ami_id)
-            .instance_type(InstanceType::from(s.instance_type.as_str()))
+            .image_id(&image)
+            .instance_type(InstanceType::from(vm.instance_type.as_str()))
             .min_count(n)
             .max_count(n)
             .client_token(spec.job.as_str())
@@ -213,11 +283,20 @@ impl Compute for Ec2Compute {
                     .http_tokens(HttpTokensState::Required)
                     .build(),
             )
-            .user_data(base64::engine::general_purpose::STANDARD.encode(script))
+            .block_device_mappings(root)
+            .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
             .tag_specifications(tags)
             .send()
             .await
-            .map_err(aws)?;
+            .map_err(|e| {
+                let code = e.code().map(str::to_owned);
+                launch_error(
+                    code.as_deref(),
+                    &DisplayErrorContext(&e).to_string(),
+                    n,
+                    &vm.instance_type,
+                )
+            })?;
         let mut launched: Vec<Instance> = out.instances().iter().map(to_instance).collect();
         launched.sort_by_key(|i| (i.launch_index, i.instance_id.clone()));
         Ok(launched)
@@ -264,24 +343,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_data_quotes_and_carries_only_the_enrollment_secret() {
-        let s = Ec2Settings {
-            deployment: "test".into(),
-            ami_id: "ami-1".into(),
-            instance_type: "g4dn.xlarge".into(),
-            subnet_ids: vec![],
-            security_group_ids: vec![],
-            instance_profile_arn: None,
-            api_url: "https://api.example".into(),
-            log_group: "lablink-cloud-init-test".into(),
-            daemon_url: Some("https://x/it's".into()),
-        };
-        let job = JobId::parse("20261123T101500Z-0a1b2c3d").unwrap();
-        let ud = user_data(&s, &job, "s3cret");
-        assert!(ud.starts_with("#!/bin/bash\n"));
-        assert!(ud.contains("LABLINK_ENROLL_SECRET=s3cret\n"));
-        assert!(ud.contains("'https://x/it'\\''s'"));
-        assert!(ud.contains("systemctl enable --now lablink-client.service"));
-        assert!(!ud.contains("LABLINK_CREDENTIAL="));
+    fn capacity_and_quota_refusals_say_what_to_do() {
+        let e = launch_error(
+            Some("InsufficientInstanceCapacity"),
+            "We currently do not have sufficient g4dn.xlarge capacity",
+            60,
+            "g4dn.xlarge",
+        );
+        assert!(e.0.contains("no capacity for 60 × g4dn.xlarge"), "{e}");
+        assert!(e.0.contains("more zones"), "{e}");
+        let e = launch_error(
+            Some("VcpuLimitExceeded"),
+            "You have requested more vCPU capacity",
+            60,
+            "g4dn.xlarge",
+        );
+        assert!(e.0.contains("(240 vCPUs)"), "{e}");
+        assert!(e.0.contains("Running On-Demand G and VT instances"), "{e}");
+        let e = launch_error(Some("VcpuLimitExceeded"), "x", 2, "p3.8xlarge");
+        assert!(
+            e.0.contains("(64 vCPUs)") && e.0.contains("Running On-Demand P instances"),
+            "{e}"
+        );
+        assert_eq!(
+            launch_error(Some("InvalidAMIID.NotFound"), "no such AMI", 1, "g4dn.xlarge").0,
+            "no such AMI"
+        );
+        assert_eq!(vcpus("g4dn.12xlarge"), Some(48));
+        assert_eq!(vcpus("t3.medium"), Some(1));
+        assert_eq!(vcpus("weird"), None);
     }
 }

@@ -10,6 +10,7 @@
 //! - a step that fails ends the job as failed with the provider's error; instances a
 //!   failed launch started are terminated, so no VM is left half-recorded.
 
+pub mod bootstrap;
 pub mod compute;
 pub mod ec2;
 pub mod local;
@@ -264,11 +265,16 @@ impl Provisioner {
                 job: job.id.clone(),
                 hostnames: hostnames.clone(),
                 enrollment_secret: secret,
+                overrides: job.overrides.clone(),
             };
             instances = match self.compute.launch(&spec).await {
                 Ok(i) => i,
                 Err(e) => return Ok(Err(Failed(format!("launching instances: {e}")))),
             };
+            if let Some(image) = instances.iter().find_map(|i| i.image_id.clone()) {
+                job.image_id = Some(image.clone());
+                self.progress(job, format!("started from image {image}")).await?;
+            }
         } else {
             self.progress(
                 job,

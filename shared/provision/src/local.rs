@@ -86,7 +86,12 @@ impl LocalCompute {
         self.settings.state_dir.join(instance_id)
     }
 
-    fn spawn(&self, instance_id: &str, secret: &str) -> std::io::Result<Child> {
+    fn spawn(
+        &self,
+        instance_id: &str,
+        secret: &str,
+        overrides: &lablink_core::vm_settings::LaunchOverrides,
+    ) -> std::io::Result<Child> {
         let dir = self.instance_dir(instance_id);
         std::fs::create_dir_all(&dir)?;
         let start_host = dir.join("start-host");
@@ -121,8 +126,12 @@ impl LocalCompute {
         match &self.settings.client_image {
             // start-host, the desktop and the participant's files are the workspace's.
             Some(image) => {
-                cmd.env("LABLINK_CLIENT_IMAGE", image)
-                    .env("LABLINK_WORKSPACE_LABELS", self.runner_label());
+                // A launch may choose another image or tutorial (as on EC2).
+                cmd.env(
+                    "LABLINK_CLIENT_IMAGE",
+                    overrides.client_image.as_deref().unwrap_or(image),
+                )
+                .env("LABLINK_WORKSPACE_LABELS", self.runner_label());
             }
             None => {
                 cmd.env("LABLINK_START_HOST", &start_host)
@@ -187,7 +196,7 @@ impl Compute for LocalCompute {
             }
             let id = format!("local-{:04}", self.next.fetch_add(1, Ordering::Relaxed));
             let child = self
-                .spawn(&id, spec.enrollment_secret.expose())
+                .spawn(&id, spec.enrollment_secret.expose(), &spec.overrides)
                 .map_err(|e| ComputeError(format!("starting {}: {e}", self.settings.daemon_bin.display())))?;
             let vm = LocalVm {
                 job: spec.job.clone(),
@@ -371,5 +380,6 @@ fn instance(id: &str, vm: &LocalVm) -> Instance {
         instance_id: id.to_owned(),
         hostname: vm.hostname.clone(),
         launch_index: vm.launch_index,
+        image_id: None,
     }
 }

@@ -10,7 +10,8 @@ use lablink_ops::JobId;
 use lablink_ops::dynamo::DynamoJobStore;
 use serde_json::Value;
 
-use crate::ec2::{Ec2Compute, Ec2Settings};
+use crate::bootstrap::{DaemonArtifact, VmSettings};
+use crate::ec2::{AmiSource, Ec2Compute, Ec2Settings};
 use crate::{ExportSettings, Exporter, Processed, ProvisionError, Provisioner};
 
 /// Everything the provisioner Lambda reads from its environment.
@@ -50,24 +51,27 @@ impl ProvisionerConfig {
         let deployment = s.required_with("LABLINK_DEPLOYMENT", "the deployment's name", |v: &str| {
             lablink_core::domain::DeploymentName::parse(v).map(|d| d.as_str().to_owned())
         });
-        let ami_id = s.required_with("LABLINK_AMI_ID", "an AMI id like ami-0123…", |v: &str| {
-            if v.starts_with("ami-") {
-                Ok(v.to_owned())
-            } else {
-                Err("not an AMI id")
-            }
-        });
-        let instance_type = s.required_with(
-            "LABLINK_INSTANCE_TYPE",
-            "an EC2 instance type like g4dn.xlarge",
+        let ami_id = s.optional_with(
+            "LABLINK_AMI_ID",
+            "an AMI id like ami-0123… (or empty)",
             |v: &str| {
-                if v.contains('.') {
+                if v.starts_with("ami-") {
                     Ok(v.to_owned())
                 } else {
-                    Err("not an instance type")
+                    Err("not an AMI id")
                 }
             },
         );
+        let ami = match ami_id {
+            Some(id) => AmiSource::Id(id),
+            None => AmiSource::SsmParameter(
+                s.raw("LABLINK_AMI_SSM_PARAMETER")
+                    .map_or(crate::bootstrap::DEFAULT_AMI_PARAMETER, str::trim)
+                    .to_owned(),
+            ),
+        };
+        let vm = VmSettings::read(s);
+        let daemon = daemon_artifact(s);
         let api_url = s.required_with("LABLINK_API_URL", "the API's https URL", |v: &str| {
             if v.starts_with("https://") || v.starts_with("http://") {
                 Ok(v.trim_end_matches('/').to_owned())
@@ -85,10 +89,6 @@ impl ProvisionerConfig {
             .raw("LABLINK_VM_LOG_GROUP")
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        let daemon_url = s
-            .raw("LABLINK_DAEMON_URL")
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
         let export_bucket = s
             .raw("LABLINK_EXPORT_BUCKET")
             .filter(|v| !v.is_empty())
@@ -103,16 +103,53 @@ impl ProvisionerConfig {
             ec2: Ec2Settings {
                 log_group: log_group.unwrap_or_else(|| format!("lablink-cloud-init-{deployment}")),
                 deployment,
-                ami_id: ami_id?,
-                instance_type: instance_type?,
+                ami,
                 subnet_ids,
                 security_group_ids,
                 instance_profile_arn,
                 api_url: api_url?,
-                daemon_url,
+                daemon: daemon?,
+                vm: vm?,
             },
         })
     }
+}
+
+/// The client daemon the deployment uploaded: `LABLINK_DAEMON_BUCKET`, `_KEY`, `_SHA256`
+/// (and the region VMs fetch it from, `AWS_REGION`).
+pub fn daemon_artifact(s: &mut Settings) -> Option<DaemonArtifact> {
+    let bucket = s.required_with(
+        "LABLINK_DAEMON_BUCKET",
+        "the bucket of the client daemon asset",
+        |v: &str| Ok::<_, String>(v.to_owned()),
+    );
+    let key = s.required_with(
+        "LABLINK_DAEMON_KEY",
+        "the key of the client daemon asset",
+        |v: &str| Ok::<_, String>(v.to_owned()),
+    );
+    let sha256 = s.required_with(
+        "LABLINK_DAEMON_SHA256",
+        "the daemon's SHA-256, 64 hex digits",
+        |v: &str| {
+            if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(v.to_ascii_lowercase())
+            } else {
+                Err("not 64 hex digits")
+            }
+        },
+    );
+    let region = s
+        .raw("AWS_REGION")
+        .or(s.raw("AWS_DEFAULT_REGION"))
+        .unwrap_or("us-east-1")
+        .to_owned();
+    Some(DaemonArtifact {
+        bucket: bucket?,
+        key: key?,
+        sha256: sha256?,
+        region,
+    })
 }
 
 /// The job ids a stream batch names (job items only; every event name).
@@ -178,6 +215,8 @@ impl ProvisionerRuntime {
             store: self.store.clone(),
             compute: Arc::new(Ec2Compute::new(
                 aws_sdk_ec2::Client::new(&sdk),
+                // The AMI is regional: read where EC2 launches (the same credentials).
+                aws_sdk_ssm::Client::new(&sdk),
                 self.config.ec2.clone(),
             )),
             db: self.db.clone(),

@@ -82,6 +82,9 @@ pub struct AppConfig {
     /// `LABLINK_EXPORT_BUCKET`: the data-export bucket (unset: the local runner supplies
     /// a folder, or export downloads answer 503).
     pub export_bucket: Option<String>,
+    /// The deployment's VM settings (`LABLINK_INSTANCE_TYPE`, `LABLINK_CLIENT_IMAGE`, ...;
+    /// the provisioner's): the launch form shows them.
+    pub vm: lablink_core::vm_settings::VmSettings,
 }
 
 impl AppConfig {
@@ -112,7 +115,9 @@ impl AppConfig {
                 DeploymentName::parse,
             )
             .unwrap_or_else(|| DeploymentName::parse("local").expect("a valid name"));
+        let vm = lablink_core::vm_settings::VmSettings::read(s);
         Some(Self {
+            vm: vm?,
             db: db?,
             legacy_vm_auth,
             #[cfg(feature = "admin")]

@@ -57,6 +57,7 @@ async fn setup(legacy: bool) -> Fixture {
         max_vms: 50,
         deployment: lablink_core::domain::DeploymentName::parse(fixtures::DEPLOYMENT).unwrap(),
         export_bucket: None,
+        vm: Default::default(),
     };
     let client = db.client().await;
     fixtures::seed_enrollment(&client).await;

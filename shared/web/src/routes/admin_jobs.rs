@@ -5,6 +5,7 @@
 
 use chrono::Utc;
 use lablink_core::domain::JobId;
+use lablink_core::vm_settings::LaunchOverrides;
 use lablink_db::{exports, fleet};
 use lablink_ops::{Job, JobKind, Submitted};
 use lambda_http::Request;
@@ -78,6 +79,33 @@ struct JobForm {
     num_vms: Option<String>,
     #[serde(default)]
     confirm: Option<String>,
+    /// Launch: this launch's instance type, client image and tutorial repository
+    /// (empty: the deployment's).
+    #[serde(default)]
+    instance_type: Option<String>,
+    #[serde(default)]
+    client_image: Option<String>,
+    #[serde(default)]
+    tutorial_repo: Option<String>,
+}
+
+impl JobForm {
+    /// The launch's overrides, each checked (a 400 names the field).
+    fn overrides(&self) -> Result<LaunchOverrides, ApiError> {
+        let given = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let o = LaunchOverrides {
+            instance_type: given(&self.instance_type),
+            client_image: given(&self.client_image),
+            tutorial_repo: given(&self.tutorial_repo),
+        };
+        o.check().map_err(ApiError::bad_request)?;
+        Ok(o)
+    }
 }
 
 fn job_form(req: &Request) -> Result<JobForm, ApiError> {
@@ -99,6 +127,9 @@ fn job_form(req: &Request) -> Result<JobForm, ApiError> {
             job_id: s("job_id").or_else(|| s("idempotency_key")),
             num_vms: s("num_vms"),
             confirm: s("confirm"),
+            instance_type: s("instance_type"),
+            client_image: s("client_image"),
+            tutorial_repo: s("tutorial_repo"),
         })
     } else {
         request::form(req, SMALL_BODY)
@@ -106,7 +137,10 @@ fn job_form(req: &Request) -> Result<JobForm, ApiError> {
 }
 
 async fn submit(state: &AppState, req: &Request, admin: &Admin, id: JobId, kind: JobKind) -> Reply {
-    let job = Job::new(id, kind, &admin.user, Utc::now());
+    submit_job(state, req, Job::new(id, kind, &admin.user, Utc::now())).await
+}
+
+async fn submit_job(state: &AppState, req: &Request, job: Job) -> Reply {
     let store = state.jobs().await?;
     let (job, status) = match lablink_ops::submit(store.as_ref(), job, Utc::now()).await? {
         Submitted::Created(j) => (j, StatusCode::ACCEPTED),
@@ -164,6 +198,7 @@ async fn launch(state: &AppState, req: &Request) -> Reply {
         .ok()
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| ApiError::bad_request(format!("num_vms must be a whole number from 1 to {max}")))?;
+    let overrides = form.overrides()?;
     let id = idempotency_key(&form)?;
     let client = state.db.client().await?;
     let current = fleet::counts(&client).await?.total;
@@ -175,7 +210,9 @@ async fn launch(state: &AppState, req: &Request) -> Reply {
             (i64::from(max) - current).max(0)
         )));
     }
-    submit(state, req, &admin, id, JobKind::Launch { num_vms: n }).await
+    let mut job = Job::new(id, JobKind::Launch { num_vms: n }, &admin.user, Utc::now());
+    job.overrides = overrides;
+    submit_job(state, req, job).await
 }
 
 pub const DESTROY: Route = Route {

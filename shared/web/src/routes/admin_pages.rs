@@ -316,6 +316,31 @@ async fn home(state: &AppState, req: &Request) -> Reply {
     render_home(state, &admin, &csrf, None).await
 }
 
+/// The deployment's VM settings as the launch form lists them.
+fn vm_defaults(vm: &lablink_core::vm_settings::VmSettings) -> Vec<(&'static str, String)> {
+    let none = || "none".to_owned();
+    vec![
+        ("Instance type", vm.instance_type.clone()),
+        ("Client image", vm.client_image.clone()),
+        (
+            "Tutorial repository",
+            vm.tutorial_repo.clone().unwrap_or_else(none),
+        ),
+        (
+            "Subject software",
+            vm.subject_software.clone().unwrap_or_else(none),
+        ),
+        (
+            "Startup script",
+            vm.startup_script.as_ref().map_or_else(none, |s| {
+                format!("{} bytes, on error: {}", s.len(), vm.startup_on_error.as_str())
+            }),
+        ),
+        ("Desktop user", vm.desktop_user.clone()),
+        ("Disk", format!("{} GB", vm.disk_gb)),
+    ]
+}
+
 pub const CREATE: Route = Route {
     function: "admin-create",
     verb: Verb::Get,
@@ -343,6 +368,10 @@ async fn create(state: &AppState, req: &Request) -> Reply {
             max_vms: state.config.max_vms,
             current,
             error: None,
+            defaults: &vm_defaults(&state.config.vm),
+            instance_type: &state.config.vm.instance_type,
+            client_image: &state.config.vm.client_image,
+            tutorial_repo: state.config.vm.tutorial_repo.as_deref().unwrap_or("none"),
         }),
     ))
 }
@@ -382,6 +411,8 @@ async fn instances(state: &AppState, req: &Request) -> Reply {
                 .start_host
                 .as_ref()
                 .map(|r| (r.ok, r.exit_code, r.output.as_str())),
+            initializing_min: (v.status == lablink_core::domain::VmStatus::Initializing)
+                .then(|| (chrono::Utc::now() - v.created_at).num_minutes().max(0)),
         })
         .collect();
     Ok(html(

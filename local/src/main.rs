@@ -345,7 +345,26 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         max_vms: cli.max_vms,
         deployment: lablink_core::domain::DeploymentName::parse("local").expect("a valid name"),
         export_bucket: None,
-        vm: Default::default(),
+        // What the launch form lists: this runner's own VM settings.
+        vm: lablink_core::vm_settings::VmSettings {
+            instance_type: "local".into(),
+            client_image: cli
+                .client_image
+                .clone()
+                .unwrap_or_else(|| "none (a stand-in start-host on this machine)".into()),
+            tutorial_repo: cli.tutorial_repo.clone(),
+            subject_software: cli.subject_software.clone(),
+            startup_script: cli
+                .startup_script
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok()),
+            startup_on_error: match cli.startup_on_error.as_deref() {
+                Some("fail") => lablink_core::vm_settings::OnError::Fail,
+                _ => lablink_core::vm_settings::OnError::Continue,
+            },
+            desktop_user: cli.desktop_user.clone().unwrap_or_else(|| "client".into()),
+            disk_gb: 100,
+        },
     };
     let state = Arc::new(
         AppState::new(config)

@@ -109,6 +109,10 @@ try {
 
   await admin.goto(`${base}/admin/create`);
   await admin.fill('#num_vms', '1');
+  // The deployment's VM settings are listed; this launch chooses its own instance type.
+  expect((await admin.textContent('#vm-settings')).includes('Instance type'), 'the launch form lists the VM settings');
+  await admin.click('#overrides summary');
+  await admin.fill('#instance_type', 'g5.xlarge');
   await Promise.all([admin.waitForURL('**/admin/jobs/*'), admin.click('#launch-form button[type=submit]')]);
   const job = decodeURIComponent(admin.url().split('/admin/jobs/')[1]);
   await admin.waitForFunction(
@@ -119,6 +123,7 @@ try {
   const state = await admin.textContent('#state');
   expect(state === 'succeeded', `the launch job finished: ${state} ${await admin.textContent('#error')}`);
   expect((await admin.textContent('#vms')).includes('-vm-'), 'the job page names the launched VM');
+  expect((await admin.textContent('#launch-settings')).includes('instance type g5.xlarge'), 'the job page shows the launch\'s own setting');
   await shot(admin, '06-admin-job');
 
   // The new VM enrolls, reports running and becomes free: the waiting participant's page

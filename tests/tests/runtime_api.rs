@@ -69,6 +69,12 @@ async fn provisioner_answers(variant: &str, bin: &std::path::Path, db: &TestDb) 
         ("LABLINK_AMI_ID", "ami-12c6146b"),
         ("LABLINK_INSTANCE_TYPE", "g4dn.xlarge"),
         ("LABLINK_API_URL", "https://api.example"),
+        ("LABLINK_DAEMON_BUCKET", "cdk-assets"),
+        ("LABLINK_DAEMON_KEY", "daemon.bin"),
+        (
+            "LABLINK_DAEMON_SHA256",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
     ];
     let moto_env = moto::env();
     env.extend(moto_env.iter().map(|(k, v)| (*k, v.as_str())));

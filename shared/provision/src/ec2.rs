@@ -341,6 +341,139 @@ impl Compute for Ec2Compute {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An EC2 endpoint that refuses every call with `code` (as EC2 does: HTTP 400 and its
+    /// XML error body), so the real SDK parses a real refusal.
+    async fn refusing_ec2(code: &'static str, message: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // Read the request head and body (small, one read loop is enough).
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut got = 0;
+                    loop {
+                        let Ok(n) = sock.read(&mut buf[got..]).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got += n;
+                        let text = String::from_utf8_lossy(&buf[..got]);
+                        if let Some(head_end) = text.find("\r\n\r\n") {
+                            let len = text[..head_end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if got >= head_end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let body = format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>req-1</RequestID></Response>"
+                    );
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/xml;charset=UTF-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn compute(endpoint: &str) -> Ec2Compute {
+        let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "test");
+        let ec2 = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("us-west-2"))
+            .credentials_provider(creds.clone())
+            .endpoint_url(endpoint)
+            .build();
+        let ssm = aws_sdk_ssm::Config::builder()
+            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+            .region(aws_sdk_ssm::config::Region::new("us-west-2"))
+            .credentials_provider(creds)
+            .endpoint_url(endpoint)
+            .build();
+        Ec2Compute::new(
+            Client::from_conf(ec2),
+            aws_sdk_ssm::Client::from_conf(ssm),
+            Ec2Settings {
+                deployment: "prod".into(),
+                ami: AmiSource::Id("ami-0123456789abcdef0".into()),
+                subnet_ids: vec!["subnet-1".into()],
+                security_group_ids: vec!["sg-1".into()],
+                instance_profile_arn: None,
+                api_url: "https://api.example".into(),
+                log_group: "lablink-cloud-init-prod".into(),
+                daemon: DaemonArtifact {
+                    bucket: "assets".into(),
+                    key: "daemon.bin".into(),
+                    sha256: "d".repeat(64),
+                    region: "us-west-2".into(),
+                },
+                vm: VmSettings::default(),
+            },
+        )
+    }
+
+    fn spec(n: usize) -> LaunchSpec {
+        LaunchSpec {
+            job: JobId::parse("20261202T030000Z-0a1b2c3d").unwrap(),
+            hostnames: (0..n)
+                .map(|i| Hostname::parse(&format!("prod-vm-{i:03}")).unwrap())
+                .collect(),
+            enrollment_secret: lablink_core::credential::Secret::generate(),
+            overrides: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ec2s_quota_and_capacity_refusals_reach_the_admin_as_what_to_do() {
+        let quota = refusing_ec2(
+            "VcpuLimitExceeded",
+            "You have requested more vCPU capacity than your current vCPU limit of 0 allows",
+        )
+        .await;
+        let e = compute(&quota).launch(&spec(60)).await.unwrap_err();
+        assert!(
+            e.0.contains("vCPU quota is too low for 60 × g4dn.xlarge (240 vCPUs)"),
+            "{e}"
+        );
+        assert!(e.0.contains("Running On-Demand G and VT instances"), "{e}");
+        assert!(
+            e.0.contains("current vCPU limit of 0"),
+            "EC2's own words are kept: {e}"
+        );
+
+        let capacity = refusing_ec2(
+            "InsufficientInstanceCapacity",
+            "We currently do not have sufficient g4dn.xlarge capacity in the Availability Zone you requested (us-west-2a).",
+        )
+        .await;
+        let e = compute(&capacity).launch(&spec(2)).await.unwrap_err();
+        assert!(e.0.contains("no capacity for 2 × g4dn.xlarge"), "{e}");
+
+        // The SSM default: a missing parameter is named.
+        let mut c = compute(&quota);
+        c.settings.ami =
+            AmiSource::SsmParameter("/aws/service/deeplearning/ami/x86_64/nope/latest/ami-id".into());
+        let e = c.launch(&spec(1)).await.unwrap_err();
+        assert!(
+            e.0.contains("reading the AMI id from SSM parameter /aws/service/deeplearning/ami/x86_64/nope"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn capacity_and_quota_refusals_say_what_to_do() {

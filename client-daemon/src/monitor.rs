@@ -234,14 +234,15 @@ mod tests {
         let pid = child.id();
         let sle = SubjectSoftware::parse("slee").unwrap();
         // `spawn` returns once the child is forked; its name is `sleep` only after exec.
+        // (Other processes named sleep may run meanwhile: look at ours first.)
         let seen = (0..200).any(|_| {
-            sle.running(None) || {
+            sle.running(Some(&[pid])) || {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 false
             }
         });
-        assert!(seen, "a running sleep is found within 2 s");
-        assert!(sle.running(Some(&[pid])));
+        assert!(seen, "our running sleep is found by its pid within 2 s");
+        assert!(sle.running(None), "and among all the host's processes");
         assert!(!sle.running(Some(&[])), "not among no processes");
         assert!(
             !SubjectSoftware::parse("surely-no-such-process-name")

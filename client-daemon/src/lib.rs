@@ -247,7 +247,9 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     })
     .await;
 
-    let gpu_present = monitor::gpu_health(&cfg.nvidia_smi).await == GpuHealth::Healthy;
+    // The GPU goes to the workspace whenever the host has NVIDIA's tools: a check that
+    // fails once (a slow first nvidia-smi) must not give the VM's container no GPU.
+    let gpu_present = monitor::gpu_health(&cfg.nvidia_smi).await != GpuHealth::NotAvailable;
     let gpu = tokio::spawn({
         let (api, path, every) = (Arc::clone(&api), cfg.nvidia_smi.clone(), cfg.gpu_interval);
         async move { monitor::gpu_loop(&api, &path, every).await }
@@ -412,12 +414,33 @@ async fn assignment_loop(
         workspace,
         warning,
     };
-    match saved_assignment(state) {
+    let saved = saved_assignment(state);
+    if let (Some(r), Some(w)) = (&saved, workspace)
+        && r.phase == Phase::Received
+    {
+        // The interrupted run may still be going in the workspace (killing `docker exec`
+        // does not stop it): let it end before judging whether it registered.
+        w.wait_until_gone(&cfg.start_host, cfg.start_host_timeout + Duration::from_secs(20))
+            .await;
+    }
+    match saved {
         // Interrupted before its outcome was recorded. If CRD got registered meanwhile,
         // the run succeeded: its one-time code must not be spent again.
         Some(r) if r.phase == Phase::Received && crd_configured(cfg, workspace).await => {
             tracing::info!("an interrupted start-host run had registered this host; recording it as done");
             save_or_log(state, &done(r.key, "ok".into()));
+            if let Some(w) = workspace {
+                w.desktop_started(state).await;
+            }
+            let outcome = StartHostOutcome {
+                ok: true,
+                exit_code: None,
+                output: "registered by a run the daemon's restart interrupted".into(),
+            };
+            retry("reporting running", || {
+                api.status_after_start_host(VmStatus::Running, warning, Some(&outcome))
+            })
+            .await;
             return Ok(());
         }
         Some(r) if r.phase == Phase::Received => {

@@ -136,8 +136,9 @@ pub async fn run(
             (cmd, format!("{} in the workspace", start_host.display()), true)
         }
     };
-    // start-host and its children never see the VM's credential.
+    // start-host and its children never see the VM's credential or enrollment secret.
     cmd.env_remove("LABLINK_CREDENTIAL")
+        .env_remove("LABLINK_ENROLL_SECRET")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

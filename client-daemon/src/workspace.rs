@@ -377,6 +377,37 @@ impl Workspace {
             .collect())
     }
 
+    /// Wait (up to `limit`) until no process named like `program` (its file name) runs in
+    /// the workspace: a start-host run the daemon lost on a restart (killing `docker
+    /// exec` does not stop it) must end before its outcome is judged.
+    pub async fn wait_until_gone(&self, program: &Path, limit: Duration) {
+        let Some(name) = program.file_name().map(|n| format!("={}", n.to_string_lossy())) else {
+            return;
+        };
+        let Ok(matcher) = crate::monitor::SubjectSoftware::parse(&name) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let pids = match self.pids().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            let m = matcher.clone();
+            let running = tokio::task::spawn_blocking(move || m.running(Some(&pids)))
+                .await
+                .unwrap_or(false);
+            if !running || tokio::time::Instant::now() >= deadline {
+                if running {
+                    tracing::warn!(program = %program.display(), "still running in the workspace after {limit:?}");
+                }
+                return;
+            }
+            tracing::info!(program = %program.display(), "waiting for an earlier run in the workspace to end");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Whether Chrome Remote Desktop is registered for the desktop user (a
     /// `host#*.json` in its config directory, on the home volume).
     pub async fn registered(&self) -> bool {
@@ -597,6 +628,13 @@ impl Workspace {
                     .ok_or_else(|| PrepError::Retry("the workspace container vanished".into()))?
             }
         };
+        // The checks below run in the container: an engine hiccup must not read as a
+        // broken image.
+        match self.state().await {
+            Ok(Some(c)) if c.running => {}
+            Ok(_) => return Err(PrepError::Retry("the workspace container is not running".into())),
+            Err(e) => return Err(PrepError::Retry(e)),
+        }
         self.resolve_home().await?;
         if self
             .docker(
@@ -732,14 +770,17 @@ impl Workspace {
         tracing::info!(container = %self.name, "the workspace restarted; starting the registered desktop");
         let mut cmd = self.exec_as_user(&[], &[crd.display().to_string(), "--start".into()]);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Recorded only when it worked: a failure is tried again at the next tick.
         match tokio::time::timeout(Duration::from_secs(120), cmd.output()).await {
-            Ok(Ok(out)) if out.status.success() => tracing::info!("the desktop started"),
-            Ok(Ok(out)) => tracing::error!(error = %last_line(&out), "cannot start the desktop"),
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot run docker exec"),
-            Err(_) => tracing::error!("starting the desktop did not finish within 120 s"),
+            Ok(Ok(out)) if out.status.success() => {
+                tracing::info!("the desktop started");
+                r.desktop_started_for = Some(c.started_at);
+                Self::save(state, &r);
+            }
+            Ok(Ok(out)) => tracing::error!(error = %last_line(&out), "cannot start the desktop; will retry"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot run docker exec; will retry"),
+            Err(_) => tracing::error!("starting the desktop did not finish within 120 s; will retry"),
         }
-        r.desktop_started_for = Some(c.started_at);
-        Self::save(state, &r);
     }
 }
 

@@ -500,3 +500,75 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
     assert!(!outcome.output.contains(expired) && !outcome.output.contains(&pin));
     assert_eq!(vm.status, VmStatus::Error);
 }
+
+/// The daemon is killed while start-host runs in the workspace (killing `docker exec` does
+/// not stop it): the restarted daemon waits for that run to end, sees the host
+/// registered, and never spends the one-time code a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_during_start_host_does_not_run_it_twice() {
+    let image = lablink_e2e::test_client_image();
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let vm = create_vms(&client, &prefix("c"), 1, VmStatus::Initializing)
+        .await
+        .unwrap()
+        .remove(0);
+    let host = vm.hostname.as_str().to_owned();
+    let _cleanup = Cleanup(vec![host.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(&db.config).await.unwrap();
+    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let d = Daemon {
+        bin: workspace_bin("lablink-client-daemon").unwrap(),
+        dir: dir.path(),
+        api: api.url(),
+        holder: holder.url(),
+        image,
+    };
+    let mut daemon = d.spawn(&vm, &[]);
+    holder
+        .wait_for_waiters(&reqwest::Client::new(), 1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    let slow = "4/0AVMBsJh1-slow-network-participant-code";
+    request_vm(&reqwest::Client::new(), &api.url(), "cy@example.edu", slow).await;
+    // start-host has begun (it records first, then takes 4 s): kill the daemon now.
+    eventually("start-host begun", Duration::from_secs(20), || async {
+        (!start_host_runs(&host).is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    daemon.kill().await;
+    let _again = d.spawn(&vm, &[]);
+    let vm_now = vm_with(
+        &client,
+        &vm.hostname,
+        "the interrupted run's outcome",
+        Duration::from_secs(40),
+        |v| v.start_host.is_some(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    let outcome = vm_now.start_host.unwrap();
+    assert!(outcome.ok, "{outcome:?}");
+    assert_eq!(vm_now.status, VmStatus::Running);
+    assert!(
+        d.log(&host)
+            .contains("waiting for an earlier run in the workspace to end"),
+        "{}",
+        d.log(&host)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        start_host_runs(&host).len(),
+        1,
+        "the one-time code was spent once"
+    );
+    let registration = "ls /home/client/.config/chrome-remote-desktop | grep -c '^host#'";
+    assert_eq!(
+        docker(&["exec", &container(&host), "sh", "-c", registration]),
+        "1"
+    );
+}

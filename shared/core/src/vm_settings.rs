@@ -252,6 +252,20 @@ pub fn check_tutorial_repo(v: &str) -> Result<(), SettingsError> {
         .iter()
         .any(|s| v.starts_with(s))
         || (v.contains('@') && v.contains(':') && !v.starts_with('-'));
+    // Credentials in the URL would reach the participant (the workspace's environment),
+    // the VM's log and the job page: a private repository needs another way in.
+    if let Some((_, rest)) = v.split_once("://")
+        && rest
+            .split('/')
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+        && !v.starts_with("ssh://")
+    {
+        return Err(SettingsError::new(
+            "tutorial_repo",
+            "must not carry credentials (user@ or user:token@); the participant and the logs would see them",
+        ));
+    }
     if !scheme_ok || v.len() > 1024 {
         return Err(SettingsError::new(
             "tutorial_repo",

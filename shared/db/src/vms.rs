@@ -251,23 +251,26 @@ pub async fn set_status_after_start_host(
     Ok(n == 1)
 }
 
-/// VMs still `initializing` `deadline` after they were launched: their bootstrap did not
-/// finish (user-data failed before the daemon started, or the daemon never got through),
-/// so they are marked `error` with the reason and stay out of the pool. A daemon that
-/// reports later still sets its own status. Returns the hostnames marked.
+/// VMs launched `deadline` ago whose daemon never reported anything: their bootstrap did
+/// not finish (user-data failed before the daemon started: its download, its checksum, a
+/// broken image), so they are marked `error` with the reason and stay out of the pool. A
+/// VM whose daemon reports (`initializing` while it pulls the image or runs the startup
+/// script, however long that takes) is left to report its own outcome; one that reports
+/// later still sets its own status. Returns the hostnames marked.
 pub async fn expire_bootstraps(
     client: &Client,
     deadline: std::time::Duration,
 ) -> Result<Vec<Hostname>, DbError> {
     let minutes = (deadline.as_secs() / 60).max(1);
     let reason = format!(
-        "bootstrap did not finish within {minutes} minute{}: see the VM's log and its EC2 console output",
+        "bootstrap did not finish within {minutes} minute{}: the VM never reported; see its EC2 console output (cloud-init's lablink-bootstrap lines)",
         if minutes == 1 { "" } else { "s" }
     );
     let rows = client
         .query(
             "UPDATE vms SET status = 'error', status_reason = $2, updated_at = now()
-             WHERE status = 'initializing' AND created_at < now() - make_interval(secs => $1)
+             WHERE status = 'initializing' AND last_seen_at IS NULL
+               AND created_at < now() - make_interval(secs => $1)
              RETURNING hostname",
             &[&(deadline.as_secs_f64()), &reason],
         )

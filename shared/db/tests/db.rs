@@ -430,16 +430,20 @@ async fn vms_initializing_past_the_bootstrap_deadline_are_marked_error() {
             .await
             .unwrap();
     }
-    // Launched 30 minutes ago, 30 minutes ago (but running), and just now.
+    // Launched 30 minutes ago and never heard from; launched 30 minutes ago and still
+    // preparing its workspace (it reported `initializing`); launched just now.
     c.execute(
         "UPDATE vms SET created_at = now() - interval '30 minutes' WHERE hostname = ANY($1)",
         &[&vec![hosts[0].as_str(), hosts[1].as_str()]],
     )
     .await
     .unwrap();
-    vms::set_status(&c, &hosts[1], VmStatus::Running, None)
-        .await
-        .unwrap();
+    c.execute(
+        "UPDATE vms SET last_seen_at = NULL WHERE hostname = ANY($1)",
+        &[&vec![hosts[0].as_str(), hosts[2].as_str()]],
+    )
+    .await
+    .unwrap();
     let deadline = std::time::Duration::from_secs(20 * 60);
     let marked = vms::expire_bootstraps(&c, deadline).await.unwrap();
     assert_eq!(marked, vec![hosts[0].clone()]);
@@ -447,7 +451,14 @@ async fn vms_initializing_past_the_bootstrap_deadline_are_marked_error() {
     assert_eq!(vm.status, VmStatus::Error);
     assert_eq!(
         vm.status_reason.as_deref(),
-        Some("bootstrap did not finish within 20 minutes: see the VM's log and its EC2 console output")
+        Some(
+            "bootstrap did not finish within 20 minutes: the VM never reported; see its EC2 console output (cloud-init's lablink-bootstrap lines)"
+        )
+    );
+    assert_eq!(
+        vms::get_status(&c, &hosts[1]).await.unwrap(),
+        Some(VmStatus::Initializing),
+        "a VM that reports is left to report its own outcome"
     );
     assert_eq!(
         vms::get_status(&c, &hosts[2]).await.unwrap(),

@@ -106,14 +106,21 @@ impl DaemonArtifact {
                 "must be 64 lowercase hex digits",
             ));
         }
+        // bootstrap.env is sourced by a root shell: only characters no shell reads twice.
         for (field, v) in [
             ("daemon_bucket", &self.bucket),
             ("daemon_key", &self.key),
             ("region", &self.region),
         ] {
-            lablink_core::vm_settings::no_space(field, v)?;
-            if v.is_empty() {
-                return Err(SettingsError::new(field, "must not be empty"));
+            if v.is_empty()
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+            {
+                return Err(SettingsError::new(
+                    field,
+                    "must be letters, digits and . _ / - only",
+                ));
             }
         }
         Ok(())

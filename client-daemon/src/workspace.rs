@@ -72,6 +72,10 @@ struct Record {
     /// The container start (Docker's `StartedAt`) for which the desktop was last started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     desktop_started_for: Option<String>,
+    /// The startup script was started in this container (kept before it runs, so a
+    /// daemon restart never runs it a second time).
+    #[serde(default)]
+    script_started: bool,
 }
 
 /// The container as Docker sees it.
@@ -688,10 +692,26 @@ impl Workspace {
         }
         if let Some(script) = &cfg.startup_script {
             let s = Utc::now();
-            tracing::info!(script = %script.display(), "running the startup script");
-            let result = self
-                .run_startup_script(script, cfg.startup_timeout, &state.path("startup-script.log"))
+            let result = if record.script_started {
+                // A run a daemon restart interrupted: it goes on in the container (killing
+                // `docker exec` does not stop it). Let it end; never run it twice.
+                tracing::warn!("the startup script was interrupted by a restart; waiting for it to end");
+                self.wait_until_gone(
+                    Path::new(SCRIPT_NAME),
+                    cfg.startup_timeout + Duration::from_secs(30),
+                )
                 .await;
+                Err((
+                    None,
+                    "interrupted by a restart of the daemon; its outcome is unknown (its output: startup-script.log in the daemon's state dir)".to_owned(),
+                ))
+            } else {
+                record.script_started = true;
+                Self::save(state, &record);
+                tracing::info!(script = %script.display(), "running the startup script");
+                self.run_startup_script(script, cfg.startup_timeout, &state.path("startup-script.log"))
+                    .await
+            };
             t.startup_script_start = Some(rfc3339(s));
             t.startup_script_end = Some(rfc3339(Utc::now()));
             if let Err((code, last)) = result {

@@ -501,11 +501,12 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
     assert_eq!(vm.status, VmStatus::Error);
 }
 
-/// The daemon is killed while start-host runs in the workspace (killing `docker exec` does
-/// not stop it): the restarted daemon waits for that run to end, sees the host
-/// registered, and never spends the one-time code a second time.
+/// The daemon is killed while the startup script runs, then while start-host runs, in the
+/// workspace (killing `docker exec` stops neither): each time the restarted daemon waits
+/// for that run to end and never runs it again (the script's unknown outcome is reported
+/// under `continue`; the host is found registered, so the one-time code is spent once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_killed_during_start_host_does_not_run_it_twice() {
+async fn a_daemon_killed_during_the_script_or_start_host_runs_neither_twice() {
     let image = lablink_e2e::test_client_image();
     let db = TestDb::new().await;
     let client = db.client().await;
@@ -527,7 +528,42 @@ async fn a_daemon_killed_during_start_host_does_not_run_it_twice() {
         holder: holder.url(),
         image,
     };
-    let mut daemon = d.spawn(&vm, &[]);
+    // A startup script that takes a while: the daemon is killed while it runs, too.
+    let script = dir.path().join("slow-startup.sh");
+    std::fs::write(&script, "#!/bin/sh\necho run >> /var/tmp/script-runs\nsleep 3\n").unwrap();
+    let env = [("LABLINK_STARTUP_SCRIPT", script.to_str().unwrap())];
+    let daemon = d.spawn(&vm, &env);
+    eventually("the startup script begun", Duration::from_secs(30), || async {
+        let out = std::process::Command::new("docker")
+            .args(["exec", &container(&host), "cat", "/var/tmp/script-runs"])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    let mut killed = daemon;
+    killed.kill().await;
+    let mut daemon = d.spawn(&vm, &env);
+    let reported = vm_with(
+        &client,
+        &vm.hostname,
+        "running after the interrupted script",
+        Duration::from_secs(40),
+        |v| v.status == VmStatus::Running,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    let reason = reported.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains("interrupted by a restart of the daemon"),
+        "{reason}"
+    );
+    assert_eq!(
+        docker(&["exec", &container(&host), "cat", "/var/tmp/script-runs"]),
+        "run",
+        "the startup script ran once"
+    );
     holder
         .wait_for_waiters(&reqwest::Client::new(), 1, Duration::from_secs(60))
         .await

@@ -188,7 +188,18 @@ async fn with_a_client_image_each_local_vm_runs_a_workspace_and_the_admin_sees_s
     .await
     .unwrap();
     let base = stack.url.clone();
-    stack.wait_for_free_vms(2, Duration::from_secs(90)).await.unwrap();
+    if let Err(e) = stack.wait_for_free_vms(2, Duration::from_secs(180)).await {
+        let logs: String = std::fs::read_dir(state.path().join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| {
+                let log = std::fs::read_to_string(d.path().join("daemon.log")).unwrap_or_default();
+                format!("--- {}\n{log}", d.path().display())
+            })
+            .collect();
+        panic!("{e}\n{logs}");
+    }
 
     // One workspace container per VM, labelled with its hostname, the script run in it.
     let hosts: Vec<String> = stack.vms().into_iter().map(|(h, _)| h).collect();

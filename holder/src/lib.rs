@@ -157,8 +157,10 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
 /// that always runs; with two tasks the update is simply done twice).
 async fn expire_bootstraps(holder: Arc<Holder>) {
     let deadline = holder.config.bootstrap_deadline;
-    let mut tick =
-        tokio::time::interval((deadline / 5).clamp(Duration::from_millis(100), Duration::from_secs(60)));
+    let every = (deadline / 5).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    // Not at start: the one connection first serves the VMs' polls (and nothing can be
+    // overdue a moment after a start that a minute later would not catch).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = holder.stop.cancelled() => return,

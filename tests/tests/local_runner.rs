@@ -24,28 +24,7 @@ async fn one_command_runs_the_product_and_a_participant_gets_a_local_vm() {
     stack.wait_for_free_vms(2, Duration::from_secs(60)).await.unwrap();
 
     let code = "4/0AanRJrjkgQxYzLocalRunner_-42";
-    let command = format!(
-        "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
-         --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
-    );
-    let page = http
-        .post(format!("{base}/api/request_vm"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            serde_urlencoded::to_string([("email", "ada@uni.edu"), ("crd_command", command.as_str())])
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let field = |id: &str| {
-        let at = page.find(&format!("id=\"{id}\">")).unwrap() + id.len() + 6;
-        page[at..at + page[at..].find('<').unwrap()].to_owned()
-    };
-    let (host, pin) = (field("hostname"), field("pin"));
+    let (host, pin) = request_vm(&base, "ada@uni.edu", code).await;
     let record = eventually("start-host ran", Duration::from_secs(30), || async {
         Some(stack.start_host_logs()).filter(|s| !s.is_empty())
     })

@@ -68,6 +68,9 @@ def event(method, path, route, body=None, headers=None, query="", path_params=No
     return ev
 
 
+SEAT_TOKEN = "5ea7" * 16  # 64 hex digits
+OTHER_HOST = "lablink-vm-test-2"
+PASTED_FRESH = PASTED.replace(CODE, CODE + "Fresh")
 FIXTURE_ADMIN_PASSWORD = "fixture-admin-password"
 FIXTURE_JOB = "20261123T100000Z-0f1c7a2e"
 FIXTURE_INSTANCE = "i-0fixture00000001"
@@ -230,6 +233,39 @@ def fixtures():
         "/api/exports/{id}/download", path_params={"id": DONE_EXPORT}, cookies=ADMIN)
     yield "export-download", "invalid-id", event("GET", "/api/exports/..%2F/download",
         "/api/exports/{id}/download", path_params={"id": "../"}, cookies=ADMIN)
+
+    # Seats: the fixture database has SEAT_HOST assigned to SEAT_EMAIL, whose status
+    # page token is SEAT_TOKEN (shared/testkit/src/fixtures.rs seeds it).
+    tp = {"token": SEAT_TOKEN}
+    yield "seat-page", "valid", event("GET", "/seat/" + SEAT_TOKEN, "/seat/{token}", path_params=tp)
+    yield "seat-page", "invalid-unknown-token", event("GET", "/seat/" + "0" * 64, "/seat/{token}",
+        path_params={"token": "0" * 64})
+    yield "seat-page", "invalid-malformed-token", event("GET", "/seat/..%2Fadmin", "/seat/{token}",
+        path_params={"token": "../admin"})
+    yield "seat-status", "valid", event("GET", "/api/seat/" + SEAT_TOKEN, "/api/seat/{token}", path_params=tp)
+    yield "seat-status", "invalid-unknown-token", event("GET", "/api/seat/" + "f" * 64, "/api/seat/{token}",
+        path_params={"token": "f" * 64})
+    yield "seat-code", "valid", event("POST", "/api/seat/%s/code" % SEAT_TOKEN, "/api/seat/{token}/code",
+        path_params=tp, headers=FORM, body=urllib.parse.urlencode({"crd_command": PASTED_FRESH}))
+    yield "seat-code", "invalid-injection", event("POST", "/api/seat/%s/code" % SEAT_TOKEN, "/api/seat/{token}/code",
+        path_params=tp, headers=FORM, body=urllib.parse.urlencode({"crd_command": PASTED_FRESH + "; rm -rf /"}))
+    yield "seat-code", "invalid-unknown-token", event("POST", "/api/seat/%s/code" % ("0" * 64), "/api/seat/{token}/code",
+        path_params={"token": "0" * 64}, headers=FORM, body=urllib.parse.urlencode({"crd_command": PASTED_FRESH}))
+
+    # The admin's per-VM actions, on the second fixture VM.
+    def act(action):
+        return "/api/admin/vms/%s/%s" % (OTHER_HOST, action), {"hostname": OTHER_HOST, "action": action}
+    path, pp = act("release")
+    yield "admin-vm-action", "valid", event("POST", path, "/api/admin/vms/{hostname}/{action}", path_params=pp,
+        headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "keep_files": "on"}))
+    yield "admin-vm-action", "invalid-no-csrf", event("POST", path, "/api/admin/vms/{hostname}/{action}",
+        path_params=pp, headers=FORM, cookies=ADMIN, body=admin_form({"keep_files": "on"}))
+    path, pp = act("explode")
+    yield "admin-vm-action", "invalid-action", event("POST", path, "/api/admin/vms/{hostname}/{action}",
+        path_params=pp, headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf()}))
+    path, pp = act("reassign")
+    yield "admin-vm-action", "invalid-email", event("POST", path, "/api/admin/vms/{hostname}/{action}",
+        path_params=pp, headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "email": "not an email"}))
 
 
 def stream_record(event_name, job_id, state):

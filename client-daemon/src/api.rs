@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lablink_core::domain::{GpuHealth, Hostname, VmStatus};
 use lablink_wire::{
-    Assignment, GpuHealthReport, InUseReport, RawTimings, StartHostOutcome, VmPoll, VmStatusReport,
+    GpuHealthReport, InUseReport, RawTimings, StartHostOutcome, StartupAnswer, VmPoll, VmStatusReport,
 };
 use serde::Serialize;
 
@@ -33,7 +33,15 @@ impl ApiError {
 /// What the holder answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Poll {
-    Assigned { command: String, pin: String },
+    Assigned {
+        command: String,
+        pin: String,
+    },
+    /// The admin released this VM's seat: reset the workspace, then report it done.
+    Reset {
+        id: u64,
+        keep_files: bool,
+    },
     NothingYet,
 }
 
@@ -161,7 +169,17 @@ impl Api {
     }
 
     pub async fn status(&self, status: VmStatus, reason: Option<&str>) -> Result<(), ApiError> {
-        self.status_after_start_host(status, reason, None).await
+        self.report(status, reason, None, None).await
+    }
+
+    /// `running` (or `error`) after the reset `id` is done.
+    pub async fn status_after_reset(
+        &self,
+        status: VmStatus,
+        reason: Option<&str>,
+        id: u64,
+    ) -> Result<(), ApiError> {
+        self.report(status, reason, None, Some(id)).await
     }
 
     /// A status report that carries the outcome of the start-host run it follows.
@@ -171,11 +189,22 @@ impl Api {
         reason: Option<&str>,
         start_host: Option<&StartHostOutcome>,
     ) -> Result<(), ApiError> {
+        self.report(status, reason, start_host, None).await
+    }
+
+    async fn report(
+        &self,
+        status: VmStatus,
+        reason: Option<&str>,
+        start_host: Option<&StartHostOutcome>,
+        reset: Option<u64>,
+    ) -> Result<(), ApiError> {
         let body = VmStatusReport {
             hostname: self.hostname_field(),
             status: status.as_str().to_owned(),
             reason: reason.map(|r| r.chars().take(1000).collect()),
             start_host: start_host.cloned(),
+            reset,
         };
         self.post("/api/vm-status", &body).await
     }
@@ -211,18 +240,24 @@ impl Api {
             status,
             body,
         };
-        // `status` must be "success": anything else is what a classic client takes for
-        // a final rejection, so it is an error here too.
-        let a: Assignment = serde_json::from_str(&text).map_err(|e| {
+        // `status` must be "success" (or ours, "reset"): anything else is what a classic
+        // client takes for a final rejection, so it is an error here too.
+        let answer: StartupAnswer = serde_json::from_str(&text).map_err(|e| {
             bad(if e.is_syntax() || e.is_eof() {
                 "not JSON".into()
             } else {
-                "a 200 without status, command and pin".into()
+                "a 200 that is neither an assignment (status, command, pin) nor a reset".into()
             })
         })?;
-        Ok(Poll::Assigned {
-            command: a.command,
-            pin: a.pin,
+        Ok(match answer {
+            StartupAnswer::Assignment(a) => Poll::Assigned {
+                command: a.command,
+                pin: a.pin,
+            },
+            StartupAnswer::Reset(r) => Poll::Reset {
+                id: r.reset,
+                keep_files: r.keep_files,
+            },
         })
     }
 }

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -161,7 +161,12 @@ async fn collect_and_upload(cfg: &Config, api: &Api, task: &ExportTask) -> Resul
         .join(format!("export-{}.tar.partial", safe(&task.job_id)));
     let (dir, exts, max) = (cfg.export_dir(), task.extensions.clone(), task.max_file_bytes);
     let out = archive.clone();
-    let collected = tokio::task::spawn_blocking(move || write_archive(&dir, &exts, max, &out))
+    let kept = crate::workspace::kept_homes(&cfg.state_dir);
+    let extra: Vec<(PathBuf, String)> = kept
+        .iter()
+        .map(|(id, p)| (p.clone(), format!("previous-participants/{id}")))
+        .collect();
+    let collected = tokio::task::spawn_blocking(move || write_archive_with(&dir, &extra, &exts, max, &out))
         .await
         .map_err(|e| format!("collecting files: {e}"))?
         .map_err(|e| format!("collecting files under {}: {e}", cfg.export_dir().display()));
@@ -174,6 +179,16 @@ async fn collect_and_upload(cfg: &Config, api: &Api, task: &ExportTask) -> Resul
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_file(&archive);
+    if uploaded.is_ok() {
+        // Kept "for the next data export" only: this one has them.
+        for (_, dir) in kept {
+            if let Some(parent) = dir.parent()
+                && let Err(e) = std::fs::remove_dir_all(parent)
+            {
+                tracing::warn!(error = %e, dir = %parent.display(), "cannot remove exported kept files");
+            }
+        }
+    }
     uploaded
 }
 
@@ -214,6 +229,18 @@ const MAX_DEPTH: usize = 32;
 /// as skipped; so are files over `max_bytes` (checked on the opened file), names that
 /// are not UTF-8 or hold a backslash, and files past [`MAX_ARCHIVE_BYTES`].
 pub fn write_archive(root: &Path, exts: &[String], max_bytes: u64, out: &Path) -> io::Result<Collected> {
+    write_archive_with(root, &[], exts, max_bytes, out)
+}
+
+/// [`write_archive`], with `extra` folders under their own prefix in the archive: the
+/// files an admin's release kept of earlier participants (`previous-participants/<n>`).
+pub fn write_archive_with(
+    root: &Path,
+    extra: &[(PathBuf, String)],
+    exts: &[String],
+    max_bytes: u64,
+    out: &Path,
+) -> io::Result<Collected> {
     let file = File::create(out)?;
     let mut w = Walk {
         tar: tar::Builder::new(BufWriter::with_capacity(256 * 1024, file)),
@@ -234,6 +261,16 @@ pub fn write_archive(root: &Path, exts: &[String], max_bytes: u64, out: &Path) -
         // No workspace is no files.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
+    }
+    for (dir, prefix) in extra {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir);
+        match opened {
+            Ok(d) => w.folder(&d, prefix, 1),
+            Err(e) => w.skip(prefix.clone(), 0, format!("folder unreadable: {e}")),
+        }
     }
     let Walk {
         mut tar,

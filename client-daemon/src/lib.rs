@@ -326,8 +326,15 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
         let api = Arc::clone(&api);
         async move { export::export_loop(&export_cfg, &api).await }
     });
-    assignment_loop(&cfg, &api, &state, workspace.as_deref(), warning.as_deref()).await?;
-    // Registered: the monitors go on for the life of the VM.
+    assignment_loop(
+        &cfg,
+        &api,
+        &state,
+        workspace.as_deref(),
+        gpu_present,
+        warning.as_deref(),
+    )
+    .await?;
     let _ = metrics.await;
     let _ = gpu.await;
     let _ = exports.await;
@@ -389,30 +396,37 @@ fn saved_assignment(state: &StateDir) -> Option<AssignmentRecord> {
     }
 }
 
-/// What one start-host run needs besides the assignment.
+/// What start-host runs and resets need besides the assignment.
 struct Run<'a> {
     cfg: &'a Config,
     api: &'a Api,
     state: &'a StateDir,
     workspace: Option<&'a Workspace>,
+    /// The host has NVIDIA's tools: a new workspace gets the GPU.
+    gpu: bool,
     /// What went wrong preparing the VM without stopping it, kept on every `running`.
-    warning: Option<&'a str>,
+    warning: Option<String>,
 }
 
-/// Wait for this VM's assignment and run it, exactly once across restarts.
+/// Wait for this VM's assignments and run each exactly once across restarts, for the
+/// life of the VM: a participant's fresh code is a new assignment (start-host registers
+/// the desktop again), and a released seat is a reset (a new workspace, then `running`
+/// again for the next participant).
 async fn assignment_loop(
     cfg: &Config,
     api: &Api,
     state: &StateDir,
     workspace: Option<&Workspace>,
+    gpu: bool,
     warning: Option<&str>,
 ) -> std::io::Result<()> {
-    let run = Run {
+    let mut run = Run {
         cfg,
         api,
         state,
         workspace,
-        warning,
+        gpu,
+        warning: warning.map(str::to_owned),
     };
     let saved = saved_assignment(state);
     if let (Some(r), Some(w)) = (&saved, workspace)
@@ -424,11 +438,14 @@ async fn assignment_loop(
             .await;
     }
     match saved {
-        // Interrupted before its outcome was recorded. If CRD got registered meanwhile,
-        // the run succeeded: its one-time code must not be spent again.
-        Some(r) if r.phase == Phase::Received && crd_configured(cfg, workspace).await => {
+        // Interrupted before its outcome was recorded. If CRD got registered meanwhile
+        // (and was not before the run), the run succeeded: its one-time code must not
+        // be spent again.
+        Some(r)
+            if r.phase == Phase::Received && !r.registered_before && crd_configured(cfg, workspace).await =>
+        {
             tracing::info!("an interrupted start-host run had registered this host; recording it as done");
-            save_or_log(state, &done(r.key, "ok".into()));
+            save_or_log(state, &done(r.key.clone(), "ok".into()));
             if let Some(w) = workspace {
                 w.desktop_started(state).await;
             }
@@ -436,32 +453,20 @@ async fn assignment_loop(
                 ok: true,
                 exit_code: None,
                 output: "registered by a run the daemon's restart interrupted".into(),
+                assignment: Some(r.key),
             };
             retry("reporting running", || {
-                api.status_after_start_host(VmStatus::Running, warning, Some(&outcome))
+                api.status_after_start_host(VmStatus::Running, run.warning.as_deref(), Some(&outcome))
             })
             .await;
-            return Ok(());
         }
         Some(r) if r.phase == Phase::Received => {
             tracing::warn!("resuming an assignment received before a restart");
-            if let (Some(command), Some(pin)) = (r.command.clone(), r.pin.clone())
-                && execute(&run, r.key.clone(), &command, &pin).await
-            {
-                return Ok(());
+            if let (Some(command), Some(pin)) = (r.command.clone(), r.pin.clone()) {
+                execute(&run, r.key.clone(), &command, &pin).await;
             }
         }
-        Some(r) if r.succeeded() => {
-            tracing::info!("this VM's assignment was run before; not waiting for another");
-            return Ok(());
-        }
         _ => {}
-    }
-    if crd_configured(cfg, workspace).await {
-        tracing::info!(
-            "Chrome Remote Desktop is already configured on this host; not waiting for an assignment"
-        );
-        return Ok(());
     }
     let mut backoff = Backoff::new();
     loop {
@@ -478,17 +483,23 @@ async fn assignment_loop(
             }
             Ok(Poll::Assigned { command, pin }) => {
                 let key = AssignmentRecord::key_of(cfg.hostname.as_str(), &pin, &command);
-                if saved_assignment(state).is_some_and(|r| r.key == key && r.phase == Phase::Done) {
-                    // A server that hands a finished assignment back (a classic one, or
-                    // ours before its delivery mark landed): not again, and not in a loop.
-                    tracing::info!("the server handed over an assignment already run; ignoring it");
+                if let Some(r) = saved_assignment(state).filter(|r| r.key == key && r.phase == Phase::Done) {
+                    // Handed over again: its outcome report did not land (or a classic
+                    // server repeats itself). Never run again; report the outcome again,
+                    // which acknowledges it.
+                    tracing::info!(
+                        "the server handed over an assignment already run; reporting its outcome again"
+                    );
+                    report_done_again(&run, &r).await;
                     backoff.wait().await;
                     continue;
                 }
                 backoff.reset();
-                if execute(&run, key, &command, &pin).await {
-                    return Ok(());
-                }
+                execute(&run, key, &command, &pin).await;
+            }
+            Ok(Poll::Reset { id, keep_files }) => {
+                backoff.reset();
+                reset(&mut run, id, keep_files).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "waiting for an assignment failed; retrying");
@@ -505,6 +516,7 @@ fn done(key: String, outcome: String) -> AssignmentRecord {
         command: None,
         pin: None,
         outcome: Some(outcome),
+        registered_before: false,
     }
 }
 
@@ -517,7 +529,39 @@ fn save_or_log(state: &StateDir, r: &AssignmentRecord) {
     }
 }
 
-/// Record, run, record the outcome, report it. True when start-host succeeded.
+/// The outcome of a finished assignment, reported again (it acknowledges it).
+async fn report_done_again(run: &Run<'_>, r: &AssignmentRecord) {
+    let ok = r.succeeded();
+    let outcome = StartHostOutcome {
+        ok,
+        exit_code: None,
+        output: if ok {
+            String::new()
+        } else {
+            r.outcome.clone().unwrap_or_default()
+        },
+        assignment: Some(r.key.clone()),
+    };
+    let (status, reason) = if ok {
+        (VmStatus::Running, run.warning.clone())
+    } else {
+        (
+            VmStatus::Error,
+            Some(format!(
+                "start-host failed: {}",
+                r.outcome.as_deref().unwrap_or("unknown")
+            )),
+        )
+    };
+    retry("reporting a start-host outcome again", || {
+        run.api
+            .status_after_start_host(status, reason.as_deref(), Some(&outcome))
+    })
+    .await;
+}
+
+/// Record, run, record the outcome, report it (naming the assignment, which
+/// acknowledges it). True when start-host succeeded.
 async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
     let (cfg, api, state) = (run.cfg, run.api, run.state);
     save_or_log(
@@ -528,6 +572,7 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
             command: Some(command.to_owned()),
             pin: Some(pin.to_owned()),
             outcome: None,
+            registered_before: crd_configured(cfg, run.workspace).await,
         },
     );
     tracing::info!(user = %cfg.desktop_user, in_workspace = run.workspace.is_some(), "assignment received; running start-host");
@@ -542,13 +587,14 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
         },
     };
     let result = starthost::run(&runner, command, pin, &cfg.hostname, cfg.start_host_timeout).await;
-    let (outcome, report) = match &result {
+    let (outcome, mut report) = match &result {
         Ok(stdout) => {
             tracing::info!(output = %stdout, "start-host succeeded");
             let report = StartHostOutcome {
                 ok: true,
                 exit_code: Some(0),
                 output: stdout.clone(),
+                assignment: None,
             };
             ("ok".to_owned(), report)
         }
@@ -557,6 +603,7 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
             (e.to_string(), e.outcome())
         }
     };
+    report.assignment = Some(key.clone());
     save_or_log(state, &done(key, outcome.clone()));
     match result {
         Ok(_) => {
@@ -564,7 +611,7 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
                 w.desktop_started(state).await;
             }
             retry("reporting running", || {
-                api.status_after_start_host(VmStatus::Running, run.warning, Some(&report))
+                api.status_after_start_host(VmStatus::Running, run.warning.as_deref(), Some(&report))
             })
             .await;
             true
@@ -578,4 +625,56 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
             false
         }
     }
+}
+
+/// The admin released this VM's seat: remove the desktop's registration and the
+/// participant's workspace, prepare a new one from the image, forget the assignment,
+/// and report `running` naming the reset (the VM rejoins the pool). A failure is
+/// reported as `error`; the reset stays pending, so the next poll brings it again.
+async fn reset(run: &mut Run<'_>, id: u64, keep_files: bool) {
+    let (cfg, api, state) = (run.cfg, run.api, run.state);
+    tracing::info!(id, keep_files, "resetting after a release");
+    let result = match run.workspace {
+        Some(ws) => match ws.reset(state, id, keep_files).await {
+            Ok(()) => {
+                let (_, warnings) = prepare_workspace(cfg, api, state, ws, run.gpu).await;
+                run.warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        None => remove_host_registration(cfg),
+    };
+    if let Err(reason) = result.and_then(|()| {
+        state
+            .forget_assignment()
+            .map_err(|e| format!("forgetting the assignment: {e}"))
+    }) {
+        let reason = format!("reset after a release failed: {reason}");
+        tracing::error!(%reason);
+        retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
+    retry("reporting the reset done", || {
+        api.status_after_reset(VmStatus::Running, run.warning.as_deref(), id)
+    })
+    .await;
+    tracing::info!(id, "reset done; back in the pool");
+}
+
+/// Without a workspace: the registration is the host's CRD config (`host#*.json`).
+fn remove_host_registration(cfg: &Config) -> Result<(), String> {
+    let Some(dir) = &cfg.crd_config_dir else {
+        return Ok(());
+    };
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with("host#") && n.ends_with(".json") {
+            std::fs::remove_file(e.path())
+                .map_err(|err| format!("removing {}: {err}", e.path().display()))?;
+        }
+    }
+    Ok(())
 }

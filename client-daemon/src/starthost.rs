@@ -54,6 +54,7 @@ impl RunError {
             ok: false,
             exit_code,
             output,
+            assignment: None,
         }
     }
 }

@@ -9,7 +9,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,16 +30,17 @@ pub struct AssignmentRecord {
     /// `ok`, or why start-host failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// Chrome Remote Desktop was registered already when the run began (a fresh code
+    /// re-registers): a registration found after a restart then proves nothing, and the
+    /// interrupted run is run again.
+    #[serde(default)]
+    pub registered_before: bool,
 }
 
 impl AssignmentRecord {
+    /// The assignment's name, shared with the server ([`lablink_wire::assignment_key`]).
     pub fn key_of(host: &str, pin: &str, command: &str) -> String {
-        let mut h = Sha256::new();
-        for part in [host, pin, command] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
-        }
-        hex::encode(h.finalize())
+        lablink_wire::assignment_key(host, pin, command)
     }
 
     pub fn succeeded(&self) -> bool {
@@ -75,6 +75,14 @@ impl StateDir {
 
     pub fn save_assignment(&self, r: &AssignmentRecord) -> std::io::Result<()> {
         self.write_atomic("assignment.json", &serde_json::to_vec_pretty(r)?)
+    }
+
+    /// Forget the assignment (a reset: the next participant's is a new one).
+    pub fn forget_assignment(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path("assignment.json")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Move an unreadable record aside (kept for a human to look at).
@@ -131,6 +139,7 @@ mod tests {
             command: Some("cmd".into()),
             pin: Some("123456".into()),
             outcome: None,
+            registered_before: false,
         };
         s.save_assignment(&r).unwrap();
         let again = StateDir::open(dir.path()).unwrap();

@@ -734,6 +734,53 @@ impl Workspace {
         Ok(Prepared { timings: t, warnings })
     }
 
+    /// Reset after the admin released the seat: the container goes (and with it the
+    /// running desktop), and so does the home volume, which holds the Chrome Remote
+    /// Desktop registration and the participant's files. With `keep_files` the files are
+    /// first moved to `<state>/kept/<id>/home`, outside every container, for the next
+    /// data export only (which removes them once uploaded); the registration is
+    /// deleted from that copy. The caller then prepares a new workspace from the image.
+    pub async fn reset(&self, state: &StateDir, id: u64, keep_files: bool) -> Result<(), String> {
+        let home = if keep_files {
+            Some(self.home_volume_dir().await?)
+        } else {
+            None
+        };
+        // The container first: nothing may write to the volume while it is moved.
+        self.docker(&["rm", "--force", &self.name], Duration::from_secs(120))
+            .await
+            .map_err(|e| format!("removing the workspace container: {e}"))?;
+        if let Some(home) = home {
+            let kept = state.path("kept").join(id.to_string()).join("home");
+            move_contents(&home, &kept).map_err(|e| format!("keeping the participant's files: {e}"))?;
+            for user_home in std::fs::read_dir(&kept).into_iter().flatten().flatten() {
+                let crd = user_home.path().join(".config/chrome-remote-desktop");
+                if crd.exists() {
+                    std::fs::remove_dir_all(&crd)
+                        .map_err(|e| format!("removing the kept registration: {e}"))?;
+                }
+            }
+        }
+        match self
+            .docker(
+                &["volume", "rm", "--force", &self.volume],
+                Duration::from_secs(120),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.contains("No such volume") || e.contains("no such volume") => {}
+            Err(e) => return Err(format!("removing the home volume: {e}")),
+        }
+        // What was done for the old container no longer applies.
+        match std::fs::remove_file(state.path(RECORD)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("removing {RECORD}: {e}")),
+        }
+        Ok(())
+    }
+
     /// Remember that the desktop runs for the container's current start (start-host
     /// started it).
     pub async fn desktop_started(&self, state: &StateDir) {
@@ -812,6 +859,54 @@ impl Workspace {
 /// on (canonical/cloud-init `cmd/main.py`, "Harden cloud-init to system clock
 /// changes"); a value under 10^9 is read as time since boot, placed with `boot_epoch`
 /// (this host's boot, seconds since the epoch: [`boot_epoch`]).
+/// Move everything in `from` into `to` (created), keeping `from` itself: by rename, or
+/// by copy and delete across file systems.
+fn move_contents(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if std::fs::rename(entry.path(), &dest).is_err() {
+            let ok = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(entry.path())
+                .arg(&dest)
+                .status()?
+                .success();
+            if !ok {
+                return Err(std::io::Error::other(format!(
+                    "cp -a {} failed",
+                    entry.path().display()
+                )));
+            }
+            let p = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The homes an admin's release kept for the next data export: `(reset id, folder)`,
+/// oldest first.
+pub fn kept_homes(state_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(state_dir.join("kept"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.parse::<u64>().ok()?;
+            let home = e.path().join("home");
+            home.is_dir().then_some((id, home))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 pub fn cloud_init_phase(status_json: &Path, boot_epoch: f64) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(status_json).ok()?).ok()?;
     let v1 = v.get("v1")?;

@@ -23,10 +23,10 @@ use http_body::Frame;
 use lablink_core::credential::{bearer_token, vm_admits};
 use lablink_core::domain::Hostname;
 use lablink_db::{exports, vms};
-use lablink_wire::{Assignment, ErrorBody, HolderHealth, ListenerState, VmPoll};
+use lablink_wire::{Assignment, ErrorBody, HolderHealth, ListenerState, ResetOrder, VmPoll};
 
 use crate::Holder;
-use crate::registry::Delivery;
+use crate::registry::{Delivery, Handout};
 
 /// Largest `POST /vm_startup` body accepted (it is `{"hostname": "..."}`).
 const BODY_LIMIT: usize = 4 * 1024;
@@ -116,7 +116,10 @@ async fn vm_startup(
 
     // ---- authenticate and look for an assignment made while the VM was not waiting
     let client = holder.link.client().await.ok_or(Refusal::Unavailable)?;
-    let (hash, pending) = timed(vms::startup_lookup(&client, &host))
+    // A daemon with a credential acknowledges: its assignment stays pending until it
+    // reports start-host's outcome (a lost response is handed over again).
+    let acknowledges = token.is_some();
+    let (hash, pending) = timed(vms::startup_lookup(&client, &host, acknowledges))
         .await
         .map_err(db_down("startup look-up", &host))?
         .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
@@ -130,11 +133,14 @@ async fn vm_startup(
     }
 
     // ---- wait
-    let mut reg = holder.registry.register(&host);
-    if let Some(p) = timed(vms::undelivered_assignment(&client, &host))
-        .await
-        .map_err(db_down("startup re-check", &host))?
-    {
+    let mut reg = holder.registry.register(&host, acknowledges);
+    let recheck = timed(vms::pending_for(&client, &host, acknowledges)).await;
+    if holder.stop.is_cancelled() {
+        // Shutting down (the connection may be closing under this query): the VM polls
+        // again, as after any window.
+        return Ok(nothing_yet());
+    }
+    if let Some(p) = recheck.map_err(db_down("startup re-check", &host))? {
         return Ok(deliver(&holder, host, p.into()));
     }
     drop(client);
@@ -238,8 +244,16 @@ async fn timed<T>(q: impl std::future::Future<Output = Result<T, lablink_db::DbE
     }
 }
 
-/// The 200 answer; the delivery is marked once the body has been taken by the connection.
-fn deliver(holder: &Arc<Holder>, host: Hostname, d: Delivery) -> Response {
+/// The 200 answer. An assignment's delivery is marked once the body has been taken by
+/// the connection; a reset order stays pending until the daemon reports it done.
+fn deliver(holder: &Arc<Holder>, host: Hostname, handout: Handout) -> Response {
+    let d = match handout {
+        Handout::Assignment(d) => d,
+        Handout::Reset { id, keep_files } => {
+            let order = ResetOrder::new(u64::try_from(id).unwrap_or_default(), keep_files);
+            return (StatusCode::OK, axum::Json(order)).into_response();
+        }
+    };
     let body = serde_json::to_vec(&Assignment::new(host.as_str(), d.pin.as_str(), &d.command))
         .expect("a struct of strings serializes");
     let mark = MarkOnSent {

@@ -17,9 +17,11 @@ use tokio::sync::{RwLock, watch};
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{Delivery, Registry};
+use crate::registry::{Delivery, Handout, Registry};
 
 pub const CHANNEL: &str = "vm_updates";
+/// An admin released a VM: `{"HostName","Reset","KeepFiles"}` (`lablink_db::seats`).
+pub const RESET_CHANNEL: &str = "vm_resets";
 use lablink_db::exports::CHANNEL as EXPORT_CHANNEL;
 
 /// The connection as the request handlers see it.
@@ -60,6 +62,27 @@ struct Payload {
     pin: String,
 }
 
+#[derive(serde::Deserialize)]
+struct ResetPayload {
+    #[serde(rename = "HostName")]
+    host: String,
+    #[serde(rename = "Reset")]
+    id: i64,
+    #[serde(rename = "KeepFiles")]
+    keep_files: bool,
+}
+
+fn parse_reset(payload: &str) -> Option<(Hostname, Handout)> {
+    let p: ResetPayload = serde_json::from_str(payload).ok()?;
+    Some((
+        Hostname::parse(&p.host).ok()?,
+        Handout::Reset {
+            id: p.id,
+            keep_files: p.keep_files,
+        },
+    ))
+}
+
 fn parse_payload(payload: &str) -> Option<(Hostname, Delivery)> {
     let p: Payload = serde_json::from_str(payload).ok()?;
     Some((
@@ -97,10 +120,19 @@ pub async fn supervise(
                         Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
                             match parse_payload(n.payload()) {
                                 Some((host, delivery)) => {
-                                    let woke = routed.deliver(&host, delivery);
+                                    let woke = routed.deliver(&host, Handout::Assignment(delivery));
                                     tracing::debug!(%host, woke, "assignment notification");
                                 }
                                 None => tracing::warn!("ignoring a malformed vm_updates payload"),
+                            }
+                        }
+                        Some(Ok(AsyncMessage::Notification(n))) if n.channel() == RESET_CHANNEL => {
+                            match parse_reset(n.payload()) {
+                                Some((host, reset)) => {
+                                    let woke = routed.deliver(&host, reset);
+                                    tracing::debug!(%host, woke, "reset notification");
+                                }
+                                None => tracing::warn!("ignoring a malformed vm_resets payload"),
                             }
                         }
                         // An export opened: every export waiter looks for its task.
@@ -116,7 +148,9 @@ pub async fn supervise(
             });
             let driver = AbortOnDrop(driver);
             client
-                .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {EXPORT_CHANNEL}"))
+                .batch_execute(&format!(
+                    "LISTEN {CHANNEL}; LISTEN {RESET_CHANNEL}; LISTEN {EXPORT_CHANNEL}"
+                ))
                 .await?;
             Ok::<_, lablink_db::DbError>((Arc::new(client), ended_rx, driver))
         };
@@ -188,7 +222,7 @@ async fn recheck_waiters(client: &Client, registry: &Registry) {
     if hosts.is_empty() {
         return;
     }
-    match vms::undelivered_assignments(client, &hosts).await {
+    match vms::pending_for_many(client, &hosts).await {
         Ok(found) => {
             let n = found.len();
             for (host, p) in found {
@@ -219,5 +253,15 @@ mod tests {
         assert!(parse_payload(r#"{"HostName":"vm-1","CrdCommand":"c","Pin":"12"}"#).is_none());
         assert!(parse_payload(r#"{"HostName":"bad host","CrdCommand":"c","Pin":"123456"}"#).is_none());
         assert!(parse_payload("not json").is_none());
+        let (h, r) = parse_reset(r#"{"HostName":"vm-2","Reset":7,"KeepFiles":true}"#).unwrap();
+        assert_eq!(h.as_str(), "vm-2");
+        assert_eq!(
+            r,
+            Handout::Reset {
+                id: 7,
+                keep_files: true
+            }
+        );
+        assert!(parse_reset(r#"{"HostName":"vm-2","Reset":"x","KeepFiles":true}"#).is_none());
     }
 }

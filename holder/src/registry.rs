@@ -1,5 +1,5 @@
 //! The waiting VMs, by hostname. A waiter is a oneshot sender; a notification takes the
-//! hostname's sender out and fires it. Entries are removed by the waiter's own guard
+//! hostname's sender out and fires it with what the VM must be handed ([`Handout`]). Entries are removed by the waiter's own guard
 //! when it stops waiting for any reason (answered, window over, client gone), so an
 //! abandoned wait costs nothing after its future is dropped.
 
@@ -17,18 +17,32 @@ pub struct Delivery {
     pub pin: Pin,
 }
 
-impl From<lablink_db::vms::PendingAssignment> for Delivery {
-    fn from(p: lablink_db::vms::PendingAssignment) -> Self {
-        Self {
-            command: p.command,
-            pin: p.pin,
+/// What a waiting VM is handed: its assignment, or the order to reset its workspace
+/// (the admin released its seat; only daemons that acknowledge are told).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handout {
+    Assignment(Delivery),
+    Reset { id: i64, keep_files: bool },
+}
+
+impl From<lablink_db::vms::Pending> for Handout {
+    fn from(p: lablink_db::vms::Pending) -> Self {
+        match p {
+            lablink_db::vms::Pending::Assignment(p) => Handout::Assignment(Delivery {
+                command: p.command,
+                pin: p.pin,
+            }),
+            lablink_db::vms::Pending::Reset { id, keep_files } => Handout::Reset { id, keep_files },
         }
     }
 }
 
 struct Slot {
     id: u64,
-    tx: oneshot::Sender<Delivery>,
+    /// The waiter presented its credential: its daemon acknowledges assignments and
+    /// can reset (see `lablink_db::vms::pending_for`).
+    acknowledges: bool,
+    tx: oneshot::Sender<Handout>,
 }
 
 #[derive(Default)]
@@ -42,16 +56,16 @@ pub struct Registration<'a> {
     registry: &'a Registry,
     host: Hostname,
     id: u64,
-    pub rx: oneshot::Receiver<Delivery>,
+    pub rx: oneshot::Receiver<Handout>,
 }
 
 impl Registry {
     /// Register a wait for `host`. An older wait for the same host is superseded: its
     /// receiver sees the sender dropped and answers "nothing yet" (the newest wins).
-    pub fn register(&self, host: &Hostname) -> Registration<'_> {
+    pub fn register(&self, host: &Hostname, acknowledges: bool) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let old = self.lock().insert(host.clone(), Slot { id, tx });
+        let old = self.lock().insert(host.clone(), Slot { id, acknowledges, tx });
         drop(old);
         Registration {
             registry: self,
@@ -61,18 +75,29 @@ impl Registry {
         }
     }
 
-    /// Hand `delivery` to the waiter of `host`; false when none is waiting (the VM will
-    /// find the assignment in the database on its next poll).
-    pub fn deliver(&self, host: &Hostname, delivery: Delivery) -> bool {
-        let slot = self.lock().remove(host);
+    /// Hand `handout` to the waiter of `host`; false when none is waiting (the VM will
+    /// find it in the database on its next poll). A reset goes only to a waiter that
+    /// acknowledges: a classic client would read it as a final rejection.
+    pub fn deliver(&self, host: &Hostname, handout: Handout) -> bool {
+        let slot = {
+            let mut slots = self.lock();
+            if matches!(handout, Handout::Reset { .. }) && slots.get(host).is_some_and(|s| !s.acknowledges) {
+                return false;
+            }
+            slots.remove(host)
+        };
         match slot {
-            Some(slot) => slot.tx.send(delivery).is_ok(),
+            Some(slot) => slot.tx.send(handout).is_ok(),
             None => false,
         }
     }
 
-    pub fn hosts(&self) -> Vec<Hostname> {
-        self.lock().keys().cloned().collect()
+    /// Every waiting hostname, with whether its waiter acknowledges.
+    pub fn hosts(&self) -> Vec<(Hostname, bool)> {
+        self.lock()
+            .iter()
+            .map(|(h, s)| (h.clone(), s.acknowledges))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -109,19 +134,19 @@ impl Drop for Registration<'_> {
 mod tests {
     use super::*;
 
-    fn d(pin: &str) -> Delivery {
-        Delivery {
+    fn d(pin: &str) -> Handout {
+        Handout::Assignment(Delivery {
             command: "cmd".into(),
             pin: Pin::parse(pin).unwrap(),
-        }
+        })
     }
 
     #[tokio::test]
     async fn newest_waiter_wins_and_guards_unregister() {
         let r = Registry::default();
         let h = Hostname::parse("vm-1").unwrap();
-        let mut old = r.register(&h);
-        let mut new = r.register(&h);
+        let mut old = r.register(&h, true);
+        let mut new = r.register(&h, true);
         assert_eq!(r.len(), 1);
         // The superseded waiter is released at once.
         assert!((&mut old.rx).await.is_err());
@@ -131,14 +156,27 @@ mod tests {
         assert!(!r.deliver(&h, d("123456")));
 
         // Dropping an old registration does not remove a newer one.
-        let a = r.register(&h);
-        let b = r.register(&h);
+        let a = r.register(&h, true);
+        let b = r.register(&h, true);
         drop(a);
         assert_eq!(r.len(), 1);
         drop(b);
         assert!(r.is_empty());
 
-        let mut c = r.register(&h);
+        // A reset never reaches a classic (non-acknowledging) waiter.
+        let mut classic = r.register(&h, false);
+        assert!(!r.deliver(
+            &h,
+            Handout::Reset {
+                id: 1,
+                keep_files: false
+            }
+        ));
+        assert_eq!(r.len(), 1);
+        assert!(r.deliver(&h, d("654321")));
+        assert_eq!((&mut classic.rx).await.unwrap(), d("654321"));
+
+        let mut c = r.register(&h, true);
         r.release_all();
         assert!((&mut c.rx).await.is_err());
     }

@@ -186,8 +186,11 @@ async fn bad_requests_are_refused_with_a_clear_4xx() {
     r.shutdown().await.unwrap();
 }
 
+/// Delivery is acknowledged: a credentialed poll is handed its assignment again until
+/// the daemon reports start-host's outcome naming it (a lost response, a daemon killed
+/// before it ran start-host), and never after.
 #[tokio::test]
-async fn an_assignment_made_while_away_is_answered_at_once_and_marked_delivered() {
+async fn an_assignment_made_while_away_is_answered_at_once_and_again_until_its_outcome_is_reported() {
     let (db, client, vms_) = setup(1).await;
     let r = start(&db, &[]).await;
     let http = reqwest::Client::new();
@@ -208,9 +211,79 @@ async fn an_assignment_made_while_away_is_answered_at_once_and_marked_delivered(
     assert_eq!(body["pin"], pin.as_str());
     assert_eq!(body["command"], command.as_str());
     assert!(delivered(&client, &host).await);
-    // Once delivered, the next poll waits (here: a 1 s window).
-    let (status, _) = poll(&http, &r, host.as_str(), Some(vms_[0].secret.expose()), Some("1")).await;
+    // Delivered but not acknowledged: the same assignment again, at once.
+    let secret = vms_[0].secret.expose();
+    let (status, again) = poll(&http, &r, host.as_str(), Some(secret), Some("1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(again, body);
+    // The daemon's report of the outcome names it: from then on the poll waits (here:
+    // a 1 s window).
+    let key = lablink_wire::assignment_key(host.as_str(), pin.as_str(), &command);
+    let report = lablink_db::vms::StartHostReport {
+        ok: true,
+        exit_code: Some(0),
+        output: "",
+        assignment: Some(&key),
+    };
+    lablink_db::vms::set_status_after_start_host(
+        &client,
+        &host,
+        lablink_core::domain::VmStatus::Running,
+        None,
+        Some(report),
+        None,
+    )
+    .await
+    .unwrap();
+    let (status, _) = poll(&http, &r, host.as_str(), Some(secret), Some("1")).await;
     assert_eq!(status, 204);
+    r.shutdown().await.unwrap();
+}
+
+/// An admin's release reaches the waiting daemon at once as a reset order, is handed
+/// over again until the daemon reports the reset done, and never reaches a classic
+/// (credential-less) poll, which would take it for a final rejection.
+#[tokio::test]
+async fn a_release_wakes_the_vm_with_a_reset_order_until_it_reports_the_reset_done() {
+    let (db, client, vms_) = setup(2).await;
+    let r = start(&db, &[("LABLINK_LEGACY_VM_AUTH", "true")]).await;
+    let http = reqwest::Client::new();
+    let waiter = spawn_poll(&http, &r, &vms_[0], "20");
+    while r.holder.registry.len() < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = Instant::now();
+    let done = lablink_db::seats::release(&client, &vms_[0].host, true, "admin")
+        .await
+        .unwrap();
+    assert!(matches!(done, lablink_db::seats::ActionOutcome::Done { .. }), "{done:?}");
+    let (status, body, _) = waiter.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let order: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(order["status"], "reset");
+    assert_eq!(order["keep_files"], true);
+    let id = order["reset"].as_i64().unwrap();
+    // Not reported yet: handed over again at once; a classic poll never sees it.
+    let host = vms_[0].host.as_str();
+    let (status, again) = poll(&http, &r, host, Some(vms_[0].secret.expose()), Some("5")).await;
+    assert_eq!((status, &again), (200, &order));
+    let (status, _) = poll(&http, &r, host, None, Some("1")).await;
+    assert_eq!(status, 204);
+    // Reported done: the next poll waits, and the VM is free again.
+    lablink_db::vms::set_status_after_start_host(
+        &client,
+        &vms_[0].host,
+        lablink_core::domain::VmStatus::Running,
+        None,
+        None,
+        Some(id),
+    )
+    .await
+    .unwrap();
+    let (status, _) = poll(&http, &r, host, Some(vms_[0].secret.expose()), Some("1")).await;
+    assert_eq!(status, 204);
+    assert_eq!(vms::free_seat_count(&client).await.unwrap(), 2);
     r.shutdown().await.unwrap();
 }
 

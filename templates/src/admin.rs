@@ -298,6 +298,15 @@ pub struct VmRow<'a> {
     pub start_host: Option<(bool, Option<i32>, &'a str)>,
     /// While `initializing`: minutes since it was launched.
     pub initializing_min: Option<i64>,
+    /// Where the seat stands, when assigned: "code on its way", "connected",
+    /// "code refused"...
+    pub seat: Option<&'a str>,
+    /// Fresh codes the current seat took.
+    pub code_changes: i32,
+    /// A release's reset is not done yet.
+    pub reset_pending: bool,
+    /// The admin's last actions on this VM, newest first: (action, who, detail, when).
+    pub actions: Vec<(&'a str, &'a str, &'a str, String)>,
 }
 
 impl VmRow<'_> {
@@ -403,12 +412,20 @@ pub fn instances_page(session: &Session<'_>, vms: &[VmRow<'_>]) -> Markup {
                                         }
                                         td { @match v.healthy { Some(h) => span class={ "pill " (h) } { (h) }, None => span.hint { "–" } } }
                                         td { @if v.in_use { "yes" } @else { span.hint { "no" } } }
-                                        td { @match v.email { Some(e) => (e), None => span.hint { "free" } } }
+                                        td {
+                                            @match v.email { Some(e) => (e), None => span.hint { "free" } }
+                                            @if let Some(seat) = v.seat { br; span.hint.seat { (seat) } }
+                                            @if v.code_changes > 0 { br; span.hint { (v.code_changes) " fresh code(s)" } }
+                                            @if v.reset_pending { br; span.hint.resetting { "resetting after a release" } }
+                                        }
                                         td {
                                             (timing_bar(v, scale))
                                             @if let Some(t) = v.total_s { " " span.hint { (format!("{t:.0} s")) } }
                                         }
-                                        td { a href={ "/admin/logs/" (v.hostname) } { "logs" } }
+                                        td {
+                                            a href={ "/admin/logs/" (v.hostname) } { "logs" }
+                                            (vm_actions(session, v))
+                                        }
                                     }
                                 }
                             }
@@ -422,8 +439,44 @@ pub fn instances_page(session: &Session<'_>, vms: &[VmRow<'_>]) -> Markup {
     )
 }
 
+/// A VM's actions (release, reassign, replace; each a form with the session's CSRF
+/// token) and what was done to it.
+fn vm_actions(session: &Session<'_>, v: &VmRow<'_>) -> Markup {
+    let base = format!("/api/admin/vms/{}", v.hostname);
+    html! {
+        details.vm-actions {
+            summary { "actions" }
+            form method="post" action={ (base) "/release" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label.inline { input type="checkbox" name="keep_files" value="on"; " keep the participant's files for the next export" }
+                button type="submit" title="Free the seat; the VM resets its workspace and rejoins the pool" { "Release" }
+            }
+            form method="post" action={ (base) "/reassign" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="email" name="email" required placeholder="new participant's email" aria-label={ "reassign " (v.hostname) " to" };
+                button type="submit" title="Move the seat, desktop and files as they are, to another email" { "Reassign" }
+            }
+            form method="post" action={ (base) "/replace" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                button.danger type="submit" title="Terminate this instance and launch one in its place" { "Replace" }
+            }
+        }
+        @if !v.actions.is_empty() {
+            ul.hint.actions {
+                @for (action, who, detail, at) in &v.actions {
+                    li { (action) " by " (who) " at " (at) @if !detail.is_empty() { " (" (detail) ")" } }
+                }
+            }
+        }
+    }
+}
+
+/// Every 5 s the fleet table is fetched again, except while the admin is using one of
+/// its forms (an open actions box, a focused field): that would wipe what they type.
 const REFRESH_JS: &str = r#"
-(function(){setInterval(function(){fetch(location.href,{cache:'no-store',credentials:'same-origin'})
+(function(){setInterval(function(){var f=document.getElementById('fleet');
+if(f.querySelector('details[open]')||f.contains(document.activeElement)&&document.activeElement!==document.body)return;
+fetch(location.href,{cache:'no-store',credentials:'same-origin'})
 .then(function(r){return r.ok?r.text():null}).then(function(t){if(!t)return;
 var d=new DOMParser().parseFromString(t,'text/html');var n=d.getElementById('fleet');
 if(n){document.getElementById('fleet').replaceWith(n);
@@ -610,6 +663,15 @@ mod tests {
                 total_s: Some(90.0),
                 start_host: Some((false, Some(1), "line one\nOAuth <refused>")),
                 initializing_min: Some(7),
+                seat: Some("code refused: waiting for a new one"),
+                code_changes: 2,
+                reset_pending: false,
+                actions: vec![(
+                    "reassign",
+                    "admin",
+                    "from <a@b> to x@y",
+                    "2026-12-02 10:00 UTC".into(),
+                )],
             }],
         )
         .into_string();
@@ -621,5 +683,17 @@ mod tests {
         assert!(page.contains("for 7 min"), "{page}");
         assert!(page.contains("<svg") && page.contains("provision: 30.0 s"));
         assert!(page.contains(r#"width="53.3""#), "30 of 90 s on 160 px");
+        // The per-VM actions post to the JSON routes with the session's CSRF token.
+        for action in ["release", "reassign", "replace"] {
+            assert!(
+                page.contains(&format!(r#"action="/api/admin/vms/vm-1/{action}""#)),
+                "{action}"
+            );
+        }
+        assert!(page.contains("code refused: waiting for a new one") && page.contains("2 fresh code(s)"));
+        assert!(
+            page.contains("reassign by admin at 2026-12-02 10:00 UTC (from &lt;a@b&gt; to x@y)"),
+            "{page}"
+        );
     }
 }

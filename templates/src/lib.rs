@@ -95,30 +95,97 @@ function poll(){fetch('/api/unassigned_vms_count',{cache:'no-store'}).then(funct
 setInterval(poll,5000);})();
 "#;
 
-/// After a successful request.
-pub fn success_page(hostname: &str, pin: &str) -> Markup {
+/// Where a seat stands (the names of `lablink_db::seats::SeatState`, which the page's
+/// script also reads from `GET /api/seat/{token}`).
+pub const SEAT_STATES: [&str; 6] = ["connecting", "ready", "refused", "released", "reassigned", "gone"];
+
+/// What the seat page shows: the success page after a request, and `GET /seat/{token}`.
+pub struct SeatPage<'a> {
+    /// The seat's token: the page's own address and the source of its live state.
+    pub token: &'a str,
+    pub hostname: &'a str,
+    /// While the seat is the participant's.
+    pub pin: Option<&'a str>,
+    /// One of [`SEAT_STATES`].
+    pub state: &'a str,
+    /// What just happened ("Your new code was sent…"), if anything.
+    pub notice: Option<&'a str>,
+    /// Why a fresh code was refused, if it was.
+    pub error: Option<&'a str>,
+    /// What was typed, kept when the form comes back with an error.
+    pub crd_command: &'a str,
+}
+
+/// The seat's live page: the state, the PIN and what to do, updated without reload
+/// from `GET /api/seat/{token}`; the form for a fresh code while the seat is theirs.
+pub fn seat_page(p: &SeatPage<'_>) -> Markup {
+    let ended = matches!(p.state, "released" | "reassigned" | "gone");
+    let link = format!("/seat/{}", p.token);
     layout(
         "Your VM",
         html! {
-            h1 { "Your VM is ready" }
-            div.card {
+            h1 { "Your VM" }
+            @if let Some(n) = p.notice {
+                p.card #notice role="status" { (n) }
+            }
+            div.card #seat data-token=(p.token) data-state=(p.state) {
                 p { "Your VM: " }
-                p.big #hostname { (hostname) }
-                p { "Your PIN: " }
-                p.big #pin { (pin) }
-                p.hint { "Keep this PIN: you type it every time you connect." }
-            }
-            div.card {
-                ol {
-                    li { "Open " a href=(CRD_ACCESS_URL) target="_blank" rel="noopener" { "Chrome Remote Desktop" } " with the same Google account." }
-                    li { "Within a minute the computer " strong { (hostname) } " appears under " em { "Remote devices" } "." }
-                    li { "Click it and enter the PIN above." }
+                p.big #hostname { (p.hostname) }
+                div #pin-box hidden[ended || p.pin.is_none()] {
+                    p { "Your PIN: " }
+                    p.big #pin { (p.pin.unwrap_or("")) }
+                    p.hint { "Keep this PIN: you type it every time you connect." }
                 }
-                p.hint { "If it does not appear after a few minutes, ask your instructor." }
+                p #state-connecting hidden[p.state != "connecting"] {
+                    strong { "Connecting your VM… " }
+                    "Your code is on its way to " (p.hostname) "; this page changes by itself when it is registered (usually within a minute)."
+                }
+                div #state-ready hidden[p.state != "ready"] {
+                    p { strong { "Ready: " } "open " a href=(CRD_ACCESS_URL) target="_blank" rel="noopener" { "remotedesktop.google.com/access" }
+                        " with the same Google account, click " strong { (p.hostname) } " and enter your PIN." }
+                }
+                p.error #state-refused hidden[p.state != "refused"] {
+                    "Your code was refused. A code works once, for a few minutes, with the Google account that made it: get a new one and paste it below."
+                }
+                p.error #state-released hidden[p.state != "released"] {
+                    "The workshop staff released this seat. To get a VM again, use the " a href="/" { "start page" } "."
+                }
+                p.error #state-reassigned hidden[p.state != "reassigned"] {
+                    "The workshop staff moved this seat to another participant. Ask them if this is unexpected."
+                }
+                p.error #state-gone hidden[p.state != "gone"] {
+                    "This VM no longer exists (it was replaced, or the workshop's VMs were removed). To get a VM again, use the " a href="/" { "start page" } "."
+                }
+                p.hint { "Bookmark this page to come back to your VM: " a #seat-link href=(link) { "your seat's page" } "." }
             }
+            form.card #code-form method="post" action=(format!("/api/seat/{}/code", p.token)) hidden[ended] {
+                @if let Some(e) = p.error {
+                    p.error role="alert" #form-error { (e) }
+                }
+                label for="crd_command" { "A new Chrome Remote Desktop command" }
+                p.hint { "Code expired, mistyped, or the desktop went to the wrong Google account? Get a new command from "
+                    a href=(CRD_HEADLESS_URL) target="_blank" rel="noopener" { "Google's set-up page" } " and paste it here: your VM registers again with it." }
+                textarea #crd_command name="crd_command" required spellcheck="false"
+                    placeholder="DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0A…\" …" { (p.crd_command) }
+                button type="submit" { "Send the new code" }
+            }
+            script { (PreEscaped(SEAT_JS)) }
         },
     )
 }
+
+const SEAT_JS: &str = r#"
+(function(){var seat=document.getElementById('seat'),token=seat.getAttribute('data-token');
+var states=['connecting','ready','refused','released','reassigned','gone'],ended=['released','reassigned','gone'];
+function show(j){seat.setAttribute('data-state',j.state);
+states.forEach(function(s){document.getElementById('state-'+s).hidden=(s!==j.state);});
+var over=ended.indexOf(j.state)>=0;document.getElementById('code-form').hidden=over;
+document.getElementById('pin-box').hidden=over||!j.pin;if(j.pin){document.getElementById('pin').textContent=j.pin;}
+return over;}
+function poll(){fetch('/api/seat/'+encodeURIComponent(token),{cache:'no-store'}).then(function(r){return r.ok?r.json():null})
+.then(function(j){if(j&&typeof j.state==='string'&&show(j)){clearInterval(timer);}}).catch(function(){});}
+var timer=setInterval(poll,2000);poll();})();
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -146,9 +213,33 @@ mod tests {
     }
 
     #[test]
-    fn the_success_page_shows_host_pin_and_the_access_link() {
-        let page = success_page("vm-1", "012345").into_string();
+    fn the_seat_page_shows_host_pin_state_and_the_access_link() {
+        let mut p = SeatPage {
+            token: "ab12",
+            hostname: "vm-1",
+            pin: Some("012345"),
+            state: "connecting",
+            notice: None,
+            error: Some("<i>late</i>"),
+            crd_command: "",
+        };
+        let page = seat_page(&p).into_string();
         assert!(page.contains("id=\"hostname\">vm-1<") && page.contains("id=\"pin\">012345<"));
         assert!(page.contains(CRD_ACCESS_URL));
+        assert!(
+            page.contains("data-state=\"connecting\"") && page.contains("action=\"/api/seat/ab12/code\"")
+        );
+        assert!(page.contains("&lt;i&gt;late") && !page.contains("<i>late"));
+        // Every state has its element, and only the current one is shown.
+        for s in SEAT_STATES {
+            assert!(page.contains(&format!("id=\"state-{s}\"")), "{s}");
+        }
+        assert!(!page.contains("id=\"state-connecting\" hidden"));
+        assert!(page.contains("id=\"state-ready\" hidden"));
+        p.state = "reassigned";
+        p.pin = None;
+        let page = seat_page(&p).into_string();
+        assert!(page.contains("id=\"code-form\"") && page.contains("hidden"));
+        assert!(!page.contains("012345"));
     }
 }

@@ -9,6 +9,7 @@ mod connect;
 pub mod exports;
 pub mod fleet;
 pub mod logs;
+pub mod seats;
 pub mod vms;
 
 pub use connect::{Db, DbAuth, DbConfig, DbError, PgConnection};

@@ -15,6 +15,9 @@ pub struct Assignment {
     pub pin: Pin,
     /// False when this email already held the VM (the same person asked again).
     pub fresh: bool,
+    /// Whether the VM's stored command is the one just given (always for a fresh seat):
+    /// when it is not, the caller may send it as a fresh code ([`crate::seats::send_code`]).
+    pub same_command: bool,
 }
 
 /// A VM as admins and the VM itself see it. Deliberately without PIN and command.
@@ -38,6 +41,12 @@ pub struct Vm {
     pub start_host: Option<StartHostRun>,
     pub assigned_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// The daemon reported start-host's outcome for the current assignment.
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Fresh codes sent to the current seat.
+    pub code_changes: i32,
+    /// A reset (release) the daemon has not reported done: the VM is out of the pool.
+    pub reset_pending: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_seen_at: Option<DateTime<Utc>>,
@@ -51,6 +60,17 @@ pub struct StartHostRun {
     /// Its last lines, the code and PIN removed by the daemon.
     pub output: String,
     pub at: DateTime<Utc>,
+}
+
+/// What the holder must hand a VM's poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    Assignment(PendingAssignment),
+    /// The admin released the seat: the daemon resets its workspace first.
+    Reset {
+        id: i64,
+        keep_files: bool,
+    },
 }
 
 /// An assignment not yet delivered to its VM.
@@ -87,10 +107,10 @@ pub async fn assign(
 ) -> Result<Option<Assignment>, DbError> {
     const SQL: &str = "
         WITH existing AS (
-            SELECT hostname, pin FROM vms WHERE user_email = $1
+            SELECT hostname, pin, crd_command IS NOT DISTINCT FROM $2 AS same FROM vms WHERE user_email = $1
         ), candidate AS (
             SELECT hostname FROM vms
-            WHERE user_email IS NULL AND status = 'running'
+            WHERE user_email IS NULL AND status = 'running' AND reset_id IS NULL
               AND healthy IS DISTINCT FROM 'Unhealthy'
               AND NOT EXISTS (SELECT 1 FROM existing)
             ORDER BY created_at, hostname
@@ -98,13 +118,14 @@ pub async fn assign(
             FOR UPDATE SKIP LOCKED
         ), assigned AS (
             UPDATE vms SET user_email = $1, crd_command = $2, pin = $3, in_use = FALSE,
-                   assigned_at = now(), delivered_at = NULL, updated_at = now()
+                   assigned_at = now(), delivered_at = NULL, acknowledged_at = NULL,
+                   code_changes = 0, code_changed_at = now(), updated_at = now()
             FROM candidate WHERE vms.hostname = candidate.hostname
             RETURNING vms.hostname, vms.pin
         )
-        SELECT hostname, pin, TRUE AS fresh FROM assigned
+        SELECT hostname, pin, TRUE AS fresh, TRUE AS same FROM assigned
         UNION ALL
-        SELECT hostname, pin, FALSE FROM existing";
+        SELECT hostname, pin, FALSE, same FROM existing";
     let normalized = command.normalized();
     for attempt in 0..2 {
         match client
@@ -118,6 +139,7 @@ pub async fn assign(
                     hostname: host(row.get(0))?,
                     pin: Pin::parse(row.get(1)).map_err(|e| corrupt("pin", e))?,
                     fresh: row.get(2),
+                    same_command: row.get(3),
                 }));
             }
             Err(e) if attempt == 0 && e.is_unique_violation(ONE_SEAT_INDEX) => continue,
@@ -127,12 +149,12 @@ pub async fn assign(
     unreachable!("the second attempt always returns")
 }
 
-/// Free seats: running, unassigned, not known to be unhealthy.
+/// Free seats: running, unassigned, not being reset, not known to be unhealthy.
 pub async fn free_seat_count(client: &Client) -> Result<i64, DbError> {
     let row = client
         .query_one(
             "SELECT count(*) FROM vms WHERE user_email IS NULL AND status = 'running'
-             AND healthy IS DISTINCT FROM 'Unhealthy'",
+             AND reset_id IS NULL AND healthy IS DISTINCT FROM 'Unhealthy'",
             &[],
         )
         .await?;
@@ -144,7 +166,8 @@ const VM_COLUMNS: &str = "hostname, instance_id, user_email, status, status_reas
     total_startup_duration_seconds, assigned_at, delivered_at, created_at, updated_at, last_seen_at,
     image_pull_start, image_pull_end, tutorial_clone_start, tutorial_clone_end,
     startup_script_start, startup_script_end,
-    start_host_ok, start_host_exit_code, start_host_output, start_host_at";
+    start_host_ok, start_host_exit_code, start_host_output, start_host_at,
+    acknowledged_at, code_changes, reset_id IS NOT NULL";
 
 fn vm_from_row(r: &tokio_postgres::Row) -> Result<Vm, DbError> {
     let phase = |a: usize, b: usize| match (
@@ -183,6 +206,9 @@ fn vm_from_row(r: &tokio_postgres::Row) -> Result<Vm, DbError> {
         },
         assigned_at: r.get(14),
         delivered_at: r.get(15),
+        acknowledged_at: r.get(29),
+        code_changes: r.get(30),
+        reset_pending: r.get(31),
         created_at: r.get(16),
         updated_at: r.get(17),
         last_seen_at: r.get(18),
@@ -211,7 +237,7 @@ pub async fn set_status(
     status: VmStatus,
     reason: Option<&str>,
 ) -> Result<bool, DbError> {
-    set_status_after_start_host(client, hostname, status, reason, None).await
+    set_status_after_start_host(client, hostname, status, reason, None, None).await
 }
 
 /// What a start-host run reported, for [`set_status_after_start_host`].
@@ -220,32 +246,70 @@ pub struct StartHostReport<'a> {
     pub ok: bool,
     pub exit_code: Option<i32>,
     pub output: &'a str,
+    /// The assignment the run was for (`lablink_wire::assignment_key`); `None` from
+    /// daemons that do not say (the current assignment is meant).
+    pub assignment: Option<&'a str>,
 }
 
+/// The assignment key of a row, computed in SQL exactly as `lablink_wire::assignment_key`
+/// does (each part's byte length as 8 big-endian bytes, then its UTF-8 bytes); NULL
+/// when the row has no assignment. A test holds the two together.
+const ROW_ASSIGNMENT_KEY: &str = "encode(sha256(
+        int8send(octet_length(hostname)::int8) || convert_to(hostname, 'UTF8') ||
+        int8send(octet_length(pin)::int8) || convert_to(pin, 'UTF8') ||
+        int8send(octet_length(crd_command)::int8) || convert_to(crd_command, 'UTF8')), 'hex')";
+
 /// [`set_status`], recording in the same statement how the start-host run this report
-/// follows ended (when `start_host` is given; the last outcome stays otherwise).
+/// follows ended (when `start_host` is given; the last outcome stays otherwise) and,
+/// when `reset_done` names the pending reset, that the reset is done (the VM rejoins the
+/// pool).
+///
+/// An outcome is recorded, and acknowledges the assignment (the holder stops handing it
+/// over), only when it names the VM's current assignment: the outcome of a code the
+/// participant has since replaced settles nothing.
 pub async fn set_status_after_start_host(
     client: &Client,
     hostname: &Hostname,
     status: VmStatus,
     reason: Option<&str>,
     start_host: Option<StartHostReport<'_>>,
+    reset_done: Option<i64>,
 ) -> Result<bool, DbError> {
     let clip = |r: &str, n: usize| super::logs::without_nul(&r.chars().take(n).collect::<String>());
     let reason: Option<String> = reason.map(|r| clip(r, 1024));
-    let (ok, code, output) = match start_host {
-        Some(o) => (Some(o.ok), o.exit_code, Some(clip(o.output, 2000))),
-        None => (None, None, None),
+    let (ok, code, output, key) = match start_host {
+        Some(o) => (Some(o.ok), o.exit_code, Some(clip(o.output, 2000)), o.assignment),
+        None => (None, None, None, None),
     };
+    let sql = format!(
+        "WITH cur AS (
+            SELECT hostname, crd_command IS NOT NULL AS assigned,
+                   $4::boolean IS NOT NULL AND ($7::text IS NULL OR $7 = {ROW_ASSIGNMENT_KEY}) AS this_run
+            FROM vms WHERE hostname = $1 FOR UPDATE
+         )
+         UPDATE vms SET status = $2, status_reason = $3, updated_at = now(), last_seen_at = now(),
+            start_host_ok = CASE WHEN cur.this_run THEN $4 ELSE start_host_ok END,
+            start_host_exit_code = CASE WHEN cur.this_run THEN $5 ELSE start_host_exit_code END,
+            start_host_output = CASE WHEN cur.this_run THEN $6 ELSE start_host_output END,
+            start_host_at = CASE WHEN cur.this_run THEN now() ELSE start_host_at END,
+            acknowledged_at = CASE WHEN cur.this_run AND cur.assigned THEN now() ELSE acknowledged_at END,
+            reset_id = CASE WHEN $8::bigint IS NOT NULL AND reset_id = $8 THEN NULL ELSE reset_id END,
+            reset_keep_files = CASE WHEN $8::bigint IS NOT NULL AND reset_id = $8 THEN FALSE ELSE reset_keep_files END
+         FROM cur WHERE vms.hostname = cur.hostname"
+    );
     let n = client
         .execute(
-            "UPDATE vms SET status = $2, status_reason = $3, updated_at = now(), last_seen_at = now(),
-                start_host_ok = COALESCE($4, start_host_ok),
-                start_host_exit_code = CASE WHEN $4::boolean IS NULL THEN start_host_exit_code ELSE $5 END,
-                start_host_output = COALESCE($6, start_host_output),
-                start_host_at = CASE WHEN $4::boolean IS NULL THEN start_host_at ELSE now() END
-             WHERE hostname = $1",
-            &[&hostname.as_str(), &status.as_str(), &reason, &ok, &code, &output],
+            &sql,
+            &[
+                &hostname.as_str(),
+                &status.as_str(),
+                &reason,
+                &ok,
+                &code,
+                &output,
+                &key,
+                &reset_done,
+            ],
         )
         .await?;
     Ok(n == 1)
@@ -395,27 +459,63 @@ fn parts(p: Option<Phase>) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Opt
     }
 }
 
-/// The assignment a VM has not received yet, if any. The holder asks this before it
-/// waits and after every reconnect (the "lost wake-up" fix).
-pub async fn undelivered_assignment(
+/// The columns [`pending_from_row`] reads, in its order.
+const PENDING_COLUMNS: &str =
+    "crd_command, pin, assigned_at, delivered_at, acknowledged_at, reset_id, reset_keep_files";
+
+/// What a VM's poll must be handed, from the [`PENDING_COLUMNS`] starting at `at`.
+///
+/// `acknowledged`: the poll comes from a daemon that acknowledges (it presented its
+/// credential, so it reports start-host's outcome naming the assignment): the
+/// assignment stays pending until that report. A classic credential-less client keeps
+/// the classic rule: handed over once (`delivered_at`), and is never told to reset.
+/// A pending reset comes first: the seat was released, the workspace must be new
+/// before anything else runs in it.
+fn pending_from_row(
+    r: &tokio_postgres::Row,
+    at: usize,
+    acknowledged: bool,
+) -> Result<Option<Pending>, DbError> {
+    if acknowledged && let Some(id) = r.get::<_, Option<i64>>(at + 5) {
+        return Ok(Some(Pending::Reset {
+            id,
+            keep_files: r.get(at + 6),
+        }));
+    }
+    let settled = if acknowledged {
+        r.get::<_, Option<DateTime<Utc>>>(at + 4).is_some()
+    } else {
+        r.get::<_, Option<DateTime<Utc>>>(at + 3).is_some()
+    };
+    match (
+        r.get::<_, Option<String>>(at),
+        r.get::<_, Option<String>>(at + 1),
+        r.get::<_, Option<DateTime<Utc>>>(at + 2),
+    ) {
+        (Some(command), Some(pin), Some(assigned_at)) if !settled => {
+            Ok(Some(Pending::Assignment(PendingAssignment {
+                command,
+                pin: Pin::parse(&pin).map_err(|e| corrupt("pin", e))?,
+                assigned_at,
+            })))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What `hostname`'s poll must be handed now, if anything (see [`pending_from_row`]).
+/// The holder asks this before it waits and after every reconnect (the "lost wake-up"
+/// fix).
+pub async fn pending_for(
     client: &Client,
     hostname: &Hostname,
-) -> Result<Option<PendingAssignment>, DbError> {
-    let row = client
-        .query_opt(
-            "SELECT crd_command, pin, assigned_at FROM vms
-             WHERE hostname = $1 AND crd_command IS NOT NULL AND delivered_at IS NULL",
-            &[&hostname.as_str()],
-        )
-        .await?;
-    row.map(|r| {
-        Ok(PendingAssignment {
-            command: r.get(0),
-            pin: Pin::parse(r.get(1)).map_err(|e| corrupt("pin", e))?,
-            assigned_at: r.get(2),
-        })
-    })
-    .transpose()
+    acknowledged: bool,
+) -> Result<Option<Pending>, DbError> {
+    let sql = format!("SELECT {PENDING_COLUMNS} FROM vms WHERE hostname = $1");
+    match client.query_opt(&sql, &[&hostname.as_str()]).await? {
+        Some(r) => pending_from_row(&r, 0, acknowledged),
+        None => Ok(None),
+    }
 }
 
 /// Mark an assignment delivered, identified by what was delivered (the holder knows the
@@ -439,47 +539,45 @@ pub async fn mark_delivered(
 }
 
 /// What the holder needs to answer a VM's poll, in one round trip: the VM's credential
-/// hash (`None` for legacy rows without one) and its undelivered assignment, if any.
-/// `Ok(None)` for an unknown VM.
+/// hash (`None` for legacy rows without one) and what the poll must be handed, if
+/// anything (see [`pending_from_row`]). `Ok(None)` for an unknown VM.
 pub async fn startup_lookup(
     client: &Client,
     hostname: &Hostname,
-) -> Result<Option<(Option<SecretHash>, Option<PendingAssignment>)>, DbError> {
-    let row = client
-        .query_opt(
-            "SELECT credential_hash, crd_command, pin, assigned_at, delivered_at FROM vms WHERE hostname = $1",
-            &[&hostname.as_str()],
-        )
-        .await?;
-    let Some(r) = row else { return Ok(None) };
+    acknowledged: bool,
+) -> Result<Option<(Option<SecretHash>, Option<Pending>)>, DbError> {
+    let sql = format!("SELECT credential_hash, {PENDING_COLUMNS} FROM vms WHERE hostname = $1");
+    let Some(r) = client.query_opt(&sql, &[&hostname.as_str()]).await? else {
+        return Ok(None);
+    };
     let hash = r
         .get::<_, Option<Vec<u8>>>(0)
         .and_then(|b| SecretHash::from_slice(&b));
-    let pending = pending_from(r.get(1), r.get(2), r.get(3), r.get(4))?;
-    Ok(Some((hash, pending)))
+    Ok(Some((hash, pending_from_row(&r, 1, acknowledged)?)))
 }
 
-/// The undelivered assignments of many VMs in one statement (the holder's re-check of
-/// every waiter after its listening connection came back).
-pub async fn undelivered_assignments(
+/// What many VMs' polls must be handed, in one statement (the holder's re-check of
+/// every waiter after its listening connection came back). Each waiter says whether it
+/// acknowledges (see [`pending_from_row`]).
+pub async fn pending_for_many(
     client: &Client,
-    hostnames: &[Hostname],
-) -> Result<Vec<(Hostname, PendingAssignment)>, DbError> {
-    let names: Vec<&str> = hostnames.iter().map(Hostname::as_str).collect();
-    let rows = client
-        .query(
-            "SELECT hostname, crd_command, pin, assigned_at FROM vms
-             WHERE hostname = ANY($1) AND crd_command IS NOT NULL AND delivered_at IS NULL",
-            &[&names],
-        )
-        .await?;
+    waiters: &[(Hostname, bool)],
+) -> Result<Vec<(Hostname, Pending)>, DbError> {
+    let names: Vec<&str> = waiters.iter().map(|(h, _)| h.as_str()).collect();
+    let acks: Vec<bool> = waiters.iter().map(|(_, a)| *a).collect();
+    let sql = format!(
+        "SELECT w.hostname, w.ack, {PENDING_COLUMNS} FROM unnest($1::text[], $2::bool[]) AS w(hostname, ack)
+         JOIN vms USING (hostname)
+         WHERE crd_command IS NOT NULL OR (w.ack AND reset_id IS NOT NULL)"
+    );
+    let rows = client.query(&sql, &[&names, &acks]).await?;
     // One bad row must not keep every other waiter from its assignment: skip and log it.
     Ok(rows
         .iter()
         .filter_map(|r| {
-            let p = pending_from(r.get(1), r.get(2), r.get(3), None).transpose()?;
-            match host(r.get(0)).and_then(|h| p.map(|p| (h, p))) {
-                Ok(found) => Some(found),
+            let found = host(r.get(0)).and_then(|h| Ok(pending_from_row(r, 2, r.get(1))?.map(|p| (h, p))));
+            match found {
+                Ok(found) => found,
                 Err(e) => {
                     tracing::error!(error = %e, "skipping an invalid assignment row");
                     None
@@ -487,22 +585,6 @@ pub async fn undelivered_assignments(
             }
         })
         .collect())
-}
-
-fn pending_from(
-    command: Option<String>,
-    pin: Option<String>,
-    assigned_at: Option<DateTime<Utc>>,
-    delivered_at: Option<DateTime<Utc>>,
-) -> Result<Option<PendingAssignment>, DbError> {
-    match (command, pin, assigned_at, delivered_at) {
-        (Some(command), Some(pin), Some(assigned_at), None) => Ok(Some(PendingAssignment {
-            command,
-            pin: Pin::parse(&pin).map_err(|e| corrupt("pin", e))?,
-            assigned_at,
-        })),
-        _ => Ok(None),
-    }
 }
 
 /// Create VM rows in one statement. A hostname that exists already is left as it is
@@ -555,6 +637,14 @@ pub async fn credential_hash(
         r.get::<_, Option<Vec<u8>>>(0)
             .and_then(|b| SecretHash::from_slice(&b))
     }))
+}
+
+/// Remove one VM (and, by cascade, its logs). Returns whether it existed.
+pub async fn delete_vm(client: &Client, hostname: &Hostname) -> Result<bool, DbError> {
+    let n = client
+        .execute("DELETE FROM vms WHERE hostname = $1", &[&hostname.as_str()])
+        .await?;
+    Ok(n == 1)
 }
 
 /// Remove every VM (and, by cascade, its logs). Returns how many were removed.

@@ -481,11 +481,19 @@ async fn a_start_host_outcome_is_kept_until_the_next_one() {
         ok: false,
         exit_code: Some(1),
         output: "OAuth error: the code was refused",
+        assignment: None,
     };
     assert!(
-        vms::set_status_after_start_host(&c, h, VmStatus::Error, Some("start-host failed"), Some(failed))
-            .await
-            .unwrap()
+        vms::set_status_after_start_host(
+            &c,
+            h,
+            VmStatus::Error,
+            Some("start-host failed"),
+            Some(failed),
+            None
+        )
+        .await
+        .unwrap()
     );
     let run = vms::get_vm(&c, h).await.unwrap().unwrap().start_host.unwrap();
     assert_eq!((run.ok, run.exit_code), (false, Some(1)));
@@ -500,8 +508,9 @@ async fn a_start_host_outcome_is_kept_until_the_next_one() {
         ok: false,
         exit_code: None,
         output: &"x".repeat(5000),
+        assignment: None,
     };
-    vms::set_status_after_start_host(&c, h, VmStatus::Error, Some("timeout"), Some(killed))
+    vms::set_status_after_start_host(&c, h, VmStatus::Error, Some("timeout"), Some(killed), None)
         .await
         .unwrap();
     let run = vms::get_vm(&c, h).await.unwrap().unwrap().start_host.unwrap();
@@ -513,30 +522,48 @@ async fn a_start_host_outcome_is_kept_until_the_next_one() {
     );
 }
 
+fn assignment(p: Option<vms::Pending>) -> Option<vms::PendingAssignment> {
+    match p {
+        Some(vms::Pending::Assignment(a)) => Some(a),
+        Some(other) => panic!("expected an assignment, got {other:?}"),
+        None => None,
+    }
+}
+
+fn outcome<'a>(ok: bool, key: Option<&'a str>) -> vms::StartHostReport<'a> {
+    vms::StartHostReport {
+        ok,
+        exit_code: Some(if ok { 0 } else { 1 }),
+        output: "",
+        assignment: key,
+    }
+}
+
 #[tokio::test]
-async fn an_undelivered_assignment_is_found_until_marked_delivered() {
+async fn an_assignment_stays_pending_for_an_acknowledging_poll_until_its_outcome_names_it() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let hosts = running_vms(&c, 1).await;
-    assert_eq!(vms::undelivered_assignment(&c, &hosts[0]).await.unwrap(), None);
+    let h = &hosts[0];
+    assert_eq!(vms::pending_for(&c, h, true).await.unwrap(), None);
     let pin = Pin::generate();
     vms::assign(&c, &email(1), &command(1), &pin)
         .await
         .unwrap()
         .unwrap();
-    let pending = vms::undelivered_assignment(&c, &hosts[0]).await.unwrap().unwrap();
+    let pending = assignment(vms::pending_for(&c, h, true).await.unwrap()).unwrap();
     assert_eq!(
         (pending.command.as_str(), &pending.pin),
         (command(1).normalized().as_str(), &pin)
     );
-    let (hash, looked_up) = vms::startup_lookup(&c, &hosts[0]).await.unwrap().unwrap();
+    let (hash, looked_up) = vms::startup_lookup(&c, h, true).await.unwrap().unwrap();
     assert!(hash.is_some());
-    assert_eq!(looked_up.as_ref(), Some(&pending));
+    assert_eq!(assignment(looked_up).as_ref(), Some(&pending));
     assert_eq!(
-        vms::undelivered_assignments(&c, &[hosts[0].clone(), host("ghost")])
+        vms::pending_for_many(&c, &[(h.clone(), true), (host("ghost"), true)])
             .await
             .unwrap(),
-        vec![(hosts[0].clone(), pending.clone())]
+        vec![(h.clone(), vms::Pending::Assignment(pending.clone()))]
     );
     // Another PIN (a newer assignment) is not marked by an older delivery.
     let other = Pin::parse(if pin.as_str() == "000000" {
@@ -546,25 +573,315 @@ async fn an_undelivered_assignment_is_found_until_marked_delivered() {
     })
     .unwrap();
     assert!(
-        !vms::mark_delivered(&c, &hosts[0], &other, &pending.command)
+        !vms::mark_delivered(&c, h, &other, &pending.command)
             .await
             .unwrap()
     );
+    assert!(vms::mark_delivered(&c, h, &pin, &pending.command).await.unwrap());
+    assert!(!vms::mark_delivered(&c, h, &pin, &pending.command).await.unwrap());
+    // Delivered: done for a classic poll; an acknowledging one gets it again.
+    assert_eq!(vms::pending_for(&c, h, false).await.unwrap(), None);
+    assert!(vms::pending_for(&c, h, true).await.unwrap().is_some());
     assert!(
-        vms::mark_delivered(&c, &hosts[0], &pin, &pending.command)
+        vms::pending_for_many(&c, &[(h.clone(), false)])
             .await
             .unwrap()
+            .is_empty()
     );
+    assert_eq!(
+        vms::pending_for_many(&c, &[(h.clone(), true)])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // An outcome naming another assignment (an older code) settles nothing and is not
+    // recorded as this one's.
+    let stale = lablink_wire::assignment_key(h.as_str(), pin.as_str(), "an older command");
+    vms::set_status_after_start_host(
+        &c,
+        h,
+        VmStatus::Error,
+        Some("x"),
+        Some(outcome(false, Some(&stale))),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(vms::pending_for(&c, h, true).await.unwrap().is_some());
+    assert_eq!(vms::get_vm(&c, h).await.unwrap().unwrap().start_host, None);
+    // The outcome naming it (the key computed in SQL equals the wire's) acknowledges it.
+    let key = lablink_wire::assignment_key(h.as_str(), pin.as_str(), &pending.command);
+    vms::set_status_after_start_host(
+        &c,
+        h,
+        VmStatus::Running,
+        None,
+        Some(outcome(true, Some(&key))),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(vms::pending_for(&c, h, true).await.unwrap(), None);
+    let vm = vms::get_vm(&c, h).await.unwrap().unwrap();
+    assert!(vm.acknowledged_at.is_some() && vm.start_host.unwrap().ok);
+    assert_eq!(vms::startup_lookup(&c, &host("ghost"), true).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
+    use lablink_db::seats::{self, CodeChange, CodeLimits};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 2).await;
+    let first = vms::assign(&c, &email(1), &command(1), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    let h = &first.hostname;
+    let key = |pin: &Pin, cmd: &CrdCommand| {
+        lablink_wire::assignment_key(h.as_str(), pin.as_str(), &cmd.normalized())
+    };
+    vms::set_status_after_start_host(
+        &c,
+        h,
+        VmStatus::Error,
+        None,
+        Some(outcome(false, Some(&key(&first.pin, &command(1))))),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(vms::pending_for(&c, h, true).await.unwrap(), None);
+
+    // The same email with a new code: the assign statement finds the seat, not its code.
+    let again = vms::assign(&c, &email(1), &command(2), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.fresh && !again.same_command && &again.hostname == h);
+    let limits = CodeLimits {
+        min_interval: std::time::Duration::from_secs(20),
+        max_changes: 3,
+    };
+    // Just assigned: too soon.
+    let e = email(1);
+    let r = seats::send_code(&c, h, e.as_str(), &command(2), &Pin::generate(), limits)
+        .await
+        .unwrap();
     assert!(
-        !vms::mark_delivered(&c, &hosts[0], &pin, &pending.command)
+        matches!(r, CodeChange::TooSoon { wait_seconds } if (1..=20).contains(&wait_seconds)),
+        "{r:?}"
+    );
+    let quick = CodeLimits {
+        min_interval: std::time::Duration::ZERO,
+        ..limits
+    };
+    let new_pin = Pin::generate();
+    let r = seats::send_code(&c, h, e.as_str(), &command(2), &new_pin, quick)
+        .await
+        .unwrap();
+    assert_eq!(r, CodeChange::Sent { pin: new_pin.clone() });
+    // Pending again, with the new code and PIN; the old outcome no longer counts.
+    let p = assignment(vms::pending_for(&c, h, true).await.unwrap()).unwrap();
+    assert_eq!((p.command, p.pin), (command(2).normalized(), new_pin.clone()));
+    let r = seats::send_code(&c, h, e.as_str(), &command(2), &Pin::generate(), quick)
+        .await
+        .unwrap();
+    assert_eq!(r, CodeChange::Unchanged { pin: new_pin });
+    // Another email cannot send codes to this seat.
+    let r = seats::send_code(&c, h, email(9).as_str(), &command(9), &Pin::generate(), quick)
+        .await
+        .unwrap();
+    assert_eq!(r, CodeChange::NotYours);
+    for i in 3..5 {
+        let r = seats::send_code(&c, h, e.as_str(), &command(i), &Pin::generate(), quick)
+            .await
+            .unwrap();
+        assert!(matches!(r, CodeChange::Sent { .. }), "{i}: {r:?}");
+    }
+    let before = vms::get_vm(&c, h).await.unwrap().unwrap();
+    let r = seats::send_code(&c, h, e.as_str(), &command(7), &Pin::generate(), quick)
+        .await
+        .unwrap();
+    assert_eq!(r, CodeChange::TooMany { max: 3 });
+    let after = vms::get_vm(&c, h).await.unwrap().unwrap();
+    assert_eq!(
+        (before.code_changes, before.assigned_at),
+        (after.code_changes, after.assigned_at)
+    );
+    assert_eq!(after.code_changes, 3);
+    // The other VM was never touched.
+    let other = hosts.iter().find(|x| *x != h).unwrap();
+    assert_eq!(vms::get_vm(&c, other).await.unwrap().unwrap().user_email, None);
+}
+
+#[tokio::test]
+async fn a_seat_token_shows_its_own_seat_through_its_life() {
+    use lablink_db::seats::{self, ActionOutcome, CodeLimits, SeatState};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    running_vms(&c, 2).await;
+    let limits = CodeLimits::default();
+    let a = vms::assign(&c, &email(1), &command(1), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    let b = vms::assign(&c, &email(2), &command(2), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    let ta = seats::issue_token(&c, &a.hostname, &email(1)).await.unwrap();
+    let tb = seats::issue_token(&c, &b.hostname, &email(2)).await.unwrap();
+    assert_ne!(ta.expose(), tb.expose());
+    assert_eq!(seats::view(&c, &"0".repeat(64), limits).await.unwrap(), None);
+    let v = seats::view(&c, ta.expose(), limits).await.unwrap().unwrap();
+    assert_eq!(
+        (v.state, v.hostname.as_str()),
+        (SeatState::Connecting, a.hostname.as_str())
+    );
+    assert_eq!(v.pin.as_deref(), Some(a.pin.as_str()));
+    // Only the hash is stored.
+    let stored: i64 = c
+        .query_one(
+            "SELECT count(*) FROM seat_tokens WHERE token_hash = convert_to($1, 'UTF8')",
+            &[&ta.expose()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
+
+    let key = lablink_wire::assignment_key(a.hostname.as_str(), a.pin.as_str(), &command(1).normalized());
+    vms::set_status_after_start_host(
+        &c,
+        &a.hostname,
+        VmStatus::Error,
+        None,
+        Some(outcome(false, Some(&key))),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        seats::view(&c, ta.expose(), limits).await.unwrap().unwrap().state,
+        SeatState::Refused
+    );
+    vms::set_status_after_start_host(
+        &c,
+        &a.hostname,
+        VmStatus::Running,
+        None,
+        Some(outcome(true, Some(&key))),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        seats::view(&c, ta.expose(), limits).await.unwrap().unwrap().state,
+        SeatState::Ready
+    );
+    // B's token never shows A's seat.
+    let vb = seats::view(&c, tb.expose(), limits).await.unwrap().unwrap();
+    assert_eq!(
+        (vb.hostname.as_str(), vb.state),
+        (b.hostname.as_str(), SeatState::Connecting)
+    );
+
+    // Reassign A's seat to a new email: A's page says so and shows no PIN; B's email
+    // cannot take it (B holds a seat).
+    let refused = seats::reassign(&c, &a.hostname, &email(2), "admin")
+        .await
+        .unwrap();
+    assert!(matches!(refused, ActionOutcome::Refused(m) if m.contains("already holds")));
+    let moved = seats::reassign(&c, &a.hostname, &email(3), "admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        ActionOutcome::Done {
+            previous_email: Some(email(1).as_str().into())
+        }
+    );
+    let v = seats::view(&c, ta.expose(), limits).await.unwrap().unwrap();
+    assert_eq!((v.state, v.pin), (SeatState::Reassigned, None));
+    assert_eq!(seats::holder_of(&c, ta.expose()).await.unwrap(), None);
+    // The new participant's code goes to that VM (its limits start again).
+    let again = vms::assign(&c, &email(3), &command(3), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.fresh && again.hostname == a.hostname && !again.same_command);
+    let sent = seats::send_code(
+        &c,
+        &a.hostname,
+        email(3).as_str(),
+        &command(3),
+        &Pin::generate(),
+        limits,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(sent, seats::CodeChange::Sent { .. }), "{sent:?}");
+
+    // Release B's VM: the page says released, the VM is out of the pool until its
+    // daemon reports the reset done, and a classic poll is never told to reset.
+    assert_eq!(vms::free_seat_count(&c).await.unwrap(), 0);
+    let done = seats::release(&c, &b.hostname, true, "admin").await.unwrap();
+    assert_eq!(
+        done,
+        ActionOutcome::Done {
+            previous_email: Some(email(2).as_str().into())
+        }
+    );
+    assert_eq!(
+        seats::view(&c, tb.expose(), limits).await.unwrap().unwrap().state,
+        SeatState::Released
+    );
+    assert_eq!(vms::free_seat_count(&c).await.unwrap(), 0);
+    let reset = vms::pending_for(&c, &b.hostname, true).await.unwrap();
+    let Some(vms::Pending::Reset { id, keep_files: true }) = reset else {
+        panic!("{reset:?}")
+    };
+    assert_eq!(vms::pending_for(&c, &b.hostname, false).await.unwrap(), None);
+    assert!(
+        vms::assign(&c, &email(4), &command(4), &Pin::generate())
             .await
             .unwrap()
+            .is_none()
     );
-    let (_, looked_up) = vms::startup_lookup(&c, &hosts[0]).await.unwrap().unwrap();
-    assert_eq!(looked_up, None);
-    assert!(vms::undelivered_assignments(&c, &hosts).await.unwrap().is_empty());
-    assert_eq!(vms::startup_lookup(&c, &host("ghost")).await.unwrap(), None);
-    assert_eq!(vms::undelivered_assignment(&c, &hosts[0]).await.unwrap(), None);
+    // A report naming another reset changes nothing; the right one frees the VM.
+    vms::set_status_after_start_host(&c, &b.hostname, VmStatus::Running, None, None, Some(id + 1))
+        .await
+        .unwrap();
+    assert_eq!(vms::free_seat_count(&c).await.unwrap(), 0);
+    vms::set_status_after_start_host(&c, &b.hostname, VmStatus::Running, None, None, Some(id))
+        .await
+        .unwrap();
+    assert_eq!(vms::free_seat_count(&c).await.unwrap(), 1);
+    let next = vms::assign(&c, &email(4), &command(4), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.hostname, b.hostname);
+    // Every action is recorded, who and what.
+    let actions = seats::recent_actions(&c, 10).await.unwrap();
+    let summary: Vec<(&str, &str)> = actions
+        .iter()
+        .map(|x| (x.hostname.as_str(), x.action.as_str()))
+        .collect();
+    assert_eq!(summary.len(), 2, "{actions:?}");
+    assert!(
+        summary.contains(&(a.hostname.as_str(), "reassign"))
+            && summary.contains(&(b.hostname.as_str(), "release"))
+    );
+    assert!(actions.iter().all(|x| x.actor == "admin"));
+    // Unknown VMs.
+    assert_eq!(
+        seats::release(&c, &host("ghost"), false, "admin").await.unwrap(),
+        ActionOutcome::UnknownVm
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub use lablink_core::domain::JobId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
     Launch {
@@ -15,6 +15,11 @@ pub enum JobKind {
     Destroy,
     /// Collect the participants' result files from every assigned VM into one zip.
     Export,
+    /// Terminate one VM's instance and launch one in its place (an admin's per-VM
+    /// action; the new VM gets a new hostname and joins the pool when it is running).
+    Replace {
+        hostname: String,
+    },
 }
 
 impl JobKind {
@@ -25,6 +30,7 @@ impl JobKind {
             }
             JobKind::Destroy => "destroy the fleet".into(),
             JobKind::Export => "export the participants' data".into(),
+            JobKind::Replace { hostname } => format!("replace VM {hostname}"),
         }
     }
 }
@@ -125,6 +131,7 @@ pub struct Job {
 
 impl Job {
     pub fn new(id: JobId, kind: JobKind, requested_by: &str, now: DateTime<Utc>) -> Self {
+        let label = kind.label();
         Self {
             id,
             kind,
@@ -138,7 +145,7 @@ impl Job {
             vms: Vec::new(),
             events: vec![JobEvent {
                 at: now,
-                message: format!("queued: {}", kind.label()),
+                message: format!("queued: {label}"),
             }],
             error: None,
             export: None,

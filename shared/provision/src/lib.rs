@@ -171,10 +171,11 @@ impl Provisioner {
                 .finish(job, Err(Failed(format!("the fleet is locked by job {other}"))))
                 .await;
         }
-        let result = match job.kind {
+        let result = match job.kind.clone() {
             JobKind::Launch { num_vms } => self.launch(&mut job, num_vms).await,
             JobKind::Destroy => self.destroy(&mut job).await,
             JobKind::Export => self.export(&mut job).await,
+            JobKind::Replace { hostname } => self.replace(&mut job, &hostname).await,
         };
         let result = match result {
             Ok(r) => r,
@@ -460,6 +461,32 @@ impl Provisioner {
                 Ok(Err(Failed(e.to_string())))
             }
         }
+    }
+
+    /// Replace one VM: terminate its instance, remove its row, launch one VM in its place
+    /// (a new hostname, the deployment's settings). Each step is safe to repeat, so a
+    /// retried job resumes: the instance may be terminated already, the row gone, and
+    /// the launch adopts what an earlier attempt started.
+    async fn replace(&self, job: &mut Job, hostname: &str) -> Result<Result<String, Failed>, ProvisionError> {
+        let host = match Hostname::parse(hostname) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(Failed(format!("invalid hostname {hostname:?}: {e}")))),
+        };
+        let client = self.db.client().await?;
+        if let Some(vm) = lablink_db::vms::get_vm(&client, &host).await? {
+            if let Some(id) = &vm.instance_id {
+                self.progress(job, format!("terminating {host} (instance {id})"))
+                    .await?;
+                if let Err(e) = self.compute.terminate(std::slice::from_ref(id)).await {
+                    return Ok(Err(Failed(format!("terminating {host}: {e}"))));
+                }
+            }
+            lablink_db::vms::delete_vm(&client, &host).await?;
+            self.progress(job, format!("{host} removed; launching its replacement"))
+                .await?;
+        }
+        let launched = self.launch(job, 1).await?;
+        Ok(launched.map(|summary| format!("replaced {host}: {summary}")))
     }
 
     async fn destroy(&self, job: &mut Job) -> Result<Result<String, Failed>, ProvisionError> {

@@ -104,3 +104,39 @@ pub async fn seed_done_export(store: &dyn JobStore) {
     });
     store.insert(&job).await.expect("fixture export job");
 }
+
+/// The seat the seat fixtures show: [`SEAT_HOST`] assigned to [`SEAT_EMAIL`], its
+/// status-page token [`SEAT_TOKEN`], its last code sent an hour ago (so a fresh one is
+/// within the limits).
+pub const SEAT_TOKEN: &str = "5ea75ea75ea75ea75ea75ea75ea75ea75ea75ea75ea75ea75ea75ea75ea75ea7";
+pub const SEAT_HOST: &str = "lablink-vm-seat-1";
+pub const SEAT_EMAIL: &str = "grace@uni.edu";
+
+pub async fn seed_seat(client: &tokio_postgres::Client) {
+    client
+        .execute(
+            "INSERT INTO vms (hostname, credential_hash, status, user_email, crd_command, pin,
+                              assigned_at, code_changed_at)
+             VALUES ($1, $2, 'running', $3,
+                     'DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0AanRJrjkgQxYzFixtureCode_-123\" --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)',
+                     '246810', now() - interval '1 hour', now() - interval '1 hour')",
+            &[
+                &SEAT_HOST,
+                &Secret::presented("fixture-credential-of-lablink-vm-seat-1").hash().as_bytes(),
+                &SEAT_EMAIL,
+            ],
+        )
+        .await
+        .expect("fixture seat VM");
+    client
+        .execute(
+            "INSERT INTO seat_tokens (token_hash, hostname, email) VALUES ($1, $2, $3)",
+            &[
+                &Secret::presented(SEAT_TOKEN).hash().as_bytes(),
+                &SEAT_HOST,
+                &SEAT_EMAIL,
+            ],
+        )
+        .await
+        .expect("fixture seat token");
+}

@@ -56,6 +56,19 @@ pub fn path_param_named(req: &Request, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The `{name}` segment of `pattern` (a route's path, e.g. `/api/seat/{token}/code`) in
+/// the request's path: API Gateway's path parameter when it set one, else the segment
+/// at the same position (the local runner's requests carry no path parameters).
+pub fn path_param_in(req: &Request, pattern: &str, name: &str) -> Option<String> {
+    if let Some(v) = path_param_named(req, name) {
+        return Some(v);
+    }
+    let wanted = format!("{{{name}}}");
+    let at = pattern.split('/').position(|seg| seg == wanted)?;
+    let seg = req.uri().path().split('/').nth(at)?;
+    (!seg.is_empty()).then(|| percent_decode(seg))
+}
+
 /// The `{hostname}` of the path.
 pub fn path_hostname(req: &Request) -> Result<Hostname, ApiError> {
     let raw = path_param(req, "hostname").ok_or_else(|| ApiError::bad_request("the path has no hostname"))?;

@@ -66,6 +66,7 @@ async fn setup(legacy: bool) -> Fixture {
     );
     fixtures::seed_job(store.as_ref()).await;
     fixtures::seed_exports(&client, store.as_ref()).await;
+    fixtures::seed_seat(&client).await;
     let exports = tempfile::tempdir().unwrap();
     let storage = lablink_export::LocalStorage {
         dir: exports.path().to_path_buf(),
@@ -118,7 +119,9 @@ async fn snapshot(c: &tokio_postgres::Client) -> String {
         .query_one(
             "SELECT coalesce((SELECT string_agg(v::text, '|' ORDER BY hostname) FROM vms v), '')
                  || (SELECT count(*)::text FROM vm_log_lines)
-                 || '|' || (SELECT count(*)::text FROM ops_jobs) || '|' || (SELECT count(*)::text FROM ops_settings)",
+                 || '|' || (SELECT count(*)::text FROM ops_jobs) || '|' || (SELECT count(*)::text FROM ops_settings)
+                 || '|' || (SELECT count(*)::text FROM seat_tokens) || '|' || (SELECT count(*)::text FROM vm_actions)
+                 || '|' || coalesce((SELECT string_agg(t::text, '|' ORDER BY token_hash) FROM seat_tokens t), '')",
             &[],
         )
         .await

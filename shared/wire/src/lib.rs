@@ -25,7 +25,10 @@ pub use report::{
     GpuHealthReport, GpuStatus, InUseReport, LogBatch, LogsAccepted, MetricsAccepted, RawTimings,
     StartHostOutcome, VmStatusReport,
 };
-pub use startup::{Assignment, HolderHealth, ListenerState, Success, VmPoll};
+pub use startup::{
+    Assignment, HolderHealth, ListenerState, ResetOrder, ResetTag, StartupAnswer, Success, VmPoll,
+    assignment_key,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -20,13 +20,20 @@ pub struct VmStatusReport {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_host: Option<StartHostOutcome>,
+    /// Ours, optional: the reset (an admin's release, [`ResetOrder`](crate::ResetOrder))
+    /// this report completes: the workspace is new and the VM may rejoin the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<u64>,
 }
 
 /// How Chrome Remote Desktop's start-host ended, daemon → API inside a
 /// [`VmStatusReport`]: `{"ok":false,"exit_code":1,"output":"OAuth error: ..."}`.
 /// `exit_code` is absent when it did not exit by itself (killed at the timeout, or it
 /// could not start); `output` is the last lines of its stderr (stdout when stderr was
-/// empty), with the code and the PIN already removed by the daemon.
+/// empty), with the code and the PIN already removed by the daemon. `assignment` names
+/// the assignment the run was for ([`assignment_key`](crate::assignment_key)): the
+/// server acknowledges that assignment only, so an outcome of an older code never
+/// settles a newer one. (Absent from daemons before it; then the current one is meant.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartHostOutcome {
     pub ok: bool,
@@ -34,6 +41,8 @@ pub struct StartHostOutcome {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<String>,
 }
 
 /// `POST /api/gpu_health`, daemon → API: `{"hostname":"lablink-vm-001","gpu_status":true}`
@@ -185,6 +194,7 @@ mod tests {
                 status: "running".into(),
                 reason: None,
                 start_host: None,
+                reset: None,
             },
         );
         round_trip(
@@ -194,6 +204,7 @@ mod tests {
                 status: "error".into(),
                 reason: Some("start-host failed: exit 1".into()),
                 start_host: None,
+                reset: None,
             },
         );
         round_trip(
@@ -206,11 +217,13 @@ mod tests {
                     ok: false,
                     exit_code: Some(1),
                     output: "OAuth error".into(),
+                    assignment: None,
                 }),
+                reset: None,
             },
         );
         round_trip(
-            r#"{"hostname":"vm-1","status":"running","start_host":{"ok":true,"exit_code":0,"output":""}}"#,
+            r#"{"hostname":"vm-1","status":"running","start_host":{"ok":true,"exit_code":0,"output":"","assignment":"ab12"},"reset":7}"#,
             &VmStatusReport {
                 hostname: "vm-1".into(),
                 status: "running".into(),
@@ -219,7 +232,9 @@ mod tests {
                     ok: true,
                     exit_code: Some(0),
                     output: String::new(),
+                    assignment: Some("ab12".into()),
                 }),
+                reset: Some(7),
             },
         );
     }

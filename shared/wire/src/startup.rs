@@ -62,6 +62,61 @@ impl std::fmt::Debug for Assignment {
     }
 }
 
+/// The one value of [`ResetOrder::status`]: `"reset"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetTag {
+    #[default]
+    Reset,
+}
+
+/// `POST /vm_startup`, holder → daemon, 200, to credentialed daemons only (a classic
+/// client would read any 200 that is not a success as final): the admin released this
+/// VM's seat, `{"status":"reset","reset":7,"keep_files":false}`. The daemon removes the
+/// Chrome Remote Desktop registration and starts a new workspace from the image (the
+/// participant's files are kept aside for the next data export when `keep_files`), then
+/// reports `running` with `"reset": 7`, and the VM rejoins the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetOrder {
+    pub status: ResetTag,
+    pub reset: u64,
+    #[serde(default)]
+    pub keep_files: bool,
+}
+
+impl ResetOrder {
+    pub fn new(reset: u64, keep_files: bool) -> Self {
+        Self {
+            status: ResetTag::Reset,
+            reset,
+            keep_files,
+        }
+    }
+}
+
+/// Either answer of a 200 from `POST /vm_startup` (what the daemon reads).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum StartupAnswer {
+    Assignment(Assignment),
+    Reset(ResetOrder),
+}
+
+/// The name of one assignment (hex SHA-256 of the hostname, the PIN and the command,
+/// each length-prefixed): the daemon remembers what it ran under it, and names it in
+/// [`StartHostOutcome`](crate::StartHostOutcome) so the server acknowledges that
+/// assignment and no other. The database computes the same value in SQL
+/// (`lablink_db::vms`), which a test holds to this one.
+pub fn assignment_key(hostname: &str, pin: &str, command: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [hostname, pin, command] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 /// Whether the holder's one Postgres connection is up and listening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,6 +189,26 @@ mod tests {
         );
         assert!(!shown.contains("123456") && !shown.contains("secret"), "{shown}");
         assert!(shown.contains("vm-1"), "{shown}");
+    }
+
+    #[test]
+    fn a_reset_order_is_told_apart_from_an_assignment() {
+        round_trip(
+            r#"{"status":"reset","reset":7,"keep_files":true}"#,
+            &ResetOrder::new(7, true),
+        );
+        let a: StartupAnswer = serde_json::from_str(r#"{"status":"reset","reset":3}"#).unwrap();
+        assert_eq!(a, StartupAnswer::Reset(ResetOrder::new(3, false)));
+        let a: StartupAnswer =
+            serde_json::from_str(r#"{"status":"success","pin":"123456","command":"c"}"#).unwrap();
+        assert!(matches!(a, StartupAnswer::Assignment(x) if x.pin == "123456"));
+        refused::<StartupAnswer>(r#"{"status":"failed","pin":"1","command":"c"}"#, "did not match");
+        // Fields are separated: moving characters between them changes the key.
+        assert_ne!(
+            assignment_key("vm-1", "12", "3456cmd"),
+            assignment_key("vm-1", "123456", "cmd")
+        );
+        assert_eq!(assignment_key("vm-1", "123456", "cmd").len(), 64);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! it. A browser's refused form gets a page (the routes' `on_error`), a script JSON.
 
 use chrono::Utc;
+use lablink_core::domain::Email;
 use lablink_core::domain::JobId;
 use lablink_core::vm_settings::LaunchOverrides;
-use lablink_db::{exports, fleet};
+use lablink_db::seats::{self, ActionOutcome};
+use lablink_db::{exports, fleet, vms};
 use lablink_ops::{Job, JobKind, Submitted};
 use lambda_http::Request;
 use lambda_http::http::{StatusCode, header};
@@ -87,6 +89,12 @@ struct JobForm {
     client_image: Option<String>,
     #[serde(default)]
     tutorial_repo: Option<String>,
+    /// Reassign: the new participant's email.
+    #[serde(default)]
+    email: Option<String>,
+    /// Release: keep the participant's files for the next data export (`on`/`true`).
+    #[serde(default)]
+    keep_files: Option<String>,
 }
 
 impl JobForm {
@@ -130,9 +138,106 @@ fn job_form(req: &Request) -> Result<JobForm, ApiError> {
             instance_type: s("instance_type"),
             client_image: s("client_image"),
             tutorial_repo: s("tutorial_repo"),
+            email: s("email"),
+            keep_files: match &v["keep_files"] {
+                serde_json::Value::Bool(b) => Some(b.to_string()),
+                _ => s("keep_files"),
+            },
         })
     } else {
         request::form(req, SMALL_BODY)
+    }
+}
+
+pub const VM_ACTION: Route = Route {
+    function: "admin-vm-action",
+    verb: Verb::Post,
+    path: "/api/admin/vms/{hostname}/{action}",
+    access: Access::Admin,
+    features: &["admin", "jobs"],
+    reaches: Reaches::DB_AND_JOBS,
+    on_error: OnError::PageOrJson {
+        back: "/admin/instances",
+        label: "Back to Instances",
+    },
+    handler: handler!(vm_action),
+};
+
+/// `POST /api/admin/vms/{hostname}/{action}`: the admin acts on one VM (a form from the
+/// instances page, or JSON from a script; the admin write rules of every other route).
+/// - `release` (`keep_files`): the seat is freed and the daemon resets the workspace;
+///   the VM rejoins the pool when it reports the reset done.
+/// - `reassign` (`email`): the seat, as it is, moves to another participant.
+/// - `replace`: a job terminates the instance and launches one in its place.
+///
+/// Each is recorded (who, when, which VM) and shown on the VM's row. A browser is sent
+/// back to the instances page (or to the replace job's page); a script gets JSON.
+async fn vm_action(state: &AppState, req: &Request) -> Reply {
+    let form = job_form(req)?;
+    let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    let host = request::path_param_in(req, VM_ACTION.path, "hostname")
+        .ok_or_else(|| ApiError::bad_request("the path has no hostname"))
+        .and_then(|h| {
+            lablink_core::domain::Hostname::parse(&h)
+                .map_err(|e| ApiError::bad_request(format!("invalid hostname in path: {e}")))
+        })?;
+    let action = request::path_param_in(req, VM_ACTION.path, "action").unwrap_or_default();
+    let client = state.db.client().await?;
+    let outcome = match action.as_str() {
+        "release" => {
+            let keep = match form.keep_files.as_deref().map(str::trim) {
+                None | Some("" | "false" | "off" | "0") => false,
+                Some("on" | "true" | "1") => true,
+                Some(v) => {
+                    return Err(ApiError::bad_request(format!(
+                        "keep_files must be true or false, got {v:?}"
+                    )));
+                }
+            };
+            seats::release(&client, &host, keep, &admin.user).await?
+        }
+        "reassign" => {
+            let raw = form.email.as_deref().unwrap_or("").trim();
+            let email = Email::parse(raw).map_err(|e| ApiError::bad_request(format!("email: {e}")))?;
+            seats::reassign(&client, &host, &email, &admin.user).await?
+        }
+        "replace" => {
+            if vms::get_vm(&client, &host).await?.is_none() {
+                return Err(super::not_found(&host));
+            }
+            let id = idempotency_key(&form)?;
+            let job_id = id.as_str().to_owned();
+            let kind = JobKind::Replace {
+                hostname: host.as_str().to_owned(),
+            };
+            let reply = submit(state, req, &admin, id, kind).await?;
+            // Recorded once the job is accepted (a busy fleet refuses it above).
+            seats::record_replace(&client, &host, &job_id, &admin.user).await?;
+            return Ok(reply);
+        }
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no VM action {other:?}: use release, reassign or replace"
+            )));
+        }
+    };
+    match outcome {
+        ActionOutcome::UnknownVm => Err(super::not_found(&host)),
+        ActionOutcome::Refused(why) => Err(ApiError::Conflict(why)),
+        ActionOutcome::Done { previous_email } => {
+            tracing::info!(%host, action, admin = %admin.user, "VM action done");
+            if wants_html(req) {
+                return Ok(redirect("/admin/instances"));
+            }
+            let message = match action.as_str() {
+                "release" => format!("{host} released; it rejoins the pool once its workspace is reset"),
+                _ => format!("{host} reassigned; the new participant sends their code from the start page"),
+            };
+            Ok(json(
+                StatusCode::OK,
+                &json!({ "message": message, "hostname": host, "action": action, "previous_email": previous_email }),
+            ))
+        }
     }
 }
 

@@ -391,6 +391,7 @@ async fn instances(state: &AppState, req: &Request) -> Reply {
     let (admin, csrf) = session_or_login!(state, req);
     let client = state.db.client().await?;
     let all = vms::list_vms(&client).await?;
+    let actions = lablink_db::seats::recent_actions(&client, 3).await?;
     let rows: Vec<pages::VmRow<'_>> = all
         .iter()
         .map(|v| pages::VmRow {
@@ -413,6 +414,21 @@ async fn instances(state: &AppState, req: &Request) -> Reply {
                 .map(|r| (r.ok, r.exit_code, r.output.as_str())),
             initializing_min: (v.status == lablink_core::domain::VmStatus::Initializing)
                 .then(|| (chrono::Utc::now() - v.created_at).num_minutes().max(0)),
+            seat: v.user_email.as_ref().map(|_| seat_label(v)),
+            code_changes: v.code_changes,
+            reset_pending: v.reset_pending,
+            actions: actions
+                .iter()
+                .filter(|a| a.hostname == v.hostname.as_str())
+                .map(|a| {
+                    (
+                        a.action.as_str(),
+                        a.actor.as_str(),
+                        a.detail.as_str(),
+                        a.at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                    )
+                })
+                .collect(),
         })
         .collect();
     Ok(html(
@@ -425,6 +441,17 @@ async fn instances(state: &AppState, req: &Request) -> Reply {
             &rows,
         ),
     ))
+}
+
+/// Where an assigned VM's seat stands (docs/operations.md, "A seat's life").
+fn seat_label(v: &vms::Vm) -> &'static str {
+    match (v.acknowledged_at, &v.start_host, v.delivered_at) {
+        (Some(_), Some(r), _) if r.ok => "connected",
+        (Some(_), Some(_), _) => "code refused: waiting for a new one",
+        (Some(_), None, _) => "outcome reported",
+        (None, _, Some(_)) => "code delivered: start-host running",
+        (None, _, None) => "code on its way",
+    }
 }
 
 pub const DELETE: Route = Route {

@@ -159,7 +159,7 @@ impl std::fmt::Debug for Route {
 /// Every route, in the manifest's order (with every feature; the local runner and the
 /// tests use it, a Lambda never does).
 #[cfg(feature = "full")]
-pub const ALL: [Route; 30] = [
+pub const ALL: [Route; 34] = [
     participant::INDEX,
     participant::REQUEST_VM,
     participant::UNASSIGNED_VMS_COUNT,
@@ -190,6 +190,10 @@ pub const ALL: [Route; 30] = [
     export::SCP_CLIENT,
     export::VM_EXPORT,
     export::EXPORT_DOWNLOAD,
+    participant::SEAT_PAGE,
+    participant::SEAT_STATUS,
+    participant::SEAT_CODE,
+    admin_jobs::VM_ACTION,
 ];
 
 /// The route served by `function` (tests and tools).

@@ -1,7 +1,9 @@
-//! The participant's routes: the form, the request for a VM, the live free count, and
+//! The participant's routes: the form, the request for a VM (or a fresh code for the
+//! VM this email holds), the seat's live page by its token, the live free count, and
 //! the health check. They reach Postgres only: no admin auth, no AWS client.
 
 use lablink_core::domain::{CrdCommand, Email, Pin};
+use lablink_db::seats::{self, CodeChange, CodeLimits};
 use lablink_db::vms;
 use lablink_templates as pages;
 use lambda_http::Request;
@@ -60,7 +62,10 @@ struct VmRequestForm {
 
 /// `POST /api/request_vm` (form). Bad input re-renders the form with the reason, keeping
 /// what was typed (400); no free VM re-renders it with "no VMs available" (200, not an
-/// error page); success shows hostname and PIN. Nothing is written on any refusal.
+/// error page); success shows the seat's live page (hostname, PIN, the state of the
+/// registration, the link to come back). An email that holds a VM already gets that VM
+/// back, and a NEW code is sent to it as a fresh code (within the seat's limits: 429
+/// past them). Nothing is written on any refusal.
 async fn request_vm(state: &AppState, req: &Request) -> Reply {
     let form: VmRequestForm = request::form(req, SMALL_BODY)?;
     let form_again = |status: StatusCode, error: &str, free: i64| {
@@ -95,12 +100,62 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
     };
     let client = state.db.client().await?;
     match vms::assign(&client, &email, &command, &Pin::generate()).await? {
-        Some(a) => {
+        Some(a) if a.fresh || a.same_command => {
             tracing::info!(hostname = %a.hostname, fresh = a.fresh, "VM assigned");
+            let token = seats::issue_token(&client, &a.hostname, &email).await?;
+            let notice = (!a.fresh).then_some("This email already has this VM: here it is again.");
+            let view = seats::view(&client, token.expose(), CodeLimits::default()).await?;
+            let state_name = view.as_ref().map_or("connecting", |v| seat_state_name(v.state));
             Ok(html(
                 StatusCode::OK,
-                pages::success_page(a.hostname.as_str(), a.pin.as_str()),
+                pages::seat_page(&pages::SeatPage {
+                    token: token.expose(),
+                    hostname: a.hostname.as_str(),
+                    pin: Some(a.pin.as_str()),
+                    state: state_name,
+                    notice,
+                    error: None,
+                    crd_command: "",
+                }),
             ))
+        }
+        Some(a) => {
+            // The same person with a new code (the last one expired, was mistyped or
+            // went to the wrong Google account): it goes to their VM.
+            let change = seats::send_code(
+                &client,
+                &a.hostname,
+                email.as_str(),
+                &command,
+                &Pin::generate(),
+                CodeLimits::default(),
+            )
+            .await?;
+            match refusal_of(&change) {
+                Some((status, why)) => Ok(form_again(status, &why, free_count_or_zero(state).await)),
+                None => {
+                    tracing::info!(hostname = %a.hostname, "fresh code sent to the participant's VM");
+                    let token = seats::issue_token(&client, &a.hostname, &email).await?;
+                    let pin = match &change {
+                        CodeChange::Sent { pin } | CodeChange::Unchanged { pin } => pin.as_str(),
+                        _ => a.pin.as_str(),
+                    };
+                    Ok(html(
+                        StatusCode::OK,
+                        pages::seat_page(&pages::SeatPage {
+                            token: token.expose(),
+                            hostname: a.hostname.as_str(),
+                            pin: Some(pin),
+                            state: "connecting",
+                            notice: Some(
+                                "This email already has this VM: your new code was sent to it, with a new PIN. It registers the desktop again.",
+                            ),
+                            error: None,
+                            crd_command: "",
+                        }),
+                    ))
+                }
+            }
         }
         None => Ok(form_again(
             StatusCode::OK,
@@ -108,6 +163,192 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
             0,
         )),
     }
+}
+
+/// The status and message of a fresh code that was not sent; `None` when it was (or
+/// the seat had exactly that code already).
+fn refusal_of(change: &CodeChange) -> Option<(StatusCode, String)> {
+    match change {
+        CodeChange::Sent { .. } | CodeChange::Unchanged { .. } => None,
+        CodeChange::TooSoon { wait_seconds } => Some((
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "A code was sent to your VM moments ago; wait {wait_seconds} s before sending another (it may still be registering: check your seat's page)."
+            ),
+        )),
+        CodeChange::TooMany { max } => Some((
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Your VM has already taken {max} new codes, the most one seat may. Ask the workshop staff for help."
+            ),
+        )),
+        CodeChange::Resetting => Some((
+            StatusCode::CONFLICT,
+            "Your VM is being reset by the workshop staff; no code can reach it now.".into(),
+        )),
+        CodeChange::NotYours => Some((
+            StatusCode::CONFLICT,
+            "This seat is no longer yours (the staff released or moved it). Use the start page to get a VM."
+                .into(),
+        )),
+    }
+}
+
+fn seat_state_name(s: seats::SeatState) -> &'static str {
+    match s {
+        seats::SeatState::Connecting => "connecting",
+        seats::SeatState::Ready => "ready",
+        seats::SeatState::Refused => "refused",
+        seats::SeatState::Released => "released",
+        seats::SeatState::Reassigned => "reassigned",
+        seats::SeatState::Gone => "gone",
+    }
+}
+
+/// A seat token from the path (the seat routes share the `/…/{token}` position): 64
+/// hex digits, else the seat is simply not found (a malformed token is as unknown as a
+/// wrong one).
+fn path_token(req: &Request) -> Result<String, ApiError> {
+    let pattern = if req.uri().path().starts_with("/api/") {
+        SEAT_STATUS.path
+    } else {
+        SEAT_PAGE.path
+    };
+    request::path_param_in(req, pattern, "token")
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|t| t.to_ascii_lowercase())
+        .ok_or_else(no_such_seat)
+}
+
+fn no_such_seat() -> ApiError {
+    ApiError::NotFound("no seat has this link; check it, or use the start page".into())
+}
+
+pub const SEAT_PAGE: Route = Route {
+    function: "seat-page",
+    verb: Verb::Get,
+    path: "/seat/{token}",
+    access: Access::Participant,
+    features: &[],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(seat_page),
+};
+
+/// `GET /seat/{token}`: the seat's live page (404 for a token never issued).
+async fn seat_page(state: &AppState, req: &Request) -> Reply {
+    let token = path_token(req)?;
+    let client = state.db.client().await?;
+    let view = seats::view(&client, &token, CodeLimits::default())
+        .await?
+        .ok_or_else(no_such_seat)?;
+    Ok(html(
+        StatusCode::OK,
+        pages::seat_page(&pages::SeatPage {
+            token: &token,
+            hostname: &view.hostname,
+            pin: view.pin.as_deref(),
+            state: seat_state_name(view.state),
+            notice: None,
+            error: None,
+            crd_command: "",
+        }),
+    ))
+}
+
+pub const SEAT_STATUS: Route = Route {
+    function: "seat-status",
+    verb: Verb::Get,
+    path: "/api/seat/{token}",
+    access: Access::Participant,
+    features: &[],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(seat_status),
+};
+
+/// `GET /api/seat/{token}`: `{"state","hostname","pin","vm_status","codes_left"}` for the
+/// page's script (404 for a token never issued). Only this seat's own facts.
+async fn seat_status(state: &AppState, req: &Request) -> Reply {
+    let token = path_token(req)?;
+    let client = state.db.client().await?;
+    let view = seats::view(&client, &token, CodeLimits::default())
+        .await?
+        .ok_or_else(no_such_seat)?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+pub const SEAT_CODE: Route = Route {
+    function: "seat-code",
+    verb: Verb::Post,
+    path: "/api/seat/{token}/code",
+    access: Access::Participant,
+    features: &[],
+    reaches: Reaches::DB,
+    on_error: OnError::Json,
+    handler: handler!(seat_code),
+};
+
+#[derive(Deserialize)]
+struct SeatCodeForm {
+    #[serde(default)]
+    crd_command: String,
+}
+
+/// `POST /api/seat/{token}/code` (form `crd_command`): a fresh code for this seat's VM.
+/// Sent: 303 to the seat's page (which shows it connecting). A bad command (400), the
+/// seat's limits (429) or an ended seat (409) re-render the page with the reason;
+/// nothing changes then. An unknown token is 404.
+async fn seat_code(state: &AppState, req: &Request) -> Reply {
+    let token = path_token(req)?;
+    let form: SeatCodeForm = request::form(req, SMALL_BODY)?;
+    let client = state.db.client().await?;
+    let view = seats::view(&client, &token, CodeLimits::default())
+        .await?
+        .ok_or_else(no_such_seat)?;
+    let page_again = |status: StatusCode, error: &str| {
+        html(
+            status,
+            pages::seat_page(&pages::SeatPage {
+                token: &token,
+                hostname: &view.hostname,
+                pin: view.pin.as_deref(),
+                state: seat_state_name(view.state),
+                notice: None,
+                error: Some(error),
+                crd_command: &form.crd_command,
+            }),
+        )
+    };
+    let command = match CrdCommand::parse(&form.crd_command) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(page_again(
+                StatusCode::BAD_REQUEST,
+                &format!("Chrome Remote Desktop command: {e}."),
+            ));
+        }
+    };
+    let Some((hostname, email)) = seats::holder_of(&client, &token).await? else {
+        return Ok(page_again(
+            StatusCode::CONFLICT,
+            "This seat is no longer yours (the staff released or moved it). Use the start page to get a VM.",
+        ));
+    };
+    let change = seats::send_code(
+        &client,
+        &hostname,
+        &email,
+        &command,
+        &Pin::generate(),
+        CodeLimits::default(),
+    )
+    .await?;
+    if let Some((status, why)) = refusal_of(&change) {
+        return Ok(page_again(status, &why));
+    }
+    tracing::info!(%hostname, "fresh code sent from the seat page");
+    Ok(crate::respond::redirect(&format!("/seat/{token}")))
 }
 
 /// The form shown again with an error carries the live count too; if even that read

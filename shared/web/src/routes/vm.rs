@@ -87,9 +87,15 @@ async fn post_vm_status(state: &AppState, req: &Request) -> Reply {
         ok: o.ok,
         exit_code: o.exit_code,
         output: &o.output,
+        assignment: o.assignment.as_deref(),
     });
+    let reset = match body.reset {
+        Some(n) => Some(i64::try_from(n).map_err(|_| ApiError::bad_request("reset: out of range"))?),
+        None => None,
+    };
     let client = state.db.client().await?;
-    if !vms::set_status_after_start_host(&client, &host, status, body.reason.as_deref(), start_host).await? {
+    let reason = body.reason.as_deref();
+    if !vms::set_status_after_start_host(&client, &host, status, reason, start_host, reset).await? {
         return Err(not_found(&host));
     }
     Ok(message("VM status updated successfully."))

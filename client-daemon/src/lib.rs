@@ -466,6 +466,12 @@ async fn assignment_loop(
                 execute(&run, r.key.clone(), &command, &pin).await;
             }
         }
+        Some(r) if r.phase == Phase::Done => {
+            tracing::info!(
+                ok = r.succeeded(),
+                "this VM's assignment was run before; waiting for a fresh code or a release"
+            );
+        }
         _ => {}
     }
     let mut backoff = Backoff::new();

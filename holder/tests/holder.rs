@@ -256,7 +256,10 @@ async fn a_release_wakes_the_vm_with_a_reset_order_until_it_reports_the_reset_do
     let done = lablink_db::seats::release(&client, &vms_[0].host, true, "admin")
         .await
         .unwrap();
-    assert!(matches!(done, lablink_db::seats::ActionOutcome::Done { .. }), "{done:?}");
+    assert!(
+        matches!(done, lablink_db::seats::ActionOutcome::Done { .. }),
+        "{done:?}"
+    );
     let (status, body, _) = waiter.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(t.elapsed() < Duration::from_secs(5));

@@ -25,6 +25,9 @@ if [ "$(id -u)" = 0 ]; then
   esac
 fi
 out="$LABLINK_TEST_RECORD"
+# A test's trap: once, kill the daemon that started us, before anything is recorded
+# (a daemon killed between receiving an assignment and running start-host).
+if [ -e "$out.kill-once" ]; then rm -f "$out.kill-once"; kill -9 "$PPID"; exit 1; fi
 {
   printf 'argv'; for a in "$@"; do printf '\t%s' "$a"; done; printf '\n'
   if [ "${DISPLAY+set}" = set ]; then printf 'DISPLAY=[%s]\n' "$DISPLAY"; else printf 'DISPLAY unset\n'; fi
@@ -252,9 +255,9 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
     assert_eq!(r.argv, want);
     assert_eq!(r.display, "DISPLAY=[]");
     assert_eq!(r.stdin, [pin1.clone(), pin1.clone()]);
-    // The others keep waiting; the assigned one is done waiting.
+    // Every daemon waits again, the assigned one too (for a fresh code or a release).
     holder
-        .wait_for_waiters(&http, 2, Duration::from_secs(10))
+        .wait_for_waiters(&http, 3, Duration::from_secs(10))
         .await
         .unwrap();
     for v in &vms_ {
@@ -305,7 +308,7 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
     // ---- 3. Cut the holder's Postgres connection and assign at once: the holder
     // reconnects and re-checks its waiter, or the daemon's next poll finds it.
     holder
-        .wait_for_waiters(&http, 1, Duration::from_secs(30))
+        .wait_for_waiters(&http, 3, Duration::from_secs(30))
         .await
         .unwrap();
     let killed = client
@@ -334,8 +337,11 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
     hosts.sort();
     hosts.dedup();
     assert_eq!(hosts.len(), 3);
-    let health = holder.health(&http).await.unwrap();
-    assert_eq!(health["waiters"], 0, "{health}");
+    // Each acknowledged its assignment: all three wait, none is handed one again.
+    holder
+        .wait_for_waiters(&http, 3, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     // ---- 4. A restarted daemon neither re-runs nor loses its assignment.
     let i1 = vms_.iter().position(|v| v.hostname.as_str() == host1).unwrap();
@@ -357,6 +363,104 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
     for h in &hosts {
         assert_eq!(runs(dir.path(), h).len(), 1, "{h} ran start-host once");
     }
+
+    // ---- 5. The same participant with a fresh code (the first expired): it reaches the
+    // same VM. Its daemon is killed after receiving it, before start-host ran; restarted,
+    // it runs start-host with the new code exactly once and the delivery is acknowledged.
+    std::fs::write(dir.path().join(format!("{host1}.record.kill-once")), "").unwrap();
+    // Past the seat's 20 s between codes.
+    client
+        .execute(
+            "UPDATE vms SET code_changed_at = now() - interval '1 minute' WHERE hostname = $1",
+            &[&host1],
+        )
+        .await
+        .unwrap();
+    let request = |email: &'static str, code: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/api/request_vm", api.url());
+        async move {
+            let pasted = format!(
+                "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
+                 --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+            );
+            let page = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(
+                    serde_urlencoded::to_string([("email", email), ("crd_command", pasted.as_str())])
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .unwrap();
+            (page.status().as_u16(), page.text().await.unwrap())
+        }
+    };
+    const FRESH: &str = "4/0AVMBsJh1-e2eFreshCodeAfterTheFirstExpired";
+    let (status, page) = request("ada@example.edu", FRESH).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("your new code was sent"), "{page}");
+    let (again_host, new_pin) = success_page_fields(&page);
+    assert_eq!(again_host, host1);
+    let exited = tokio::time::timeout(Duration::from_secs(10), daemons[i1].child.wait()).await;
+    assert!(
+        exited.is_ok(),
+        "the daemon was not killed before start-host ran\n{}",
+        logs(dir.path())
+    );
+    assert_eq!(runs(dir.path(), &host1).len(), 1, "nothing ran before the kill");
+    daemons[i1] = spawn_daemon(&daemon_bin, dir.path(), &vms_[i1], &api.url(), &holder.url());
+    let second = eventually(
+        "start-host with the fresh code",
+        Duration::from_secs(20),
+        || async { runs(dir.path(), &host1).into_iter().nth(1) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path())));
+    assert_eq!(second.argv[0], format!("--code={FRESH}"));
+    assert_eq!(second.stdin, [new_pin.clone(), new_pin.clone()]);
+    let h1 = lablink_core::domain::Hostname::parse(&host1).unwrap();
+    eventually("the fresh code acknowledged", Duration::from_secs(10), || async {
+        let vm = vms::get_vm(&client, &h1).await.ok()??;
+        (vm.acknowledged_at.is_some() && vm.start_host.is_some_and(|r| r.ok)).then_some(())
+    })
+    .await
+    .unwrap();
+    // Acknowledged: no poll hands it over again, so it never runs twice.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(runs(dir.path(), &host1).len(), 2, "the fresh code ran once");
+
+    // ---- 6. The admin releases that VM: its daemon resets (the registration goes), it
+    // rejoins the pool, and the next participant's code reaches it.
+    let released = lablink_db::seats::release(&client, &h1, false, "admin")
+        .await
+        .unwrap();
+    assert!(
+        matches!(released, lablink_db::seats::ActionOutcome::Done { .. }),
+        "{released:?}"
+    );
+    eventually(
+        "the released VM back in the pool",
+        Duration::from_secs(20),
+        || async { (vms::free_seat_count(&client).await.ok()? == 1).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path())));
+    const NEXT: &str = "4/0AVMBsJh1-e2eTheNextParticipantsCode";
+    let (status, page) = request("grace@example.edu", NEXT).await;
+    assert_eq!(status, 200, "{page}");
+    let (next_host, next_pin) = success_page_fields(&page);
+    assert_eq!(next_host, host1);
+    let third = eventually(
+        "start-host for the next participant",
+        Duration::from_secs(10),
+        || async { runs(dir.path(), &host1).into_iter().nth(2) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path())));
+    assert_eq!(third.argv[0], format!("--code={NEXT}"));
+    assert_eq!(third.stdin, [next_pin.clone(), next_pin]);
     holder.proc.terminate(Duration::from_secs(5)).await;
 }
 

@@ -417,9 +417,212 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
     // Several assignments give different PINs (20 requests on fresh databases would be
     // slow; the PIN generator's own test covers the distribution).
     assert!(pin_a != pin_b || pin_a != "123456");
-    // The same person again gets the same VM and PIN.
-    let again = text(&request_vm(&f.state, "ADA@uni.edu", "4/0Acccc").await);
-    assert_eq!((field(&again, "hostname"), field(&again, "pin")), (ha, pin_a));
+    // The same person again with the same command gets the same VM and PIN.
+    let again = text(&request_vm(&f.state, "ADA@uni.edu", "4/0Aaaaa").await);
+    assert_eq!(
+        (field(&again, "hostname"), field(&again, "pin")),
+        (ha.clone(), pin_a.clone())
+    );
+    assert!(again.contains("data-state=\"connecting\""), "{again}");
+
+    // With a new code moments later: refused for now (429), nothing changes.
+    let before = snapshot(&f.client).await;
+    let soon = request_vm(&f.state, "ada@uni.edu", "4/0Acccc").await;
+    assert_eq!(soon.status(), 429);
+    let page = text(&soon);
+    assert!(page.contains("role=\"alert\"") && page.contains("wait"), "{page}");
+    assert_eq!(snapshot(&f.client).await, before);
+    // Later (the limit's 20 s passed): the new code replaces the stored one, with a
+    // fresh PIN, on the same VM; the page says what happened.
+    f.client
+        .execute(
+            "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let fresh = text(&request_vm(&f.state, "ada@uni.edu", "4/0Acccc").await);
+    assert_eq!(field(&fresh, "hostname"), ha);
+    assert!(fresh.contains("your new code was sent"), "{fresh}");
+    let (pin, command, changes): (String, String, i32) = {
+        let r = f
+            .client
+            .query_one(
+                "SELECT pin, crd_command, code_changes FROM vms WHERE user_email = 'ada@uni.edu'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(field(&fresh, "pin"), pin);
+    assert!(
+        command.contains("4/0Acccc") && changes == 1,
+        "{command} {changes}"
+    );
+    // Past the seat's limit: a clear refusal.
+    f.client
+        .execute(
+            "UPDATE vms SET code_changes = 10, code_changed_at = now() - interval '1 minute'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let over = request_vm(&f.state, "ada@uni.edu", "4/0Adddd").await;
+    assert_eq!(over.status(), 429);
+    assert!(text(&over).contains("the most one seat may"), "{}", text(&over));
+    // Another email never reaches that seat: it gets another VM or none.
+    let other = text(&request_vm(&f.state, "eve@uni.edu", "4/0Aeeee").await);
+    assert!(!other.contains(&format!("id=\"hostname\">{ha}<")), "{other}");
+}
+
+/// The seat page by its token: the token is required (a wrong one is 404), the state
+/// follows the daemon's reports, and the refused-code path offers the form, which sends
+/// a fresh code to the same VM.
+#[tokio::test]
+async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
+    let f = setup(false).await;
+    let page = text(&request_vm(&f.state, "ada@uni.edu", "4/0Aaaaa").await);
+    let link = page
+        .split("href=\"/seat/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the success page links to the seat page")
+        .to_owned();
+    assert_eq!(link.len(), 64);
+    let host = field(&page, "hostname");
+    // Wrong and malformed tokens: 404, nothing shown.
+    for wrong in ["0".repeat(64), "../admin".into(), link[..63].to_owned()] {
+        let mut req = fixture("seat-status", "valid");
+        *req.uri_mut() = format!("/api/seat/{wrong}").parse().unwrap();
+        let r = route("seat-status")
+            .handle(&f.state, without_path_params(req))
+            .await;
+        assert_eq!(r.status(), 404, "{wrong}");
+        assert!(!text(&r).contains(&host));
+    }
+    let seat = |token: &str| {
+        let mut req = fixture("seat-status", "valid");
+        *req.uri_mut() = format!("/api/seat/{token}").parse().unwrap();
+        without_path_params(req)
+    };
+    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    assert_eq!(r.status(), 200);
+    let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(
+        (j["state"].as_str(), j["hostname"].as_str()),
+        (Some("connecting"), Some(host.as_str()))
+    );
+    // The daemon reports start-host failed for this assignment: refused.
+    let (pin, command): (String, String) = {
+        let r = f
+            .client
+            .query_one("SELECT pin, crd_command FROM vms WHERE hostname = $1", &[&host])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let key = lablink_wire::assignment_key(&host, &pin, &command);
+    let h = Hostname::parse(&host).unwrap();
+    let report = |ok| vms::StartHostReport {
+        ok,
+        exit_code: Some(1),
+        output: "",
+        assignment: Some(&key),
+    };
+    vms::set_status_after_start_host(&f.client, &h, VmStatus::Error, None, Some(report(false)), None)
+        .await
+        .unwrap();
+    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(j["state"], "refused");
+    // The page offers the form; a bad command is refused with the reason (400), a good
+    // one goes to the same VM and the page shows it connecting again.
+    let mut req = fixture("seat-page", "valid");
+    *req.uri_mut() = format!("/seat/{link}").parse().unwrap();
+    let page = text(
+        &route("seat-page")
+            .handle(&f.state, without_path_params(req))
+            .await,
+    );
+    assert!(
+        page.contains(&format!("action=\"/api/seat/{link}/code\""))
+            && page.contains("data-state=\"refused\"")
+    );
+    f.client
+        .execute(
+            "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let send = |cmd: &str| {
+        let mut req = fixture("seat-code", "valid");
+        *req.uri_mut() = format!("/api/seat/{link}/code").parse().unwrap();
+        *req.body_mut() = Body::from(format!(
+            "crd_command={}",
+            cmd.replace(' ', "+").replace('"', "%22").replace('/', "%2F")
+        ));
+        without_path_params(req)
+    };
+    let bad = route("seat-code")
+        .handle(&f.state, send("start-host --code=\"x\"; reboot"))
+        .await;
+    assert_eq!(bad.status(), 400);
+    let good = route("seat-code")
+        .handle(
+            &f.state,
+            send(
+                "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0Anew\" --name=$(hostname)",
+            ),
+        )
+        .await;
+    assert_eq!(good.status(), 303, "{}", text(&good));
+    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(
+        (j["state"].as_str(), j["hostname"].as_str()),
+        (Some("connecting"), Some(host.as_str()))
+    );
+    let stored: String = f
+        .client
+        .query_one("SELECT crd_command FROM vms WHERE hostname = $1", &[&host])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored.contains("4/0Anew"), "{stored}");
+    // Ready once the daemon reports success for the new assignment.
+    let (pin, command): (String, String) = {
+        let r = f
+            .client
+            .query_one("SELECT pin, crd_command FROM vms WHERE hostname = $1", &[&host])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let key2 = lablink_wire::assignment_key(&host, &pin, &command);
+    let ok = vms::StartHostReport {
+        ok: true,
+        exit_code: Some(0),
+        output: "",
+        assignment: Some(&key2),
+    };
+    vms::set_status_after_start_host(&f.client, &h, VmStatus::Running, None, Some(ok), None)
+        .await
+        .unwrap();
+    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(
+        (j["state"].as_str(), j["pin"].as_str()),
+        (Some("ready"), Some(pin.as_str()))
+    );
+}
+
+/// The fixture with its API Gateway path parameters removed: the handler reads the
+/// path itself (as behind the local runner).
+fn without_path_params(req: Request) -> Request {
+    use lambda_http::RequestExt;
+    req.with_path_parameters(std::collections::HashMap::<String, String>::new())
 }
 
 #[tokio::test]

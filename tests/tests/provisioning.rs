@@ -452,3 +452,97 @@ async fn a_launchs_overrides_reach_the_vms_and_the_job_records_its_image() {
     assert!(v.contains("workshop-image:2026-12") && v.contains(DLAMI));
     assert!(!v.contains("ENROLL"));
 }
+
+/// The admin's per-VM replace: one job terminates that VM's instance and launches one in
+/// its place; its row is replaced, its participant's page says the VM is gone, and a
+/// repeated delivery of the job changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_one_vm_terminates_its_instance_and_launches_one_in_its_place() {
+    use lablink_core::domain::{CrdCommand, Email, Pin};
+    use lablink_db::{seats, vms};
+    let w = world(None).await;
+    let Submitted::Created(launch) = submit(&w.store, JobKind::Launch { num_vms: 2 }).await else {
+        panic!("created");
+    };
+    assert_eq!(
+        w.rt.handle(&record(&launch.id)).await.unwrap()[0].1,
+        Processed::Finished(JobState::Succeeded)
+    );
+    let client = w.db.client().await;
+    client
+        .execute("UPDATE vms SET status = 'running'", &[])
+        .await
+        .unwrap();
+    let email = Email::parse("ada@uni.edu").unwrap();
+    let seat = vms::assign(
+        &client,
+        &email,
+        &CrdCommand::from_code("4/0Areplace").unwrap(),
+        &Pin::generate(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let token = seats::issue_token(&client, &seat.hostname, &email).await.unwrap();
+    let old = vms::get_vm(&client, &seat.hostname).await.unwrap().unwrap();
+    let old_instance = old.instance_id.clone().unwrap();
+    let kept = vms::list_vms(&client)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.hostname != seat.hostname)
+        .unwrap();
+
+    let kind = JobKind::Replace {
+        hostname: seat.hostname.as_str().to_owned(),
+    };
+    let Submitted::Created(job) = submit(&w.store, kind).await else {
+        panic!("created");
+    };
+    seats::record_replace(&client, &seat.hostname, job.id.as_str(), "admin")
+        .await
+        .unwrap();
+    let out = w.rt.handle(&record(&job.id)).await.unwrap();
+    assert_eq!(out[0].1, Processed::Finished(JobState::Succeeded));
+    let again = w.rt.handle(&record(&job.id)).await.unwrap();
+    assert_eq!(again[0].1, Processed::Skipped("already finished"));
+
+    // EC2: the old instance terminated, exactly one new one launched by this job.
+    let gone = instances(&w.ec2, vec![filter("instance-id", &old_instance)]).await;
+    assert_eq!(
+        gone[0].state().and_then(|s| s.name()).map(|n| n.as_str()),
+        Some("terminated")
+    );
+    let new = instances(&w.ec2, vec![filter("tag:lablink:job", job.id.as_str())]).await;
+    assert_eq!(new.len(), 1, "one launch for the replace");
+    let new_host = tag(&new[0], "lablink:hostname").unwrap().to_owned();
+    assert_ne!(new_host, seat.hostname.as_str());
+    // The rows: the old one replaced by the new one; the other VM untouched.
+    let rows = vms::list_vms(&client).await.unwrap();
+    let names: Vec<&str> = rows.iter().map(|v| v.hostname.as_str()).collect();
+    assert_eq!(rows.len(), 2, "{names:?}");
+    assert!(names.contains(&new_host.as_str()) && names.contains(&kept.hostname.as_str()));
+    let replacement = rows.iter().find(|v| v.hostname.as_str() == new_host).unwrap();
+    assert_eq!(replacement.instance_id.as_deref(), new[0].instance_id());
+    assert_eq!(replacement.status, lablink_core::domain::VmStatus::Initializing);
+    let done = w.store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(done.vms.len(), 1);
+    assert!(
+        done.events.iter().any(|e| e.message.contains(&old_instance)),
+        "{:?}",
+        done.events
+    );
+    // The participant's page says the VM is gone; the action is on record.
+    let view = seats::view(&client, token.expose(), seats::CodeLimits::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.state, seats::SeatState::Gone);
+    let actions = seats::recent_actions(&client, 5).await.unwrap();
+    assert_eq!(actions.len(), 1);
+    assert_eq!(
+        (actions[0].hostname.as_str(), actions[0].action.as_str()),
+        (seat.hostname.as_str(), "replace")
+    );
+    assert!(actions[0].detail.contains(job.id.as_str()) && actions[0].detail.contains("ada@uni.edu"));
+}

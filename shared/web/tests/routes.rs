@@ -295,7 +295,7 @@ async fn the_auth_matrix_holds_for_every_vm_side_and_admin_read_route() {
         ),
         (
             "scp-client",
-            vec![(Nobody, 401), (OwnVm, 401), (OtherVm, 401), (Admin, 303)],
+            vec![(Nobody, 401), (OwnVm, 401), (OtherVm, 401)],
         ),
         (
             "get-vm-logs",
@@ -304,6 +304,11 @@ async fn the_auth_matrix_holds_for_every_vm_side_and_admin_read_route() {
         (
             "list-vm-status",
             vec![(Admin, 200), (Nobody, 401), (OtherVm, 401), (OwnVm, 401)],
+        ),
+        // An admin's action on one VM: never by a VM, never without a session.
+        (
+            "admin-vm-action",
+            vec![(Nobody, 401), (OwnVm, 401), (OtherVm, 401)],
         ),
     ];
     for (function, cases) in matrix {

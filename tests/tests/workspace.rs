@@ -499,6 +499,93 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
     );
     assert!(!outcome.output.contains(expired) && !outcome.output.contains(&pin));
     assert_eq!(vm.status, VmStatus::Error);
+
+    // The participant pastes a fresh code (past the seat's 20 s between codes): it
+    // reaches the same workspace, start-host registers with it, and the seat is ready.
+    client
+        .execute(
+            "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let fresh = "4/0AVMBsJh1-fresh-participant-code";
+    let new_pin = request_vm(&reqwest::Client::new(), &api.url(), "bob@example.edu", fresh).await;
+    let vm = vm_with(
+        &client,
+        &vms_[1].hostname,
+        "start-host's success with the fresh code",
+        Duration::from_secs(20),
+        |v| v.status == VmStatus::Running && v.start_host.as_ref().is_some_and(|r| r.ok),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[1])));
+    assert!(vm.acknowledged_at.is_some());
+    let runs = start_host_runs(&hosts[1]);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[1].contains(&format!("--code={fresh}")) && runs[1].contains(&format!("pin1={new_pin}")));
+
+    // The admin releases the seat, keeping the participant's files for the next export:
+    // a new container on a new home volume (no registration, no files), the files kept
+    // outside every container without the registration, and the VM back in the pool.
+    let ws = container(&hosts[1]);
+    let old_id = docker(&["inspect", "--format", "{{.Id}}", &ws]);
+    docker(&[
+        "exec",
+        "-u",
+        "client",
+        &ws,
+        "sh",
+        "-c",
+        "echo tracked > /home/client/results.slp",
+    ]);
+    assert_eq!(vms::free_seat_count(&client).await.unwrap(), 0);
+    let released = lablink_db::seats::release(&client, &vms_[1].hostname, true, "admin")
+        .await
+        .unwrap();
+    assert!(matches!(released, lablink_db::seats::ActionOutcome::Done { .. }));
+    eventually(
+        "the released VM back in the pool",
+        Duration::from_secs(60),
+        || async { (vms::free_seat_count(&client).await.ok()? == 1).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[1])));
+    let new_id = docker(&["inspect", "--format", "{{.Id}}", &ws]);
+    assert_ne!(old_id, new_id, "a new container");
+    let left = docker(&[
+        "exec",
+        &ws,
+        "sh",
+        "-c",
+        "ls -A /home/client; ls /home/client/.config/chrome-remote-desktop 2>&1 || true",
+    ]);
+    assert!(!left.contains("results.slp") && !left.contains("host#"), "{left}");
+    let kept_root = dir.path().join(format!("{}.state/kept", hosts[1]));
+    let kept: Vec<_> = std::fs::read_dir(&kept_root).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 1);
+    let kept_home = kept[0].path().join("home/client");
+    assert_eq!(
+        std::fs::read_to_string(kept_home.join("results.slp")).unwrap(),
+        "tracked\n"
+    );
+    assert!(
+        !kept_home.join(".config/chrome-remote-desktop").exists(),
+        "the registration is not kept"
+    );
+    // The next participant's code reaches the new workspace.
+    let next = "4/0AVMBsJh1-next-participant-code";
+    request_vm(&reqwest::Client::new(), &api.url(), "cy@example.edu", next).await;
+    eventually(
+        "start-host for the next participant",
+        Duration::from_secs(20),
+        || async {
+            let runs = start_host_runs(&hosts[1]);
+            (runs.len() == 1 && runs[0].contains(&format!("--code={next}"))).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[1])));
 }
 
 /// The daemon is killed while the startup script runs, then while start-host runs, in the

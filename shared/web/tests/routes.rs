@@ -293,10 +293,7 @@ async fn the_auth_matrix_holds_for_every_vm_side_and_admin_read_route() {
             "export-download",
             vec![(Admin, 200), (Nobody, 401), (OwnVm, 401), (OtherVm, 401)],
         ),
-        (
-            "scp-client",
-            vec![(Nobody, 401), (OwnVm, 401), (OtherVm, 401)],
-        ),
+        ("scp-client", vec![(Nobody, 401), (OwnVm, 401), (OtherVm, 401)]),
         (
             "get-vm-logs",
             vec![(OwnVm, 200), (Nobody, 401), (OtherVm, 403), (Admin, 200)],

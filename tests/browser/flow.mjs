@@ -25,9 +25,12 @@ mkdirSync(shots, { recursive: true });
 
 const email = 'grace.hopper@example.edu';
 // What Google's "set up via SSH" page gives a participant to paste, line break included.
-const crdCommand =
-  `DISPLAY= /opt/google/chrome-remote-desktop/start-host --code="${code}" ` +
+const commandFor = (c) =>
+  `DISPLAY= /opt/google/chrome-remote-desktop/start-host --code="${c}" ` +
   `--redirect-url="https://remotedesktop.google.com/_/oauthredirect" \\\n  --name=$(hostname)`;
+// The participant first pastes a code that has expired (the local stand-in start-host
+// refuses codes containing "expired", as Google refuses expired ones).
+const expiredCode = `${code}expired`;
 
 function expect(ok, message) {
   if (!ok) throw new Error(message);
@@ -55,13 +58,31 @@ try {
   await shot(participant, '01-participant-form');
 
   await participant.fill('#email', email);
-  await participant.fill('#crd_command', crdCommand);
+  await participant.fill('#crd_command', commandFor(expiredCode));
   await Promise.all([participant.waitForURL('**/api/request_vm'), participant.click('button[type=submit]')]);
   const hostname = (await participant.textContent('#hostname'))?.trim();
-  const pin = (await participant.textContent('#pin'))?.trim();
   expect(/^[a-z0-9-]+-vm-\d+$/.test(hostname ?? ''), `the success page names the VM: ${hostname}`);
-  expect(/^\d{6}$/.test(pin ?? ''), `the success page shows a 6-digit PIN: ${pin}`);
+  // The success page is the seat's live page: without a reload it turns from
+  // "connecting" to "refused" when the VM reports start-host refused the code, and
+  // offers the form for a new one.
+  const seatState = () => participant.getAttribute('#seat', 'data-state');
+  await participant.waitForFunction(() => document.getElementById('seat').dataset.state === 'refused', null, { timeout: 30000 });
+  expect(await participant.isVisible('#state-refused') && await participant.isVisible('#code-form'), 'the refused seat offers the form');
+  await shot(participant, '02-participant-refused');
+  // A fresh code from that form goes to the same VM; the page turns "ready" by itself.
+  await participant.fill('#crd_command', commandFor(code));
+  await Promise.all([participant.waitForURL('**/seat/*'), participant.click('#code-form button[type=submit]')]);
+  await participant.waitForFunction(() => document.getElementById('seat').dataset.state === 'ready', null, { timeout: 30000 });
+  expect((await participant.textContent('#hostname'))?.trim() === hostname, 'the fresh code went to the same VM');
+  expect(await participant.isVisible('#state-ready'), `the ready message shows (${await seatState()})`);
+  const pin = (await participant.textContent('#pin'))?.trim();
+  expect(/^\d{6}$/.test(pin ?? ''), `the seat page shows a 6-digit PIN: ${pin}`);
   await shot(participant, '02-participant-success');
+  // The seat page needs its token: a wrong one is a 404 that shows nothing.
+  const stranger = await (await browser.newContext()).newPage();
+  pages.push(['stranger', stranger]);
+  const wrong = await stranger.goto(`${base}/seat/${'0'.repeat(64)}`);
+  expect(wrong.status() === 404 && !(await stranger.content()).includes(hostname), `a wrong token: ${wrong.status()}`);
 
   // A second participant keeps the form open: no VM is free now, and the count must rise
   // by itself (the page polls) when the admin's launch below brings one more.
@@ -154,6 +175,23 @@ try {
   }, href);
   expect(status === 200 && type === 'application/zip', `the download: ${status} ${type}`);
   await shot(admin, '09-admin-export');
+
+  // The admin moves the participant's seat to another email from the VM's row; the
+  // participant's page, still open, says so without a reload, and the row records it.
+  await admin.goto(`${base}/admin/instances`);
+  const seatRow = admin.locator(`tr[data-hostname="${hostname}"]`);
+  await seatRow.locator('details.vm-actions summary').click();
+  await seatRow.locator('form[action$="/reassign"] input[name=email]').fill('ada.lovelace@example.edu');
+  await Promise.all([
+    admin.waitForResponse((r) => r.url().endsWith('/reassign') && r.status() === 303),
+    seatRow.locator('form[action$="/reassign"] button[type=submit]').click(),
+  ]);
+  await admin.locator(`tr[data-hostname="${hostname}"] .actions`, { hasText: 'reassign by ' + adminUser }).waitFor({ timeout: 15000 });
+  expect((await admin.locator(`tr[data-hostname="${hostname}"]`).textContent()).includes('ada.lovelace@example.edu'), 'the row names the new participant');
+  await participant.waitForFunction(() => document.getElementById('seat').dataset.state === 'reassigned', null, { timeout: 15000 });
+  expect(await participant.isHidden('#code-form') && await participant.isHidden('#pin-box'), 'a moved seat shows no form and no PIN');
+  await shot(participant, '10-participant-reassigned');
+  await shot(admin, '11-admin-reassigned');
 
   console.log(JSON.stringify({ hostname, pin, email, launched_job: job }));
 } catch (e) {

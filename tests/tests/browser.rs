@@ -4,8 +4,11 @@
 //! the admin logs in, finds the VM assigned with its startup chart, reads its logs,
 //! launches one more VM and watches the job finish, while a second participant's page
 //! shows the new free VM without a reload; then the admin exports the participants' data
-//! from the dashboard's button and gets the zip. Outside the browser, the test then checks that
-//! the VM's stand-in start-host received that code and PIN.
+//! from the dashboard's button and gets the zip. The participant's first code is refused
+//! (expired): the seat's live page says so and takes a fresh one, which reaches the same
+//! VM; at the end the admin reassigns the seat from the VM's row and the participant's
+//! page says so. Outside the browser, the test then checks that the VM's stand-in
+//! start-host received the fresh code and its PIN.
 //!
 //! `scripts/test` installs Chromium and the npm packages when they are missing; run
 //! `scripts/test` (or `scripts/ensure-browser`) before a bare `cargo test`. Screenshots of
@@ -76,6 +79,7 @@ async fn participant_and_admin_flows_in_headless_chromium() {
 
     for page in [
         "01-participant-form",
+        "02-participant-refused",
         "02-participant-success",
         "03-admin-dashboard",
         "04-admin-instances",
@@ -84,6 +88,8 @@ async fn participant_and_admin_flows_in_headless_chromium() {
         "07-participant-count-rose",
         "08-admin-instances-after-launch",
         "09-admin-export",
+        "10-participant-reassigned",
+        "11-admin-reassigned",
     ] {
         let png = std::fs::read(shots.join(format!("{page}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{page}.png");

@@ -24,6 +24,13 @@ ALTER TABLE vms
 
 CREATE SEQUENCE vm_reset_number START 1;
 
+-- A reassigned seat holds the new participant's email before their code: the email may
+-- now stand without a command (V1 wanted all three or none). A command still needs its
+-- PIN and an owner.
+ALTER TABLE vms DROP CONSTRAINT vms_check;
+ALTER TABLE vms ADD CONSTRAINT vms_assignment_whole
+    CHECK ((crd_command IS NULL) = (pin IS NULL) AND (crd_command IS NULL OR user_email IS NOT NULL));
+
 -- The free-seat scan now also skips VMs being reset.
 DROP INDEX vms_free_seats;
 CREATE INDEX vms_free_seats ON vms (created_at, hostname)

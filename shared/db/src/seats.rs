@@ -18,7 +18,8 @@ use tokio_postgres::Client;
 
 use super::DbError;
 
-/// How often a seat may take a fresh code: one per `min_interval`, `max_changes` in all
+/// How often a seat may take a fresh code: one per `min_interval` (at once when the
+/// last one was refused: the participant is waiting with a new one), `max_changes` in all
 /// (the first assignment is not counted). Codes expire within minutes, so a participant
 /// needs a few; the limit keeps a script from re-registering a desktop in a loop.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +74,8 @@ pub async fn send_code(
                     updated_at = now()
              WHERE hostname = $1 AND user_email = $2 AND crd_command IS DISTINCT FROM $3
                AND reset_id IS NULL AND code_changes < $5
-               AND (code_changed_at IS NULL OR code_changed_at <= now() - make_interval(secs => $6))
+               AND (code_changed_at IS NULL OR code_changed_at <= now() - make_interval(secs => $6)
+                    OR (acknowledged_at IS NOT NULL AND start_host_ok = FALSE))
              RETURNING pin",
             &[
                 &hostname.as_str(),
@@ -319,11 +321,12 @@ pub async fn release(
     })
 }
 
-/// Move `hostname`'s seat to `email`: the desktop, its files and its registration stay
-/// as they are (for a mistyped email, or a participant taking over a neighbour's work);
-/// the new participant sends their own code from the start page, which re-registers the
-/// desktop under their Google account with a fresh PIN. The old participant's tokens
-/// say "reassigned". Refused when the VM has no participant or `email` holds a seat.
+/// Move `hostname`'s seat to `email`: the desktop's files stay as they are (for a
+/// mistyped email, or a participant taking over a neighbour's work), the old code and
+/// PIN go; the new participant sends their own code from the start page, which
+/// re-registers the desktop under their Google account with a fresh PIN (until then the
+/// earlier registration stands). The old participant's tokens say "reassigned".
+/// Refused when the VM has no participant or `email` holds a seat.
 pub async fn reassign(
     client: &Client,
     hostname: &Hostname,
@@ -335,7 +338,9 @@ pub async fn reassign(
             "WITH old AS (
                 SELECT hostname, user_email FROM vms WHERE hostname = $1 FOR UPDATE
              ), moved AS (
-                UPDATE vms SET user_email = $2, code_changes = 0, code_changed_at = NULL, updated_at = now()
+                UPDATE vms SET user_email = $2, crd_command = NULL, pin = NULL, assigned_at = NULL,
+                       delivered_at = NULL, acknowledged_at = NULL,
+                       code_changes = 0, code_changed_at = NULL, updated_at = now()
                 FROM old WHERE vms.hostname = old.hostname AND old.user_email IS NOT NULL
                   AND old.user_email <> $2
                 RETURNING 1

@@ -107,7 +107,9 @@ pub async fn assign(
 ) -> Result<Option<Assignment>, DbError> {
     const SQL: &str = "
         WITH existing AS (
-            SELECT hostname, pin, crd_command IS NOT DISTINCT FROM $2 AS same FROM vms WHERE user_email = $1
+            -- A reassigned seat has no command (nor PIN) until its participant's first.
+            SELECT hostname, COALESCE(pin, $3) AS pin, crd_command IS NOT DISTINCT FROM $2 AS same
+            FROM vms WHERE user_email = $1
         ), candidate AS (
             SELECT hostname FROM vms
             WHERE user_email IS NULL AND status = 'running' AND reset_id IS NULL

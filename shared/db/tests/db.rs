@@ -643,6 +643,26 @@ async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
     let key = |pin: &Pin, cmd: &CrdCommand| {
         lablink_wire::assignment_key(h.as_str(), pin.as_str(), &cmd.normalized())
     };
+    // The same email with a new code: the assign statement finds the seat, not its code.
+    let again = vms::assign(&c, &email(1), &command(2), &Pin::generate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.fresh && !again.same_command && &again.hostname == h);
+    let limits = CodeLimits {
+        min_interval: std::time::Duration::from_secs(20),
+        max_changes: 3,
+    };
+    // Just assigned, its outcome not known yet: too soon.
+    let e = email(1);
+    let r = seats::send_code(&c, h, e.as_str(), &command(2), &Pin::generate(), limits)
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, CodeChange::TooSoon { wait_seconds } if (1..=20).contains(&wait_seconds)),
+        "{r:?}"
+    );
+    // Refused: the participant, waiting with a new code, may send it at once.
     vms::set_status_after_start_host(
         &c,
         h,
@@ -654,35 +674,15 @@ async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
     .await
     .unwrap();
     assert_eq!(vms::pending_for(&c, h, true).await.unwrap(), None);
-
-    // The same email with a new code: the assign statement finds the seat, not its code.
-    let again = vms::assign(&c, &email(1), &command(2), &Pin::generate())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!again.fresh && !again.same_command && &again.hostname == h);
-    let limits = CodeLimits {
-        min_interval: std::time::Duration::from_secs(20),
-        max_changes: 3,
-    };
-    // Just assigned: too soon.
-    let e = email(1);
-    let r = seats::send_code(&c, h, e.as_str(), &command(2), &Pin::generate(), limits)
+    let new_pin = Pin::generate();
+    let r = seats::send_code(&c, h, e.as_str(), &command(2), &new_pin, limits)
         .await
         .unwrap();
-    assert!(
-        matches!(r, CodeChange::TooSoon { wait_seconds } if (1..=20).contains(&wait_seconds)),
-        "{r:?}"
-    );
+    assert_eq!(r, CodeChange::Sent { pin: new_pin.clone() });
     let quick = CodeLimits {
         min_interval: std::time::Duration::ZERO,
         ..limits
     };
-    let new_pin = Pin::generate();
-    let r = seats::send_code(&c, h, e.as_str(), &command(2), &new_pin, quick)
-        .await
-        .unwrap();
-    assert_eq!(r, CodeChange::Sent { pin: new_pin.clone() });
     // Pending again, with the new code and PIN; the old outcome no longer counts.
     let p = assignment(vms::pending_for(&c, h, true).await.unwrap()).unwrap();
     assert_eq!((p.command, p.pin), (command(2).normalized(), new_pin.clone()));
@@ -807,6 +807,12 @@ async fn a_seat_token_shows_its_own_seat_through_its_life() {
     let v = seats::view(&c, ta.expose(), limits).await.unwrap().unwrap();
     assert_eq!((v.state, v.pin), (SeatState::Reassigned, None));
     assert_eq!(seats::holder_of(&c, ta.expose()).await.unwrap(), None);
+    // The old code and PIN went with the old participant: nothing is handed to the VM
+    // until the new one's code.
+    let moved_vm = vms::get_vm(&c, &a.hostname).await.unwrap().unwrap();
+    assert_eq!(moved_vm.user_email.as_deref(), Some(email(3).as_str()));
+    assert_eq!(moved_vm.assigned_at, None);
+    assert_eq!(vms::pending_for(&c, &a.hostname, true).await.unwrap(), None);
     // The new participant's code goes to that VM (its limits start again).
     let again = vms::assign(&c, &email(3), &command(3), &Pin::generate())
         .await
@@ -824,6 +830,8 @@ async fn a_seat_token_shows_its_own_seat_through_its_life() {
     .await
     .unwrap();
     assert!(matches!(sent, seats::CodeChange::Sent { .. }), "{sent:?}");
+    let p = assignment(vms::pending_for(&c, &a.hostname, true).await.unwrap()).unwrap();
+    assert_eq!(p.command, command(3).normalized());
 
     // Release B's VM: the page says released, the VM is out of the pool until its
     // daemon reports the reset done, and a classic poll is never told to reset.

@@ -55,7 +55,8 @@ pub struct LocalCompute {
 
 /// The stand-in start-host: appends its arguments and the PIN lines it read to
 /// `start-host.log` next to itself and echoes them to stderr. As root it refuses to run
-/// without `--user-name`, with Google's message.
+/// without `--user-name`, with Google's message; a code containing `expired` fails as
+/// an expired one does with Google's.
 pub const STAND_IN_START_HOST: &str = r#"#!/bin/sh
 # LabLink local stand-in for Chrome Remote Desktop's start-host: records what it got.
 if [ "$(id -u)" = 0 ]; then
@@ -70,6 +71,11 @@ read -r pin2 || pin2=""
 line="start-host args: $* | pin: $pin1 | pin again: $pin2"
 echo "$line" >> "$dir/start-host.log"
 echo "$line" >&2
+# A code containing "expired" is refused, as Google refuses an expired one (to try the
+# participant's "paste a new code" path locally).
+case " $* " in
+  *" --code="*expired*) echo "OAuth error: the authorization code has expired" >&2; exit 1 ;;
+esac
 "#;
 
 impl LocalCompute {

@@ -445,6 +445,10 @@ async fn instances(state: &AppState, req: &Request) -> Reply {
 
 /// Where an assigned VM's seat stands (docs/operations.md, "A seat's life").
 fn seat_label(v: &vms::Vm) -> &'static str {
+    if v.assigned_at.is_none() {
+        // Reassigned: the new participant has not sent a code yet.
+        return "waiting for the participant's code";
+    }
     match (v.acknowledged_at, &v.start_host, v.delivered_at) {
         (Some(_), Some(r), _) if r.ok => "connected",
         (Some(_), Some(_), _) => "code refused: waiting for a new one",

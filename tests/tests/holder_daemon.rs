@@ -231,7 +231,15 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    let (host1, pin1) = success_page_fields(&page.text().await.unwrap());
+    let page1 = page.text().await.unwrap();
+    let (host1, pin1) = success_page_fields(&page1);
+    // The seat's own page, by its token (the success page links it).
+    let seat1 = page1
+        .split("href=\"/seat/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the success page links to the seat's page")
+        .to_owned();
     assert_eq!(pin1.len(), 6);
     let ran = eventually(
         "start-host on the assigned VM",
@@ -364,9 +372,11 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
         assert_eq!(runs(dir.path(), h).len(), 1, "{h} ran start-host once");
     }
 
-    // ---- 5. The same participant with a fresh code (the first expired): it reaches the
-    // same VM. Its daemon is killed after receiving it, before start-host ran; restarted,
-    // it runs start-host with the new code exactly once and the delivery is acknowledged.
+    // ---- 5. The same participant with a fresh code: from the start page (email only)
+    // it is refused while the desktop is connected (anyone may know an email); from the
+    // seat's page (its token) it reaches the same VM. Its daemon is killed after
+    // receiving it, before start-host ran; restarted, it runs start-host with the new
+    // code exactly once and the delivery is acknowledged.
     std::fs::write(dir.path().join(format!("{host1}.record.kill-once")), "").unwrap();
     // Past the seat's 20 s between codes.
     client
@@ -397,10 +407,25 @@ async fn assignments_reach_exactly_their_vm_across_holder_restarts_and_lost_conn
             (page.status().as_u16(), page.text().await.unwrap())
         }
     };
-    const FRESH: &str = "4/0AVMBsJh1-e2eFreshCodeAfterTheFirstExpired";
+    const FRESH: &str = "4/0AVMBsJh1-e2eFreshCodeForAnotherGoogleAccount";
     let (status, page) = request("ada@example.edu", FRESH).await;
-    assert_eq!(status, 200, "{page}");
-    assert!(page.contains("your new code was sent"), "{page}");
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("seat's page"), "{page}");
+    assert_eq!(runs(dir.path(), &host1).len(), 1);
+    let fresh_command = format!(
+        "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{FRESH}\" --name=$(hostname)"
+    );
+    let sent = http
+        .post(format!("{}/api/seat/{seat1}/code", api.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("crd_command", fresh_command.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    // The redirect to the seat's page is followed: it shows the seat connecting again.
+    assert_eq!(sent.status(), 200);
+    assert!(sent.url().path().starts_with("/seat/"), "{}", sent.url());
+    let page = sent.text().await.unwrap();
     let (again_host, new_pin) = success_page_fields(&page);
     assert_eq!(again_host, host1);
     let exited = tokio::time::timeout(Duration::from_secs(10), daemons[i1].child.wait()).await;

@@ -37,6 +37,18 @@ impl Default for CodeLimits {
     }
 }
 
+/// How the participant showed the seat is theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// The start page: the email alone. Anyone who knows the email can send it, so it
+    /// may not re-register a desktop that is connected (that would hand the desktop to
+    /// another Google account): only while the code is on its way or was refused.
+    Email,
+    /// The seat's page: its unguessable token. Any time, within the limits (the way to
+    /// move a connected desktop to another Google account).
+    SeatToken,
+}
+
 /// What became of a fresh code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeChange {
@@ -51,12 +63,14 @@ pub enum CodeChange {
     TooMany { max: i32 },
     /// The VM is being reset after a release: no code can reach it now.
     Resetting,
+    /// The desktop is connected, and only the email was shown ([`Proof::Email`]).
+    Connected,
     /// This email does not hold this VM (any more).
     NotYours,
 }
 
 /// Store `command` as `email`'s fresh code on `hostname`, with `pin` (a fresh PIN: the
-/// one the new registration is made with), within `limits`.
+/// one the new registration is made with), within `limits`, as far as `proof` allows.
 pub async fn send_code(
     client: &Client,
     hostname: &Hostname,
@@ -64,6 +78,7 @@ pub async fn send_code(
     command: &CrdCommand,
     pin: &Pin,
     limits: CodeLimits,
+    proof: Proof,
 ) -> Result<CodeChange, DbError> {
     let normalized = command.normalized();
     let interval = limits.min_interval.as_secs_f64();
@@ -76,6 +91,7 @@ pub async fn send_code(
                AND reset_id IS NULL AND code_changes < $5
                AND (code_changed_at IS NULL OR code_changed_at <= now() - make_interval(secs => $6)
                     OR (acknowledged_at IS NOT NULL AND start_host_ok = FALSE))
+               AND ($7 OR acknowledged_at IS NULL OR start_host_ok IS NOT TRUE)
              RETURNING pin",
             &[
                 &hostname.as_str(),
@@ -84,6 +100,7 @@ pub async fn send_code(
                 &pin.as_str(),
                 &limits.max_changes,
                 &interval,
+                &(proof == Proof::SeatToken),
             ],
         )
         .await?;
@@ -96,7 +113,8 @@ pub async fn send_code(
         .query_opt(
             "SELECT user_email = $2, crd_command IS NOT DISTINCT FROM $3, pin, reset_id IS NOT NULL,
                     code_changes,
-                    ceil(EXTRACT(EPOCH FROM (code_changed_at + make_interval(secs => $4) - now())))::float8
+                    ceil(EXTRACT(EPOCH FROM (code_changed_at + make_interval(secs => $4) - now())))::float8,
+                    acknowledged_at IS NOT NULL AND start_host_ok IS TRUE
              FROM vms WHERE hostname = $1",
             &[&hostname.as_str(), &email, &normalized, &interval],
         )
@@ -115,6 +133,9 @@ pub async fn send_code(
     }
     if r.get::<_, bool>(3) {
         return Ok(CodeChange::Resetting);
+    }
+    if proof == Proof::Email && r.get::<_, bool>(6) {
+        return Ok(CodeChange::Connected);
     }
     if r.get::<_, i32>(4) >= limits.max_changes {
         return Ok(CodeChange::TooMany {

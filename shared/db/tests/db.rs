@@ -631,7 +631,7 @@ async fn an_assignment_stays_pending_for_an_acknowledging_poll_until_its_outcome
 
 #[tokio::test]
 async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
-    use lablink_db::seats::{self, CodeChange, CodeLimits};
+    use lablink_db::seats::{self, CodeChange, CodeLimits, Proof};
     let db = TestDb::new().await;
     let c = db.client().await;
     let hosts = running_vms(&c, 2).await;
@@ -655,9 +655,17 @@ async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
     };
     // Just assigned, its outcome not known yet: too soon.
     let e = email(1);
-    let r = seats::send_code(&c, h, e.as_str(), &command(2), &Pin::generate(), limits)
-        .await
-        .unwrap();
+    let r = seats::send_code(
+        &c,
+        h,
+        e.as_str(),
+        &command(2),
+        &Pin::generate(),
+        limits,
+        Proof::SeatToken,
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(r, CodeChange::TooSoon { wait_seconds } if (1..=20).contains(&wait_seconds)),
         "{r:?}"
@@ -675,7 +683,7 @@ async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
     .unwrap();
     assert_eq!(vms::pending_for(&c, h, true).await.unwrap(), None);
     let new_pin = Pin::generate();
-    let r = seats::send_code(&c, h, e.as_str(), &command(2), &new_pin, limits)
+    let r = seats::send_code(&c, h, e.as_str(), &command(2), &new_pin, limits, Proof::SeatToken)
         .await
         .unwrap();
     assert_eq!(r, CodeChange::Sent { pin: new_pin.clone() });
@@ -686,25 +694,57 @@ async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
     // Pending again, with the new code and PIN; the old outcome no longer counts.
     let p = assignment(vms::pending_for(&c, h, true).await.unwrap()).unwrap();
     assert_eq!((p.command, p.pin), (command(2).normalized(), new_pin.clone()));
-    let r = seats::send_code(&c, h, e.as_str(), &command(2), &Pin::generate(), quick)
-        .await
-        .unwrap();
+    let r = seats::send_code(
+        &c,
+        h,
+        e.as_str(),
+        &command(2),
+        &Pin::generate(),
+        quick,
+        Proof::SeatToken,
+    )
+    .await
+    .unwrap();
     assert_eq!(r, CodeChange::Unchanged { pin: new_pin });
     // Another email cannot send codes to this seat.
-    let r = seats::send_code(&c, h, email(9).as_str(), &command(9), &Pin::generate(), quick)
-        .await
-        .unwrap();
+    let r = seats::send_code(
+        &c,
+        h,
+        email(9).as_str(),
+        &command(9),
+        &Pin::generate(),
+        quick,
+        Proof::SeatToken,
+    )
+    .await
+    .unwrap();
     assert_eq!(r, CodeChange::NotYours);
     for i in 3..5 {
-        let r = seats::send_code(&c, h, e.as_str(), &command(i), &Pin::generate(), quick)
-            .await
-            .unwrap();
+        let r = seats::send_code(
+            &c,
+            h,
+            e.as_str(),
+            &command(i),
+            &Pin::generate(),
+            quick,
+            Proof::SeatToken,
+        )
+        .await
+        .unwrap();
         assert!(matches!(r, CodeChange::Sent { .. }), "{i}: {r:?}");
     }
     let before = vms::get_vm(&c, h).await.unwrap().unwrap();
-    let r = seats::send_code(&c, h, e.as_str(), &command(7), &Pin::generate(), quick)
-        .await
-        .unwrap();
+    let r = seats::send_code(
+        &c,
+        h,
+        e.as_str(),
+        &command(7),
+        &Pin::generate(),
+        quick,
+        Proof::SeatToken,
+    )
+    .await
+    .unwrap();
     assert_eq!(r, CodeChange::TooMany { max: 3 });
     let after = vms::get_vm(&c, h).await.unwrap().unwrap();
     assert_eq!(
@@ -719,7 +759,7 @@ async fn a_fresh_code_replaces_the_stored_one_within_the_seat_limits() {
 
 #[tokio::test]
 async fn a_seat_token_shows_its_own_seat_through_its_life() {
-    use lablink_db::seats::{self, ActionOutcome, CodeLimits, SeatState};
+    use lablink_db::seats::{self, ActionOutcome, CodeLimits, Proof, SeatState};
     let db = TestDb::new().await;
     let c = db.client().await;
     running_vms(&c, 2).await;
@@ -782,6 +822,39 @@ async fn a_seat_token_shows_its_own_seat_through_its_life() {
         seats::view(&c, ta.expose(), limits).await.unwrap().unwrap().state,
         SeatState::Ready
     );
+    // Connected: the email alone may not move the desktop to another Google account
+    // (anyone may know an email); the seat's token may.
+    let by_email = seats::send_code(
+        &c,
+        &a.hostname,
+        email(1).as_str(),
+        &command(5),
+        &Pin::generate(),
+        limits,
+        Proof::Email,
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_email, seats::CodeChange::Connected);
+    assert_eq!(vms::pending_for(&c, &a.hostname, true).await.unwrap(), None);
+    c.execute(
+        "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let by_token = seats::send_code(
+        &c,
+        &a.hostname,
+        email(1).as_str(),
+        &command(5),
+        &Pin::generate(),
+        limits,
+        Proof::SeatToken,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(by_token, seats::CodeChange::Sent { .. }), "{by_token:?}");
     // B's token never shows A's seat.
     let vb = seats::view(&c, tb.expose(), limits).await.unwrap().unwrap();
     assert_eq!(
@@ -826,6 +899,7 @@ async fn a_seat_token_shows_its_own_seat_through_its_life() {
         &command(3),
         &Pin::generate(),
         limits,
+        Proof::SeatToken,
     )
     .await
     .unwrap();

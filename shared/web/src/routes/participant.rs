@@ -3,7 +3,7 @@
 //! the health check. They reach Postgres only: no admin auth, no AWS client.
 
 use lablink_core::domain::{CrdCommand, Email, Pin};
-use lablink_db::seats::{self, CodeChange, CodeLimits};
+use lablink_db::seats::{self, CodeChange, CodeLimits, Proof};
 use lablink_db::vms;
 use lablink_templates as pages;
 use lambda_http::Request;
@@ -120,8 +120,9 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
             ))
         }
         Some(a) => {
-            // The same person with a new code (the last one expired, was mistyped or
-            // went to the wrong Google account): it goes to their VM.
+            // The same person with a new code (the last one expired or was mistyped):
+            // it goes to their VM, unless the desktop is connected (the email alone may
+            // not move it to another Google account; the seat's page may).
             let change = seats::send_code(
                 &client,
                 &a.hostname,
@@ -129,6 +130,7 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
                 &command,
                 &Pin::generate(),
                 CodeLimits::default(),
+                Proof::Email,
             )
             .await?;
             match refusal_of(&change) {
@@ -181,6 +183,10 @@ fn refusal_of(change: &CodeChange) -> Option<(StatusCode, String)> {
             format!(
                 "Your VM has already taken {max} new codes, the most one seat may. Ask the workshop staff for help."
             ),
+        )),
+        CodeChange::Connected => Some((
+            StatusCode::CONFLICT,
+            "Your VM is already connected with an earlier code. To register it with another Google account, use the form on your seat's page (the link on the page you got when you asked for your VM), or ask the workshop staff.".into(),
         )),
         CodeChange::Resetting => Some((
             StatusCode::CONFLICT,
@@ -342,6 +348,7 @@ async fn seat_code(state: &AppState, req: &Request) -> Reply {
         &command,
         &Pin::generate(),
         CodeLimits::default(),
+        Proof::SeatToken,
     )
     .await?;
     if let Some((status, why)) = refusal_of(&change) {

@@ -531,6 +531,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn homes_a_release_kept_are_archived_under_their_own_prefix() {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("now.slp"), b"current").unwrap();
+        let kept = state.path().join("kept/7/home/client");
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::write(kept.join("before.slp"), b"earlier participant").unwrap();
+        // Not a kept home: ignored.
+        std::fs::create_dir_all(state.path().join("kept/not-a-number/home")).unwrap();
+        let homes = crate::workspace::kept_homes(state.path());
+        assert_eq!(homes, vec![(7, state.path().join("kept/7/home"))]);
+        let extra: Vec<(PathBuf, String)> = homes
+            .iter()
+            .map(|(id, p)| (p.clone(), format!("previous-participants/{id}")))
+            .collect();
+        let out = state.path().join("a.tar");
+        let c = write_archive_with(root.path(), &extra, &["slp".into()], 1000, &out).unwrap();
+        assert_eq!(c.files, 2);
+        let mut names: Vec<String> = tar::Archive::new(File::open(&out).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .filter(|n| n != MANIFEST_ENTRY)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["now.slp", "previous-participants/7/client/before.slp"]);
+    }
+
+    #[test]
     fn extensions_match_case_insensitively_and_need_a_stem() {
         let exts = vec!["slp".to_owned(), "h5".to_owned()];
         for ok in ["a.slp", "A.SLP", "x.y.h5"] {

@@ -153,6 +153,17 @@ mod tests {
             AssignmentRecord::key_of("vm-1", "12", "3456cmd"),
             AssignmentRecord::key_of("vm-1", "123456", "cmd")
         );
+        // A record written before `registered_before` existed still reads.
+        std::fs::write(
+            dir.path().join("assignment.json"),
+            br#"{"key":"k","phase":"done","outcome":"ok"}"#,
+        )
+        .unwrap();
+        let old = s.assignment().unwrap().unwrap();
+        assert!(old.succeeded() && !old.registered_before);
+        s.forget_assignment().unwrap();
+        assert_eq!(s.assignment().unwrap(), None);
+        s.forget_assignment().unwrap();
         std::fs::write(dir.path().join("assignment.json"), b"{torn").unwrap();
         assert!(s.assignment().is_err());
         s.quarantine_assignment().unwrap();

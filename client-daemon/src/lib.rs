@@ -578,7 +578,9 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
             command: Some(command.to_owned()),
             pin: Some(pin.to_owned()),
             outcome: None,
-            registered_before: crd_configured(cfg, run.workspace).await,
+            // A registration from an earlier success (a fresh code re-registers). Known
+            // from the record, so no look into the workspace delays start-host.
+            registered_before: saved_assignment(state).is_some_and(|r| r.succeeded()),
         },
     );
     tracing::info!(user = %cfg.desktop_user, in_workspace = run.workspace.is_some(), "assignment received; running start-host");

@@ -249,7 +249,7 @@ async fn a_release_wakes_the_vm_with_a_reset_order_until_it_reports_the_reset_do
     let r = start(&db, &[("LABLINK_LEGACY_VM_AUTH", "true")]).await;
     let http = reqwest::Client::new();
     let waiter = spawn_poll(&http, &r, &vms_[0], "20");
-    while r.holder.registry.len() < 1 {
+    while r.holder.registry.is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let t = Instant::now();

@@ -138,20 +138,22 @@ impl FixtureWorld {
         let client = db.client().await;
         lablink_db::vms::create_vms(
             &client,
-            &[lablink_db::vms::NewVm {
-                hostname: Hostname::parse("lablink-vm-test-1").expect("a valid hostname"),
+            &[1, 2].map(|n| lablink_db::vms::NewVm {
+                hostname: Hostname::parse(&format!("lablink-vm-test-{n}")).expect("a valid hostname"),
                 instance_id: None,
                 credential_hash: Some(
-                    Secret::presented("fixture-credential-of-lablink-vm-test-1-not-a-secret").hash(),
+                    Secret::presented(&format!("fixture-credential-of-lablink-vm-test-{n}-not-a-secret"))
+                        .hash(),
                 ),
                 status: VmStatus::Running,
                 provision: None,
-            }],
+            }),
         )
         .await
-        .expect("the fixture VM");
+        .expect("the fixture VMs");
         fixtures::seed_enrollment(&client).await;
         fixtures::seed_open_export(&client).await;
+        fixtures::seed_seat(&client).await;
         Self {
             db,
             admin_hash: lablink_web::auth::hash_password(fixtures::ADMIN_PASSWORD),

@@ -1,12 +1,15 @@
 //! `POST /vm_startup`, `POST /vm_export` and `GET /healthz`.
 //!
-//! A poll: check the VM's credential and look for an undelivered assignment (one
+//! A startup poll: check the VM's credential and look for an undelivered assignment (one
 //! query); if there is none, register as the hostname's waiter, look once more (an
 //! assignment committed between the two is otherwise missed: its notification found no
 //! waiter), then wait for the notification, the end of the window, or shutdown.
 //! The assignment is marked delivered once its response body has been handed to the
 //! connection; if that mark is lost, the VM gets the same assignment again on its next
 //! poll and the daemon's on-disk record keeps it from running twice.
+//!
+//! An export poll: check the credential (one query), then answer from the open export
+//! held in memory ([`crate::export`]), now or when a load rings; no query while waiting.
 
 use std::pin::Pin as StdPin;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use axum::routing::{get, post};
 use http_body::Frame;
 use lablink_core::credential::{bearer_token, vm_admits};
 use lablink_core::domain::Hostname;
-use lablink_db::{exports, vms};
+use lablink_db::vms;
 use lablink_wire::{Assignment, ErrorBody, HolderHealth, ListenerState, ResetOrder, VmPoll};
 
 use crate::Holder;
@@ -119,7 +122,9 @@ async fn vm_startup(
     // A daemon with a credential acknowledges: its assignment stays pending until it
     // reports start-host's outcome (a lost response is handed over again).
     let acknowledges = token.is_some();
-    let (hash, pending) = timed(vms::startup_lookup(&client, &host, acknowledges))
+    let (hash, pending) = holder
+        .link
+        .query(vms::startup_lookup(&client, &host, acknowledges))
         .await
         .map_err(db_down("startup look-up", &host))?
         .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
@@ -134,7 +139,10 @@ async fn vm_startup(
 
     // ---- wait
     let mut reg = holder.registry.register(&host, acknowledges);
-    let recheck = timed(vms::pending_for(&client, &host, acknowledges)).await;
+    let recheck = holder
+        .link
+        .query(vms::pending_for(&client, &host, acknowledges))
+        .await;
     if holder.stop.is_cancelled() {
         // Shutting down (the connection may be closing under this query): the VM polls
         // again, as after any window.
@@ -208,7 +216,9 @@ async fn vm_export(
     let token = token.ok_or(Refusal::NoCredential)?;
     let window = wait.unwrap_or(cfg.default_wait).min(cfg.max_wait);
     let client = holder.link.client().await.ok_or(Refusal::Unavailable)?;
-    let stored = timed(vms::credential_hash(&client, &host))
+    let stored = holder
+        .link
+        .query(vms::credential_hash(&client, &host))
         .await
         .map_err(db_down("export credential look-up", &host))?
         .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
@@ -216,31 +226,19 @@ async fn vm_export(
         return Err(Refusal::NotThisVm);
     }
     drop(client);
-    // Subscribe before looking, so an export opened in between rings this bell.
+    // Subscribe before looking, so an export loaded in between rings this bell. Looking
+    // is in memory: the holder loads the open export once per change, not per waiter.
     let mut bell = holder.exports.subscribe();
     let deadline = tokio::time::Instant::now() + window;
     loop {
-        let client = holder.link.client().await.ok_or(Refusal::Unavailable)?;
-        if let Some(task) = timed(exports::task_for(&client, &host))
-            .await
-            .map_err(db_down("export look-up", &host))?
-        {
+        if let Some(task) = holder.exports.task_for(&host) {
             return Ok((StatusCode::OK, axum::Json(task)).into_response());
         }
-        drop(client);
         tokio::select! {
             r = bell.changed() => if r.is_err() { return Ok(nothing_yet()) },
             () = tokio::time::sleep_until(deadline) => return Ok(nothing_yet()),
             () = holder.stop.cancelled() => return Ok(nothing_yet()),
         }
-    }
-}
-
-/// A query with the holder's time limit: a silent connection answers 503, not never.
-async fn timed<T>(q: impl std::future::Future<Output = Result<T, lablink_db::DbError>>) -> Result<T, String> {
-    match tokio::time::timeout(crate::listener::QUERY_TIMEOUT, q).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("no answer from the database in time".into()),
     }
 }
 
@@ -324,7 +322,9 @@ async fn healthz(State(holder): State<Arc<Holder>>) -> Response {
             ListenerState::Reconnecting
         },
         waiters: holder.registry.len() as u64,
+        export_waiters: holder.exports.waiters() as u64,
         connections: holder.link.generation(),
+        queries: holder.link.queries(),
     };
     let status = if up {
         StatusCode::OK

@@ -1,9 +1,11 @@
 //! The holder: a small always-on service that answers the VMs' long-polls
-//! (`POST /vm_startup`). API Gateway cuts a request at about 30 s and a Lambda at
-//! 15 minutes, so neither can hold a VM's request while it waits for a participant; the
-//! holder holds them all, multiplexed over ONE Postgres connection that `LISTEN`s on
-//! `vm_updates` (see docs/architecture.md, "The holder").
+//! (`POST /vm_startup`, `POST /vm_export`). API Gateway cuts a request at about 30 s and
+//! a Lambda at 15 minutes, so neither can hold a VM's request while it waits for a
+//! participant or an export; the holder holds them all, multiplexed over ONE Postgres
+//! connection that `LISTEN`s on `vm_updates` and `vm_exports` (see docs/architecture.md,
+//! "The holder").
 
+pub mod export;
 pub mod http;
 pub mod listener;
 pub mod registry;
@@ -17,6 +19,7 @@ use lablink_core::domain::Hostname;
 use lablink_db::{DbConfig, vms};
 use tokio_util::sync::CancellationToken;
 
+use crate::export::Exports;
 use crate::listener::Link;
 use crate::registry::{Delivery, Registry};
 
@@ -85,8 +88,8 @@ pub struct Holder {
     pub config: HolderConfig,
     pub registry: Arc<Registry>,
     pub link: Arc<Link>,
-    /// Rung when an export opens (and after every reconnect): export waiters re-check.
-    pub exports: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The open export, in memory: export waiters answer from it.
+    pub exports: Arc<Exports>,
     /// Cancelled at shutdown: every waiter answers 204 at once.
     pub stop: CancellationToken,
 }
@@ -99,10 +102,9 @@ impl Holder {
         for attempt in 0..5u32 {
             if let Some(client) = self.link.client().await {
                 let mark = vms::mark_delivered(&client, &host, &d.pin, &d.command);
-                match tokio::time::timeout(listener::QUERY_TIMEOUT, mark).await {
-                    Ok(Ok(_)) => return,
-                    Ok(Err(e)) => tracing::warn!(error = %e, %host, attempt, "marking a delivery failed"),
-                    Err(_) => tracing::warn!(%host, attempt, "marking a delivery timed out"),
+                match self.link.query(mark).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(error = %e, %host, attempt, "marking a delivery failed"),
                 }
             }
             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -134,7 +136,7 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
     let holder = Arc::new(Holder {
         link: Arc::new(Link::default()),
         registry: Arc::new(Registry::default()),
-        exports: Arc::new(tokio::sync::watch::Sender::new(0)),
+        exports: Arc::new(Exports::default()),
         stop: CancellationToken::new(),
         config,
     });
@@ -144,6 +146,11 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
         Arc::clone(&holder.link),
         Arc::clone(&holder.registry),
         Arc::clone(&holder.exports),
+        holder.stop.clone(),
+    ));
+    tokio::spawn(export::keep_loaded(
+        Arc::clone(&holder.exports),
+        Arc::clone(&holder.link),
         holder.stop.clone(),
     ));
     tokio::spawn(expire_bootstraps(Arc::clone(&holder)));
@@ -169,13 +176,12 @@ async fn expire_bootstraps(holder: Arc<Holder>) {
         let Some(client) = holder.link.client().await else {
             continue;
         };
-        match tokio::time::timeout(listener::QUERY_TIMEOUT, vms::expire_bootstraps(&client, deadline)).await {
-            Ok(Ok(hosts)) if !hosts.is_empty() => {
+        match holder.link.query(vms::expire_bootstraps(&client, deadline)).await {
+            Ok(hosts) if !hosts.is_empty() => {
                 tracing::warn!(?hosts, "VMs whose bootstrap did not finish marked error");
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "checking bootstrap deadlines failed"),
-            Err(_) => tracing::warn!("checking bootstrap deadlines timed out"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "checking bootstrap deadlines failed"),
         }
     }
 }

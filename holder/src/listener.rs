@@ -1,12 +1,16 @@
 //! The holder's ONE Postgres connection: it `LISTEN`s on `vm_updates`, routes each
-//! notification to the waiter of its hostname, and also carries the holder's few
-//! queries (credential check, undelivered-assignment look-up, delivery marks), pipelined.
+//! notification to the waiter of its hostname, hands `vm_exports` notifications to the
+//! in-memory open export ([`crate::export`]), and also carries the holder's few queries
+//! (credential check, undelivered-assignment look-up, delivery marks, export loads),
+//! pipelined.
 //!
 //! When the connection drops, the supervisor reconnects with capped, jittered backoff,
-//! listens again, and only then re-checks the database for every current waiter, so an
-//! assignment committed during the gap is still delivered.
+//! listens again, and only then re-checks the database for every current waiter and
+//! reloads the open export, so an assignment or export committed during the gap is still
+//! delivered.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -17,6 +21,7 @@ use tokio::sync::{RwLock, watch};
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
+use crate::export::Exports;
 use crate::registry::{Delivery, Handout, Registry};
 
 pub const CHANNEL: &str = "vm_updates";
@@ -30,6 +35,9 @@ pub struct Link {
     client: RwLock<Option<Arc<Client>>>,
     /// Counts (re)connections: `/healthz` reports it, tests wait on it.
     generation: watch::Sender<u64>,
+    /// Counts the statements sent through [`Link::query`] (all of the holder's):
+    /// `/healthz` reports it, the benchmark and tests read it.
+    queries: AtomicU64,
 }
 
 impl Link {
@@ -48,6 +56,24 @@ impl Link {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Run one statement of the holder, counted, with its time limit: a silent
+    /// connection answers an error, not never.
+    pub async fn query<T>(
+        &self,
+        q: impl std::future::Future<Output = Result<T, lablink_db::DbError>>,
+    ) -> Result<T, String> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(QUERY_TIMEOUT, q).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer from the database in time".into()),
+        }
+    }
+
+    /// Statements sent since start (heartbeats included).
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
     }
 }
 
@@ -100,7 +126,7 @@ pub async fn supervise(
     heartbeat_every: Duration,
     link: Arc<Link>,
     registry: Arc<Registry>,
-    exports: Arc<watch::Sender<u64>>,
+    exports: Arc<Exports>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -111,7 +137,7 @@ pub async fn supervise(
             // Drive the connection: query replies are handled inside; notifications come
             // out here. Ends when the connection breaks.
             let routed = Arc::clone(&registry);
-            let export_bell = Arc::clone(&exports);
+            let export_notices = Arc::clone(&exports);
             let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
             let driver = tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -135,9 +161,11 @@ pub async fn supervise(
                                 None => tracing::warn!("ignoring a malformed vm_resets payload"),
                             }
                         }
-                        // An export opened: every export waiter looks for its task.
+                        // An export opened or closed (a load), or a VM answered (struck from
+                        // memory here, before any later message of this connection is read:
+                        // a poll whose credential check follows the answer sees it).
                         Some(Ok(AsyncMessage::Notification(n))) if n.channel() == EXPORT_CHANNEL => {
-                            export_bell.send_modify(|g| *g += 1);
+                            export_notices.notice(n.payload());
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => break e.to_string(),
@@ -164,12 +192,12 @@ pub async fn supervise(
                 link.generation.send_modify(|g| *g += 1);
                 tracing::info!(generation = link.generation(), "listening on {CHANNEL}");
                 backoff = Duration::from_millis(100);
-                recheck_waiters(&client, &registry).await;
-                // Export waiters re-check too: an export opened during the gap.
-                exports.send_modify(|g| *g += 1);
+                recheck_waiters(&link, &client, &registry).await;
+                // The export too: one opened, closed or answered during the gap.
+                exports.reload();
                 let reason = tokio::select! {
                     r = ended => r.unwrap_or_else(|_| "connection task ended".into()),
-                    r = heartbeat(&client, heartbeat_every) => r,
+                    r = heartbeat(&link, &client, heartbeat_every) => r,
                     () = stop.cancelled() => return,
                 };
                 *link.client.write().await = None;
@@ -203,26 +231,25 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Returns (with the reason) once the connection fails to answer a trivial query in time:
 /// TCP alone can take many minutes to notice a peer that vanished.
-async fn heartbeat(client: &Client, every: Duration) -> String {
+async fn heartbeat(link: &Link, client: &Client, every: Duration) -> String {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match tokio::time::timeout(QUERY_TIMEOUT, client.simple_query("SELECT 1")).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return format!("heartbeat failed: {e}"),
-            Err(_) => return format!("heartbeat got no answer within {QUERY_TIMEOUT:?}"),
+        let ping = async { client.simple_query("SELECT 1").await.map_err(Into::into) };
+        if let Err(e) = link.query(ping).await {
+            return format!("heartbeat failed: {e}");
         }
     }
 }
 
 /// After (re)connecting: anything assigned while no one was listening is handed over now.
-async fn recheck_waiters(client: &Client, registry: &Registry) {
+async fn recheck_waiters(link: &Link, client: &Client, registry: &Registry) {
     let hosts = registry.hosts();
     if hosts.is_empty() {
         return;
     }
-    match vms::pending_for_many(client, &hosts).await {
+    match link.query(vms::pending_for_many(client, &hosts)).await {
         Ok(found) => {
             let n = found.len();
             for (host, p) in found {

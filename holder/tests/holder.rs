@@ -670,3 +670,203 @@ async fn an_export_opened_while_a_vm_waits_is_handed_to_that_vm_as_its_task() {
     );
     r.shutdown().await.unwrap();
 }
+
+/// Open export `job` for `vms` (each with its own upload URL, `url_of`), one hour ahead.
+async fn open_export(
+    client: &tokio_postgres::Client,
+    job: &str,
+    vms: &[&Vm],
+    url_of: impl Fn(&Hostname) -> String,
+) {
+    use lablink_db::exports;
+    let spec = exports::ExportSpec {
+        extensions: vec!["slp".into()],
+        max_file_bytes: 1 << 30,
+        deadline: chrono::Utc::now() + chrono::Duration::hours(1),
+    };
+    let targets: Vec<_> = vms
+        .iter()
+        .map(|v| {
+            (
+                exports::Target {
+                    hostname: v.host.clone(),
+                    email: None,
+                },
+                url_of(&v.host),
+            )
+        })
+        .collect();
+    let job = lablink_core::domain::JobId::parse(job).unwrap();
+    assert!(exports::start(client, &job, &spec, &targets).await.unwrap());
+}
+
+/// `POST /vm_export` in the background: (status, body, when it was answered).
+fn spawn_export_poll(
+    http: &reqwest::Client,
+    r: &Running,
+    vm: &Vm,
+    wait: &str,
+) -> tokio::task::JoinHandle<(u16, String, Instant)> {
+    let (http, addr, wait) = (http.clone(), r.addr, wait.to_owned());
+    let vm = Vm {
+        host: vm.host.clone(),
+        secret: vm.secret.clone(),
+    };
+    tokio::spawn(async move {
+        let (status, body) = export_poll(&http, addr, &vm, &wait).await;
+        (status, body, Instant::now())
+    })
+}
+
+async fn export_waiters_reach(r: &Running, n: usize) {
+    let t = Instant::now();
+    while r.holder.exports.waiters() < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{} export waiters of {n}",
+            r.holder.exports.waiters()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_export_opened_while_sixty_vms_wait_reaches_each_with_its_own_url_from_one_load() {
+    use lablink_db::exports;
+
+    let (db, client, vms_) = setup(70).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let (asked, others) = vms_.split_at(60);
+    let url_of =
+        |h: &Hostname| format!("https://bucket.s3.amazonaws.com/exports/j/vms/{h}.tar?X-Amz-Signature={h}");
+    let waiting: Vec<_> = asked
+        .iter()
+        .map(|v| spawn_export_poll(&http, &r, v, "20"))
+        .collect();
+    let window = Instant::now();
+    let not_asked: Vec<_> = others
+        .iter()
+        .map(|v| spawn_export_poll(&http, &r, v, "4"))
+        .collect();
+    export_waiters_reach(&r, 70).await;
+    let before = r.holder.link.queries();
+
+    let job = "20261201T090000Z-0a0b0c0d";
+    let opened = Instant::now();
+    open_export(&client, job, &asked.iter().collect::<Vec<_>>(), url_of).await;
+    for (vm, w) in asked.iter().zip(waiting) {
+        let (status, body, at) = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("every waiting VM of the export is answered")
+            .unwrap();
+        assert_eq!(status, 200, "{}: {body}", vm.host);
+        let task: lablink_wire::ExportTask = serde_json::from_str(&body).unwrap();
+        assert_eq!(task.job_id, job);
+        assert_eq!(task.upload_url, url_of(&vm.host), "its own URL");
+        assert!(at.duration_since(opened) < Duration::from_secs(5));
+    }
+    // One load of the export for all sixty (a heartbeat may fall in between); it was a
+    // look-up per waiter before.
+    let spent = r.holder.link.queries() - before;
+    eprintln!("queries while 60 export waiters were answered: {spent}");
+    assert!(spent <= 3, "{spent} queries for one export opening");
+    for w in not_asked {
+        let (status, body, at) = w.await.unwrap();
+        assert_eq!(status, 204, "a VM the export does not ask waits on: {body}");
+        assert!(
+            at.duration_since(window) >= Duration::from_millis(3900),
+            "answered at the window's end"
+        );
+    }
+
+    // A VM still uploading keeps its task; one that answered for good is not handed it
+    // again (its notification strikes it from the holder's memory).
+    let job_id = lablink_core::domain::JobId::parse(job).unwrap();
+    let (up, done) = (&asked[0], &asked[1]);
+    exports::report(&client, &job_id, &up.host, &exports::Report::Uploading)
+        .await
+        .unwrap()
+        .unwrap();
+    exports::report(
+        &client,
+        &job_id,
+        &done.host,
+        &exports::Report::NoFiles { skipped: 0 },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(export_poll(&http, r.addr, up, "1").await.0, 200);
+    assert_eq!(export_poll(&http, r.addr, done, "1").await.0, 204);
+    // Closed: nobody is handed it any more.
+    exports::close(&client, &job_id).await.unwrap();
+    let t = Instant::now();
+    while export_poll(&http, r.addr, &asked[2], "0").await.0 == 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the closed export is still handed out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_export_opened_while_the_listening_connection_was_down_is_handed_over_after_reconnect() {
+    let (db, client, vms_) = setup(1).await;
+    let r = start(&db, &[]).await;
+    let http = reqwest::Client::new();
+    let waiter = spawn_export_poll(&http, &r, &vms_[0], "60");
+    export_waiters_reach(&r, 1).await;
+    let mut generation = r.holder.link.subscribe();
+    // Keep the holder out while the export opens, so its notification reaches no one:
+    // only the load after the reconnect can find it. (A database's own sessions cannot
+    // close it to connections: done from the server's `postgres` database.)
+    let admin = lablink_db::DbConfig::from_url(&lablink_testkit::with_dbname(&db.url, "postgres"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let name = &db.name;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    let gone = "SELECT count(*) FROM pg_stat_activity
+                WHERE datname = current_database() AND application_name = 'lablink-holder'";
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'lablink-holder'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while client.query_one(gone, &[]).await.unwrap().get::<_, i64>(0) > 0 || r.holder.link.is_up().await {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the holder's backend did not go"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let url = "https://bucket.s3.amazonaws.com/exports/j/vms/hold-0.tar?X-Amz-Signature=gap";
+    open_export(&client, "20261201T100000Z-0a0b0c0e", &[&vms_[0]], |_| url.into()).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), generation.wait_for(|g| *g >= 2))
+        .await
+        .expect("the holder reconnects")
+        .unwrap();
+    let (status, body, _) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter is answered after the reconnect")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let task: lablink_wire::ExportTask = serde_json::from_str(&body).unwrap();
+    assert_eq!(task.upload_url, url);
+    r.shutdown().await.unwrap();
+}

@@ -1,6 +1,9 @@
 //! Data export's side of Postgres: which VMs an export asks, the upload URL made for each,
-//! and how far each got. The export job itself is in the job store; the holder reads
-//! [`task_for`] to answer a VM's export long-poll, woken by `NOTIFY vm_exports`.
+//! and how far each got. The export job itself is in the job store; the holder keeps the
+//! open export in memory ([`open_export`], one query) to answer the VMs' export
+//! long-polls, reloading it when `NOTIFY vm_exports` says it changed ([`Notice`]).
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,8 +13,41 @@ use super::DbError;
 use lablink_core::domain::{Hostname, JobId};
 use lablink_wire::ExportTask;
 
-/// The channel [`start`] notifies (payload: the job id); the holder listens on it.
+/// The channel the holder listens on. Every change of an export's own state notifies it
+/// (payload: the job id): [`start`], [`close`], [`finish`], and an older export failed by
+/// [`start`]. So does a VM's final answer in [`report`] (payload:
+/// `{"job_id":…,"hostname":…}`), so that a holder stops handing that VM the task
+/// without reloading the whole export. See [`Notice`].
 pub const CHANNEL: &str = "vm_exports";
+
+/// What a `vm_exports` notification tells the holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// An export opened or stopped collecting: load the open export again.
+    Changed,
+    /// `hostname` answered `job_id` for good (`done`, `no_files` or `failed`).
+    Answered { job_id: String, hostname: Hostname },
+}
+
+impl Notice {
+    /// Any payload that is not a VM's answer means "reload": the safe reading.
+    pub fn parse(payload: &str) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Answered {
+            job_id: String,
+            hostname: String,
+        }
+        serde_json::from_str::<Answered>(payload)
+            .ok()
+            .and_then(|a| {
+                Some(Notice::Answered {
+                    hostname: Hostname::parse(&a.hostname).ok()?,
+                    job_id: a.job_id,
+                })
+            })
+            .unwrap_or(Notice::Changed)
+    }
+}
 
 /// What every VM of an export collects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,9 +99,13 @@ pub async fn start(
     vms: &[(Target, String)],
 ) -> Result<bool, DbError> {
     client
-        .execute(
-            "UPDATE exports SET state = 'failed'
-             WHERE state IN ('collecting', 'assembling') AND job_id <> $1",
+        .query_one(
+            "WITH f AS (
+                 UPDATE exports SET state = 'failed'
+                 WHERE state IN ('collecting', 'assembling') AND job_id <> $1
+                 RETURNING job_id),
+             n AS (SELECT pg_notify('vm_exports', job_id) FROM f)
+             SELECT count(*) FROM n",
             &[&job_id.as_str()],
         )
         .await?;
@@ -99,8 +139,96 @@ pub async fn start(
     Ok(row.get::<_, i64>(0) == 1)
 }
 
+/// The collecting export as the holder keeps it in memory: the job's fields and the
+/// upload URL of every VM that has not answered for good (`waiting` or `uploading`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OpenExport {
+    pub job_id: String,
+    pub extensions: Vec<String>,
+    pub max_file_bytes: u64,
+    pub deadline: DateTime<Utc>,
+    /// Hostname → that VM's upload URL.
+    pub upload_urls: HashMap<Hostname, String>,
+}
+
+impl OpenExport {
+    /// `host`'s task, if this export asks it and its deadline is after `now`: the same
+    /// answer as [`task_for`], from memory.
+    pub fn task_for(&self, host: &Hostname, now: DateTime<Utc>) -> Option<ExportTask> {
+        if self.deadline <= now {
+            return None;
+        }
+        let url = self.upload_urls.get(host)?;
+        Some(ExportTask {
+            job_id: self.job_id.clone(),
+            upload_url: url.clone(),
+            extensions: self.extensions.clone(),
+            max_file_bytes: self.max_file_bytes,
+            deadline: self.deadline,
+        })
+    }
+}
+
+impl std::fmt::Debug for OpenExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs are bearer capabilities (their query is the signature): counted only.
+        f.debug_struct("OpenExport")
+            .field("job_id", &self.job_id)
+            .field("extensions", &self.extensions)
+            .field("max_file_bytes", &self.max_file_bytes)
+            .field("deadline", &self.deadline)
+            .field("vms", &self.upload_urls.len())
+            .finish()
+    }
+}
+
+/// The collecting export (at most one: a partial unique index) with every VM that still
+/// has to answer, in ONE query, whatever the number of VMs; `None` when no export is
+/// collecting. The deadline is not checked here: [`OpenExport::task_for`] checks it.
+pub async fn open_export(client: &Client) -> Result<Option<OpenExport>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT e.job_id, e.extensions, e.max_file_bytes, e.deadline,
+                    coalesce(array_agg(v.hostname ORDER BY v.hostname)
+                             FILTER (WHERE v.hostname IS NOT NULL), '{}'),
+                    coalesce(array_agg(v.upload_url ORDER BY v.hostname)
+                             FILTER (WHERE v.hostname IS NOT NULL), '{}')
+             FROM exports e
+             LEFT JOIN export_vms v ON v.job_id = e.job_id AND v.state IN ('waiting', 'uploading')
+             WHERE e.state = 'collecting'
+             GROUP BY e.job_id",
+            &[],
+        )
+        .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let max: i64 = r.get(2);
+    let hosts: Vec<String> = r.get(4);
+    let urls: Vec<String> = r.get(5);
+    let upload_urls = hosts
+        .into_iter()
+        .zip(urls)
+        .map(|(h, u)| {
+            Hostname::parse(&h)
+                .map(|h| (h, u))
+                .map_err(|e| DbError::Corrupt(format!("export_vms.hostname {h}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(OpenExport {
+        job_id: r.get(0),
+        extensions: r.get(1),
+        // `CHECK (max_file_bytes > 0)`: a negative is a corrupt row.
+        max_file_bytes: u64::try_from(max)
+            .map_err(|_| DbError::Corrupt(format!("exports.max_file_bytes is {max}")))?,
+        deadline: r.get(3),
+        upload_urls,
+    }))
+}
+
 /// The open export `host` still has to answer, if any: what the holder hands the VM, as
-/// the message itself (the daemon reads the same type).
+/// the message itself (the daemon reads the same type). The holder itself answers from
+/// [`open_export`]; this per-VM form is for tests and tools.
 pub async fn task_for(client: &Client, host: &Hostname) -> Result<Option<ExportTask>, DbError> {
     let row = client
         .query_opt(
@@ -150,7 +278,10 @@ pub enum Refused {
 }
 
 /// Record `host`'s report for `job_id` while the export collects and the VM's answer is
-/// not final. One statement.
+/// not final. One statement; a final answer also notifies [`CHANNEL`] with the VM and
+/// the job, so the holders stop handing it this task (a daemon that is handed a task it
+/// answered re-sends its report, is refused, and polls again at once: a loop until the
+/// export closes).
 pub async fn report(
     client: &Client,
     job_id: &JobId,
@@ -167,15 +298,22 @@ pub async fn report(
         Report::NoFiles { skipped } => ("no_files", 0, 0, *skipped, None),
         Report::Failed { detail } => ("failed", 0, 0, 0, Some(detail.as_str())),
     };
-    let n = client
-        .execute(
-            "UPDATE export_vms v SET state = $3, files = $4, bytes = $5, skipped = $6, detail = $7, updated_at = now()
-             FROM exports e
-             WHERE e.job_id = v.job_id AND e.state = 'collecting'
-               AND v.job_id = $1 AND v.hostname = $2 AND v.state IN ('waiting', 'uploading')",
+    let n: i64 = client
+        .query_one(
+            "WITH u AS (
+                 UPDATE export_vms v SET state = $3, files = $4, bytes = $5, skipped = $6, detail = $7, updated_at = now()
+                 FROM exports e
+                 WHERE e.job_id = v.job_id AND e.state = 'collecting'
+                   AND v.job_id = $1 AND v.hostname = $2 AND v.state IN ('waiting', 'uploading')
+                 RETURNING v.job_id, v.hostname, v.state),
+             n AS (
+                 SELECT pg_notify('vm_exports', json_build_object('job_id', job_id, 'hostname', hostname)::text)
+                 FROM u WHERE state <> 'uploading')
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
             &[&job_id.as_str(), &host.as_str(), &state, &files, &bytes, &skipped, &detail],
         )
-        .await?;
+        .await?
+        .get(0);
     if n == 1 {
         return Ok(Ok(()));
     }
@@ -257,8 +395,12 @@ pub async fn outstanding(client: &Client, job_id: &JobId) -> Result<i64, DbError
 /// were marked unreachable.
 pub async fn close(client: &Client, job_id: &JobId) -> Result<u64, DbError> {
     client
-        .execute(
-            "UPDATE exports SET state = 'assembling' WHERE job_id = $1 AND state = 'collecting'",
+        .query_one(
+            "WITH c AS (
+                 UPDATE exports SET state = 'assembling' WHERE job_id = $1 AND state = 'collecting'
+                 RETURNING job_id),
+             n AS (SELECT pg_notify('vm_exports', job_id) FROM c)
+             SELECT count(*) FROM n",
             &[&job_id.as_str()],
         )
         .await?;
@@ -273,11 +415,14 @@ pub async fn close(client: &Client, job_id: &JobId) -> Result<u64, DbError> {
         .await?)
 }
 
-/// The export ended (`done` or `failed`).
+/// The export ended (`done` or `failed`). Notifies too: normally it left `collecting`
+/// at [`close`], but a holder must never keep handing out an export that ended.
 pub async fn finish(client: &Client, job_id: &JobId, ok: bool) -> Result<(), DbError> {
     client
-        .execute(
-            "UPDATE exports SET state = $2 WHERE job_id = $1",
+        .query_one(
+            "WITH f AS (UPDATE exports SET state = $2 WHERE job_id = $1 RETURNING job_id),
+             n AS (SELECT pg_notify('vm_exports', job_id) FROM f)
+             SELECT count(*) FROM n",
             &[&job_id.as_str(), &if ok { "done" } else { "failed" }],
         )
         .await?;

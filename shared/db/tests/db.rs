@@ -1042,3 +1042,108 @@ async fn the_lazy_connection_connects_on_first_use_and_again_after_it_breaks() {
         .get(0);
     assert_ne!(pid, pid2);
 }
+
+#[tokio::test]
+async fn the_open_export_loads_whole_in_one_query_and_each_change_and_final_answer_notifies() {
+    use futures_util::StreamExt;
+    use lablink_core::domain::JobId;
+    use lablink_db::exports::{self, Notice};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 3).await;
+
+    let (listener, mut conn) = db.config.connect_raw().await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let _ = tx.send(Notice::parse(n.payload()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN vm_exports").await.unwrap();
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(300));
+
+    assert_eq!(exports::open_export(&c).await.unwrap(), None);
+    let job = JobId::parse("20261201T090000Z-01020304").unwrap();
+    let spec = exports::ExportSpec {
+        extensions: vec!["slp".into(), "h5".into()],
+        max_file_bytes: 1 << 20,
+        deadline: Utc::now() + chrono::Duration::hours(1),
+    };
+    let targets: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let t = exports::Target {
+                hostname: h.clone(),
+                email: None,
+            };
+            (t, format!("https://u/{h}"))
+        })
+        .collect();
+    assert!(exports::start(&c, &job, &spec, &targets).await.unwrap());
+    settle().await;
+    assert_eq!(rx.try_recv().ok(), Some(Notice::Changed));
+    let open = exports::open_export(&c).await.unwrap().expect("open");
+    assert_eq!(open.job_id, job.as_str());
+    assert_eq!(open.extensions, spec.extensions);
+    assert_eq!(open.max_file_bytes, 1 << 20);
+    assert_eq!(open.upload_urls.len(), 3);
+    assert_eq!(open.upload_urls[&hosts[2]], format!("https://u/{}", hosts[2]));
+    // The in-memory answer is the per-VM query's answer.
+    let task = exports::task_for(&c, &hosts[0]).await.unwrap();
+    assert_eq!(open.task_for(&hosts[0], Utc::now()), task);
+    assert_eq!(
+        open.task_for(&hosts[0], spec.deadline),
+        None,
+        "not at the deadline"
+    );
+
+    // Uploading keeps the task and says nothing; a final answer names the VM.
+    exports::report(&c, &job, &hosts[0], &exports::Report::Uploading)
+        .await
+        .unwrap()
+        .unwrap();
+    exports::report(
+        &c,
+        &job,
+        &hosts[1],
+        &exports::Report::Done {
+            files: 1,
+            bytes: 2,
+            skipped: 0,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    settle().await;
+    assert_eq!(
+        rx.try_recv().ok(),
+        Some(Notice::Answered {
+            job_id: job.as_str().into(),
+            hostname: hosts[1].clone()
+        })
+    );
+    assert_eq!(rx.try_recv().ok(), None);
+    let open = exports::open_export(&c).await.unwrap().unwrap();
+    let mut left: Vec<&Hostname> = open.upload_urls.keys().collect();
+    left.sort();
+    assert_eq!(left, [&hosts[0], &hosts[2]]);
+
+    // Closing and finishing notify; nothing is open after.
+    exports::close(&c, &job).await.unwrap();
+    exports::finish(&c, &job, true).await.unwrap();
+    settle().await;
+    assert_eq!(rx.try_recv().ok(), Some(Notice::Changed));
+    assert_eq!(rx.try_recv().ok(), Some(Notice::Changed));
+    assert_eq!(exports::open_export(&c).await.unwrap(), None);
+
+    // An export that asks no VM is open all the same, with none to hand out.
+    let empty = JobId::parse("20261201T100000Z-01020305").unwrap();
+    assert!(exports::start(&c, &empty, &spec, &[]).await.unwrap());
+    let open = exports::open_export(&c).await.unwrap().unwrap();
+    assert_eq!(open.job_id, empty.as_str());
+    assert!(open.upload_urls.is_empty());
+}

@@ -126,13 +126,17 @@ pub enum ListenerState {
 }
 
 /// `GET /healthz`, holder → load balancer and operators (200 when listening, else 503):
-/// `{"listener":"listening","waiters":12,"connections":1}`. `connections` counts the
-/// (re)connections of the listening connection since start.
+/// `{"listener":"listening","waiters":12,"export_waiters":12,"connections":1,"queries":40}`.
+/// `waiters` wait on `/vm_startup`, `export_waiters` on `/vm_export`; `connections`
+/// counts the (re)connections of the listening connection since start, `queries` the
+/// statements the holder sent on it (heartbeats included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderHealth {
     pub listener: ListenerState,
     pub waiters: u64,
+    pub export_waiters: u64,
     pub connections: u64,
+    pub queries: u64,
 }
 
 #[cfg(test)]
@@ -212,21 +216,25 @@ mod tests {
     }
 
     #[test]
-    fn holder_health_is_three_keys() {
+    fn holder_health_is_five_keys() {
         round_trip(
-            r#"{"listener":"reconnecting","waiters":0,"connections":3}"#,
+            r#"{"listener":"reconnecting","waiters":0,"export_waiters":0,"connections":3,"queries":7}"#,
             &HolderHealth {
                 listener: ListenerState::Reconnecting,
                 waiters: 0,
+                export_waiters: 0,
                 connections: 3,
+                queries: 7,
             },
         );
         round_trip(
-            r#"{"listener":"listening","waiters":12,"connections":1}"#,
+            r#"{"listener":"listening","waiters":12,"export_waiters":11,"connections":1,"queries":40}"#,
             &HolderHealth {
                 listener: ListenerState::Listening,
                 waiters: 12,
+                export_waiters: 11,
                 connections: 1,
+                queries: 40,
             },
         );
     }

@@ -3,16 +3,21 @@
 //! another; prints the holder's RSS, memory per waiter and the latency from each
 //! assignment's commit to its VM having the whole response.
 //!
+//! With `--both`, every VM holds both long-polls as a daemon does (`/vm_startup` and
+//! `/vm_export`, two connections); after the assignments, ONE export opens for all N
+//! VMs, each VM's export answer is timed from the commit, and the statements the holder
+//! sent meanwhile are counted (`/healthz` `queries`, heartbeats included).
+//!
 //! Run with `scripts/bench-holder` (builds both binaries in release first).
-//! Usage: holder-bench [--waiters 1000,5000,10000] [--assignments 1000]
+//! Usage: holder-bench [--waiters 1000,5000,10000] [--assignments 1000] [--both]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lablink_core::domain::{CrdCommand, Email, Pin, VmStatus};
-use lablink_db::vms;
+use lablink_core::domain::{CrdCommand, Email, JobId, Pin, VmStatus};
+use lablink_db::{exports, vms};
 use lablink_e2e::{HolderProc, create_vms, workspace_bin};
 use lablink_testkit::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,31 +39,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-/// One waiting VM: connect, send the poll, read the whole response.
+/// One waiting poll of a VM (`path`: `/vm_startup` or `/vm_export`): connect, send the
+/// poll, read the whole response.
 async fn wait_once(
     addr: std::net::SocketAddr,
+    path: &'static str,
     host: String,
     token: String,
     connected: Arc<Semaphore>,
-    done: mpsc::UnboundedSender<(String, Instant, u16)>,
+    done: mpsc::UnboundedSender<(String, Instant, u16, Vec<u8>)>,
 ) {
     let permit = connected.acquire_owned().await;
     let mut sock = match tokio::net::TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("connect failed: {e}");
-            let _ = done.send((host, Instant::now(), 0));
+            let _ = done.send((host, Instant::now(), 0, Vec::new()));
             return;
         }
     };
     let body = format!(r#"{{"hostname":"{host}"}}"#);
     let req = format!(
-        "POST /vm_startup?wait=3600 HTTP/1.1\r\nHost: holder\r\nAuthorization: Bearer {token}\r\n\
+        "POST {path}?wait=3600 HTTP/1.1\r\nHost: holder\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     if sock.write_all(req.as_bytes()).await.is_err() {
-        let _ = done.send((host, Instant::now(), 0));
+        let _ = done.send((host, Instant::now(), 0, Vec::new()));
         return;
     }
     drop(permit);
@@ -71,10 +78,39 @@ async fn wait_once(
         .and_then(|s| s.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let _ = done.send((host, at, status));
+    let _ = done.send((host, at, status, buf));
 }
 
-async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
+/// A presigned `PUT` URL of a realistic length (about 1.2 KB: a task role's session token
+/// is most of it), different for each VM.
+fn upload_url(job: &str, host: &str, i: usize) -> String {
+    let token: String = "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQD"
+        .chars()
+        .cycle()
+        .take(900)
+        .collect();
+    format!(
+        "https://lablink-exports-123456789012.s3.us-east-1.amazonaws.com/exports/{job}/vms/{host}.tar\
+         ?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ASIAEXAMPLE0000000000%2F20261201%2Fus-east-1%2Fs3%2Faws4_request\
+         &X-Amz-Date=20261201T090000Z&X-Amz-Expires=4200&X-Amz-Security-Token={token}\
+         &X-Amz-SignedHeaders=host&X-Amz-Signature={:064x}",
+        (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    )
+}
+
+/// The holder's `/healthz` as numbers: (listening, waiters, export waiters, queries).
+async fn health(holder: &HolderProc, http: &reqwest::Client) -> anyhow::Result<(bool, u64, u64, u64)> {
+    let h = holder.health(http).await?;
+    let num = |k: &str| h[k].as_u64().with_context(|| format!("no {k} in /healthz: {h}"));
+    Ok((
+        h["listener"] == "listening",
+        num("waiters")?,
+        num("export_waiters")?,
+        num("queries")?,
+    ))
+}
+
+async fn run(n: usize, assignments: usize, both: bool) -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = db.client().await;
     let vms_ = create_vms(&client, "bench", n, VmStatus::Running).await?;
@@ -94,19 +130,44 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let connecting = Arc::new(Semaphore::new(256));
     let t_connect = Instant::now();
+    let (export_tx, mut export_rx) = mpsc::unbounded_channel();
     for vm in &vms_ {
         tokio::spawn(wait_once(
             holder.addr,
+            "/vm_startup",
             vm.hostname.to_string(),
             vm.secret.expose().to_owned(),
             Arc::clone(&connecting),
             tx.clone(),
         ));
+        if both {
+            tokio::spawn(wait_once(
+                holder.addr,
+                "/vm_export",
+                vm.hostname.to_string(),
+                vm.secret.expose().to_owned(),
+                Arc::clone(&connecting),
+                export_tx.clone(),
+            ));
+        }
     }
     drop(tx);
-    holder
-        .wait_for_waiters(&http, n as u64, Duration::from_secs(120))
-        .await?;
+    drop(export_tx);
+    if both {
+        let until = Instant::now() + Duration::from_secs(240);
+        loop {
+            match health(&holder, &http).await {
+                Ok((true, w, e, _)) if w == n as u64 && e == n as u64 => break,
+                Ok(h) if Instant::now() > until => bail!("not all {n} VMs wait on both polls: {h:?}"),
+                Err(e) if Instant::now() > until => return Err(e),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    } else {
+        holder
+            .wait_for_waiters(&http, n as u64, Duration::from_secs(120))
+            .await?;
+    }
     let connect_time = t_connect.elapsed();
     // Let allocations settle before reading RSS.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -125,7 +186,7 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
     }
     let mut lat = Vec::with_capacity(k);
     while lat.len() < k {
-        let (host, at, status) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        let (host, at, status, _) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .context("an assignment was not delivered within 30 s")?
             .context("all waiters ended")?;
@@ -138,13 +199,55 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
         lat.push(at.saturating_duration_since(*c));
     }
     lat.sort();
-    let rss_after = rss_kib(pid)?;
+
+    // One export for every VM: each export waiter's answer, timed from the commit.
+    let mut export = None;
+    if both {
+        let (_, _, _, q0) = health(&holder, &http).await?;
+        let job = JobId::parse("20261201T090000Z-0b0e0c0d").map_err(anyhow::Error::msg)?;
+        let targets: Vec<_> = vms_
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| {
+                let target = exports::Target {
+                    hostname: vm.hostname.clone(),
+                    email: None,
+                };
+                (target, upload_url(job.as_str(), vm.hostname.as_str(), i))
+            })
+            .collect();
+        let spec = exports::ExportSpec {
+            extensions: vec!["slp".into()],
+            max_file_bytes: 1 << 30,
+            deadline: chrono::Utc::now() + chrono::Duration::hours(1),
+        };
+        exports::start(&client, &job, &spec, &targets).await?;
+        let opened = Instant::now();
+        let mut elat = Vec::with_capacity(n);
+        while elat.len() < n {
+            let (host, at, status, body) = tokio::time::timeout(Duration::from_secs(60), export_rx.recv())
+                .await
+                .context("an export task was not handed over within 60 s")?
+                .context("all export waiters ended")?;
+            if status != 200 {
+                bail!("{host}'s export poll answered {status}");
+            }
+            let own = format!("/vms/{host}.tar?");
+            if memchr::memmem::find(&body, own.as_bytes()).is_none() {
+                bail!("{host} was not handed its own upload URL");
+            }
+            elat.push(at.saturating_duration_since(opened));
+        }
+        elat.sort();
+        let (_, _, _, q1) = health(&holder, &http).await?;
+        export = Some((elat, q1 - q0, rss_kib(pid)?));
+    }
 
     // Shutdown answers the remaining waiters.
     let t_stop = Instant::now();
     holder.proc.terminate(Duration::from_secs(30)).await;
     let mut answered = 0;
-    while let Ok(Some((_, _, status))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+    while let Ok(Some((_, _, status, _))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
         if status == 204 {
             answered += 1;
         }
@@ -152,6 +255,28 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
     let stop_time = t_stop.elapsed();
 
     let per_waiter = (rss_n.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
+    if let Some((elat, queries, rss_export)) = export {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {n:>6} | {:>7.1} s | {:>6.1} MiB | {:>6.1} MiB | {:>7.0} B | {:>5} | {:>6.2} ms | {:>6.2} ms | {:>6.2} ms | {:>7.1} ms | {:>7.1} ms | {:>7.1} ms | {queries:>3} | {:>6.1} MiB | {:>5}/{:<5} in {:.2} s |",
+            connect_time.as_secs_f64(),
+            rss0 as f64 / 1024.0,
+            rss_n as f64 / 1024.0,
+            per_waiter,
+            k,
+            ms(percentile(&lat, 0.50)),
+            ms(percentile(&lat, 0.99)),
+            ms(lat.last().copied().unwrap_or_default()),
+            ms(percentile(&elat, 0.50)),
+            ms(percentile(&elat, 0.99)),
+            ms(elat.last().copied().unwrap_or_default()),
+            rss_export as f64 / 1024.0,
+            answered,
+            n - k,
+            stop_time.as_secs_f64(),
+        );
+        return Ok(());
+    }
     println!(
         "| {n:>6} | {:>7.1} s | {:>6.1} MiB | {:>6.1} MiB | {:>7.0} B | {:>5} | {:>6.2} ms | {:>6.2} ms | {:>6.2} ms | {:>5}/{:<5} in {:.2} s |",
         connect_time.as_secs_f64(),
@@ -166,7 +291,6 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
         n - k,
         stop_time.as_secs_f64(),
     );
-    let _ = rss_after;
     Ok(())
 }
 
@@ -174,6 +298,7 @@ async fn run(n: usize, assignments: usize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let mut waiters = vec![1000usize, 5000, 10000];
     let mut assignments = 1000usize;
+    let mut both = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -186,21 +311,36 @@ async fn main() -> anyhow::Result<()> {
                     .collect::<Result<_, _>>()?
             }
             "--assignments" => assignments = args.next().context("--assignments needs a number")?.parse()?,
+            "--both" => both = true,
             other => bail!(
-                "unknown argument {other}; usage: holder-bench [--waiters 1000,5000,10000] [--assignments 1000]"
+                "unknown argument {other}; usage: holder-bench [--waiters 1000,5000,10000] [--assignments 1000] [--both]"
             ),
         }
     }
-    let limit = rlimit::increase_nofile_limit(u64::MAX)?;
-    if (limit as usize) < waiters.iter().max().copied().unwrap_or(0) + 100 {
-        bail!("the open-file limit is {limit}: too low for that many waiters");
+    // One socket per poll on each side (this process and the holder, which inherits the
+    // limit): with both polls, two per VM. Root may raise the hard limit.
+    let need = (waiters.iter().max().copied().unwrap_or(0) * if both { 2 } else { 1 } + 100) as u64;
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    if hard < need {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, need, need);
     }
-    println!(
-        "| waiters | connect | holder RSS idle | RSS with waiters | per waiter | assignments | p50 | p99 | max | shutdown answered |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let limit = rlimit::increase_nofile_limit(u64::MAX)?;
+    if limit < need {
+        bail!("the open-file limit is {limit}: too low for that many waiters (need {need})");
+    }
+    if both {
+        println!(
+            "| VMs, both polls | connect | holder RSS idle | RSS with both polls | per VM | assignments | p50 | p99 | max | export to all: p50 | p99 | max | holder queries meanwhile | RSS after the export | shutdown answered |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    } else {
+        println!(
+            "| waiters | connect | holder RSS idle | RSS with waiters | per waiter | assignments | p50 | p99 | max | shutdown answered |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+    }
     for n in waiters {
-        run(n, assignments).await?;
+        run(n, assignments, both).await?;
     }
     Ok(())
 }

@@ -56,6 +56,8 @@ CREATE TABLE vm_actions (
     action   TEXT NOT NULL CHECK (action IN ('release', 'reassign', 'replace')),
     actor    TEXT NOT NULL CHECK (length(actor) <= 200),
     detail   TEXT NOT NULL CHECK (length(detail) <= 1000),
+    -- A release that kept the participant's files for the next data export.
+    keep_files BOOLEAN NOT NULL DEFAULT FALSE,
     at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX vm_actions_by_host ON vm_actions (hostname, id);

@@ -67,11 +67,19 @@ pub struct Target {
     pub email: Option<String>,
 }
 
-/// The assigned VMs (the ones with a participant's results), by hostname.
+/// The assigned VMs (the ones with a participant's results), and the VMs an admin
+/// released keeping the participant's files since the last finished export (their
+/// daemons hold those files for it), by hostname.
 pub async fn targets(client: &Client) -> Result<Vec<Target>, DbError> {
     let rows = client
         .query(
-            "SELECT hostname, user_email FROM vms WHERE user_email IS NOT NULL ORDER BY hostname",
+            "SELECT hostname, user_email FROM vms v
+             WHERE user_email IS NOT NULL
+                OR EXISTS (SELECT 1 FROM vm_actions a
+                           WHERE a.hostname = v.hostname AND a.action = 'release' AND a.keep_files
+                             AND a.at > COALESCE((SELECT max(e.created_at) FROM exports e WHERE e.state = 'done'),
+                                                 '-infinity'))
+             ORDER BY hostname",
             &[],
         )
         .await?;

@@ -315,8 +315,8 @@ pub async fn release(
                 WHERE seat_tokens.hostname = old.hostname AND seat_tokens.email = old.user_email
                   AND seat_tokens.ended IS NULL AND EXISTS (SELECT 1 FROM released)
              ), recorded AS (
-                INSERT INTO vm_actions (hostname, action, actor, detail)
-                SELECT $1, 'release', $3,
+                INSERT INTO vm_actions (hostname, action, actor, keep_files, detail)
+                SELECT $1, 'release', $3, $2,
                        concat_ws('; ', COALESCE('was ' || (SELECT user_email FROM old), 'no participant'),
                                  CASE WHEN $2 THEN 'files kept for the next export' ELSE 'files removed' END)
                 FROM released

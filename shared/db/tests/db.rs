@@ -1147,3 +1147,33 @@ async fn the_open_export_loads_whole_in_one_query_and_each_change_and_final_answ
     assert_eq!(open.job_id, empty.as_str());
     assert!(open.upload_urls.is_empty());
 }
+
+#[tokio::test]
+async fn a_release_that_kept_files_puts_the_vm_in_the_next_export_only() {
+    use lablink_db::{exports, seats};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 3).await;
+    let names = |t: Vec<exports::Target>| -> Vec<(String, Option<String>)> {
+        t.into_iter()
+            .map(|t| (t.hostname.as_str().to_owned(), t.email))
+            .collect()
+    };
+    assert!(exports::targets(&c).await.unwrap().is_empty());
+    seats::release(&c, &hosts[0], true, "admin").await.unwrap();
+    seats::release(&c, &hosts[1], false, "admin").await.unwrap();
+    // The kept files are asked for although nobody holds the VM; files not kept are not.
+    assert_eq!(
+        names(exports::targets(&c).await.unwrap()),
+        vec![(hosts[0].as_str().to_owned(), None)]
+    );
+    // Once an export has finished, that release is behind it.
+    c.execute(
+        "INSERT INTO exports (job_id, state, extensions, max_file_bytes, deadline)
+         VALUES ('20261202T000000Z-00000001', 'done', '{slp}', 1, now())",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(exports::targets(&c).await.unwrap().is_empty());
+}

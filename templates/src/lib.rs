@@ -174,6 +174,19 @@ pub fn seat_page(p: &SeatPage<'_>) -> Markup {
     )
 }
 
+/// `GET /seat/{token}` for a token that names no seat (404).
+pub fn seat_missing_page() -> Markup {
+    layout(
+        "No such seat",
+        html! {
+            h1 { "No such seat" }
+            div.card {
+                p.error role="alert" { "This link does not open any seat. Check that it was copied whole, or get a VM from the " a href="/" { "start page" } "." }
+            }
+        },
+    )
+}
+
 const SEAT_JS: &str = r#"
 (function(){var seat=document.getElementById('seat'),token=seat.getAttribute('data-token');
 var states=['connecting','ready','refused','released','reassigned','gone'],ended=['released','reassigned','gone'];

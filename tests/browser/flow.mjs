@@ -83,6 +83,7 @@ try {
   pages.push(['stranger', stranger]);
   const wrong = await stranger.goto(`${base}/seat/${'0'.repeat(64)}`);
   expect(wrong.status() === 404 && !(await stranger.content()).includes(hostname), `a wrong token: ${wrong.status()}`);
+  expect((await stranger.textContent('h1')) === 'No such seat', 'a wrong token gets a page that says so');
 
   // A second participant keeps the form open: no VM is free now, and the count must rise
   // by itself (the page polls) when the admin's launch below brings one more.

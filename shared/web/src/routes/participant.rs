@@ -241,13 +241,16 @@ pub const SEAT_PAGE: Route = Route {
     handler: handler!(seat_page),
 };
 
-/// `GET /seat/{token}`: the seat's live page (404 for a token never issued).
+/// `GET /seat/{token}`: the seat's live page (404, as a page, for a token never issued).
 async fn seat_page(state: &AppState, req: &Request) -> Reply {
-    let token = path_token(req)?;
+    let missing = || html(StatusCode::NOT_FOUND, pages::seat_missing_page());
+    let Ok(token) = path_token(req) else {
+        return Ok(missing());
+    };
     let client = state.db.client().await?;
-    let view = seats::view(&client, &token, CodeLimits::default())
-        .await?
-        .ok_or_else(no_such_seat)?;
+    let Some(view) = seats::view(&client, &token, CodeLimits::default()).await? else {
+        return Ok(missing());
+    };
     Ok(html(
         StatusCode::OK,
         pages::seat_page(&pages::SeatPage {

@@ -170,13 +170,16 @@ fn admin_login(state_dir: &Path) -> anyhow::Result<(String, String, bool)> {
     if let Ok(b) = std::fs::read(&file) {
         let v: serde_json::Value = serde_json::from_slice(&b).context("admin.json")?;
         if let (Some(u), Some(p)) = (v["user"].as_str(), v["password"].as_str()) {
+            private(&file)?;
             return Ok((u.to_owned(), p.to_owned(), false));
         }
     }
     let password = Secret::generate().expose()[..20].to_owned();
-    std::fs::write(
+    write_private(
         &file,
-        serde_json::json!({ "user": "admin", "password": password }).to_string(),
+        serde_json::json!({ "user": "admin", "password": password })
+            .to_string()
+            .as_bytes(),
     )?;
     Ok(("admin".into(), password, true))
 }
@@ -186,11 +189,62 @@ fn session_key(state_dir: &Path) -> anyhow::Result<SessionKey> {
     if let Ok(hex) = std::fs::read_to_string(&file)
         && let Ok(k) = SessionKey::from_hex(hex.trim())
     {
+        // A key an earlier version wrote readable by everyone is made private.
+        private(&file)?;
         return Ok(k);
     }
     let k = SessionKey::generate();
-    std::fs::write(&file, k.to_hex())?;
+    write_private(&file, k.to_hex().as_bytes())?;
     Ok(k)
+}
+
+/// Write a secret readable by its owner only (0600 from its creation: never a moment
+/// readable by others), replacing what was there.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode through `open`: set it.
+    private(path)?;
+    f.write_all(data)
+}
+
+fn private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_local_secrets_are_readable_by_their_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = super::session_key(dir.path()).unwrap();
+        let file = dir.path().join("session.key");
+        assert_eq!(mode(&file), 0o600);
+        // One left readable by an earlier version is tightened, and still used.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(super::session_key(dir.path()).unwrap().to_hex(), key.to_hex());
+        assert_eq!(mode(&file), 0o600);
+        let other = dir.path().join("admin.json");
+        std::fs::write(&other, b"old").unwrap();
+        super::write_private(&other, b"{}").unwrap();
+        assert_eq!(
+            (mode(&other), std::fs::read(&other).unwrap()),
+            (0o600, b"{}".to_vec())
+        );
+    }
 }
 
 /// The database: `DATABASE_URL`, or a cluster kept under the state dir.

@@ -30,11 +30,13 @@ pub fn html(status: StatusCode, page: lablink_templates::Markup) -> Response<Bod
         .expect("static headers are valid")
 }
 
-/// A 303 to `to` (after a form post, or to the login page).
+/// A 303 to `to` (after a form post, or to the login page). A target that is no valid
+/// header value (it came from a request) goes to `/` instead of failing the response.
 pub fn redirect(to: &str) -> Response<Body> {
+    let location = header::HeaderValue::from_str(to).unwrap_or(header::HeaderValue::from_static("/"));
     Response::builder()
         .status(StatusCode::SEE_OTHER)
-        .header(header::LOCATION, to)
+        .header(header::LOCATION, location)
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::Empty)
         .expect("static headers are valid")

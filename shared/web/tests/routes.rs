@@ -757,6 +757,61 @@ async fn health_reports_the_schema_version() {
     assert_eq!(v["schema_version"], lablink_db::latest_known_version());
 }
 
+/// Without a database, health says so in a word: the driver's text (addresses, roles)
+/// goes to the logs only.
+#[tokio::test]
+async fn health_without_a_database_tells_no_details() {
+    let config = AppConfig {
+        db: lablink_db::DbConfig::from_url(
+            "postgres://lablink_secret_role@127.0.0.1:1/hidden_db_name?connect_timeout=2",
+        )
+        .unwrap(),
+        legacy_vm_auth: false,
+        admin: AdminSource::None,
+        forwarder_token_hash: None,
+        jobs_table: None,
+        max_vms: 5,
+        deployment: lablink_core::domain::DeploymentName::parse(fixtures::DEPLOYMENT).unwrap(),
+        export_bucket: None,
+        vm: Default::default(),
+    };
+    let state = AppState::new(config);
+    let r = route("health").handle(&state, fixture("health", "valid")).await;
+    assert_eq!(r.status(), 503);
+    let body = text(&r);
+    assert!(body.contains("database unreachable"), "{body}");
+    for leak in [
+        "127.0.0.1",
+        "lablink_secret_role",
+        "hidden_db_name",
+        "refused",
+        "error connecting",
+    ] {
+        assert!(!body.contains(leak), "{leak} in {body}");
+    }
+}
+
+/// A `next` that is no valid header value (control characters) is not followed: the
+/// login goes to the dashboard instead of failing.
+#[tokio::test]
+async fn a_login_next_with_control_characters_goes_to_the_dashboard() {
+    let f = setup(false).await;
+    for next in [
+        "%2Fadmin%0D%0AX-Injected%3A+1",
+        "%2Fadmin%2Fjobs%00",
+        "%2Fadmin%09x",
+    ] {
+        let mut req = fixture("admin-login", "valid");
+        *req.body_mut() = Body::from(format!(
+            "user=admin&password={}&csrf=fixture-login-form-token&next={next}",
+            fixtures::ADMIN_PASSWORD
+        ));
+        let r = route("admin-login").handle(&f.state, req).await;
+        assert_eq!(r.status(), 303, "{next}: {}", text(&r));
+        assert_eq!(r.headers()[header::LOCATION], "/admin", "{next}");
+    }
+}
+
 #[test]
 fn routes_match_their_paths_only() {
     assert!(route("get-vm-status").matches_path("/api/vm-status/vm-1"));

@@ -49,7 +49,14 @@ impl Email {
         {
             return Err(EmailError::BadDomain);
         }
-        Ok(Self(format!("{local}@{}", domain).to_lowercase()))
+        // Lower-casing can lengthen it (`İ` becomes two characters): the stored form is
+        // what must fit the limit (the database's column check would otherwise refuse it
+        // with a 500).
+        let normalized = format!("{local}@{domain}").to_lowercase();
+        if normalized.chars().count() > Self::MAX_LEN {
+            return Err(EmailError::TooLong);
+        }
+        Ok(Self(normalized))
     }
 
     pub fn as_str(&self) -> &str {
@@ -98,6 +105,12 @@ mod tests {
         assert_eq!(Email::parse("<script>@c.org"), Err(EmailError::BadCharacter));
         let long = format!("{}@example.org", "a".repeat(250));
         assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
+        // Within the limit as typed, over it once lower-cased (`İ` → `i̇`, 2 chars): the
+        // stored form is what counts.
+        let grows = format!("{}@example.org", "İ".repeat(130));
+        assert!(grows.chars().count() <= Email::MAX_LEN);
+        assert_eq!(Email::parse(&grows), Err(EmailError::TooLong));
+        assert!(Email::parse(&format!("{}@example.org", "İ".repeat(100))).is_ok());
     }
 
     proptest! {

@@ -53,11 +53,16 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
-/// Only our own admin pages are places to go back to after logging in.
+/// Only our own admin pages are places to go back to after logging in, spelled in
+/// visible ASCII only (a control character would not even make a valid `Location`).
 fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n)
-            if n.starts_with("/admin") && !n.starts_with("//") && !n.contains("://") && !n.contains('\\') =>
+            if n.starts_with("/admin")
+                && !n.starts_with("//")
+                && !n.contains("://")
+                && !n.contains('\\')
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
         {
             n.to_owned()
         }

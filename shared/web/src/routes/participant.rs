@@ -402,11 +402,11 @@ pub const HEALTH: Route = Route {
 
 /// `GET /api/health`: database reachable, schema version.
 async fn health(state: &AppState, _req: &Request) -> Reply {
-    let client = state
-        .db
-        .client()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("database unreachable: {e}")))?;
+    let client = state.db.client().await.map_err(|e| {
+        // The detail (host names, roles, driver text) is for the logs, not for anyone.
+        tracing::error!(error = %e, "health: database unreachable");
+        ApiError::Unavailable("database unreachable".into())
+    })?;
     let version = lablink_db::schema_version(&client).await?;
     let expected = lablink_db::latest_known_version();
     let ok = version == Some(expected);

@@ -128,10 +128,12 @@ async fn vm_startup(
         .await
         .map_err(db_down("startup look-up", &host))?
         .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
-    if let Some(token) = token
-        && !vm_admits(hash.as_ref(), token)
-    {
-        return Err(Refusal::NotThisVm);
+    match token {
+        Some(token) if !vm_admits(hash.as_ref(), token) => return Err(Refusal::NotThisVm),
+        // Legacy mode serves credential-less polls for classic VMs only: a VM that has a
+        // credential must show it, or anyone could take its code and PIN.
+        None if hash.is_some() => return Err(Refusal::NoCredential),
+        _ => {}
     }
     if let Some(p) = pending {
         return Ok(deliver(&holder, host, p.into()));

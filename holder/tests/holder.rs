@@ -271,8 +271,10 @@ async fn a_release_wakes_the_vm_with_a_reset_order_until_it_reports_the_reset_do
     let host = vms_[0].host.as_str();
     let (status, again) = poll(&http, &r, host, Some(vms_[0].secret.expose()), Some("5")).await;
     assert_eq!((status, &again), (200, &order));
+    // (A credential-less poll for this enrolled VM is refused even in legacy mode; the
+    // registry's own test shows a classic waiter is never handed a reset.)
     let (status, _) = poll(&http, &r, host, None, Some("1")).await;
-    assert_eq!(status, 204);
+    assert_eq!(status, 401);
     // Reported done: the next poll waits, and the VM is free again.
     lablink_db::vms::set_status_after_start_host(
         &client,
@@ -440,7 +442,21 @@ async fn several_holders_share_one_database() {
 
 #[tokio::test]
 async fn legacy_mode_accepts_classic_polls_and_holds_them_for_the_maximum() {
-    let (db, client, vms_) = setup(1).await;
+    let (db, client, enrolled) = setup(1).await;
+    // A classic VM: a row without a credential (its client cannot present one).
+    let classic = Hostname::parse("hold-classic").unwrap();
+    vms::create_vms(
+        &client,
+        &[vms::NewVm {
+            hostname: classic.clone(),
+            instance_id: None,
+            credential_hash: None,
+            status: VmStatus::Running,
+            provision: None,
+        }],
+    )
+    .await
+    .unwrap();
     let r = start(
         &db,
         &[
@@ -451,7 +467,7 @@ async fn legacy_mode_accepts_classic_polls_and_holds_them_for_the_maximum() {
     )
     .await;
     let http = reqwest::Client::new();
-    let host = vms_[0].host.as_str();
+    let host = classic.as_str();
     // No ?wait=, no credential: the classic client is held for the maximum window.
     let t = Instant::now();
     let (status, _) = poll(&http, &r, host, None, None).await;
@@ -459,10 +475,23 @@ async fn legacy_mode_accepts_classic_polls_and_holds_them_for_the_maximum() {
     assert!(t.elapsed() >= Duration::from_millis(1900), "{:?}", t.elapsed());
     // A wrong credential is still refused.
     assert_eq!(poll(&http, &r, host, Some("nope"), Some("1")).await.0, 403);
-    let (_, pin, _) = assign(&client, 1).await;
+    // An enrolled VM's code and PIN never go to a poll without its credential.
+    let enrolled_host = enrolled[0].host.as_str();
+    assert_eq!(poll(&http, &r, enrolled_host, None, Some("1")).await.0, 401);
+    let (a, pin, _) = assign(&client, 1).await;
+    let (b, other_pin, _) = assign(&client, 2).await;
+    let (classic_pin, enrolled_pin) = if a == classic {
+        (pin, other_pin)
+    } else {
+        (other_pin, pin)
+    };
+    assert!(a == classic || b == classic);
     let (status, body) = poll(&http, &r, host, None, None).await;
     assert_eq!(status, 200);
-    assert_eq!(body["pin"], pin.as_str());
+    assert_eq!(body["pin"], classic_pin.as_str());
+    let (status, body) = poll(&http, &r, enrolled_host, None, Some("1")).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.to_string().contains(enrolled_pin.as_str()));
     r.shutdown().await.unwrap();
 }
 

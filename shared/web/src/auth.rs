@@ -358,6 +358,11 @@ pub async fn require_admin_write(
 pub async fn require_vm(state: &AppState, req: &Request, host: &Hostname) -> Result<Access, ApiError> {
     let Some(token) = bearer(req) else {
         if state.config.legacy_vm_auth {
+            // Classic VMs only (rows without a credential): a VM that has one must show it.
+            let client = state.db.client().await?;
+            if let Some(Some(_)) = vms::credential_hash(&client, host).await? {
+                return Err(ApiError::Unauthorized);
+            }
             return Ok(Access::Legacy);
         }
         return Err(ApiError::Unauthorized);

@@ -338,9 +338,23 @@ async fn the_auth_matrix_holds_for_every_vm_side_and_admin_read_route() {
 }
 
 #[tokio::test]
-async fn legacy_mode_accepts_classic_calls_without_a_credential_but_still_checks_one_given() {
+async fn legacy_mode_accepts_classic_vms_without_a_credential_but_never_an_enrolled_one() {
     let f = setup(true).await;
-    let classic = as_caller(fixture("update-inuse-status", "valid"), Caller::Nobody);
+    // A classic VM: no credential in its row.
+    vms::create_vms(
+        &f.client,
+        &[vms::NewVm {
+            hostname: Hostname::parse("classic-vm-1").unwrap(),
+            instance_id: None,
+            credential_hash: None,
+            status: VmStatus::Running,
+            provision: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let mut classic = as_caller(fixture("update-inuse-status", "valid"), Caller::Nobody);
+    *classic.body_mut() = Body::from(r#"{"hostname":"classic-vm-1","status":true}"#);
     assert_eq!(
         route("update-inuse-status")
             .handle(&f.state, classic)
@@ -348,6 +362,17 @@ async fn legacy_mode_accepts_classic_calls_without_a_credential_but_still_checks
             .status(),
         200
     );
+    // An enrolled VM must show its credential, even in legacy mode: nothing changes.
+    let before = snapshot(&f.client).await;
+    let enrolled = as_caller(fixture("update-inuse-status", "valid"), Caller::Nobody);
+    assert_eq!(
+        route("update-inuse-status")
+            .handle(&f.state, enrolled)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(snapshot(&f.client).await, before);
     let wrong = as_caller(fixture("update-inuse-status", "valid"), Caller::OtherVm);
     assert_eq!(
         route("update-inuse-status")

@@ -219,34 +219,6 @@ fn private(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-#[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    fn mode(p: &std::path::Path) -> u32 {
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn the_local_secrets_are_readable_by_their_owner_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = super::session_key(dir.path()).unwrap();
-        let file = dir.path().join("session.key");
-        assert_eq!(mode(&file), 0o600);
-        // One left readable by an earlier version is tightened, and still used.
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(super::session_key(dir.path()).unwrap().to_hex(), key.to_hex());
-        assert_eq!(mode(&file), 0o600);
-        let other = dir.path().join("admin.json");
-        std::fs::write(&other, b"old").unwrap();
-        super::write_private(&other, b"{}").unwrap();
-        assert_eq!(
-            (mode(&other), std::fs::read(&other).unwrap()),
-            (0o600, b"{}".to_vec())
-        );
-    }
-}
-
 /// The database: `DATABASE_URL`, or a cluster kept under the state dir.
 async fn database(state_dir: &Path) -> anyhow::Result<(DbConfig, Option<lablink_testkit::pg::Cluster>)> {
     if let Ok(url) = std::env::var("DATABASE_URL")
@@ -640,4 +612,32 @@ async fn simulate(client: &tokio_postgres::Client, state_dir: &Path, n: u32) -> 
     std::fs::write(&file, serde_json::to_vec_pretty(&out)?)?;
     tracing::info!(n, file = %file.display(), "simulated VMs created");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_local_secrets_are_readable_by_their_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = super::session_key(dir.path()).unwrap();
+        let file = dir.path().join("session.key");
+        assert_eq!(mode(&file), 0o600);
+        // One left readable by an earlier version is tightened, and still used.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(super::session_key(dir.path()).unwrap().to_hex(), key.to_hex());
+        assert_eq!(mode(&file), 0o600);
+        let other = dir.path().join("admin.json");
+        std::fs::write(&other, b"old").unwrap();
+        super::write_private(&other, b"{}").unwrap();
+        assert_eq!(
+            (mode(&other), std::fs::read(&other).unwrap()),
+            (0o600, b"{}".to_vec())
+        );
+    }
 }

@@ -520,6 +520,12 @@ describe('export bucket', () => {
     }
   });
 
+  test('admin-job, a page whose script reads the job through get-job, reaches no DynamoDB table (the jobs table holds stored AWS keys)', () => {
+    const role = roleOfFunction(s, 'admin-job');
+    const dynamo = allStatements(s).filter((st) => st.role === role && [...actionsOf([st])].some((a) => a.startsWith('dynamodb:')));
+    assert.deepEqual(dynamo, []);
+  });
+
   test('export-download may only read (GetObject, no write, no listing)', () => {
     const st = onBucket(roleOfFunction(s, 'export-download'));
     assert.ok(st.length > 0);

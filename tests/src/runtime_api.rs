@@ -171,25 +171,34 @@ impl FixtureWorld {
         lablink_testkit::fixtures::seed_done_export(&store).await;
     }
 
-    /// The environment of `function` (an HTTP route's) with its own jobs table
-    /// `jobs-<variant>-<function>`, created here.
+    /// The environment of `function` (an HTTP route's), as the infrastructure gives it:
+    /// the jobs table (its own, `jobs-<variant>-<function>`, created here) and the export
+    /// bucket only when its route reaches them (the CDK app sets those variables with the
+    /// grants), so a function that works here works with no more access than it has.
     pub async fn route_env(&self, variant: &str, function: &str) -> Vec<(String, String)> {
         use lablink_testkit::fixtures;
-        let table = format!("jobs-{variant}-{function}");
-        Self::jobs_table(&table).await;
+        let reaches = lablink_web::routes::by_function(function)
+            .unwrap_or_else(|| panic!("no route for {function}"))
+            .reaches;
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", self.db.url.as_str()),
             ("LABLINK_SESSION_KEY", fixtures::SESSION_KEY),
             ("LABLINK_ADMIN_USER", fixtures::ADMIN_USER),
             ("LABLINK_ADMIN_PASSWORD_HASH", self.admin_hash.as_str()),
             ("LABLINK_DEPLOYMENT", fixtures::DEPLOYMENT),
-            ("LABLINK_JOBS_TABLE", table.as_str()),
-            // Presigning a download link needs no object: the fixture's is never fetched.
-            ("LABLINK_EXPORT_BUCKET", "lablink-exports-fixture"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        if reaches.jobs_table {
+            let table = format!("jobs-{variant}-{function}");
+            Self::jobs_table(&table).await;
+            env.push(("LABLINK_JOBS_TABLE".into(), table));
+        }
+        if reaches.export_bucket.is_some() {
+            // Presigning a download link needs no object: the fixture's is never fetched.
+            env.push(("LABLINK_EXPORT_BUCKET".into(), "lablink-exports-fixture".into()));
+        }
         env.extend(
             lablink_testkit::moto::env()
                 .into_iter()

@@ -51,7 +51,6 @@ enum Refusal {
     TooLarge,
     NoCredential,
     NotThisVm,
-    UnknownVm(Hostname),
     /// The database is unreachable or silent (what failed is logged where it happened).
     Unavailable,
     NoRoute,
@@ -73,7 +72,6 @@ impl IntoResponse for Refusal {
                 StatusCode::FORBIDDEN,
                 "this credential is not the one of this VM".into(),
             ),
-            Refusal::UnknownVm(host) => (StatusCode::NOT_FOUND, format!("unknown VM {host}")),
             Refusal::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the database is unavailable; retry shortly".into(),
@@ -127,7 +125,15 @@ async fn vm_startup(
         .query(vms::startup_lookup(&client, &host, acknowledges))
         .await
         .map_err(db_down("startup look-up", &host))?
-        .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
+        .ok_or({
+            // An unknown hostname is refused as a known one would be (no credential: 401;
+            // a credential: 403): a 404 would let anyone list the fleet's hostnames.
+            if token.is_some() {
+                Refusal::NotThisVm
+            } else {
+                Refusal::NoCredential
+            }
+        })?;
     match token {
         Some(token) if !vm_admits(hash.as_ref(), token) => return Err(Refusal::NotThisVm),
         // Legacy mode serves credential-less polls for classic VMs only: a VM that has a
@@ -223,7 +229,7 @@ async fn vm_export(
         .query(vms::credential_hash(&client, &host))
         .await
         .map_err(db_down("export credential look-up", &host))?
-        .ok_or_else(|| Refusal::UnknownVm(host.clone()))?;
+        .ok_or(Refusal::NotThisVm)?;
     if !vm_admits(stored.as_ref(), &token) {
         return Err(Refusal::NotThisVm);
     }

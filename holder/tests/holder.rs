@@ -151,7 +151,12 @@ async fn bad_requests_are_refused_with_a_clear_4xx() {
 
     assert_eq!(poll(&http, &r, host, None, Some("1")).await.0, 401);
     assert_eq!(poll(&http, &r, host, Some(other), Some("1")).await.0, 403);
-    assert_eq!(poll(&http, &r, "ghost", Some(own), Some("1")).await.0, 404);
+    // An unknown hostname answers exactly as a known one with another's credential (no
+    // way to list the fleet's hostnames).
+    let ghost = poll(&http, &r, "ghost", Some(own), Some("1")).await;
+    assert_eq!(ghost, poll(&http, &r, host, Some(other), Some("1")).await);
+    assert_eq!(ghost.0, 403);
+    assert_eq!(poll(&http, &r, "ghost", None, Some("1")).await.0, 401);
     assert_eq!(poll(&http, &r, "bad host!", Some(own), Some("1")).await.0, 400);
     let (status, body) = poll(&http, &r, host, Some(own), Some("soon")).await;
     assert_eq!(status, 400);

@@ -358,20 +358,21 @@ pub async fn require_admin_write(
 pub async fn require_vm(state: &AppState, req: &Request, host: &Hostname) -> Result<Access, ApiError> {
     let Some(token) = bearer(req) else {
         if state.config.legacy_vm_auth {
-            // Classic VMs only (rows without a credential): a VM that has one must show it.
+            // Classic VMs only (rows without a credential): a VM that has one must show
+            // it, and an unknown one is answered the same (nothing tells them apart).
             let client = state.db.client().await?;
-            if let Some(Some(_)) = vms::credential_hash(&client, host).await? {
-                return Err(ApiError::Unauthorized);
+            if let Some(None) = vms::credential_hash(&client, host).await? {
+                return Ok(Access::Legacy);
             }
-            return Ok(Access::Legacy);
         }
         return Err(ApiError::Unauthorized);
     };
     let client = state.db.client().await?;
     match vms::credential_hash(&client, host).await? {
-        None => Err(ApiError::NotFound(format!("unknown VM {host}"))),
         Some(stored) if vm_admits(stored.as_ref(), token) => Ok(Access::Vm),
-        Some(_) => Err(ApiError::Forbidden),
+        // An unknown hostname is refused exactly as a known one with the wrong
+        // credential: a 404 would let anyone list the fleet's hostnames.
+        Some(_) | None => Err(ApiError::Forbidden),
     }
 }
 

@@ -708,13 +708,15 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(r.status(), 400);
     assert!(text(&r).contains("empty"));
 
-    // An unknown hostname is 404 (after the credential check: 401 comes first).
-    let text = std::fs::read_to_string(events_dir().join("post-vm-metrics/valid.json")).unwrap();
-    let unknown = lambda_http::request::from_str(&text.replace(HOST, "lablink-vm-ghost")).unwrap();
-    assert_eq!(
-        route("post-vm-metrics").handle(&f.state, unknown).await.status(),
-        404
-    );
+    // An unknown hostname is refused exactly as a known VM with another's credential
+    // (403, the same body): nothing tells anyone which hostnames exist.
+    let event = std::fs::read_to_string(events_dir().join("post-vm-metrics/valid.json")).unwrap();
+    let unknown = lambda_http::request::from_str(&event.replace(HOST, "lablink-vm-ghost")).unwrap();
+    let unknown = route("post-vm-metrics").handle(&f.state, unknown).await;
+    let other = as_caller(fixture("post-vm-metrics", "valid"), Caller::OtherVm);
+    let other = route("post-vm-metrics").handle(&f.state, other).await;
+    assert_eq!(unknown.status(), 403);
+    assert_eq!((unknown.status(), text(&unknown)), (other.status(), text(&other)));
 
     let mut bad = fixture("get-vm-logs", "valid");
     *bad.uri_mut() = "/api/vm-logs/lablink-vm-test-1?after=abc".parse().unwrap();

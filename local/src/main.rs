@@ -418,7 +418,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         "/local-export/{job}/{host}",
         axum::routing::put({
             let storage = export_storage.clone();
-            move |path, query, body| upload::put_archive(Arc::clone(&storage), path, query, body)
+            move |path, query, headers, body| {
+                upload::put_archive(Arc::clone(&storage), path, query, headers, body)
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind(api_addr)

@@ -446,7 +446,8 @@ fn vm_actions(session: &Session<'_>, v: &VmRow<'_>) -> Markup {
     html! {
         details.vm-actions {
             summary { "actions" }
-            form method="post" action={ (base) "/release" } {
+            form method="post" action={ (base) "/release" }
+                onsubmit={ "return confirm('Release " (v.hostname) "? Its workspace is reset: the desktop registration and, unless kept, the files go.')" } {
                 input type="hidden" name="csrf" value=(session.csrf);
                 label.inline { input type="checkbox" name="keep_files" value="on"; " keep the participant's files for the next export" }
                 button type="submit" title="Free the seat; the VM resets its workspace and rejoins the pool" { "Release" }
@@ -456,7 +457,8 @@ fn vm_actions(session: &Session<'_>, v: &VmRow<'_>) -> Markup {
                 input type="email" name="email" required placeholder="new participant's email" aria-label={ "reassign " (v.hostname) " to" };
                 button type="submit" title="Move the seat, desktop and files as they are, to another email" { "Reassign" }
             }
-            form method="post" action={ (base) "/replace" } {
+            form method="post" action={ (base) "/replace" }
+                onsubmit={ "return confirm('Replace " (v.hostname) "? Its instance is terminated, with everything on it.')" } {
                 input type="hidden" name="csrf" value=(session.csrf);
                 button.danger type="submit" title="Terminate this instance and launch one in its place" { "Replace" }
             }
@@ -540,7 +542,7 @@ function text(el,t){el.textContent=t;}
 function poll(){fetch('/api/jobs/'+encodeURIComponent(id),{cache:'no-store',credentials:'same-origin'})
 .then(function(r){return r.ok?r.json():null}).then(function(j){if(!j)return;
 var s=document.getElementById('state');text(s,j.state);s.className='pill '+j.state;
-text(document.getElementById('what'),j.kind==='launch'?('launch '+j.num_vms+' VM(s)'):j.kind==='export'?'export the participants\' data':'destroy the fleet');
+text(document.getElementById('what'),j.kind==='launch'?('launch '+j.num_vms+' VM(s)'):j.kind==='export'?'export the participants\' data':j.kind==='replace'?('replace VM '+j.hostname):'destroy the fleet');
 var ol=document.getElementById('events');ol.innerHTML='';
 (j.events||[]).forEach(function(e){var li=document.createElement('li');
 li.textContent=new Date(e.at).toLocaleTimeString()+' '+e.message;ol.appendChild(li);});
@@ -691,6 +693,15 @@ mod tests {
             );
         }
         assert!(page.contains("code refused: waiting for a new one") && page.contains("2 fresh code(s)"));
+        // The destructive ones ask first.
+        assert!(
+            page.contains("return confirm('Release vm-1? Its workspace is reset"),
+            "{page}"
+        );
+        assert!(
+            page.contains("Replace vm-1? Its instance is terminated"),
+            "{page}"
+        );
         assert!(
             page.contains("reassign by admin at 2026-12-02 10:00 UTC (from &lt;a@b&gt; to x@y)"),
             "{page}"

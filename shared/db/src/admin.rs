@@ -1,4 +1,5 @@
-//! Login throttling for the admin: failed attempts counted per key in a fixed window.
+//! Login throttling for the admin: attempts counted per key in a fixed window (each
+//! counted before its password is checked; a success is taken back).
 //! Keys are a client address (`ip:<addr>`) and the user name (`user:<name>`), so one
 //! address is stopped quickly while the admin can still log in from elsewhere; the
 //! per-user limit is higher and slows a guesser spread over many addresses.
@@ -15,8 +16,13 @@ pub struct Limit {
     pub max_failures: i32,
 }
 
-/// When a throttled key may try again, if any key is over its limit now.
-pub async fn throttled_until(
+/// Count this attempt against every key, before the password is checked, and say
+/// whether it may go ahead: `Some(when the window ends)` when any key is now over its
+/// limit. One statement: concurrent attempts each take their own count (the upsert locks
+/// the key's row), so a parallel burst gets at most the limit checked, never more (a
+/// check-then-count would let every attempt of a burst through the check). A key whose
+/// window has passed starts a new one.
+pub async fn reserve_attempt(
     client: &Client,
     limits: &[Limit],
     window: Duration,
@@ -26,34 +32,32 @@ pub async fn throttled_until(
     let maxes: Vec<i32> = limits.iter().map(|l| l.max_failures).collect();
     let row = client
         .query_one(
-            "SELECT max(f.window_start + make_interval(secs => $3::float8))
-             FROM admin_login_failures f
-             JOIN unnest($1::text[], $2::int[]) AS l(key, max_failures) USING (key)
-             WHERE f.failures >= l.max_failures AND f.window_start + make_interval(secs => $3::float8) > $4",
-            &[&keys, &maxes, &pg_interval(window), &now],
+            "WITH counted AS (
+                INSERT INTO admin_login_failures (key, failures, window_start)
+                SELECT k, 1, $3 FROM unnest($1::text[]) AS k
+                ON CONFLICT (key) DO UPDATE SET
+                    failures = CASE WHEN admin_login_failures.window_start + make_interval(secs => $2::float8) > $3
+                                    THEN admin_login_failures.failures + 1 ELSE 1 END,
+                    window_start = CASE WHEN admin_login_failures.window_start + make_interval(secs => $2::float8) > $3
+                                        THEN admin_login_failures.window_start ELSE $3 END
+                RETURNING key, failures, window_start
+             )
+             SELECT max(c.window_start + make_interval(secs => $2::float8))
+             FROM counted c JOIN unnest($1::text[], $4::int[]) AS l(key, max_failures) USING (key)
+             WHERE c.failures > l.max_failures",
+            &[&keys, &pg_interval(window), &now, &maxes],
         )
         .await?;
     Ok(row.get(0))
 }
 
-/// Count one failure against every key (a key whose window has passed starts a new one).
-pub async fn record_failure(
-    client: &Client,
-    limits: &[Limit],
-    window: Duration,
-    now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    let keys: Vec<&str> = limits.iter().map(|l| l.key.as_str()).collect();
+/// A successful login takes back the attempt [`reserve_attempt`] counted against `key`
+/// (the user's: a success is not a failure; a guesser elsewhere is still counted).
+pub async fn forgive_attempt(client: &Client, key: &str) -> Result<(), DbError> {
     client
         .execute(
-            "INSERT INTO admin_login_failures (key, failures, window_start)
-             SELECT k, 1, $3 FROM unnest($1::text[]) AS k
-             ON CONFLICT (key) DO UPDATE SET
-                 failures = CASE WHEN admin_login_failures.window_start + make_interval(secs => $2::float8) > $3
-                                 THEN admin_login_failures.failures + 1 ELSE 1 END,
-                 window_start = CASE WHEN admin_login_failures.window_start + make_interval(secs => $2::float8) > $3
-                                     THEN admin_login_failures.window_start ELSE $3 END",
-            &[&keys, &pg_interval(window), &now],
+            "UPDATE admin_login_failures SET failures = GREATEST(failures - 1, 0) WHERE key = $1",
+            &[&key],
         )
         .await?;
     Ok(())

@@ -250,7 +250,9 @@ pub async fn check_password(
     let limits = throttle_limits(&ip, user);
     let client = state.db.client().await?;
     let now = Utc::now();
-    if let Some(until) = admin_db::throttled_until(&client, &limits, throttle_window(), now).await? {
+    // Counted before the slow hash, atomically: a parallel burst gets at most the limit
+    // of checks, not one each.
+    if let Some(until) = admin_db::reserve_attempt(&client, &limits, throttle_window(), now).await? {
         return Err(ApiError::TooManyRequests {
             retry_after: (until - now).num_seconds().max(1) as u64,
         });
@@ -267,10 +269,11 @@ pub async fn check_password(
     .unwrap_or(false);
     let ok = password_ok && same(user, &admin.user);
     if ok {
-        admin_db::clear_failures(&client, &format!("ip:{ip}")).await?;
+        admin_db::clear_failures(&client, &limits[0].key).await?;
+        admin_db::forgive_attempt(&client, &limits[1].key).await?;
     } else {
+        // Counted already.
         tracing::warn!(ip, "failed admin login");
-        admin_db::record_failure(&client, &limits, throttle_window(), now).await?;
     }
     Ok(ok)
 }

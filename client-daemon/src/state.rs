@@ -79,7 +79,12 @@ impl StateDir {
 
     /// Forget the assignment (a reset: the next participant's is a new one).
     pub fn forget_assignment(&self) -> std::io::Result<()> {
-        match std::fs::remove_file(self.path("assignment.json")) {
+        self.remove_file("assignment.json")
+    }
+
+    /// Remove a file of the state dir; one that is not there is no error.
+    pub fn remove_file(&self, name: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }

@@ -761,23 +761,17 @@ impl Workspace {
                 }
             }
         }
-        match self
-            .docker(
-                &["volume", "rm", "--force", &self.volume],
-                Duration::from_secs(120),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.contains("No such volume") || e.contains("no such volume") => {}
-            Err(e) => return Err(format!("removing the home volume: {e}")),
-        }
+        // `--force`: a volume already gone (a retried reset) is no error.
+        self.docker(
+            &["volume", "rm", "--force", &self.volume],
+            Duration::from_secs(120),
+        )
+        .await
+        .map_err(|e| format!("removing the home volume: {e}"))?;
         // What was done for the old container no longer applies.
-        match std::fs::remove_file(state.path(RECORD)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("removing {RECORD}: {e}")),
-        }
+        state
+            .remove_file(RECORD)
+            .map_err(|e| format!("removing {RECORD}: {e}"))?;
         Ok(())
     }
 

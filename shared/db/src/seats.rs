@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lablink_core::credential::{Secret, SecretHash};
+use lablink_core::credential::Secret;
 use lablink_core::domain::{CrdCommand, Email, Hostname, Pin};
 use tokio_postgres::Client;
 
@@ -181,6 +181,20 @@ pub enum SeatState {
     Gone,
 }
 
+impl SeatState {
+    /// The state's name, as serialized (the page's elements are named after it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeatState::Connecting => "connecting",
+            SeatState::Ready => "ready",
+            SeatState::Refused => "refused",
+            SeatState::Released => "released",
+            SeatState::Reassigned => "reassigned",
+            SeatState::Gone => "gone",
+        }
+    }
+}
+
 /// A seat as its token shows it: only this seat's own facts.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SeatView {
@@ -195,6 +209,10 @@ pub struct SeatView {
     pub vm_status: Option<String>,
     /// Fresh codes this seat may still take.
     pub codes_left: i32,
+    /// The seat's email while the seat is the participant's (for sending a fresh code;
+    /// never shown).
+    #[serde(skip)]
+    pub email: Option<String>,
 }
 
 /// The seat `token` names, or `None` for a token that was never issued (404: a wrong
@@ -205,7 +223,7 @@ pub async fn view(client: &Client, token: &str, limits: CodeLimits) -> Result<Op
         .query_opt(
             "SELECT t.hostname, t.ended, v.hostname IS NOT NULL, v.pin, v.crd_command IS NOT NULL,
                     v.status, v.acknowledged_at IS NOT NULL, v.start_host_ok,
-                    v.credential_hash IS NULL, v.delivered_at IS NOT NULL, v.code_changes
+                    v.credential_hash IS NULL, v.delivered_at IS NOT NULL, v.code_changes, t.email
              FROM seat_tokens t
              LEFT JOIN vms v ON v.hostname = t.hostname AND v.user_email = t.email
              WHERE t.token_hash = $1",
@@ -251,26 +269,8 @@ pub async fn view(client: &Client, token: &str, limits: CodeLimits) -> Result<Op
         } else {
             0
         },
+        email: if mine { r.get(11) } else { None },
     }))
-}
-
-/// The seat a token names while it is its participant's: (hostname, email). `None` for
-/// an unknown token or an ended seat.
-pub async fn holder_of(client: &Client, token: &str) -> Result<Option<(Hostname, String)>, DbError> {
-    let hash = Secret::presented(token).hash();
-    let row = client
-        .query_opt(
-            "SELECT t.hostname, t.email FROM seat_tokens t
-             JOIN vms v ON v.hostname = t.hostname AND v.user_email = t.email
-             WHERE t.token_hash = $1 AND t.ended IS NULL",
-            &[&hash.as_bytes()],
-        )
-        .await?;
-    row.map(|r| {
-        let h = Hostname::parse(r.get(0)).map_err(|e| DbError::Corrupt(format!("hostname: {e}")))?;
-        Ok((h, r.get(1)))
-    })
-    .transpose()
 }
 
 /// What an admin's action on one VM came to.
@@ -458,9 +458,4 @@ pub async fn recent_actions(client: &Client, per_vm: i64) -> Result<Vec<VmAction
             at: r.get(4),
         })
         .collect())
-}
-
-/// The hash a token is stored under (tests).
-pub fn token_hash(token: &str) -> SecretHash {
-    Secret::presented(token).hash()
 }

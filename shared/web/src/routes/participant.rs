@@ -2,7 +2,7 @@
 //! VM this email holds), the seat's live page by its token, the live free count, and
 //! the health check. They reach Postgres only: no admin auth, no AWS client.
 
-use lablink_core::domain::{CrdCommand, Email, Pin};
+use lablink_core::domain::{CrdCommand, Email, Hostname, Pin};
 use lablink_db::seats::{self, CodeChange, CodeLimits, Proof};
 use lablink_db::vms;
 use lablink_templates as pages;
@@ -104,8 +104,14 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
             tracing::info!(hostname = %a.hostname, fresh = a.fresh, "VM assigned");
             let token = seats::issue_token(&client, &a.hostname, &email).await?;
             let notice = (!a.fresh).then_some("This email already has this VM: here it is again.");
-            let view = seats::view(&client, token.expose(), CodeLimits::default()).await?;
-            let state_name = view.as_ref().map_or("connecting", |v| seat_state_name(v.state));
+            // Just assigned: its code is on its way. The same request again: as it stands.
+            let state_name = if a.fresh {
+                seats::SeatState::Connecting.as_str()
+            } else {
+                seats::view(&client, token.expose(), CodeLimits::default())
+                    .await?
+                    .map_or("connecting", |v| v.state.as_str())
+            };
             Ok(html(
                 StatusCode::OK,
                 pages::seat_page(&pages::SeatPage {
@@ -200,17 +206,6 @@ fn refusal_of(change: &CodeChange) -> Option<(StatusCode, String)> {
     }
 }
 
-fn seat_state_name(s: seats::SeatState) -> &'static str {
-    match s {
-        seats::SeatState::Connecting => "connecting",
-        seats::SeatState::Ready => "ready",
-        seats::SeatState::Refused => "refused",
-        seats::SeatState::Released => "released",
-        seats::SeatState::Reassigned => "reassigned",
-        seats::SeatState::Gone => "gone",
-    }
-}
-
 /// A seat token from the path (the seat routes share the `/…/{token}` position): 64
 /// hex digits, else the seat is simply not found (a malformed token is as unknown as a
 /// wrong one).
@@ -257,7 +252,7 @@ async fn seat_page(state: &AppState, req: &Request) -> Reply {
             token: &token,
             hostname: &view.hostname,
             pin: view.pin.as_deref(),
-            state: seat_state_name(view.state),
+            state: view.state.as_str(),
             notice: None,
             error: None,
             crd_command: "",
@@ -322,7 +317,7 @@ async fn seat_code(state: &AppState, req: &Request) -> Reply {
                 token: &token,
                 hostname: &view.hostname,
                 pin: view.pin.as_deref(),
-                state: seat_state_name(view.state),
+                state: view.state.as_str(),
                 notice: None,
                 error: Some(error),
                 crd_command: &form.crd_command,
@@ -338,16 +333,19 @@ async fn seat_code(state: &AppState, req: &Request) -> Reply {
             ));
         }
     };
-    let Some((hostname, email)) = seats::holder_of(&client, &token).await? else {
+    let Some(email) = view.email.as_deref() else {
         return Ok(page_again(
             StatusCode::CONFLICT,
             "This seat is no longer yours (the staff released or moved it). Use the start page to get a VM.",
         ));
     };
+    // Stored from a checked hostname: a failure here is a corrupt row.
+    let hostname = Hostname::parse(&view.hostname)
+        .map_err(|e| ApiError::Db(lablink_db::DbError::Corrupt(format!("seat hostname: {e}"))))?;
     let change = seats::send_code(
         &client,
         &hostname,
-        &email,
+        email,
         &command,
         &Pin::generate(),
         CodeLimits::default(),

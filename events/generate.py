@@ -27,8 +27,14 @@ def b64(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
-def admin_cookie():
-    payload = "v1.%s.%d" % (b64(b"admin"), 4102444800)  # 2100-01-01
+FIXTURE_SESSION_ID = "f1" * 32
+# A second session of the admin, which the logout fixture ends (so the others stay live).
+FIXTURE_LOGOUT_SESSION_ID = "f2" * 32
+
+
+def admin_cookie(session_id=FIXTURE_SESSION_ID):
+    # The sessions' server-side records are seeded by lablink_testkit::fixtures::seed_admin_session.
+    payload = "v2.%s.%d.%s" % (b64(b"admin"), 4102444800, session_id)  # 2100-01-01
     sig = hmac.new(bytes.fromhex(FIXTURE_SESSION_KEY), payload.encode(), hashlib.sha256).digest()
     return "lablink_session=%s.%s" % (payload, b64(sig))
 
@@ -78,8 +84,8 @@ FIXTURE_ENROLL_SECRET = "fixture-enrollment-secret-of-job-0f1c7a2e"
 DEPLOYMENT = "test"
 
 
-def csrf():
-    value = admin_cookie().split("=", 1)[1]
+def csrf(session_id=FIXTURE_SESSION_ID):
+    value = admin_cookie(session_id).split("=", 1)[1]
     return b64(hmac.new(bytes.fromhex(FIXTURE_SESSION_KEY), ("csrf." + value).encode(), hashlib.sha256).digest())
 
 
@@ -190,8 +196,8 @@ def fixtures():
     yield "admin-login", "invalid-csrf", event("POST", "/admin/login", "/admin/login", headers=FORM,
         cookies=["lablink_login_csrf=" + login_token],
         body=admin_form({"user": "admin", "password": FIXTURE_ADMIN_PASSWORD, "csrf": "forged"}))
-    yield "admin-logout", "valid", event("POST", "/admin/logout", "/admin/logout", headers=FORM, cookies=ADMIN,
-        body=admin_form({"csrf": csrf()}))
+    yield "admin-logout", "valid", event("POST", "/admin/logout", "/admin/logout", headers=FORM,
+        cookies=[admin_cookie(FIXTURE_LOGOUT_SESSION_ID)], body=admin_form({"csrf": csrf(FIXTURE_LOGOUT_SESSION_ID)}))
     yield "admin-logout", "invalid-no-csrf", event("POST", "/admin/logout", "/admin/logout", headers=FORM,
         cookies=ADMIN, body="")
 
@@ -266,6 +272,17 @@ def fixtures():
     path, pp = act("reassign")
     yield "admin-vm-action", "invalid-email", event("POST", path, "/api/admin/vms/{hostname}/{action}",
         path_params=pp, headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "email": "not an email"}))
+
+    # Who may take a seat.
+    yield "admin-workshop", "valid", event("POST", "/api/admin/workshop", "/api/admin/workshop", headers=FORM,
+        cookies=ADMIN, body=admin_form({"csrf": csrf(), "access_code": "", "participants": "",
+                                        "seats_per_address": "100", "window_minutes": "10", "action": "save"}))
+    yield "admin-workshop", "invalid-participants", event("POST", "/api/admin/workshop", "/api/admin/workshop",
+        headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "participants": "ada@uni.edu, broken@@uni"}))
+    yield "admin-workshop", "invalid-limit", event("POST", "/api/admin/workshop", "/api/admin/workshop",
+        headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "seats_per_address": "0"}))
+    yield "admin-workshop", "invalid-no-csrf", event("POST", "/api/admin/workshop", "/api/admin/workshop",
+        headers=FORM, cookies=ADMIN, body=admin_form({"access_code": "open-sesame"}))
 
 
 def stream_record(event_name, job_id, state):

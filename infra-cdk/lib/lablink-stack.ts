@@ -171,6 +171,36 @@ export class LabLinkStack extends Stack {
       default: '0.0.0.0/0,::/0',
       description: 'CIDRs allowed to use the admin console and admin API (comma separated).',
     }).valueAsList;
+    // Who may take a seat: the defaults until the admin saves other values on the dashboard.
+    const workshopAccessCode = new CfnParameter(this, 'WorkshopAccessCode', {
+      type: 'String',
+      default: '',
+      noEcho: true,
+      maxLength: 128,
+      description: 'Access code participants must type on the form (empty: none). The dashboard can change it.',
+    }).valueAsString;
+    const workshopParticipants = new CfnParameter(this, 'WorkshopParticipants', {
+      type: 'String',
+      default: '',
+      maxLength: 4096,
+      description:
+        'Allowed participants: emails and @domains separated by spaces or commas (empty: anyone). ' +
+        'Longer lists: paste or upload them on the dashboard.',
+    }).valueAsString;
+    const seatsPerAddress = new CfnParameter(this, 'SeatsPerAddress', {
+      type: 'Number',
+      default: 100,
+      minValue: 1,
+      maxValue: 100000,
+      description: 'New seats one network address may take per SeatsWindowMinutes (a class behind one NAT fits).',
+    }).valueAsString;
+    const seatsWindowMinutes = new CfnParameter(this, 'SeatsWindowMinutes', {
+      type: 'Number',
+      default: 10,
+      minValue: 1,
+      maxValue: 1440,
+      description: 'The window of SeatsPerAddress, in minutes.',
+    }).valueAsString;
     const holderImageTag = new CfnParameter(this, 'HolderImageTag', {
       type: 'String',
       default: 'latest',
@@ -596,6 +626,14 @@ export class LabLinkStack extends Stack {
         env.LABLINK_MAX_VMS = maxVms;
         env.LABLINK_DEPLOYMENT = environment;
       }
+      // The workshop gate's defaults: where participants ask, and where the admin sees
+      // and changes the gate.
+      if (GATE_FUNCTIONS.includes(route.function)) {
+        env.LABLINK_WORKSHOP_ACCESS_CODE = workshopAccessCode;
+        env.LABLINK_WORKSHOP_PARTICIPANTS = workshopParticipants;
+        env.LABLINK_SEATS_PER_ADDRESS = seatsPerAddress;
+        env.LABLINK_SEATS_WINDOW_MINUTES = seatsWindowMinutes;
+      }
       const f = makeFunction(route.function, `${route.method} ${route.path} (${route.access})`, {
         db: route.db,
         timeout: Duration.seconds(29),
@@ -981,6 +1019,9 @@ export class LabLinkStack extends Stack {
     );
   }
 }
+
+/** The functions that apply or show the workshop gate (its defaults are their environment). */
+export const GATE_FUNCTIONS = ['index', 'request-vm', 'admin-home', 'admin-workshop'];
 
 /** The load balancer's idle timeout for a hold window: comfortably longer than it. */
 export function holderIdleTimeoutSeconds(maxWaitSeconds: number): number {

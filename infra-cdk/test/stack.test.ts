@@ -715,6 +715,52 @@ describe('parameters and outputs', () => {
     assert.equal(p.BootstrapVersion, undefined, 'no CDK bootstrap needed');
   });
 
+  test('the workshop gate\'s defaults reach the functions that apply or show it, and only those', () => {
+    const gateVars = [
+      'LABLINK_WORKSHOP_ACCESS_CODE',
+      'LABLINK_WORKSHOP_PARTICIPANTS',
+      'LABLINK_SEATS_PER_ADDRESS',
+      'LABLINK_SEATS_WINDOW_MINUTES',
+    ];
+    const params = ['WorkshopAccessCode', 'WorkshopParticipants', 'SeatsPerAddress', 'SeatsWindowMinutes'];
+    assert.equal(s.json.Parameters.WorkshopAccessCode.NoEcho, true, 'the access code is not shown by CloudFormation');
+    for (const r of manifest.http) {
+      const env = envOf(s, r.function);
+      const gated = ['index', 'request-vm', 'admin-home', 'admin-workshop'].includes(r.function);
+      gateVars.forEach((v, i) => {
+        if (gated) assert.ok(mentions(env[v], params[i]!), `${r.function} ${v}`);
+        else assert.equal(env[v], undefined, `${r.function} has no ${v}`);
+      });
+    }
+  });
+
+  test('every environment variable the infrastructure sets is read by the code', () => {
+    // The Rust sources that run in AWS (functions, shared crates, holder, daemon).
+    const roots = ['functions', 'shared', 'holder', 'client-daemon'].map((d) => path.join(infraRoot(), '..', d));
+    const sources: string[] = [];
+    const walk = (dir: string): void => {
+      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory() && e.name !== 'target' && e.name !== 'tests') walk(p);
+        else if (e.isFile() && p.endsWith('.rs')) sources.push(fs.readFileSync(p, 'utf8'));
+      }
+    };
+    roots.forEach(walk);
+    const code = sources.join('\n');
+    // Read by a library, not by name in our code.
+    const byLibraries: Record<string, string> = { RUST_LOG: "tracing-subscriber's EnvFilter" };
+    const set = new Map<string, string>();
+    for (const [id, f] of ofType(s, 'AWS::Lambda::Function')) {
+      for (const name of Object.keys(f.Properties.Environment?.Variables ?? {})) set.set(name, id);
+    }
+    for (const c of task.Properties.ContainerDefinitions) {
+      for (const e of [...(c.Environment ?? []), ...(c.Secrets ?? [])]) set.set(e.Name, `container ${c.Name}`);
+    }
+    assert.ok(set.size > 20, `found ${set.size} variables`);
+    const unread = [...set].filter(([name]) => !byLibraries[name] && !code.includes(`"${name}"`));
+    assert.deepEqual(unread, [], 'set by the infrastructure but read nowhere');
+  });
+
   test('admin routes get the allowed CIDRs', () => {
     for (const r of manifest.http.filter((x) => x.access === 'admin')) {
       assert.ok(mentions(envOf(s, r.function).LABLINK_ADMIN_ALLOWED_CIDRS, 'AllowedCidrs'), r.function);

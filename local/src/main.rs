@@ -362,7 +362,22 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
+    // The workshop gate's defaults and the admin allowlist, from the same variables a
+    // deployment sets (LABLINK_WORKSHOP_*, LABLINK_SEATS_*, LABLINK_ADMIN_ALLOWED_CIDRS).
+    let (gate, admin_cidrs) = {
+        let mut s = lablink_core::config::Settings::from_env();
+        let gate = lablink_core::workshop::Gate::read(&mut s);
+        let cidrs = s.optional_with(
+            "LABLINK_ADMIN_ALLOWED_CIDRS",
+            "comma-separated address ranges, e.g. 127.0.0.1/32",
+            lablink_core::cidr::CidrList::parse,
+        );
+        s.finish(|| (gate, cidrs)).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
     let config = AppConfig {
+        gate,
+        admin_cidrs,
+        admin_secret_ttl: std::time::Duration::from_secs(60),
         db: db_config.clone(),
         legacy_vm_auth: false,
         admin: AdminSource::Env(Arc::new(admin)),

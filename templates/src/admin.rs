@@ -133,6 +133,21 @@ pub struct Home<'a> {
     pub identity: &'a str,
     pub stored_credentials: bool,
     pub jobs: &'a [JobRow<'a>],
+    pub workshop: Workshop<'a>,
+    /// Live sessions of this admin (this one included).
+    pub live_sessions: i64,
+}
+
+/// The workshop's gate as the dashboard shows and edits it.
+pub struct Workshop<'a> {
+    pub access_code: Option<&'a str>,
+    /// One entry per line.
+    pub participants: &'a str,
+    pub participant_count: usize,
+    pub seats_per_address: u32,
+    pub window_minutes: u32,
+    /// Set on the dashboard (else: the deployment's defaults).
+    pub from_dashboard: bool,
 }
 
 pub fn home_page(h: &Home<'_>) -> Markup {
@@ -177,7 +192,18 @@ pub fn home_page(h: &Home<'_>) -> Markup {
                     }
                 }
             }
+            (workshop_card(&h.workshop, h.session.csrf))
             (export_card())
+            div.card #sessions {
+                h2 style="font-size:1.1rem;margin-top:0" { "Sessions" }
+                p { "Live admin sessions: " b #live-sessions { (h.live_sessions) } " (this browser's included)." }
+                form method="post" action="/admin/logout" {
+                    input type="hidden" name="csrf" value=(h.session.csrf);
+                    input type="hidden" name="everywhere" value="1";
+                    button type="submit" { "Log out everywhere" }
+                }
+                p.hint { "Ends every session of the admin at once, in every browser. A new password or session key (the admin secret) ends them too, within a minute." }
+            }
             div.card {
                 h2 style="font-size:1.1rem;margin-top:0" { "Recent jobs" }
                 @if h.jobs.is_empty() { p.hint { "No jobs yet. " a href="/admin/create" { "Launch VMs" } "." } }
@@ -201,6 +227,51 @@ pub fn home_page(h: &Home<'_>) -> Markup {
         },
     )
 }
+
+/// Who may take a seat: the access code, the participant list (pasted, or read from a
+/// CSV file by the page's script), and the limit of new seats per address.
+fn workshop_card(w: &Workshop<'_>, csrf: &str) -> Markup {
+    html! {
+        div.card #workshop {
+            h2 style="font-size:1.1rem;margin-top:0" { "Who may take a seat" }
+            p.hint #workshop-source {
+                @if w.from_dashboard { "Set on this dashboard." }
+                @else { "The deployment's defaults (its parameters) until you save here." }
+                " Access code: " b #workshop-code-state { @if w.access_code.is_some() { "required" } @else { "none" } }
+                "; participant list: " b #workshop-list-state {
+                    @if w.participant_count > 0 { (w.participant_count) " entries" } @else { "anyone" }
+                }
+                "; at most " b { (w.seats_per_address) } " new seats per network address every " (w.window_minutes) " minutes."
+            }
+            form method="post" action="/api/admin/workshop" #workshop-form autocomplete="off" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="access_code" { "Access code (empty: none)" }
+                input #access_code type="text" name="access_code" maxlength="128" spellcheck="false" value=(w.access_code.unwrap_or(""));
+                label for="participants" { "Participant list: emails and @domains, one per line (empty: anyone)" }
+                textarea #participants name="participants" rows="5" spellcheck="false" { (w.participants) }
+                label for="participants_csv" { "…or read a CSV file into the list (its email cells are kept)" }
+                input #participants_csv type="file" accept=".csv,text/csv,text/plain";
+                label for="seats_per_address" { "New seats per network address" }
+                input #seats_per_address type="number" name="seats_per_address" min="1" max="100000" value=(w.seats_per_address);
+                label for="window_minutes" { "…within minutes" }
+                input #window_minutes type="number" name="window_minutes" min="1" max="1440" value=(w.window_minutes);
+                div {
+                    button type="submit" name="action" value="save" { "Save" }
+                    " "
+                    button type="submit" name="action" value="defaults" { "Back to the deployment's defaults" }
+                }
+            }
+            script { (PreEscaped(CSV_JS)) }
+        }
+    }
+}
+
+// The file is read in the browser: the route takes the list as text, as pasted.
+const CSV_JS: &str = r#"
+(function(){var f=document.getElementById('participants_csv'),t=document.getElementById('participants');
+f.addEventListener('change',function(){var file=f.files[0];if(!file){return;}
+var r=new FileReader();r.onload=function(){t.value=(t.value?t.value+'\n':'')+r.result;};r.readAsText(file);});})();
+"#;
 
 /// The "Export data" button: a GET form to the classic `/api/scp-client`, which starts an
 /// export (or joins the running one) and leads to its job page.

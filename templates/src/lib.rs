@@ -54,6 +54,8 @@ pub struct ParticipantPage<'a> {
     pub email: &'a str,
     pub crd_command: &'a str,
     pub error: Option<&'a str>,
+    /// The workshop has an access code: the form asks for it.
+    pub ask_code: bool,
 }
 
 /// `GET /` and the form re-rendered with an error.
@@ -81,6 +83,11 @@ pub fn participant_page(p: &ParticipantPage<'_>) -> Markup {
                 textarea #crd_command name="crd_command" required spellcheck="false"
                     placeholder="DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0A…\" …" { (p.crd_command) }
                 p.hint { "The code in the command works once and expires after a few minutes; get a fresh one if it is old." }
+                @if p.ask_code {
+                    label for="access_code" { "Workshop access code" }
+                    input #access_code type="text" name="access_code" required autocomplete="off" spellcheck="false";
+                    p.hint { "The code the workshop staff gave you." }
+                }
                 button type="submit" { "Get my VM" }
             }
             script { (PreEscaped(COUNT_JS)) }
@@ -211,6 +218,7 @@ mod tests {
             email: "\"><script>alert(1)</script>",
             crd_command: "</textarea><script>alert(2)</script>",
             error: Some("<b>bad</b>"),
+            ask_code: false,
         })
         .into_string();
         assert!(!page.contains("<script>alert(1)") && !page.contains("<script>alert(2)"));

@@ -154,9 +154,10 @@ impl FixtureWorld {
         fixtures::seed_enrollment(&client).await;
         fixtures::seed_open_export(&client).await;
         fixtures::seed_seat(&client).await;
+        fixtures::seed_admin_session(&client).await;
         Self {
             db,
-            admin_hash: lablink_web::auth::hash_password(fixtures::ADMIN_PASSWORD),
+            admin_hash: fixtures::admin_password_hash().to_owned(),
         }
     }
 

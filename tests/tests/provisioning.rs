@@ -156,6 +156,9 @@ fn state_for(w: &World) -> AppState {
         deployment: lablink_core::domain::DeploymentName::parse(&w.deployment).unwrap(),
         export_bucket: None,
         vm: Default::default(),
+        gate: Default::default(),
+        admin_cidrs: None,
+        admin_secret_ttl: std::time::Duration::from_secs(60),
     };
     AppState::new(config)
 }

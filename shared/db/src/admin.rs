@@ -75,3 +75,79 @@ pub async fn clear_failures(client: &Client, key: &str) -> Result<(), DbError> {
 fn pg_interval(d: Duration) -> f64 {
     d.num_milliseconds() as f64 / 1000.0
 }
+
+/// Record a new admin session (`id_hash`: the SHA-256 of the cookie's random id).
+pub async fn create_session(
+    client: &Client,
+    id_hash: &[u8; 32],
+    user: &str,
+    epoch: &str,
+    address: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let address: String = address.chars().take(64).collect();
+    client
+        .execute(
+            "INSERT INTO admin_sessions (id_hash, admin_user, secret_epoch, address, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&id_hash.as_slice(), &user, &epoch, &address, &expires_at],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether the session is live: recorded for this user, not ended, not expired, and
+/// issued under the admin secret in force (`epoch`).
+pub async fn session_live(
+    client: &Client,
+    id_hash: &[u8; 32],
+    user: &str,
+    epoch: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM admin_sessions WHERE id_hash = $1 AND admin_user = $2
+                 AND secret_epoch = $3 AND ended_at IS NULL AND expires_at > $4)",
+            &[&id_hash.as_slice(), &user, &epoch, &now],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// End one session (logout). Ended rows are kept a day for the record, then deleted
+/// here, with the expired ones, so the table stays small.
+pub async fn end_session(client: &Client, id_hash: &[u8; 32]) -> Result<(), DbError> {
+    client
+        .execute(
+            "WITH ended AS (UPDATE admin_sessions SET ended_at = now() WHERE id_hash = $1 AND ended_at IS NULL)
+             DELETE FROM admin_sessions WHERE expires_at < now() - interval '1 day'
+                 OR ended_at < now() - interval '1 day'",
+            &[&id_hash.as_slice()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// End every live session of `user` ("log out everywhere"); how many were live.
+pub async fn end_all_sessions(client: &Client, user: &str) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE admin_sessions SET ended_at = now() WHERE admin_user = $1 AND ended_at IS NULL
+             AND expires_at > now()",
+            &[&user],
+        )
+        .await?)
+}
+
+/// Live sessions of `user` (the dashboard says how many).
+pub async fn live_sessions(client: &Client, user: &str, epoch: &str) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM admin_sessions WHERE admin_user = $1 AND secret_epoch = $2
+             AND ended_at IS NULL AND expires_at > now()",
+            &[&user, &epoch],
+        )
+        .await?;
+    Ok(row.get(0))
+}

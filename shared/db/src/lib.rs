@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod logs;
 pub mod seats;
 pub mod vms;
+pub mod workshop;
 
 pub use connect::{Db, DbAuth, DbConfig, DbError, PgConnection};
 

@@ -151,6 +151,17 @@ pub async fn assign(
     unreachable!("the second attempt always returns")
 }
 
+/// Whether `email` holds a seat (its own VM, which asking again returns).
+pub async fn holds_seat(client: &Client, email: &Email) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM vms WHERE user_email = $1)",
+            &[&email.as_str()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Free seats: running, unassigned, not being reset, not known to be unhealthy.
 pub async fn free_seat_count(client: &Client) -> Result<i64, DbError> {
     let row = client

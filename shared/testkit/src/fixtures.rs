@@ -10,6 +10,43 @@ pub const SESSION_KEY: &str = "ababababababababababababababababababababababababa
 pub const ADMIN_USER: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "fixture-admin-password";
 pub const DEPLOYMENT: &str = "test";
+/// The id of the admin session the fixtures' cookie names (recorded by
+/// [`seed_admin_session`]).
+pub const ADMIN_SESSION_ID: &str = "f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1";
+
+/// The fixture admin's argon2id hash of [`ADMIN_PASSWORD`], with a fixed salt so every
+/// process computes the same string (sessions are bound to it).
+pub fn admin_password_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::encode_b64(b"lablink-fixture!").expect("a valid salt");
+        argon2::Argon2::default()
+            .hash_password(ADMIN_PASSWORD.as_bytes(), &salt)
+            .expect("argon2 hashes the fixture password")
+            .to_string()
+    })
+}
+
+/// The second session the logout fixture ends (so [`ADMIN_SESSION_ID`] stays live).
+pub const LOGOUT_SESSION_ID: &str = "f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2";
+
+/// The live admin sessions the fixtures' cookies name (until 2100).
+pub async fn seed_admin_session(client: &tokio_postgres::Client) {
+    use sha2::Digest;
+    let epoch = lablink_core::credential::admin_epoch(admin_password_hash(), SESSION_KEY);
+    for id in [ADMIN_SESSION_ID, LOGOUT_SESSION_ID] {
+        let id_hash: [u8; 32] = sha2::Sha256::digest(id.as_bytes()).into();
+        client
+            .execute(
+                "INSERT INTO admin_sessions (id_hash, admin_user, secret_epoch, address, expires_at)
+                 VALUES ($1, $2, $3, '203.0.113.7', '2100-01-01T00:00:00Z')",
+                &[&id_hash.as_slice(), &ADMIN_USER, &epoch],
+            )
+            .await
+            .expect("fixture admin session");
+    }
+}
 pub const JOB: &str = "20261123T100000Z-0f1c7a2e";
 pub const INSTANCE: &str = "i-0fixture00000001";
 pub const ENROLL_SECRET: &str = "fixture-enrollment-secret-of-job-0f1c7a2e";

@@ -80,28 +80,83 @@ pub fn hash_password(password: &str) -> String {
 }
 
 #[cfg(feature = "admin")]
-/// A signed session cookie value for `user`, valid until `expires`.
-pub fn issue_session(key: &SessionKey, user: &str, expires: DateTime<Utc>) -> String {
-    let payload = format!("v1.{}.{}", B64.encode(user), expires.timestamp());
+/// A signed session cookie value: `user`, its expiry and the session's random id (the
+/// server-side record's key), under the session key's HMAC.
+pub fn issue_session(key: &SessionKey, user: &str, session_id: &str, expires: DateTime<Utc>) -> String {
+    let payload = format!("v2.{}.{}.{session_id}", B64.encode(user), expires.timestamp());
     let sig = B64.encode(key.mac(&payload).finalize().into_bytes());
     format!("{payload}.{sig}")
 }
 
 #[cfg(feature = "admin")]
-/// The user of a valid, unexpired session cookie value.
-pub fn verify_session(key: &SessionKey, value: &str, now: DateTime<Utc>) -> Option<String> {
+/// The user and session id of a validly signed, unexpired session cookie value (the
+/// caller still checks the server-side record: [`admin_session`]).
+pub fn verify_session(key: &SessionKey, value: &str, now: DateTime<Utc>) -> Option<(String, String)> {
     let (payload, sig) = value.rsplit_once('.')?;
     let sig = B64.decode(sig).ok()?;
     key.mac(payload).verify_slice(&sig).ok()?;
     let mut parts = payload.split('.');
-    let (Some("v1"), Some(user), Some(exp), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("v2"), Some(user), Some(exp), Some(id), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return None;
     };
     if exp.parse::<i64>().ok()? <= now.timestamp() {
         return None;
     }
-    String::from_utf8(B64.decode(user).ok()?).ok()
+    Some((String::from_utf8(B64.decode(user).ok()?).ok()?, id.to_owned()))
+}
+
+#[cfg(feature = "admin")]
+/// The record key of a session id: only its SHA-256 is stored.
+pub fn session_hash(session_id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(session_id.as_bytes()).into()
+}
+
+/// The cookie that marks a browser the admin has logged in from before (OWASP's
+/// "device cookies"): failed logins it carries count against that device, not against
+/// the admin user, so a guesser elsewhere cannot lock the admin out.
+#[cfg(feature = "admin")]
+pub const DEVICE_COOKIE: &str = "lablink_device";
+/// How long a device cookie is honoured.
+#[cfg(feature = "admin")]
+pub const DEVICE_DAYS: i64 = 90;
+/// Failed logins per device cookie within the window.
+#[cfg(feature = "admin")]
+pub const MAX_FAILURES_PER_DEVICE: i32 = 10;
+
+#[cfg(feature = "admin")]
+/// A device cookie for `user`: a random nonce and an expiry under the session key.
+pub fn issue_device(key: &SessionKey, user: &str, expires: DateTime<Utc>) -> String {
+    let secret = lablink_core::credential::Secret::generate();
+    let nonce = &secret.expose()[..32];
+    let payload = format!("d1.{}.{}.{nonce}", B64.encode(user), expires.timestamp());
+    let sig = B64.encode(key.mac(&payload).finalize().into_bytes());
+    format!("{payload}.{sig}")
+}
+
+#[cfg(feature = "admin")]
+/// The nonce of a valid device cookie for `user`.
+pub fn verify_device(key: &SessionKey, value: &str, user: &str, now: DateTime<Utc>) -> Option<String> {
+    let (payload, sig) = value.rsplit_once('.')?;
+    key.mac(payload).verify_slice(&B64.decode(sig).ok()?).ok()?;
+    let mut parts = payload.split('.');
+    let (Some("d1"), Some(u), Some(exp), Some(nonce), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let ok = exp.parse::<i64>().ok()? > now.timestamp() && B64.decode(u).ok()? == user.as_bytes();
+    ok.then(|| nonce.to_owned())
 }
 
 /// How long an admin session lasts.
@@ -223,22 +278,33 @@ pub fn throttle_window() -> chrono::Duration {
 }
 
 #[cfg(feature = "admin")]
-pub fn throttle_limits(ip: &str, user: &str) -> Vec<admin_db::Limit> {
+/// The keys a login attempt counts against: its address, and either the browser's
+/// device cookie (when it holds a valid one for this user) or the user (all addresses
+/// together). So the per-user lock stops a guesser spread over many addresses without
+/// locking out the admin's own browser.
+pub fn throttle_limits(ip: &str, user: &str, device: Option<&str>) -> Vec<admin_db::Limit> {
     vec![
         admin_db::Limit {
             key: format!("ip:{ip}"),
             max_failures: MAX_FAILURES_PER_ADDRESS,
         },
-        admin_db::Limit {
-            key: format!("user:{}", user.chars().take(64).collect::<String>()),
-            max_failures: MAX_FAILURES_PER_USER,
+        match device {
+            Some(nonce) => admin_db::Limit {
+                key: format!("device:{nonce}"),
+                max_failures: MAX_FAILURES_PER_DEVICE,
+            },
+            None => admin_db::Limit {
+                key: format!("user:{}", user.chars().take(64).collect::<String>()),
+                max_failures: MAX_FAILURES_PER_USER,
+            },
         },
     ]
 }
 
 #[cfg(feature = "admin")]
-/// Check a user name and password (throttled): `Ok(true)` on a match. A mismatch is
-/// counted against the address and the user.
+/// Check a user name and password (throttled): `Ok(true)` on a match. Every attempt is
+/// counted against the address and the user (or the browser's device cookie) before
+/// the password is checked; a success takes its count back.
 pub async fn check_password(
     state: &AppState,
     req: &Request,
@@ -247,9 +313,10 @@ pub async fn check_password(
 ) -> Result<bool, ApiError> {
     let admin = state.admin().await?;
     let ip = client_ip(req);
-    let limits = throttle_limits(&ip, user);
-    let client = state.db.client().await?;
     let now = Utc::now();
+    let device = cookie(req, DEVICE_COOKIE).and_then(|v| verify_device(&admin.session_key, v, user, now));
+    let limits = throttle_limits(&ip, user, device.as_deref());
+    let client = state.db.client().await?;
     // Counted before the slow hash, atomically: a parallel burst gets at most the limit
     // of checks, not one each.
     if let Some(until) = admin_db::reserve_attempt(&client, &limits, throttle_window(), now).await? {
@@ -273,28 +340,52 @@ pub async fn check_password(
         admin_db::forgive_attempt(&client, &limits[1].key).await?;
     } else {
         // Counted already.
-        tracing::warn!(ip, "failed admin login");
+        tracing::warn!(ip, trusted_device = device.is_some(), "failed admin login");
     }
     Ok(ok)
 }
 
 #[cfg(feature = "admin")]
-/// The admin of a valid session cookie on this request, if any.
-pub async fn admin_session(state: &AppState, req: &Request) -> Option<Admin> {
-    let value = cookie(req, SESSION_COOKIE)?;
-    let admin = state.admin().await.ok()?;
-    let user = verify_session(&admin.session_key, value, Utc::now())?;
-    Some(Admin {
+/// The admin console answers only the networks in `LABLINK_ADMIN_ALLOWED_CIDRS` (when
+/// set): 403 elsewhere, before anything else is looked at.
+pub fn admin_network(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    match &state.config.admin_cidrs {
+        Some(list) if !list.allows(&client_ip(req)) => Err(ApiError::Refused(
+            "the admin console is not open to your network (LABLINK_ADMIN_ALLOWED_CIDRS)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(feature = "admin")]
+/// The admin of a live session on this request, if any: the cookie's signature and
+/// expiry, then its server-side record (not ended by a logout, issued under the admin
+/// secret in force).
+pub async fn admin_session(state: &AppState, req: &Request) -> Result<Option<Admin>, ApiError> {
+    let Some(value) = cookie(req, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let admin = state.admin().await?;
+    let now = Utc::now();
+    let Some((user, id)) = verify_session(&admin.session_key, value, now) else {
+        return Ok(None);
+    };
+    let client = state.db.client().await?;
+    if !admin_db::session_live(&client, &session_hash(&id), &user, &admin.epoch(), now).await? {
+        return Ok(None);
+    }
+    Ok(Some(Admin {
         user,
         session: Some(value.to_owned()),
-    })
+    }))
 }
 
 #[cfg(feature = "admin")]
 /// An admin is required: a session cookie, or HTTP Basic (scripts). Reads only; writes
 /// go through [`require_admin_write`].
 pub async fn require_admin(state: &AppState, req: &Request) -> Result<Admin, ApiError> {
-    if let Some(a) = admin_session(state, req).await {
+    admin_network(state, req)?;
+    if let Some(a) = admin_session(state, req).await? {
         return Ok(a);
     }
     if let Some((user, password)) = basic(req) {
@@ -386,7 +477,10 @@ pub async fn require_vm_or_admin(
     req: &Request,
     host: &Hostname,
 ) -> Result<Access, ApiError> {
-    if let Some(a) = admin_session(state, req).await {
+    if cookie(req, SESSION_COOKIE).is_some() || basic(req).is_some() {
+        admin_network(state, req)?;
+    }
+    if let Some(a) = admin_session(state, req).await? {
         return Ok(Access::Admin(a));
     }
     if basic(req).is_some() {
@@ -422,13 +516,43 @@ mod tests {
         let key = SessionKey::from_hex(&"ab".repeat(32)).unwrap();
         let other = SessionKey::from_hex(&"cd".repeat(32)).unwrap();
         let now = Utc::now();
-        let v = issue_session(&key, "admin", now + chrono::Duration::hours(1));
-        assert_eq!(verify_session(&key, &v, now).as_deref(), Some("admin"));
+        let v = issue_session(&key, "admin", "s1d", now + chrono::Duration::hours(1));
+        assert_eq!(
+            verify_session(&key, &v, now),
+            Some(("admin".into(), "s1d".into()))
+        );
         assert_eq!(verify_session(&other, &v, now), None);
         assert_eq!(verify_session(&key, &v, now + chrono::Duration::hours(2)), None);
-        let forged = v.replacen("v1.YWRtaW4", "v1.cm9vdA", 1);
+        let forged = v.replacen("v2.YWRtaW4", "v2.cm9vdA", 1);
         assert_eq!(verify_session(&key, &forged, now), None);
         assert_eq!(verify_session(&key, "garbage", now), None);
         assert!(SessionKey::from_hex("abcd").is_err());
+    }
+
+    #[test]
+    fn device_cookies_are_bound_to_the_user_the_key_and_their_expiry() {
+        let key = SessionKey::from_hex(&"ab".repeat(32)).unwrap();
+        let other = SessionKey::from_hex(&"cd".repeat(32)).unwrap();
+        let now = Utc::now();
+        let d = issue_device(&key, "admin", now + chrono::Duration::days(1));
+        let nonce = verify_device(&key, &d, "admin", now).expect("valid");
+        assert_eq!(nonce.len(), 32);
+        assert_ne!(
+            issue_device(&key, "admin", now + chrono::Duration::days(1)),
+            d,
+            "a fresh nonce each"
+        );
+        assert_eq!(verify_device(&key, &d, "root", now), None);
+        assert_eq!(verify_device(&other, &d, "admin", now), None);
+        assert_eq!(
+            verify_device(&key, &d, "admin", now + chrono::Duration::days(2)),
+            None
+        );
+        let session = issue_session(&key, "admin", "x", now + chrono::Duration::days(1));
+        assert_eq!(
+            verify_device(&key, &session, "admin", now),
+            None,
+            "a session is no device cookie"
+        );
     }
 }

@@ -46,6 +46,12 @@ pub struct AdminAuth {
 
 #[cfg(feature = "admin")]
 impl AdminAuth {
+    /// A fingerprint of the password hash and the session key: a session records the
+    /// one it was issued under, and is not honoured once either changed.
+    pub fn epoch(&self) -> String {
+        lablink_core::credential::admin_epoch(&self.password_hash, &self.session_key.to_hex())
+    }
+
     pub fn new(user: &str, password_hash: &str, session_key: SessionKey) -> Result<Self, String> {
         if user.is_empty() || user.len() > 64 {
             return Err("the admin user name must be 1 to 64 characters".into());
@@ -85,6 +91,19 @@ pub struct AppConfig {
     /// The deployment's VM settings (`LABLINK_INSTANCE_TYPE`, `LABLINK_CLIENT_IMAGE`, ...;
     /// the provisioner's): the launch form shows them.
     pub vm: lablink_core::vm_settings::VmSettings,
+    /// The workshop gate's defaults (`LABLINK_WORKSHOP_ACCESS_CODE`,
+    /// `LABLINK_WORKSHOP_PARTICIPANTS`, `LABLINK_SEATS_PER_ADDRESS`,
+    /// `LABLINK_SEATS_WINDOW_MINUTES`) until the admin sets them on the dashboard.
+    pub gate: lablink_core::workshop::Gate,
+    /// `LABLINK_ADMIN_ALLOWED_CIDRS`: the networks the admin console and the admin API
+    /// answer (403 elsewhere). Unset: everywhere.
+    #[cfg(feature = "admin")]
+    pub admin_cidrs: Option<lablink_core::cidr::CidrList>,
+    /// `LABLINK_ADMIN_SECRET_TTL_SECONDS` (default 60): how long a process keeps the
+    /// admin secret before reading it again, so a rotated password or session key takes
+    /// effect on every warm function within that time.
+    #[cfg(feature = "admin")]
+    pub admin_secret_ttl: std::time::Duration,
 }
 
 impl AppConfig {
@@ -116,7 +135,22 @@ impl AppConfig {
             )
             .unwrap_or_else(|| DeploymentName::parse("local").expect("a valid name"));
         let vm = lablink_core::vm_settings::VmSettings::read(s);
+        let gate = lablink_core::workshop::Gate::read(s);
+        #[cfg(feature = "admin")]
+        let admin_cidrs = s.optional_with(
+            "LABLINK_ADMIN_ALLOWED_CIDRS",
+            "comma-separated address ranges, e.g. 192.0.2.0/24,2001:db8::/32 (0.0.0.0/0,::/0: everywhere)",
+            lablink_core::cidr::CidrList::parse,
+        );
+        #[cfg(feature = "admin")]
+        let admin_secret_ttl =
+            std::time::Duration::from_secs(s.ranged("LABLINK_ADMIN_SECRET_TTL_SECONDS", 60u64, 0, 3600));
         Some(Self {
+            gate,
+            #[cfg(feature = "admin")]
+            admin_cidrs,
+            #[cfg(feature = "admin")]
+            admin_secret_ttl,
             vm: vm?,
             db: db?,
             legacy_vm_auth,
@@ -144,8 +178,9 @@ impl AppConfig {
 pub struct AppState {
     pub config: AppConfig,
     pub db: Db,
+    /// The admin secret and when it was read (re-read after `admin_secret_ttl`).
     #[cfg(feature = "admin")]
-    admin: OnceCell<Arc<AdminAuth>>,
+    admin: tokio::sync::Mutex<Option<(std::time::Instant, Arc<AdminAuth>)>>,
     #[cfg(feature = "admin")]
     aws: OnceCell<aws_config::SdkConfig>,
     #[cfg(feature = "jobs")]
@@ -169,7 +204,7 @@ impl AppState {
             db: Db::new(config.db.clone()),
             config,
             #[cfg(feature = "admin")]
-            admin: OnceCell::new(),
+            admin: tokio::sync::Mutex::new(None),
             #[cfg(feature = "admin")]
             aws: OnceCell::new(),
             #[cfg(feature = "jobs")]
@@ -250,37 +285,60 @@ impl AppState {
     }
 
     #[cfg(feature = "admin")]
-    /// The admin's identity and session key, read on first use.
-    pub async fn admin(&self) -> Result<&Arc<AdminAuth>, ApiError> {
-        self.admin
-            .get_or_try_init(|| async {
-                match &self.config.admin {
-                    AdminSource::Env(a) => Ok(Arc::clone(a)),
-                    AdminSource::None => Err(ApiError::Unavailable(
-                        "no admin is configured for this deployment".into(),
-                    )),
-                    AdminSource::SecretsManager(id) => {
-                        let client = aws_sdk_secretsmanager::Client::new(self.aws().await);
-                        let out = client.get_secret_value().secret_id(id).send().await.map_err(|e| {
-                            tracing::error!(error = %aws_sdk_secretsmanager::error::DisplayErrorContext(&e), "reading the admin secret");
-                            ApiError::Unavailable("the admin secret cannot be read".into())
-                        })?;
-                        let v: serde_json::Value = serde_json::from_str(out.secret_string().unwrap_or_default())
-                            .map_err(|_| ApiError::Unavailable("the admin secret is not JSON".into()))?;
-                        let key = SessionKey::from_hex(v["session_key"].as_str().unwrap_or_default())
-                            .map_err(|e| ApiError::Unavailable(format!("the admin secret's session_key: {e}")))?;
-                        AdminAuth::new(
-                            v["user"].as_str().unwrap_or_default(),
-                            v["password_hash"].as_str().unwrap_or_default(),
-                            key,
-                        )
-                        .map(Arc::new)
-                        .map_err(|e| ApiError::Unavailable(format!("the admin secret: {e}")))
-                    }
+    /// The admin's identity and session key. From Secrets Manager it is read on first
+    /// use and again once it is older than `admin_secret_ttl`, so a rotated password or
+    /// session key reaches every warm function within that time. If a re-read fails, the
+    /// copy in hand is used (logged) rather than locking the admin out.
+    pub async fn admin(&self) -> Result<Arc<AdminAuth>, ApiError> {
+        let id = match &self.config.admin {
+            AdminSource::Env(a) => return Ok(Arc::clone(a)),
+            AdminSource::None => {
+                return Err(ApiError::Unavailable(
+                    "no admin is configured for this deployment".into(),
+                ));
+            }
+            AdminSource::SecretsManager(id) => id,
+        };
+        let mut slot = self.admin.lock().await;
+        if let Some((read_at, a)) = slot.as_ref()
+            && read_at.elapsed() < self.config.admin_secret_ttl
+        {
+            return Ok(Arc::clone(a));
+        }
+        match read_admin_secret(self.aws().await, id).await {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                *slot = Some((std::time::Instant::now(), Arc::clone(&fresh)));
+                Ok(fresh)
+            }
+            Err(e) => match slot.as_ref() {
+                Some((_, old)) => {
+                    tracing::error!(error = %e, "re-reading the admin secret failed; using the copy in hand");
+                    Ok(Arc::clone(old))
                 }
-            })
-            .await
+                None => Err(e),
+            },
+        }
     }
+}
+
+#[cfg(feature = "admin")]
+async fn read_admin_secret(sdk: &aws_config::SdkConfig, id: &str) -> Result<AdminAuth, ApiError> {
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    let out = client.get_secret_value().secret_id(id).send().await.map_err(|e| {
+        tracing::error!(error = %aws_sdk_secretsmanager::error::DisplayErrorContext(&e), "reading the admin secret");
+        ApiError::Unavailable("the admin secret cannot be read".into())
+    })?;
+    let v: serde_json::Value = serde_json::from_str(out.secret_string().unwrap_or_default())
+        .map_err(|_| ApiError::Unavailable("the admin secret is not JSON".into()))?;
+    let key = SessionKey::from_hex(v["session_key"].as_str().unwrap_or_default())
+        .map_err(|e| ApiError::Unavailable(format!("the admin secret's session_key: {e}")))?;
+    AdminAuth::new(
+        v["user"].as_str().unwrap_or_default(),
+        v["password_hash"].as_str().unwrap_or_default(),
+        key,
+    )
+    .map_err(|e| ApiError::Unavailable(format!("the admin secret: {e}")))
 }
 
 #[cfg(feature = "jobs")]

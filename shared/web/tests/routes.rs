@@ -31,8 +31,7 @@ struct Fixture {
 
 /// The fixture admin's argon2 hash (made once: hashing is deliberately slow).
 fn admin_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| lablink_web::auth::hash_password(fixtures::ADMIN_PASSWORD))
+    fixtures::admin_password_hash()
 }
 
 fn admin_source() -> AdminSource {
@@ -58,9 +57,13 @@ async fn setup(legacy: bool) -> Fixture {
         deployment: lablink_core::domain::DeploymentName::parse(fixtures::DEPLOYMENT).unwrap(),
         export_bucket: None,
         vm: Default::default(),
+        gate: Default::default(),
+        admin_cidrs: None,
+        admin_secret_ttl: std::time::Duration::from_secs(60),
     };
     let client = db.client().await;
     fixtures::seed_enrollment(&client).await;
+    fixtures::seed_admin_session(&client).await;
     let store: std::sync::Arc<dyn lablink_ops::JobStore> = std::sync::Arc::new(
         lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_db::Db::new(db.config.clone()))),
     );
@@ -121,7 +124,10 @@ async fn snapshot(c: &tokio_postgres::Client) -> String {
                  || (SELECT count(*)::text FROM vm_log_lines)
                  || '|' || (SELECT count(*)::text FROM ops_jobs) || '|' || (SELECT count(*)::text FROM ops_settings)
                  || '|' || (SELECT count(*)::text FROM seat_tokens) || '|' || (SELECT count(*)::text FROM vm_actions)
-                 || '|' || coalesce((SELECT string_agg(t::text, '|' ORDER BY token_hash) FROM seat_tokens t), '')",
+                 || '|' || coalesce((SELECT string_agg(t::text, '|' ORDER BY token_hash) FROM seat_tokens t), '')
+                 || '|' || coalesce((SELECT string_agg(w::text, '|') FROM workshop_settings w), '')
+                 || '|' || (SELECT count(*)::text FROM admin_sessions WHERE ended_at IS NULL)
+                 || '|' || (SELECT coalesce(sum(requests), 0)::text FROM seat_request_windows)",
             &[],
         )
         .await
@@ -230,6 +236,7 @@ fn as_caller(mut req: Request, who: Caller) -> Request {
             let v = lablink_web::auth::issue_session(
                 &key,
                 "admin",
+                fixtures::ADMIN_SESSION_ID,
                 chrono::Utc::now() + chrono::Duration::hours(1),
             );
             h.insert(
@@ -801,6 +808,9 @@ async fn health_without_a_database_tells_no_details() {
         deployment: lablink_core::domain::DeploymentName::parse(fixtures::DEPLOYMENT).unwrap(),
         export_bucket: None,
         vm: Default::default(),
+        gate: Default::default(),
+        admin_cidrs: None,
+        admin_secret_ttl: std::time::Duration::from_secs(60),
     };
     let state = AppState::new(config);
     let r = route("health").handle(&state, fixture("health", "valid")).await;
@@ -975,11 +985,10 @@ async fn admin_routes_need_a_session_pages_redirect_and_json_answers_401() {
 async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it() {
     let f = setup(false).await;
     let (session, csrf) = log_in(&f.state).await;
+    // Another live session of the same admin (another browser).
     let other_session = {
-        let key = SessionKey::from_hex(SESSION_KEY).unwrap();
-        let v =
-            lablink_web::auth::issue_session(&key, "admin", chrono::Utc::now() + chrono::Duration::hours(1));
-        format!("lablink_session={v}")
+        let (cookie, _) = log_in(&f.state).await;
+        cookie
     };
     let cases: [(Route, &str); 5] = [
         (route("launch"), "num_vms=1"),
@@ -1289,4 +1298,468 @@ fn the_function_manifest_matches_the_route_table_and_the_crates() {
         .collect();
     crates.sort();
     assert_eq!(all, crates, "one crate per listed function");
+}
+
+// ---- hardening: who may take a seat, the admin allowlist, sessions ------------------
+
+/// `req` as API Gateway delivers it from `ip` (its `sourceIp`).
+fn from_ip(req: Request, ip: &str) -> Request {
+    use lambda_http::RequestExt;
+    use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
+    let mut ctx = ApiGatewayV2httpRequestContext::default();
+    ctx.http.source_ip = Some(ip.into());
+    req.with_request_context(lambda_http::request::RequestContext::ApiGatewayV2(ctx))
+}
+
+/// `n` more free VMs.
+async fn add_free_vms(c: &tokio_postgres::Client, n: usize) {
+    let new: Vec<_> = (0..n)
+        .map(|i| vms::NewVm {
+            hostname: Hostname::parse(&format!("lablink-vm-free-{i}")).unwrap(),
+            instance_id: None,
+            credential_hash: None,
+            status: VmStatus::Running,
+            provision: None,
+        })
+        .collect();
+    vms::create_vms(c, &new).await.unwrap();
+}
+
+/// A request for a VM with these form fields, from `ip`.
+async fn request_vm_with(
+    state: &AppState,
+    email: &str,
+    code: &str,
+    access_code: &str,
+    ip: &str,
+) -> Response<Body> {
+    let pasted = format!(
+        "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+    );
+    let body = serde_urlencoded::to_string([
+        ("email", email),
+        ("crd_command", &pasted),
+        ("access_code", access_code),
+    ])
+    .unwrap();
+    let mut req = fixture("request-vm", "valid");
+    *req.body_mut() = Body::from(body);
+    route("request-vm").handle(state, from_ip(req, ip)).await
+}
+
+/// Save the workshop gate through the dashboard's form.
+async fn set_gate(state: &AppState, fields: &[(&str, &str)]) -> Response<Body> {
+    let (session, csrf) = log_in(state).await;
+    set_gate_as(state, &session, &csrf, fields).await
+}
+
+async fn set_gate_as(state: &AppState, session: &str, csrf: &str, fields: &[(&str, &str)]) -> Response<Body> {
+    let mut all = vec![("csrf", csrf)];
+    all.extend_from_slice(fields);
+    let body = serde_urlencoded::to_string(&all).unwrap();
+    route("admin-workshop")
+        .handle(
+            state,
+            form_req("/api/admin/workshop", &body, &[session.to_owned()]),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_wrong_access_code_or_an_unlisted_email_gets_the_form_back_and_no_vm() {
+    let f = setup(false).await;
+    // Without a gate, the form has no code field.
+    let page = text(&route("index").handle(&f.state, fixture("index", "valid")).await);
+    assert!(!page.contains("name=\"access_code\""));
+    let r = set_gate(
+        &f.state,
+        &[
+            ("access_code", " sleap-2026 "),
+            ("participants", "Name,Email\nAda,ada@uni.edu\n@lab.org\n"),
+            ("action", "save"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    let page = text(&route("index").handle(&f.state, fixture("index", "valid")).await);
+    assert!(
+        page.contains("name=\"access_code\""),
+        "the form asks for the code"
+    );
+    let before = snapshot(&f.client).await;
+    for (email, code, why) in [
+        ("ada@uni.edu", "", "needs its access code"),
+        ("ada@uni.edu", "sleap-2025", "not this workshop's access code"),
+        ("ada@uni.edu", "SLEAP-2026", "not this workshop's access code"),
+        (
+            "eve@uni.edu",
+            "sleap-2026",
+            "not on this workshop's participant list",
+        ),
+    ] {
+        let r = request_vm_with(&f.state, email, "4/0Agate", code, "198.51.100.1").await;
+        let body = text(&r);
+        assert_eq!(r.status(), 403, "{email} {code:?}: {body}");
+        assert!(body.contains(why), "{email} {code:?}: {body}");
+        assert!(body.contains("name=\"access_code\""));
+        assert_eq!(snapshot(&f.client).await, before, "{email} {code:?} changed data");
+    }
+    for email in ["ada@uni.edu", "bob@lab.org"] {
+        let r = request_vm_with(&f.state, email, "4/0Agate", "sleap-2026", "198.51.100.1").await;
+        assert_eq!(r.status(), 200, "{email}: {}", text(&r));
+        assert!(text(&r).contains("id=\"pin\""), "{email} got a seat");
+    }
+    // Back to the deployment's defaults (none): the code is no longer asked.
+    let r = set_gate(&f.state, &[("action", "defaults")]).await;
+    assert_eq!(r.status(), 303);
+    let page = text(&route("index").handle(&f.state, fixture("index", "valid")).await);
+    assert!(!page.contains("name=\"access_code\""));
+}
+
+#[tokio::test]
+async fn an_address_gets_at_most_its_limit_of_new_seats_then_429_with_retry_after() {
+    let f = setup(false).await;
+    add_free_vms(&f.client, 6).await;
+    let r = set_gate(&f.state, &[("seats_per_address", "2"), ("window_minutes", "10")]).await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    let nat = "198.51.100.9";
+    for email in ["a1@uni.edu", "a2@uni.edu"] {
+        let r = request_vm_with(&f.state, email, "4/0Alimit", "", nat).await;
+        assert_eq!(r.status(), 200, "{email}: {}", text(&r));
+    }
+    let before = snapshot(&f.client).await;
+    let r = request_vm_with(&f.state, "a3@uni.edu", "4/0Alimit", "", nat).await;
+    assert_eq!(r.status(), 429, "{}", text(&r));
+    let wait: u64 = r.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&wait), "{wait}");
+    assert!(text(&r).contains("Too many VMs were requested from your network"));
+    assert_eq!(
+        snapshot(&f.client).await,
+        before,
+        "a refused request changes nothing"
+    );
+    // Someone who has a seat still reaches it from that address.
+    let r = request_vm_with(&f.state, "a1@uni.edu", "4/0Alimit", "", nat).await;
+    assert_eq!(r.status(), 200, "{}", text(&r));
+    // Another address has its own count.
+    let r = request_vm_with(&f.state, "a3@uni.edu", "4/0Alimit", "", "198.51.100.10").await;
+    assert_eq!(r.status(), 200, "{}", text(&r));
+}
+
+/// A burst from one address gets exactly its limit of new seats, however many run at
+/// once (the count is reserved atomically before assigning).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parallel_burst_from_one_address_gets_exactly_its_limit() {
+    let f = std::sync::Arc::new(setup(false).await);
+    add_free_vms(&f.client, 12).await;
+    let r = set_gate(&f.state, &[("seats_per_address", "3")]).await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                request_vm_with(
+                    &f.state,
+                    &format!("burst{i}@uni.edu"),
+                    "4/0Aburst",
+                    "",
+                    "198.51.100.77",
+                )
+                .await
+                .status()
+                .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [[200; 3].as_slice(), [429; 9].as_slice()].concat());
+    let assigned: i64 = f
+        .client
+        .query_one("SELECT count(*) FROM vms WHERE user_email LIKE 'burst%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(assigned, 3);
+}
+
+#[tokio::test]
+async fn the_workshop_settings_refuse_bad_input_and_change_nothing() {
+    let f = setup(false).await;
+    let (session, csrf) = log_in(&f.state).await;
+    let before = snapshot(&f.client).await;
+    for (fields, why) in [
+        (vec![("participants", "ok@uni.edu broken@@uni")], "broken@@uni"),
+        (
+            vec![("seats_per_address", "0")],
+            "seats_per_address must be a number from 1",
+        ),
+        (
+            vec![("window_minutes", "99999")],
+            "window_minutes must be a number from 1 to 1440",
+        ),
+        (vec![("access_code", "a\u{7}b")], "control characters"),
+        (vec![("action", "explode")], "action must be save or defaults"),
+    ] {
+        let r = set_gate_as(&f.state, &session, &csrf, &fields).await;
+        assert_eq!(r.status(), 400, "{fields:?}");
+        assert!(text(&r).contains(why), "{fields:?}: {}", text(&r));
+        assert_eq!(snapshot(&f.client).await, before, "{fields:?} changed data");
+    }
+}
+
+/// A config whose admin console answers only `cidrs`.
+fn with_cidrs(state: &AppState, cidrs: &str) -> AppState {
+    let mut config = state.config.clone();
+    config.admin_cidrs = Some(lablink_core::cidr::CidrList::parse(cidrs).unwrap());
+    AppState::new(config)
+}
+
+#[tokio::test]
+async fn the_admin_console_answers_only_its_allowed_networks() {
+    let f = setup(false).await;
+    let state = with_cidrs(&f.state, "198.51.100.0/24, 2001:db8::/32");
+    let outside = "203.0.113.50";
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("admin:{}", fixtures::ADMIN_PASSWORD)
+        )
+    );
+    let before = snapshot(&f.client).await;
+    // Pages, the login itself, JSON routes with a session or Basic, admin reads of VM
+    // routes: all 403 from outside, before any password is checked.
+    let mut cases: Vec<(&str, Request)> = vec![
+        ("admin-login-page", bare("GET", "/admin/login")),
+        (
+            "admin-login",
+            form_req("/admin/login", "user=admin&password=x&csrf=x", &[]),
+        ),
+        ("admin-home", fixture("admin-home", "valid")),
+        ("admin-instances", fixture("admin-instances", "valid")),
+        ("launch", fixture("launch", "valid")),
+        ("admin-workshop", fixture("admin-workshop", "valid")),
+        (
+            "get-vm-status",
+            as_caller(fixture("get-vm-status", "valid"), Caller::Admin),
+        ),
+    ];
+    let mut scripted = bare("GET", "/api/vm-status");
+    scripted
+        .headers_mut()
+        .insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
+    cases.push(("list-vm-status", scripted));
+    for (function, req) in cases {
+        let r = route(function).handle(&state, from_ip(req, outside)).await;
+        assert_eq!(r.status(), 403, "{function}: {}", text(&r));
+        assert!(text(&r).contains("not open to your network"), "{function}");
+    }
+    assert_eq!(snapshot(&f.client).await, before);
+    let failures: i64 = f
+        .client
+        .query_one("SELECT count(*) FROM admin_login_failures", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failures, 0, "no attempt was even counted");
+    // The VM itself is no admin: its own reads still work from anywhere.
+    let r = route("get-vm-status")
+        .handle(
+            &state,
+            from_ip(
+                as_caller(fixture("get-vm-status", "valid"), Caller::OwnVm),
+                outside,
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // Inside, the console works as before (IPv4 and IPv6 ranges).
+    for inside in ["198.51.100.20", "2001:db8::7"] {
+        let r = route("admin-login-page")
+            .handle(&state, from_ip(bare("GET", "/admin/login"), inside))
+            .await;
+        assert_eq!(r.status(), 200, "{inside}");
+        let r = route("admin-home")
+            .handle(&state, from_ip(fixture("admin-home", "valid"), inside))
+            .await;
+        assert_eq!(r.status(), 200, "{inside}");
+    }
+}
+
+/// `req` with these cookies.
+fn with_cookie(mut req: Request, cookie: &str) -> Request {
+    req.headers_mut()
+        .insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+    req
+}
+
+/// Whether this session cookie still opens the dashboard.
+async fn session_works(state: &AppState, session: &str) -> bool {
+    let r = route("admin-home")
+        .handle(state, with_cookie(bare("GET", "/admin"), session))
+        .await;
+    match r.status().as_u16() {
+        200 => true,
+        303 => false,
+        other => panic!("admin-home answered {other}: {}", text(&r)),
+    }
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_at_once_and_everywhere_ends_every_one() {
+    let f = setup(false).await;
+    let (a, a_csrf) = log_in(&f.state).await;
+    let (b, b_csrf) = log_in(&f.state).await;
+    let (c, _) = log_in(&f.state).await;
+    assert!(session_works(&f.state, &a).await && session_works(&f.state, &b).await);
+    let page = text(
+        &route("admin-home")
+            .handle(&f.state, with_cookie(bare("GET", "/admin"), &b))
+            .await,
+    );
+    assert!(
+        page.contains("id=\"live-sessions\">5<"),
+        "3 logins + the 2 fixture sessions"
+    );
+    // Logging out ends that session on the server: the cookie, kept by an attacker who
+    // copied it, no longer works anywhere.
+    let r = route("admin-logout")
+        .handle(
+            &f.state,
+            form_req("/admin/logout", &format!("csrf={a_csrf}"), &[a.clone()]),
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert!(!session_works(&f.state, &a).await, "a's cookie is dead");
+    assert!(session_works(&f.state, &b).await, "b is another browser");
+    // Everywhere: b ends c and itself.
+    let r = route("admin-logout")
+        .handle(
+            &f.state,
+            form_req(
+                "/admin/logout",
+                &format!("csrf={b_csrf}&everywhere=1"),
+                &[b.clone()],
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert!(!session_works(&f.state, &b).await && !session_works(&f.state, &c).await);
+    // A fresh login works.
+    let (d, _) = log_in(&f.state).await;
+    assert!(session_works(&f.state, &d).await);
+}
+
+/// One login attempt from `ip`, with `cookies`.
+async fn login_from(state: &AppState, ip: &str, password: &str, cookies: &[String]) -> Response<Body> {
+    let page = route("admin-login-page")
+        .handle(state, from_ip(bare("GET", "/admin/login"), ip))
+        .await;
+    let mut all = cookies.to_vec();
+    all.push(set_cookie(&page, "lablink_login_csrf").unwrap());
+    let token = hidden(&text(&page), "csrf");
+    route("admin-login")
+        .handle(
+            state,
+            from_ip(
+                form_req(
+                    "/admin/login",
+                    &format!("user=admin&password={password}&csrf={token}"),
+                    &all,
+                ),
+                ip,
+            ),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_guesser_on_many_addresses_locks_new_browsers_out_but_not_the_admins_own() {
+    let f = setup(false).await;
+    // The admin logged in from this browser before: it holds a device cookie.
+    let r = login_from(&f.state, "198.51.100.1", fixtures::ADMIN_PASSWORD, &[]).await;
+    assert_eq!(r.status(), 303);
+    let device = set_cookie(&r, "lablink_device").expect("a device cookie");
+    // 50 wrong guesses spread over 10 addresses (5 each, under the address limit).
+    for n in 0..50 {
+        let r = login_from(&f.state, &format!("203.0.113.{}", n / 5 + 10), "guess", &[]).await;
+        assert_eq!(r.status(), 401, "guess {n}");
+    }
+    // The user is locked for browsers without a device cookie, even with the password.
+    let r = login_from(&f.state, "203.0.113.99", fixtures::ADMIN_PASSWORD, &[]).await;
+    assert_eq!(r.status(), 429, "{}", text(&r));
+    // The admin's own browser still gets in (from a new address, too).
+    let r = login_from(
+        &f.state,
+        "192.0.2.44",
+        fixtures::ADMIN_PASSWORD,
+        std::slice::from_ref(&device),
+    )
+    .await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    // A stolen device cookie is its own small budget: 10 wrong guesses lock it.
+    for n in 0..10 {
+        let ip = format!("192.0.2.{}", 100 + n / 5);
+        let r = login_from(&f.state, &ip, "guess", std::slice::from_ref(&device)).await;
+        assert_eq!(r.status(), 401, "device guess {n}");
+    }
+    let r = login_from(
+        &f.state,
+        "192.0.2.200",
+        fixtures::ADMIN_PASSWORD,
+        std::slice::from_ref(&device),
+    )
+    .await;
+    assert_eq!(r.status(), 429);
+    // A device cookie is bound to its user and the session key: a forged one counts
+    // as none.
+    let forged = device.replacen("lablink_device=d1.", "lablink_device=d1.x", 1);
+    let r = login_from(&f.state, "192.0.2.201", fixtures::ADMIN_PASSWORD, &[forged]).await;
+    assert_eq!(r.status(), 429, "no valid device cookie: the user's lock applies");
+}
+
+#[tokio::test]
+async fn a_new_admin_secret_ends_old_sessions_and_passwords_within_the_ttl() {
+    let f = setup(false).await;
+    let sdk = lablink_testkit::moto::sdk_config();
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let name = format!("lablink-admin-{}", Secret::generate().expose());
+    let secret = |hash: &str| {
+        serde_json::json!({"user": "admin", "password_hash": hash, "session_key": SESSION_KEY}).to_string()
+    };
+    sm.create_secret()
+        .name(&name)
+        .secret_string(secret(admin_hash()))
+        .send()
+        .await
+        .unwrap();
+    let mut config = f.state.config.clone();
+    config.admin = AdminSource::SecretsManager(name.clone());
+    config.admin_secret_ttl = std::time::Duration::from_millis(300);
+    let state = AppState::new(config).with_aws(sdk);
+    let (session, _) = log_in(&state).await;
+    assert!(session_works(&state, &session).await);
+    // The admin rotates the password (a new hash in the secret).
+    let new_password = "a-brand-new-admin-password";
+    sm.put_secret_value()
+        .secret_id(&name)
+        .secret_string(secret(&lablink_web::auth::hash_password(new_password)))
+        .send()
+        .await
+        .unwrap();
+    // Until the TTL passes, the copy in hand holds; after it, the new secret rules.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!session_works(&state, &session).await, "the old session ended");
+    let r = login_from(&state, "198.51.100.3", fixtures::ADMIN_PASSWORD, &[]).await;
+    assert_eq!(r.status(), 401, "the old password no longer works");
+    let r = login_from(&state, "198.51.100.3", new_password, &[]).await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
 }

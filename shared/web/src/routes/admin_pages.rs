@@ -6,6 +6,7 @@
 use chrono::{Duration, Utc};
 use lablink_core::credential::Secret;
 use lablink_core::domain::JobId;
+use lablink_db::admin as admin_db;
 use lablink_db::{fleet, vms};
 #[cfg(feature = "aws-credentials")]
 use lablink_ops::aws::{self as ops_aws, StoredCredentials};
@@ -15,7 +16,7 @@ use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 
 use super::{Access, OnError, Reaches, Reply, Route, Verb, handler};
-use crate::auth::{self, Admin, CsrfForm, SESSION_COOKIE, SESSION_HOURS, cookie_header};
+use crate::auth::{self, Admin, SESSION_COOKIE, SESSION_HOURS, cookie_header};
 use crate::request::{self, SMALL_BODY};
 use crate::respond::{html, redirect};
 use crate::{ApiError, AppState};
@@ -27,7 +28,8 @@ async fn page_session(
     state: &AppState,
     req: &Request,
 ) -> Result<Result<(Admin, String), Response<Body>>, ApiError> {
-    match auth::admin_session(state, req).await {
+    auth::admin_network(state, req)?;
+    match auth::admin_session(state, req).await? {
         Some(a) => {
             let key = &state.admin().await?.session_key;
             let csrf = auth::csrf_token(key, a.session.as_deref().unwrap_or_default());
@@ -93,8 +95,9 @@ pub const LOGIN_PAGE: Route = Route {
 };
 
 async fn login_page(state: &AppState, req: &Request) -> Reply {
+    auth::admin_network(state, req)?;
     state.admin().await?;
-    if auth::admin_session(state, req).await.is_some() {
+    if auth::admin_session(state, req).await?.is_some() {
         return Ok(redirect("/admin"));
     }
     let next = safe_next(request::query::<String>(req, "next")?.as_deref());
@@ -133,6 +136,7 @@ struct LoginForm {
 }
 
 async fn login(state: &AppState, req: &Request) -> Reply {
+    auth::admin_network(state, req)?;
     let form: LoginForm = request::form(req, SMALL_BODY)?;
     let admin = state.admin().await?;
     let next = safe_next(form.next.as_deref());
@@ -180,10 +184,28 @@ async fn login(state: &AppState, req: &Request) -> Reply {
         Err(e) => return Err(e),
     }
     tracing::info!(user = %form.user, "admin logged in");
-    let value = auth::issue_session(
+    // A server-side record per session, so a logout (or "log out everywhere", or a new
+    // password) ends it at once.
+    let now = Utc::now();
+    let expires = now + Duration::hours(SESSION_HOURS);
+    let session_id = Secret::generate();
+    let client = state.db.client().await?;
+    admin_db::create_session(
+        &client,
+        &auth::session_hash(session_id.expose()),
+        &admin.user,
+        &admin.epoch(),
+        &auth::client_ip(req),
+        expires,
+    )
+    .await?;
+    let value = auth::issue_session(&admin.session_key, &admin.user, session_id.expose(), expires);
+    // This browser is now one the admin uses: its failed logins count against it, not
+    // against the admin user.
+    let device = auth::issue_device(
         &admin.session_key,
         &admin.user,
-        Utc::now() + Duration::hours(SESSION_HOURS),
+        now + Duration::days(auth::DEVICE_DAYS),
     );
     let mut resp = redirect(&next);
     let h = resp.headers_mut();
@@ -192,6 +214,18 @@ async fn login(state: &AppState, req: &Request) -> Reply {
         cookie_header(req, SESSION_COOKIE, &value, "/", SESSION_HOURS * 3600)
             .parse()
             .expect("base64url cookie value"),
+    );
+    h.append(
+        header::SET_COOKIE,
+        cookie_header(
+            req,
+            auth::DEVICE_COOKIE,
+            &device,
+            "/admin/login",
+            auth::DEVICE_DAYS * 86_400,
+        )
+        .parse()
+        .expect("base64url cookie value"),
     );
     h.append(
         header::SET_COOKIE,
@@ -213,9 +247,35 @@ pub const LOGOUT: Route = Route {
     handler: handler!(logout),
 };
 
+/// The logout form: its CSRF token, and `everywhere` to end every session of the admin
+/// (other browsers, a stolen cookie) rather than this one.
+#[derive(Deserialize, Default)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    everywhere: Option<String>,
+}
+
 async fn logout(state: &AppState, req: &Request) -> Reply {
-    let form: CsrfForm = request::form(req, SMALL_BODY).unwrap_or_default();
-    auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    let form: LogoutForm = request::form(req, SMALL_BODY).unwrap_or_default();
+    let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    let client = state.db.client().await?;
+    if form
+        .everywhere
+        .is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+    {
+        let ended = admin_db::end_all_sessions(&client, &admin.user).await?;
+        tracing::info!(user = %admin.user, ended, "admin logged out everywhere");
+    } else if let Some((_, id)) = {
+        let key = &state.admin().await?.session_key;
+        admin
+            .session
+            .as_deref()
+            .and_then(|v| auth::verify_session(key, v, Utc::now()))
+    } {
+        admin_db::end_session(&client, &auth::session_hash(&id)).await?;
+    }
     let mut resp = redirect("/admin/login");
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -267,6 +327,16 @@ pub(crate) async fn render_home(
         Err(_) => (Vec::new(), None),
     };
     let identity = identity_line(state, stored.as_ref()).await;
+    let stored_gate = lablink_db::workshop::stored_gate(&client).await?;
+    let from_dashboard = stored_gate.is_some();
+    let gate = stored_gate.unwrap_or_else(|| state.config.gate.clone());
+    let participants = gate
+        .participants
+        .as_ref()
+        .map(|p| p.to_text())
+        .unwrap_or_default();
+    let auth_now = state.admin().await?;
+    let live_sessions = admin_db::live_sessions(&client, &admin.user, &auth_now.epoch()).await?;
     let rows: Vec<pages::JobRow<'_>> = jobs
         .iter()
         .map(|j| pages::JobRow {
@@ -299,6 +369,15 @@ pub(crate) async fn render_home(
             identity: &identity,
             stored_credentials: stored.is_some(),
             jobs: &rows,
+            workshop: pages::Workshop {
+                access_code: gate.access_code.as_deref(),
+                participants: &participants,
+                participant_count: gate.participants.as_ref().map_or(0, |p| p.len()),
+                seats_per_address: gate.seats_per_address,
+                window_minutes: gate.window_minutes,
+                from_dashboard,
+            },
+            live_sessions,
         }),
     ))
 }

@@ -7,7 +7,7 @@
 //! Groups (each its own file): [`participant`] (the form, the free count, health),
 //! [`vm`] (the daemon's reports and the status/log reads), [`enrollment`],
 //! [`admin_pages`] (login and the console's pages), [`admin_jobs`] (launch, destroy,
-//! job status), [`credentials`] (stored AWS credentials), [`export`] (data export).
+//! job status, per-VM actions), [`workshop`] (who may take a seat), [`credentials`] (stored AWS credentials), [`export`] (data export).
 //! Contracts: seed 004 §2 and the design brief's "Wire contracts to keep".
 
 use std::future::Future;
@@ -28,6 +28,8 @@ pub mod enrollment;
 pub mod export;
 pub mod participant;
 pub mod vm;
+#[cfg(feature = "admin")]
+pub mod workshop;
 
 /// What a handler returns; an error becomes its response in [`Route::handle`] only.
 pub type Reply = Result<Response<Body>, ApiError>;
@@ -159,7 +161,7 @@ impl std::fmt::Debug for Route {
 /// Every route, in the manifest's order (with every feature; the local runner and the
 /// tests use it, a Lambda never does).
 #[cfg(feature = "full")]
-pub const ALL: [Route; 34] = [
+pub const ALL: [Route; 35] = [
     participant::INDEX,
     participant::REQUEST_VM,
     participant::UNASSIGNED_VMS_COUNT,
@@ -194,6 +196,7 @@ pub const ALL: [Route; 34] = [
     participant::SEAT_STATUS,
     participant::SEAT_CODE,
     admin_jobs::VM_ACTION,
+    workshop::WORKSHOP,
 ];
 
 /// The route served by `function` (tests and tools).
@@ -253,7 +256,7 @@ impl Route {
         {
             return crate::respond::html(
                 status,
-                lablink_templates::admin::message_page(None, "Not started", &e.to_string(), (back, label)),
+                lablink_templates::admin::message_page(None, "Not done", &e.to_string(), (back, label)),
             );
         }
         e.into_response()

@@ -3,8 +3,9 @@
 //! the health check. They reach Postgres only: no admin auth, no AWS client.
 
 use lablink_core::domain::{CrdCommand, Email, Hostname, Pin};
+use lablink_core::workshop::Refusal;
 use lablink_db::seats::{self, CodeChange, CodeLimits, Proof};
-use lablink_db::vms;
+use lablink_db::{vms, workshop};
 use lablink_templates as pages;
 use lambda_http::Request;
 use lambda_http::http::StatusCode;
@@ -30,6 +31,7 @@ pub const INDEX: Route = Route {
 async fn index(state: &AppState, _req: &Request) -> Reply {
     let client = state.db.client().await?;
     let free = vms::free_seat_count(&client).await?;
+    let gate = workshop::gate(&client, &state.config.gate).await?;
     Ok(html(
         StatusCode::OK,
         pages::participant_page(&pages::ParticipantPage {
@@ -37,6 +39,7 @@ async fn index(state: &AppState, _req: &Request) -> Reply {
             email: "",
             crd_command: "",
             error: None,
+            ask_code: gate.wants_code(),
         }),
     ))
 }
@@ -58,6 +61,10 @@ struct VmRequestForm {
     email: String,
     #[serde(default)]
     crd_command: String,
+    /// The workshop's access code, when the admin set one (an additive field: classic
+    /// forms have only the two above).
+    #[serde(default)]
+    access_code: String,
 }
 
 /// `POST /api/request_vm` (form). Bad input re-renders the form with the reason, keeping
@@ -65,7 +72,9 @@ struct VmRequestForm {
 /// error page); success shows the seat's live page (hostname, PIN, the state of the
 /// registration, the link to come back). An email that holds a VM already gets that VM
 /// back, and a NEW code is sent to it as a fresh code (within the seat's limits: 429
-/// past them). Nothing is written on any refusal.
+/// past them). The workshop's gate comes first: a wrong access code or an email off the
+/// participant list is 403, and an address past its limit of new seats 429 with
+/// `Retry-After`. Nothing is written on any refusal.
 async fn request_vm(state: &AppState, req: &Request) -> Reply {
     let form: VmRequestForm = request::form(req, SMALL_BODY)?;
     let form_again = |status: StatusCode, error: &str, free: i64| {
@@ -76,6 +85,9 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
                 email: &form.email,
                 crd_command: &form.crd_command,
                 error: Some(error),
+                // A form that comes back asks for the code whenever one was typed or
+                // is required (the gate is read below; before that, what was sent).
+                ask_code: !form.access_code.is_empty() || state.config.gate.wants_code(),
             }),
         )
     };
@@ -99,7 +111,68 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
         }
     };
     let client = state.db.client().await?;
-    match vms::assign(&client, &email, &command, &Pin::generate()).await? {
+    let gate = workshop::gate(&client, &state.config.gate).await?;
+    let ask_again = |status: StatusCode, error: &str, free: i64| {
+        html(
+            status,
+            pages::participant_page(&pages::ParticipantPage {
+                free_vms: free,
+                email: &form.email,
+                crd_command: &form.crd_command,
+                error: Some(error),
+                ask_code: gate.wants_code(),
+            }),
+        )
+    };
+    if let Err(refusal) = gate.admits(&form.access_code, &email) {
+        let why = match refusal {
+            Refusal::AccessCode if form.access_code.trim().is_empty() => {
+                "This workshop needs its access code: type the code the staff gave you."
+            }
+            Refusal::AccessCode => "That is not this workshop's access code. Check it with the staff.",
+            Refusal::NotListed => {
+                "This email is not on this workshop's participant list. Use the email you registered with, or ask the staff."
+            }
+        };
+        tracing::info!(?refusal, "request refused by the workshop's gate");
+        return Ok(ask_again(
+            StatusCode::FORBIDDEN,
+            why,
+            free_count_or_zero(state).await,
+        ));
+    }
+    // Counted before assigning (atomically), given back below unless a new seat came of
+    // it, so the limit is on new seats: the same email asking again always reaches its
+    // own seat.
+    let address = crate::auth::client_ip(req);
+    let now = chrono::Utc::now();
+    let window = chrono::Duration::minutes(i64::from(gate.window_minutes));
+    if let Some(until) =
+        workshop::reserve_seat(&client, &address, gate.seats_per_address, window, now).await?
+        && !vms::holds_seat(&client, &email).await?
+    {
+        workshop::give_back_seat(&client, &address).await?;
+        let wait = (until - now).num_seconds().max(1);
+        tracing::warn!(address, "new-seat limit reached for an address");
+        let mut resp = ask_again(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "Too many VMs were requested from your network just now. Try again in {} minute(s), or ask the staff.",
+                (wait as u64).div_ceil(60)
+            ),
+            free_count_or_zero(state).await,
+        );
+        resp.headers_mut().insert(
+            lambda_http::http::header::RETRY_AFTER,
+            wait.to_string().parse().expect("digits"),
+        );
+        return Ok(resp);
+    }
+    let assigned = vms::assign(&client, &email, &command, &Pin::generate()).await?;
+    if !assigned.as_ref().is_some_and(|a| a.fresh) {
+        workshop::give_back_seat(&client, &address).await?;
+    }
+    match assigned {
         Some(a) if a.fresh || a.same_command => {
             tracing::info!(hostname = %a.hostname, fresh = a.fresh, "VM assigned");
             let token = seats::issue_token(&client, &a.hostname, &email).await?;
@@ -140,7 +213,7 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
             )
             .await?;
             match refusal_of(&change) {
-                Some((status, why)) => Ok(form_again(status, &why, free_count_or_zero(state).await)),
+                Some((status, why)) => Ok(ask_again(status, &why, free_count_or_zero(state).await)),
                 None => {
                     tracing::info!(hostname = %a.hostname, "fresh code sent to the participant's VM");
                     let token = seats::issue_token(&client, &a.hostname, &email).await?;
@@ -165,7 +238,7 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
                 }
             }
         }
-        None => Ok(form_again(
+        None => Ok(ask_again(
             StatusCode::OK,
             "No VMs available right now. Keep this page open: the count above updates; try again when it is above 0.",
             0,

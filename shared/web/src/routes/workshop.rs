@@ -1,0 +1,159 @@
+//! The admin sets who may take a seat: the workshop's access code, its participant
+//! list and the limit of new seats per address (rules: `lablink_core::workshop`; the
+//! request route applies them). A form from the dashboard or JSON from a script.
+
+use lablink_core::workshop::{Gate, ParticipantList, parse_access_code};
+use lablink_db::workshop;
+use lambda_http::Request;
+use lambda_http::http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Access, OnError, Reaches, Reply, Route, Verb, handler};
+use crate::auth;
+use crate::request::{self, wants_html};
+use crate::respond::{json, redirect};
+use crate::{ApiError, AppState};
+
+/// A participant list of 10,000 long emails, pasted.
+const WORKSHOP_BODY: usize = 1024 * 1024;
+
+pub const WORKSHOP: Route = Route {
+    function: "admin-workshop",
+    verb: Verb::Post,
+    path: "/api/admin/workshop",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::PageOrJson {
+        back: "/admin#workshop",
+        label: "Back to the dashboard",
+    },
+    handler: handler!(set_workshop),
+};
+
+/// The form's fields (JSON: the same names; `participants` may be a list, numbers
+/// may be numbers).
+#[derive(Deserialize, Default)]
+struct WorkshopForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    access_code: Option<String>,
+    #[serde(default)]
+    participants: Option<String>,
+    #[serde(default)]
+    seats_per_address: Option<String>,
+    #[serde(default)]
+    window_minutes: Option<String>,
+    /// `save` (default) or `defaults` (forget the dashboard's settings).
+    #[serde(default)]
+    action: Option<String>,
+}
+
+fn workshop_form(req: &Request) -> Result<WorkshopForm, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return request::form(req, WORKSHOP_BODY);
+    }
+    let v: serde_json::Value = request::json(req, WORKSHOP_BODY)?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("expected a JSON object"));
+    }
+    let s = |k: &str| match &v[k] {
+        serde_json::Value::String(s) => Ok(Some(s.clone())),
+        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Array(items) if k == "participants" => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(|l| Some(l.join("\n")))
+            .ok_or_else(|| ApiError::bad_request("participants must be a list of strings")),
+        _ => Err(ApiError::bad_request(format!("{k} has the wrong type"))),
+    };
+    Ok(WorkshopForm {
+        csrf: s("csrf")?,
+        access_code: s("access_code")?,
+        participants: s("participants")?,
+        seats_per_address: s("seats_per_address")?,
+        window_minutes: s("window_minutes")?,
+        action: s("action")?,
+    })
+}
+
+fn number(v: Option<&str>, name: &str, default: u32, min: u32, max: u32) -> Result<u32, ApiError> {
+    match v.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a number from {min} to {max}"))),
+    }
+}
+
+/// `POST /api/admin/workshop`: save the gate (it replaces the deployment's defaults), or
+/// go back to the defaults (`action=defaults`). Every field is checked before anything
+/// is written; a browser goes back to the dashboard, a script gets the gate as JSON
+/// (the access code is not echoed).
+async fn set_workshop(state: &AppState, req: &Request) -> Reply {
+    let form = workshop_form(req)?;
+    let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    let client = state.db.client().await?;
+    let gate = match form.action.as_deref().unwrap_or("save") {
+        "defaults" => {
+            workshop::reset_gate(&client).await?;
+            tracing::info!(admin = %admin.user, "workshop gate back to the deployment's defaults");
+            state.config.gate.clone()
+        }
+        "save" => {
+            let access_code = parse_access_code(form.access_code.as_deref().unwrap_or(""))
+                .map_err(|e| ApiError::bad_request(format!("access_code: {e}")))?;
+            let participants = ParticipantList::parse(form.participants.as_deref().unwrap_or(""))
+                .map_err(|e| ApiError::bad_request(format!("participants: {e}")))?;
+            let gate = Gate {
+                access_code,
+                participants: (!participants.is_empty()).then_some(participants),
+                seats_per_address: number(
+                    form.seats_per_address.as_deref(),
+                    "seats_per_address",
+                    state.config.gate.seats_per_address,
+                    1,
+                    100_000,
+                )?,
+                window_minutes: number(
+                    form.window_minutes.as_deref(),
+                    "window_minutes",
+                    state.config.gate.window_minutes,
+                    1,
+                    1440,
+                )?,
+            };
+            workshop::save_gate(&client, &gate, &admin.user).await?;
+            tracing::info!(admin = %admin.user, ?gate, "workshop gate saved");
+            gate
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "action must be save or defaults, got {other:?}"
+            )));
+        }
+    };
+    if wants_html(req) {
+        return Ok(redirect("/admin#workshop"));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "access_code_required": gate.access_code.is_some(),
+            "participants": gate.participants.as_ref().map(|p| p.entries().to_vec()),
+            "seats_per_address": gate.seats_per_address,
+            "window_minutes": gate.window_minutes,
+        }),
+    ))
+}

@@ -12,8 +12,7 @@ pub async fn main(args: Args) -> i32 {
             api_url: &args.api_url,
             secret: args.enroll_secret.as_deref().unwrap_or_default(),
             instance_id: args.instance_id.as_deref(),
-            credential_file: &args.credential_file,
-            hostname_file: &args.hostname_file(),
+            record_file: &args.enrollment_file(),
         };
         tokio::select! {
             _ = crate::enroll::enroll(&enrollment) => {}

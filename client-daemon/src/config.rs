@@ -260,32 +260,57 @@ fn check_repo(url: &str) -> Result<(), String> {
 }
 
 impl Args {
-    /// Where an enrolled VM keeps the hostname it was given.
-    pub fn hostname_file(&self) -> PathBuf {
-        self.state_dir.join("hostname")
+    /// Where an enrolled VM keeps the hostname and credential it was given, together
+    /// (written atomically: see `crate::enroll`).
+    pub fn enrollment_file(&self) -> PathBuf {
+        self.state_dir.join("enrollment.json")
+    }
+
+    /// What enrollment gave this VM (`None`: not enrolled, or the record is unreadable,
+    /// which `into_config` reports).
+    fn enrolled(&self) -> Option<lablink_wire::Enrollment> {
+        let text = std::fs::read_to_string(self.enrollment_file()).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Whether this VM still has to enroll: it has an enrollment secret and no credential.
     pub fn needs_enrollment(&self) -> bool {
         self.enroll_secret.as_deref().is_some_and(|s| !s.is_empty())
             && self.credential.as_deref().is_none_or(str::is_empty)
+            && self.enrolled().is_none()
             && std::fs::read_to_string(&self.credential_file).map_or(true, |c| c.trim().is_empty())
     }
 
     /// Check everything; the error names the flag.
     pub fn into_config(self) -> Result<Config, String> {
-        let enrolled_host = std::fs::read_to_string(self.hostname_file())
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty());
-        let raw_host = match self.hostname.or(enrolled_host) {
+        let record_file = self.enrollment_file();
+        let enrolled = match std::fs::read_to_string(&record_file) {
+            Ok(text) => Some(
+                serde_json::from_str::<lablink_wire::Enrollment>(&text)
+                    .map_err(|e| format!("{}: not an enrollment record: {e}", record_file.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", record_file.display())),
+        };
+        let (enrolled_host, enrolled_credential) = match enrolled {
+            Some(r) => (Some(r.hostname), Some(r.credential)),
+            None => (None, None),
+        };
+        // A VM enrolled by an earlier daemon kept its hostname in a file of its own.
+        let legacy_host = || {
+            std::fs::read_to_string(self.state_dir.join("hostname"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let raw_host = match self.hostname.clone().or(enrolled_host).or_else(legacy_host) {
             Some(h) => h,
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|s| s.trim().to_owned())
                 .map_err(|e| format!("--hostname not given and the system hostname is unreadable: {e}"))?,
         };
         let hostname = Hostname::parse(&raw_host).map_err(|e| format!("--hostname {raw_host:?}: {e}"))?;
-        let credential = match self.credential {
+        let credential = match self.credential.or(enrolled_credential) {
             Some(c) => Some(c.trim().to_owned()),
             None => match std::fs::read_to_string(&self.credential_file) {
                 Ok(s) => Some(s.trim().to_owned()),

@@ -1,8 +1,11 @@
 //! First boot of a provisioned VM: the user-data gave the daemon only its launch job's
 //! enrollment secret. The daemon asks IMDSv2 for its instance id, presents both to
-//! `POST /api/enroll`, and receives its hostname and its own credential, once. Both are
-//! written to disk (credential 0600, atomically) before anything else happens, so a
-//! restart uses them instead of enrolling again.
+//! `POST /api/enroll`, and receives its hostname and its own credential. Both are written
+//! to disk as ONE file (`<state dir>/enrollment.json`, 0600) through a temporary file and
+//! a rename, before anything else happens: a crash leaves either both or neither, never
+//! a credential with the wrong hostname, and a restart uses them instead of enrolling
+//! again. If the answer is lost or cannot be saved, the daemon enrolls again: the server
+//! allows that until the VM reports in, and the new credential replaces the lost one.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -21,8 +24,8 @@ pub struct Enrollment<'a> {
     pub secret: &'a str,
     /// Given (local VMs, tests), or read from IMDSv2.
     pub instance_id: Option<&'a str>,
-    pub credential_file: &'a Path,
-    pub hostname_file: &'a Path,
+    /// Where the hostname and credential go, together (see the module's doc).
+    pub record_file: &'a Path,
 }
 
 /// The instance id from EC2's metadata service (IMDSv2: a session token first).
@@ -69,10 +72,11 @@ fn write_private(path: &Path, data: &str, mode: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Enroll, retrying until it works: transport errors, 5xx and 404 (the provisioner has
-/// not recorded this instance yet) are retried with backoff; a refusal (403 wrong
-/// secret, 409 enrolled before) is logged and retried slowly, since only an admin can
-/// fix it. Returns the hostname.
+/// Enroll, retrying until it works: transport errors, 5xx, 404 (the provisioner has not
+/// recorded this instance yet) and an answer that cannot be saved are retried with
+/// backoff (enrolling again replaces the credential); a refusal (403 wrong or expired
+/// secret, 409 enrolled and reported in before) is logged and retried slowly, since
+/// only an admin can fix it. Returns the hostname.
 pub async fn enroll(e: &Enrollment<'_>) -> String {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -109,21 +113,17 @@ pub async fn enroll(e: &Enrollment<'_>) -> String {
             Ok(r) if r.status().is_success() => {
                 let text = r.text().await.unwrap_or_default();
                 match serde_json::from_str::<Enrolled>(&text) {
-                    Ok(Enrolled {
-                        hostname: h,
-                        credential: c,
-                    }) => {
-                        // The credential first: without it the hostname is useless.
-                        let saved = write_private(e.credential_file, &c, 0o600)
-                            .and_then(|()| write_private(e.hostname_file, &h, 0o644));
-                        match saved {
+                    Ok(answer) => {
+                        let record = serde_json::to_string(&answer).expect("the record serializes");
+                        match write_private(e.record_file, &record, 0o600) {
                             Ok(()) => {
-                                tracing::info!(hostname = %h, instance_id, "enrolled");
-                                return h;
+                                tracing::info!(hostname = %answer.hostname, instance_id, "enrolled");
+                                return answer.hostname;
                             }
                             Err(err) => {
-                                // Nothing else can be done: the credential was handed out once.
-                                tracing::error!(error = %err, file = %e.credential_file.display(), "enrolled but cannot save the credential; an admin must re-provision this VM");
+                                // Enrolling again replaces this credential (until the
+                                // VM reports in), so nothing is lost by retrying.
+                                tracing::error!(error = %err, file = %e.record_file.display(), "enrolled but cannot save the credential; enrolling again");
                             }
                         }
                     }

@@ -482,7 +482,13 @@ export class LabLinkStack extends Stack {
       removalPolicy: RemovalPolicy.RETAIN,
     });
 
-    // ---- VMs: log group, instance role (own log group only), instance profile ----
+    // ---- VMs: log group, instance role (the client daemon only), instance profile ----
+    // The VMs do not write CloudWatch Logs: an IAM policy cannot tie a log stream to the
+    // instance writing it (the only per-instance policy variables hold ':' characters,
+    // which stream names may not), so any VM could write every VM's stream. The daemon
+    // ships its lines to POST /api/vm-logs with its own credential instead, which admits
+    // its own hostname only (docs/api.md). The group stays for forwarders an admin runs
+    // (its subscription feeds the log processor as before).
     const vmLogGroup = new logs.LogGroup(this, 'VmLogGroup', {
       logGroupName: Fn.join('', ['lablink-cloud-init-', environment]),
       retention: logs.RetentionDays.ONE_MONTH,
@@ -490,15 +496,8 @@ export class LabLinkStack extends Stack {
     });
     const vmRole = new iam.Role(this, 'VmRole', {
       assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
-      description: 'LabLink VMs: write their own log group, read the client daemon',
+      description: 'LabLink VMs: read the client daemon (logs go to the API with the VM credential)',
     });
-    vmRole.addToPolicy(
-      new iam.PolicyStatement({
-        sid: 'ShipVmLogs',
-        actions: ['logs:CreateLogStream', 'logs:PutLogEvents', 'logs:DescribeLogStreams'],
-        resources: [vmLogGroup.logGroupArn],
-      }),
-    );
     // The client daemon: a file asset in the CDK bootstrap bucket (cdk-<qualifier>-assets-
     // <account>-<region>). Its SHA-256 is computed here from the file's bytes, not taken
     // from the asset hash (a fingerprint, not the file's digest), so the VM can check what

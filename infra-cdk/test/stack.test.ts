@@ -286,20 +286,15 @@ describe('IAM', () => {
     }
   });
 
-  test('the VM instance profile may only write the VM log group and read the client daemon', () => {
+  test('the VM instance profile may only read the client daemon: no VM can write any log stream', () => {
     const vmRole = roleOfVm();
     const st = allStatements(s).filter((x) => x.role === vmRole);
-    assert.deepEqual(
-      actionsOf(st),
-      new Set(['logs:CreateLogStream', 'logs:PutLogEvents', 'logs:DescribeLogStreams', 's3:GetObject']),
-    );
+    // Logs go to POST /api/vm-logs with the VM's own credential, which admits its own
+    // hostname only; a CloudWatch permission could not be limited to the VM's stream.
+    assert.deepEqual(actionsOf(st), new Set(['s3:GetObject']));
     for (const x of st) {
-      if (x.Action.some((a) => a.startsWith('logs:'))) {
-        assert.deepEqual(x.Resource, [{ 'Fn::GetAtt': [vmLogGroupId, 'Arn'] }]);
-      } else {
-        assert.deepEqual(x.Action, ['s3:GetObject']);
-        assert.deepEqual(x.Resource, [daemonObjectArn()]);
-      }
+      assert.deepEqual(x.Action, ['s3:GetObject']);
+      assert.deepEqual(x.Resource, [daemonObjectArn()]);
     }
     // Managed policies: none unless EnableSessionManager (describe('VM settings')).
     assert.equal(deployedWith(s).resources[vmRole].Properties.ManagedPolicyArns, undefined);

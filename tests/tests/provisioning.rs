@@ -311,15 +311,29 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["hostname"].as_str(), tag(&launched[0], "lablink:hostname"));
-    let credential = v["credential"].as_str().unwrap().to_owned();
-    let (st, _) = call(
+    let lost = v["credential"].as_str().unwrap().to_owned();
+    // The answer was lost (or the VM could not save it): while the VM is initializing,
+    // it enrolls again, the same hostname with a new credential that replaces the first.
+    let hostname = v["hostname"].clone();
+    let (st, v) = call(
         &state,
         routes::enrollment::ENROLL,
         json!({"instance_id": first, "enrollment_secret": secret}),
         None,
     )
     .await;
-    assert_eq!(st, StatusCode::CONFLICT, "a second enrollment");
+    assert_eq!(st, StatusCode::OK, "a retried enrollment: {v}");
+    assert_eq!(v["hostname"], hostname);
+    let credential = v["credential"].as_str().unwrap().to_owned();
+    assert_ne!(credential, lost);
+    let (st, _) = call(
+        &state,
+        routes::vm::POST_VM_STATUS,
+        json!({"hostname": hostname, "status": "running"}),
+        Some(&lost),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "the replaced credential is dead");
     let (st, v) = call(
         &state,
         routes::vm::POST_VM_STATUS,
@@ -328,6 +342,15 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     )
     .await;
     assert_eq!(st, StatusCode::OK, "the enrolled credential works: {v}");
+    // Reported in: the enrollment is settled, the shared secret cannot take the VM over.
+    let (st, _) = call(
+        &state,
+        routes::enrollment::ENROLL,
+        json!({"instance_id": first, "enrollment_secret": secret}),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT, "an enrollment after the VM reported in");
 
     // Destroy: every instance terminated, every row gone.
     let Submitted::Created(destroy) = submit(&w.store, JobKind::Destroy).await else {

@@ -35,5 +35,12 @@ CREATE TABLE admin_sessions (
 );
 CREATE INDEX admin_sessions_live ON admin_sessions (admin_user) WHERE ended_at IS NULL;
 
--- Stored log lines per VM are capped; the oldest go first and are counted here.
-ALTER TABLE vms ADD COLUMN log_lines_dropped BIGINT NOT NULL DEFAULT 0;
+-- Stored log lines per VM are capped; the oldest go first. The counts live beside the
+-- VM, not in its row, so a log append never locks the row assignments take.
+CREATE TABLE vm_log_stats (
+    hostname TEXT PRIMARY KEY REFERENCES vms (hostname) ON DELETE CASCADE,
+    stored   BIGINT NOT NULL DEFAULT 0,
+    dropped  BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO vm_log_stats (hostname, stored)
+    SELECT hostname, count(*) FROM vm_log_lines GROUP BY hostname;

@@ -89,7 +89,8 @@ pub enum Enrollment {
     Enrolled(Hostname),
     /// No VM row has this instance id (yet: the provisioner may still be recording it).
     UnknownInstance,
-    /// The VM has enrolled before.
+    /// The VM has enrolled before and has since reported in with its credential
+    /// (`running` or `error`): its enrollment is settled.
     AlreadyEnrolled,
     /// The secret is not one of the launching job's, or it expired.
     BadSecret,
@@ -98,6 +99,13 @@ pub enum Enrollment {
 /// Enroll the VM of `instance_id` with `secret` (one of its job's enrollment secrets),
 /// storing `credential`'s hash. One statement does the work; a second one runs only to
 /// say why nothing happened.
+///
+/// Recoverable: while the secret is valid and the VM is still `initializing` (it has not
+/// reported in with a credential), the same instance may enroll again; the new
+/// credential replaces, and so invalidates, the earlier one. So a lost response or a
+/// failed write on the VM is retried instead of refused forever. Once the VM reported
+/// `running` (or `error`) the enrollment is settled (`AlreadyEnrolled`), so the launch's
+/// shared secret cannot take over a VM that serves participants.
 pub async fn enroll(
     client: &Client,
     instance_id: &InstanceId,
@@ -109,7 +117,7 @@ pub async fn enroll(
     let row = client
         .query_opt(
             "UPDATE vms SET credential_hash = $3, enrolled_at = now(), updated_at = now()
-             WHERE instance_id = $1 AND credential_hash IS NULL
+             WHERE instance_id = $1 AND (credential_hash IS NULL OR status = 'initializing')
                AND EXISTS (SELECT 1 FROM vm_enrollment_secrets e
                            WHERE e.job_id = vms.job_id AND e.secret_hash = $2 AND e.expires_at > now())
              RETURNING hostname",
@@ -124,7 +132,7 @@ pub async fn enroll(
     }
     let why = client
         .query_opt(
-            "SELECT credential_hash IS NOT NULL FROM vms WHERE instance_id = $1",
+            "SELECT credential_hash IS NOT NULL AND status <> 'initializing' FROM vms WHERE instance_id = $1",
             &[&instance_id],
         )
         .await?;

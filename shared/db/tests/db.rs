@@ -1178,3 +1178,49 @@ async fn a_release_that_kept_files_puts_the_vm_in_the_next_export_only() {
     .unwrap();
     assert!(exports::targets(&c).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_vm_keeps_at_most_its_cap_of_log_lines_and_counts_the_oldest_it_dropped() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let hosts = running_vms(&c, 2).await;
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
+    let batch = |from: i64, n: i64| -> Vec<logs::LogLine> {
+        (from..from + n)
+            .map(|i| logs::LogLine {
+                event_id: format!("ev-{i}"),
+                logged_at: t0 + chrono::Duration::seconds(i),
+                message: format!("line {i}"),
+            })
+            .collect()
+    };
+    for start in [0, 40, 80] {
+        assert_eq!(
+            logs::append_capped(&c, &hosts[0], &batch(start, 40), 100)
+                .await
+                .unwrap(),
+            Some(40)
+        );
+    }
+    // A redelivered batch adds nothing and drops nothing more.
+    assert_eq!(
+        logs::append_capped(&c, &hosts[0], &batch(80, 40), 100)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    let kept = logs::read_after(&c, &hosts[0], 0, 1000).await.unwrap();
+    assert_eq!(kept.len(), 100);
+    assert_eq!(kept[0].message, "line 20", "the oldest went first");
+    assert_eq!(kept.last().unwrap().message, "line 119");
+    assert_eq!(logs::dropped(&c, &hosts[0]).await.unwrap(), 20);
+    // The other VM is untouched by the first one's cap.
+    assert_eq!(
+        logs::append_capped(&c, &hosts[1], &batch(0, 30), 100)
+            .await
+            .unwrap(),
+        Some(30)
+    );
+    assert_eq!(logs::dropped(&c, &hosts[1]).await.unwrap(), 0);
+    assert_eq!(logs::read_after(&c, &hosts[1], 0, 1000).await.unwrap().len(), 30);
+}

@@ -181,6 +181,9 @@ impl Bootstrap<'_> {
             ("LABLINK_ENROLL_SECRET", self.enrollment_secret),
             ("LABLINK_STATE_DIR", "/var/lib/lablink"),
             ("LABLINK_LOG_GROUP", self.log_group),
+            // Logs go to POST /api/vm-logs with the VM's credential (its own stream only),
+            // not to CloudWatch (whose IAM cannot limit a VM to its own stream).
+            ("LABLINK_LOG_SINK", "http"),
             ("LABLINK_DAEMON_LOG_FILE", "/var/log/lablink-client.log"),
             ("LABLINK_CLIENT_IMAGE", &vm.client_image),
             ("LABLINK_DESKTOP_USER", &vm.desktop_user),

@@ -294,7 +294,15 @@ pub fn throttle_limits(ip: &str, user: &str, device: Option<&str>) -> Vec<admin_
                 max_failures: MAX_FAILURES_PER_DEVICE,
             },
             None => admin_db::Limit {
-                key: format!("user:{}", user.chars().take(64).collect::<String>()),
+                // Control characters dropped: Postgres text cannot hold NUL (a login
+                // with one was a 500), and a name that differs only in them counts as it.
+                key: format!(
+                    "user:{}",
+                    user.chars()
+                        .filter(|c| !c.is_control())
+                        .take(64)
+                        .collect::<String>()
+                ),
                 max_failures: MAX_FAILURES_PER_USER,
             },
         },

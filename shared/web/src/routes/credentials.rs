@@ -70,14 +70,17 @@ async fn set_aws_credentials(state: &AppState, req: &Request) -> Reply {
     let shape_ok = (16..=128).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric())
         && (16..=128).contains(&secret.len())
-        && token.is_none_or(|t| t.len() <= 4096);
+        // AWS's secrets and session tokens are base64 text: anything else (a control
+        // character, a NUL the store cannot hold) is no credential.
+        && secret.bytes().all(|b| b.is_ascii_graphic())
+        && token.is_none_or(|t| t.len() <= 4096 && t.bytes().all(|b| b.is_ascii_graphic()));
     if !shape_ok {
         return credentials_reply(
             state,
             req,
             &admin,
             false,
-            "An access key id (16–128 letters and digits) and a secret access key are required.",
+            "An access key id (16–128 letters and digits) and a secret access key (16–128 visible characters) are required.",
         )
         .await;
     }

@@ -1,5 +1,6 @@
 //! `POST /api/enroll`: a launched VM trades its launch job's enrollment secret for its
-//! own credential, once. Postgres only.
+//! own credential (again, if the answer was lost, until the VM reports in). Postgres
+//! only.
 
 use lablink_core::credential::Secret;
 use lablink_core::domain::InstanceId;
@@ -25,7 +26,8 @@ pub const ENROLL: Route = Route {
 };
 
 /// `POST /api/enroll`: a launched VM's first call. The instance must be one a launch job
-/// recorded, the secret that job's, and the VM not enrolled before; the credential is
+/// recorded, the secret that job's (and unexpired), and the VM not yet reported in (a
+/// repeat replaces the earlier credential: see `fleet::enroll`); the credential is
 /// returned this once and only its hash kept.
 async fn enroll(state: &AppState, req: &Request) -> Reply {
     let body: wire::EnrollRequest = request::json(req, SMALL_BODY)?;
@@ -56,9 +58,9 @@ async fn enroll(state: &AppState, req: &Request) -> Reply {
         fleet::Enrollment::UnknownInstance => Err(ApiError::NotFound(format!(
             "instance {id} is not (yet) a VM of this deployment"
         ))),
-        fleet::Enrollment::AlreadyEnrolled => {
-            Err(ApiError::Conflict(format!("instance {id} has enrolled already")))
-        }
+        fleet::Enrollment::AlreadyEnrolled => Err(ApiError::Conflict(format!(
+            "instance {id} has enrolled already and reported in with its credential"
+        ))),
         fleet::Enrollment::BadSecret => Err(ApiError::Refused(
             "the enrollment secret is not this instance's launch job's, or it expired".into(),
         )),

@@ -290,6 +290,7 @@ async fn get_vm_logs(state: &AppState, req: &Request) -> Reply {
     }
     let next = lines.last().map_or(after, |l| l.cursor);
     let text: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
+    let dropped = logs::dropped(&client, &host).await?;
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -298,6 +299,7 @@ async fn get_vm_logs(state: &AppState, req: &Request) -> Reply {
             "logs": text.join("\n"),
             "lines": lines,
             "next": next,
+            "dropped": dropped,
         }),
     ))
 }

@@ -64,7 +64,7 @@ async fn a_lost_enrollment_answer_is_retried_and_saved_whole() {
     let args = <lablink_client_daemon::config::Args as clap::Parser>::try_parse_from([
         "lablink-client-daemon",
         "--api-url",
-        &api.to_string(),
+        api.as_ref(),
         "--enroll-secret",
         "launch-secret",
         "--state-dir",

@@ -669,7 +669,7 @@ filter.addEventListener('input',render);follow.addEventListener('change',render)
 function poll(){fetch('/api/vm-logs/'+encodeURIComponent(host)+'?after='+after+'&limit=2000',{cache:'no-store',credentials:'same-origin'})
 .then(function(r){if(r.status===503){note.textContent='No logs yet: the VM is still starting.';return null;}
 if(!r.ok){note.textContent='Cannot read logs ('+r.status+')';return null;}return r.json();})
-.then(function(j){if(j){note.textContent='';status.textContent=j.status;status.className='pill '+j.status;
+.then(function(j){if(j){note.textContent=j.dropped>0?(j.dropped+' older lines were dropped (each VM keeps its newest 200,000).'):'';status.textContent=j.status;status.className='pill '+j.status;
 if(j.lines&&j.lines.length){j.lines.forEach(function(l){lines.push(l.message)});after=j.next;
 if(lines.length>20000){lines=lines.slice(-20000);}render();}}
 setTimeout(poll,j&&j.lines&&j.lines.length===2000?100:2000);}).catch(function(){setTimeout(poll,5000);});}

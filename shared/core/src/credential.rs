@@ -77,6 +77,17 @@ pub fn vm_admits(stored: Option<&SecretHash>, token: &str) -> bool {
     stored.is_some_and(|h| h.matches(&Secret::presented(token)))
 }
 
+/// The admin secret's fingerprint: a session records the one it was issued under and
+/// is not honoured once the password hash or the session key changed. (Not a secret:
+/// a truncated SHA-256 of values that are themselves hashes or random keys.)
+pub fn admin_epoch(password_hash: &str, session_key_hex: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(password_hash.as_bytes());
+    h.update([0]);
+    h.update(session_key_hex.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,15 +121,4 @@ mod tests {
         assert!(!a.hash().matches(&Secret::presented("")));
         assert!(!format!("{a:?}").contains(a.expose()));
     }
-}
-
-/// The admin secret's fingerprint: a session records the one it was issued under and
-/// is not honoured once the password hash or the session key changed. (Not a secret:
-/// a truncated SHA-256 of values that are themselves hashes or random keys.)
-pub fn admin_epoch(password_hash: &str, session_key_hex: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(password_hash.as_bytes());
-    h.update([0]);
-    h.update(session_key_hex.as_bytes());
-    hex::encode(&h.finalize()[..16])
 }

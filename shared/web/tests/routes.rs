@@ -1634,7 +1634,11 @@ async fn logout_ends_the_session_at_once_and_everywhere_ends_every_one() {
     let r = route("admin-logout")
         .handle(
             &f.state,
-            form_req("/admin/logout", &format!("csrf={a_csrf}"), &[a.clone()]),
+            form_req(
+                "/admin/logout",
+                &format!("csrf={a_csrf}"),
+                std::slice::from_ref(&a),
+            ),
         )
         .await;
     assert_eq!(r.status(), 303);
@@ -1647,7 +1651,7 @@ async fn logout_ends_the_session_at_once_and_everywhere_ends_every_one() {
             form_req(
                 "/admin/logout",
                 &format!("csrf={b_csrf}&everywhere=1"),
-                &[b.clone()],
+                std::slice::from_ref(&b),
             ),
         )
         .await;

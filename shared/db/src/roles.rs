@@ -118,11 +118,13 @@ async fn setup_locked(client: &mut Client) -> Result<SetupOutcome, DbError> {
     let db: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
     let db = quote_ident(&db);
     let runtime = RUNTIME.join(", ");
-    // As the database's owner: who may connect, and who may create in the schema (no
-    // one but the owner role; earlier releases let lablink_app create).
+    // As the database's owner: who may connect (no temporary tables either), and who
+    // may create in the schema: no one but the owner role (earlier releases let
+    // lablink_app create, and gave it TEMPORARY).
     client
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {db} FROM PUBLIC;
+             REVOKE TEMPORARY ON DATABASE {db} FROM {runtime};
              GRANT CONNECT ON DATABASE {db} TO {runtime};
              REVOKE CREATE ON SCHEMA public FROM PUBLIC, {runtime};
              GRANT USAGE, CREATE ON SCHEMA public TO {OWNER};

@@ -315,3 +315,26 @@ async fn a_schema_someone_else_owns_is_refused_by_name() {
     assert!(msg.contains("vms (owned by"), "{msg}");
     assert!(msg.contains("notify_crd_command_update()"), "{msg}");
 }
+
+#[tokio::test]
+async fn what_the_earlier_setup_granted_lablink_app_is_taken_back() {
+    let db = TestDb::empty().await;
+    let mut master = db.config_as(MASTER).connect().await.unwrap();
+    roles::setup(&mut master).await.unwrap();
+    // What the psql script of earlier releases granted.
+    master
+        .batch_execute(&format!(
+            "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {APP}; GRANT USAGE, CREATE ON SCHEMA public TO {APP}",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let app = db.config_as(APP).connect().await.unwrap();
+    app.batch_execute("CREATE TEMP TABLE allowed_before (x int)")
+        .await
+        .unwrap();
+    roles::setup(&mut master).await.unwrap();
+    let app = db.config_as(APP).connect().await.unwrap();
+    refused(&app, "CREATE TABLE sneaky (x int)").await;
+    refused(&app, "CREATE TEMP TABLE sneaky (x int)").await;
+}

@@ -956,7 +956,7 @@ async fn setup_db_prepares_an_empty_database_twice_over_and_the_holder_then_runs
     let r = start(&db, &[("DATABASE_URL", app_url.as_str())]).await;
     let http = reqwest::Client::new();
     let waiter = spawn_poll(&http, &r, &vm, "20");
-    while r.holder.registry.len() < 1 {
+    while r.holder.registry.is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A participant route's assignment (lablink_public) wakes the holder (lablink_app).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use lablink_core::credential::Secret;
 use lablink_core::domain::{Hostname, VmStatus};
-use lablink_db::vms;
+use lablink_db::{roles, vms};
 use lablink_testkit::TestDb;
 use lablink_testkit::fixtures;
 use lablink_web::auth::SessionKey;
@@ -23,7 +23,11 @@ const SESSION_KEY: &str = "ababababababababababababababababababababababababababa
 
 struct Fixture {
     db: TestDb,
+    /// Logged in as `lablink_app`: the VM and admin routes' database user.
     state: AppState,
+    /// Logged in as `lablink_public`: the routes anyone may call.
+    public: AppState,
+    /// The server's admin user: seeds and inspects.
     client: tokio_postgres::Client,
     /// The export folder (the local runner's storage), holding the fixture export's zip.
     _exports: tempfile::TempDir,
@@ -46,10 +50,12 @@ fn admin_source() -> AdminSource {
     ))
 }
 
+/// A database set up as a deployment's (roles, migrations, grants); each route runs as
+/// its manifest's `db_user` ([`Fixture::state_for`]).
 async fn setup(legacy: bool) -> Fixture {
-    let db = TestDb::new().await;
+    let db = TestDb::with_roles().await;
     let config = AppConfig {
-        db: db.config.clone(),
+        db: db.config_as(roles::APP),
         legacy_vm_auth: legacy,
         admin: admin_source(),
         forwarder_token_hash: Some(Secret::presented(FORWARDER_TOKEN).hash()),
@@ -62,7 +68,7 @@ async fn setup(legacy: bool) -> Fixture {
     let client = db.client().await;
     fixtures::seed_enrollment(&client).await;
     let store: std::sync::Arc<dyn lablink_ops::JobStore> = std::sync::Arc::new(
-        lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_db::Db::new(db.config.clone()))),
+        lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_db::Db::new(db.config_as(roles::APP)))),
     );
     fixtures::seed_job(store.as_ref()).await;
     fixtures::seed_exports(&client, store.as_ref()).await;
@@ -84,7 +90,12 @@ async fn setup(legacy: bool) -> Fixture {
         provision: None,
     });
     vms::create_vms(&client, &new).await.unwrap();
+    let public = AppState::new(AppConfig {
+        db: db.config_as(roles::PUBLIC),
+        ..config.clone()
+    });
     Fixture {
+        public,
         state: AppState::new(config)
             .with_local_jobs(store, "tests")
             .with_export_storage(std::sync::Arc::new(storage))
@@ -93,6 +104,35 @@ async fn setup(legacy: bool) -> Fixture {
         client,
         _exports: exports,
     }
+}
+
+impl Fixture {
+    /// The state logged in as `function`'s database user in functions/manifest.json.
+    fn state_for(&self, function: &str) -> &AppState {
+        match manifest_db_user(function).as_deref() {
+            Some(roles::PUBLIC) => &self.public,
+            _ => &self.state,
+        }
+    }
+}
+
+fn manifest() -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../functions/manifest.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The manifest's `db_user` of `function` (`None` for a function without `db`).
+fn manifest_db_user(function: &str) -> Option<String> {
+    let m = manifest();
+    let entry = m["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(m["events"].as_array().unwrap())
+        .find(|e| e["function"] == function)
+        .unwrap_or_else(|| panic!("{function} is not in the manifest"))
+        .clone();
+    entry["db_user"].as_str().map(str::to_owned)
 }
 
 fn events_dir() -> PathBuf {
@@ -161,7 +201,10 @@ async fn every_fixture_gets_its_expected_answer_and_refusals_change_nothing() {
         );
         for name in names {
             let before = snapshot(&f.client).await;
-            let resp = route.handle(&f.state, fixture(&function, &name)).await;
+            // As the function's own database user: a grant its statements lack fails here.
+            let resp = route
+                .handle(f.state_for(&function), fixture(&function, &name))
+                .await;
             let status = resp.status();
             if name.starts_with("valid") {
                 assert!(
@@ -413,8 +456,8 @@ fn field(page: &str, id: &str) -> String {
 #[tokio::test]
 async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
     let f = setup(false).await;
-    let a = request_vm(&f.state, "ada@uni.edu", "4/0Aaaaa").await;
-    let b = request_vm(&f.state, "bob@uni.edu", "4/0Abbbb").await;
+    let a = request_vm(&f.public, "ada@uni.edu", "4/0Aaaaa").await;
+    let b = request_vm(&f.public, "bob@uni.edu", "4/0Abbbb").await;
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
     let (pa, pb) = (text(&a), text(&b));
     let (ha, hb) = (field(&pa, "hostname"), field(&pb, "hostname"));
@@ -445,7 +488,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
     // slow; the PIN generator's own test covers the distribution).
     assert!(pin_a != pin_b || pin_a != "123456");
     // The same person again with the same command gets the same VM and PIN.
-    let again = text(&request_vm(&f.state, "ADA@uni.edu", "4/0Aaaaa").await);
+    let again = text(&request_vm(&f.public, "ADA@uni.edu", "4/0Aaaaa").await);
     assert_eq!(
         (field(&again, "hostname"), field(&again, "pin")),
         (ha.clone(), pin_a.clone())
@@ -454,7 +497,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
 
     // With a new code moments later: refused for now (429), nothing changes.
     let before = snapshot(&f.client).await;
-    let soon = request_vm(&f.state, "ada@uni.edu", "4/0Acccc").await;
+    let soon = request_vm(&f.public, "ada@uni.edu", "4/0Acccc").await;
     assert_eq!(soon.status(), 429);
     let page = text(&soon);
     assert!(page.contains("role=\"alert\"") && page.contains("wait"), "{page}");
@@ -468,7 +511,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
         )
         .await
         .unwrap();
-    let fresh = text(&request_vm(&f.state, "ada@uni.edu", "4/0Acccc").await);
+    let fresh = text(&request_vm(&f.public, "ada@uni.edu", "4/0Acccc").await);
     assert_eq!(field(&fresh, "hostname"), ha);
     assert!(fresh.contains("your new code was sent"), "{fresh}");
     let (pin, command, changes): (String, String, i32) = {
@@ -495,11 +538,11 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
         )
         .await
         .unwrap();
-    let over = request_vm(&f.state, "ada@uni.edu", "4/0Adddd").await;
+    let over = request_vm(&f.public, "ada@uni.edu", "4/0Adddd").await;
     assert_eq!(over.status(), 429);
     assert!(text(&over).contains("the most one seat may"), "{}", text(&over));
     // Another email never reaches that seat: it gets another VM or none.
-    let other = text(&request_vm(&f.state, "eve@uni.edu", "4/0Aeeee").await);
+    let other = text(&request_vm(&f.public, "eve@uni.edu", "4/0Aeeee").await);
     assert!(!other.contains(&format!("id=\"hostname\">{ha}<")), "{other}");
 }
 
@@ -509,7 +552,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
 #[tokio::test]
 async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     let f = setup(false).await;
-    let page = text(&request_vm(&f.state, "ada@uni.edu", "4/0Aaaaa").await);
+    let page = text(&request_vm(&f.public, "ada@uni.edu", "4/0Aaaaa").await);
     let link = page
         .split("href=\"/seat/")
         .nth(1)
@@ -523,7 +566,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
         let mut req = fixture("seat-status", "valid");
         *req.uri_mut() = format!("/api/seat/{wrong}").parse().unwrap();
         let r = route("seat-status")
-            .handle(&f.state, without_path_params(req))
+            .handle(&f.public, without_path_params(req))
             .await;
         assert_eq!(r.status(), 404, "{wrong}");
         assert!(!text(&r).contains(&host));
@@ -533,7 +576,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
         *req.uri_mut() = format!("/api/seat/{token}").parse().unwrap();
         without_path_params(req)
     };
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     assert_eq!(r.status(), 200);
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(
@@ -560,7 +603,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     vms::set_status_after_start_host(&f.client, &h, VmStatus::Error, None, Some(report(false)), None)
         .await
         .unwrap();
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(j["state"], "refused");
     // The page offers the form; a bad command is refused with the reason (400), a good
@@ -569,7 +612,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     *req.uri_mut() = format!("/seat/{link}").parse().unwrap();
     let page = text(
         &route("seat-page")
-            .handle(&f.state, without_path_params(req))
+            .handle(&f.public, without_path_params(req))
             .await,
     );
     assert!(
@@ -593,19 +636,19 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
         without_path_params(req)
     };
     let bad = route("seat-code")
-        .handle(&f.state, send("start-host --code=\"x\"; reboot"))
+        .handle(&f.public, send("start-host --code=\"x\"; reboot"))
         .await;
     assert_eq!(bad.status(), 400);
     let good = route("seat-code")
         .handle(
-            &f.state,
+            &f.public,
             send(
                 "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0Anew\" --name=$(hostname)",
             ),
         )
         .await;
     assert_eq!(good.status(), 303, "{}", text(&good));
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(
         (j["state"].as_str(), j["hostname"].as_str()),
@@ -637,7 +680,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     vms::set_status_after_start_host(&f.client, &h, VmStatus::Running, None, Some(ok), None)
         .await
         .unwrap();
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(
         (j["state"].as_str(), j["pin"].as_str()),
@@ -655,10 +698,10 @@ fn without_path_params(req: Request) -> Request {
 #[tokio::test]
 async fn no_free_vm_gives_the_form_back_and_public_pages_leak_nothing() {
     let f = setup(false).await;
-    request_vm(&f.state, "ada@uni.edu", "4/0Asecretcode1").await;
-    request_vm(&f.state, "bob@uni.edu", "4/0Asecretcode2").await;
+    request_vm(&f.public, "ada@uni.edu", "4/0Asecretcode1").await;
+    request_vm(&f.public, "bob@uni.edu", "4/0Asecretcode2").await;
     let before = snapshot(&f.client).await;
-    let full = request_vm(&f.state, "cy@uni.edu", "4/0Acode3").await;
+    let full = request_vm(&f.public, "cy@uni.edu", "4/0Acode3").await;
     assert_eq!(full.status(), 200);
     let page = text(&full);
     assert!(
@@ -672,14 +715,14 @@ async fn no_free_vm_gives_the_form_back_and_public_pages_leak_nothing() {
         (route("index"), "index"),
         (route("unassigned-vms-count"), "unassigned-vms-count"),
     ] {
-        let body = text(&route.handle(&f.state, fixture(function, "valid")).await);
+        let body = text(&route.handle(&f.public, fixture(function, "valid")).await);
         for secret in ["ada@uni.edu", "secretcode", "bob@"] {
             assert!(!body.contains(secret), "{function} shows {secret}");
         }
     }
     let count = text(
         &route("unassigned-vms-count")
-            .handle(&f.state, fixture("unassigned-vms-count", "valid"))
+            .handle(&f.public, fixture("unassigned-vms-count", "valid"))
             .await,
     );
     assert_eq!(count, "{\"count\":0}");
@@ -697,7 +740,7 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(r.status(), 413);
 
     let r = route("health")
-        .handle(&f.state, fixture("health", "invalid-method"))
+        .handle(&f.public, fixture("health", "invalid-method"))
         .await;
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()[header::ALLOW], "GET");
@@ -778,7 +821,9 @@ async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
 #[tokio::test]
 async fn health_reports_the_schema_version() {
     let f = setup(false).await;
-    let r = route("health").handle(&f.state, fixture("health", "valid")).await;
+    let r = route("health")
+        .handle(&f.public, fixture("health", "valid"))
+        .await;
     let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(v["status"], "ok");
     assert_eq!(v["schema_version"], lablink_db::latest_known_version());
@@ -833,7 +878,7 @@ async fn a_login_next_with_control_characters_goes_to_the_dashboard() {
             "user=admin&password={}&csrf=fixture-login-form-token&next={next}",
             fixtures::ADMIN_PASSWORD
         ));
-        let r = route("admin-login").handle(&f.state, req).await;
+        let r = route("admin-login").handle(&f.public, req).await;
         assert_eq!(r.status(), 303, "{next}: {}", text(&r));
         assert_eq!(r.headers()[header::LOCATION], "/admin", "{next}");
     }
@@ -889,17 +934,18 @@ fn hidden(page: &str, name: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
-/// Log in through the real pages; returns the session cookie and its CSRF token.
-async fn log_in(state: &AppState) -> (String, String) {
+/// Log in through the real pages (each route as its own database user); returns the
+/// session cookie and its CSRF token.
+async fn log_in(f: &Fixture) -> (String, String) {
     let page = route("admin-login-page")
-        .handle(state, bare("GET", "/admin/login"))
+        .handle(f.state_for("admin-login-page"), bare("GET", "/admin/login"))
         .await;
     assert_eq!(page.status(), 200);
     let login_cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
     let token = hidden(&text(&page), "csrf");
     let r = route("admin-login")
         .handle(
-            state,
+            f.state_for("admin-login"),
             form_req(
                 "/admin/login",
                 &format!(
@@ -926,7 +972,7 @@ async fn log_in(state: &AppState) -> (String, String) {
     let mut home = bare("GET", "/admin");
     home.headers_mut()
         .insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
-    let page = route("admin-home").handle(state, home).await;
+    let page = route("admin-home").handle(f.state_for("admin-home"), home).await;
     assert_eq!(page.status(), 200);
     let csrf = hidden(&text(&page), "csrf");
     (session, csrf)
@@ -974,7 +1020,7 @@ async fn admin_routes_need_a_session_pages_redirect_and_json_answers_401() {
 #[tokio::test]
 async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it() {
     let f = setup(false).await;
-    let (session, csrf) = log_in(&f.state).await;
+    let (session, csrf) = log_in(&f).await;
     let other_session = {
         let key = SessionKey::from_hex(SESSION_KEY).unwrap();
         let v =
@@ -1107,15 +1153,15 @@ async fn the_sixth_failed_login_from_one_address_is_throttled() {
         )
     };
     for i in 1..=5 {
-        let r = route("admin-login").handle(&f.state, attempt("guess")).await;
+        let r = route("admin-login").handle(&f.public, attempt("guess")).await;
         assert_eq!(r.status(), 401, "attempt {i}");
     }
-    let r = route("admin-login").handle(&f.state, attempt("guess")).await;
+    let r = route("admin-login").handle(&f.public, attempt("guess")).await;
     assert_eq!(r.status(), 429, "the 6th");
     assert!(r.headers().contains_key(header::RETRY_AFTER));
     // Even the right password waits now: guessing must not tell.
     let r = route("admin-login")
-        .handle(&f.state, attempt(fixtures::ADMIN_PASSWORD))
+        .handle(&f.public, attempt(fixtures::ADMIN_PASSWORD))
         .await;
     assert_eq!(r.status(), 429);
     assert!(set_cookie(&r, "lablink_session").is_none());
@@ -1142,7 +1188,13 @@ async fn a_parallel_burst_of_logins_gets_at_most_the_limit_checked() {
                     std::slice::from_ref(&cookie),
                 ),
             );
-            tokio::spawn(async move { route("admin-login").handle(&f.state, req).await.status().as_u16() })
+            tokio::spawn(async move {
+                route("admin-login")
+                    .handle(&f.public, req)
+                    .await
+                    .status()
+                    .as_u16()
+            })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -1231,6 +1283,24 @@ fn the_function_manifest_matches_the_route_table_and_the_crates() {
         listed, table,
         "functions/manifest.json's http list is the route table"
     );
+    // Whom each function logs in as (the CDK app gives it exactly this user): a route
+    // anyone may call as lablink_public, which may only what those routes' statements
+    // need (shared/db/src/roles.rs); every other function as lablink_app.
+    for r in routes::ALL {
+        let want = r.reaches.db.then_some(match r.access {
+            routes::Access::Participant | routes::Access::Public => roles::PUBLIC,
+            routes::Access::Vm | routes::Access::Admin => roles::APP,
+        });
+        assert_eq!(
+            manifest_db_user(r.function).as_deref(),
+            want,
+            "{}'s db_user",
+            r.function
+        );
+    }
+    for e in m["events"].as_array().unwrap() {
+        assert_eq!(e["db_user"], roles::APP, "{}", e["function"]);
+    }
     // Each route's crate enables exactly the features its route declares, and its main
     // serves that route.
     for route in routes::ALL {

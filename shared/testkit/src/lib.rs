@@ -1,6 +1,8 @@
 //! Test support shared by every crate's tests.
 //!
-//! [`TestDb::new`] gives each test its own fresh, randomly named, migrated database.
+//! [`TestDb::new`] gives each test its own fresh, randomly named, migrated database;
+//! [`TestDb::with_roles`] one set up as a deployment's (roles, migrations as the owner
+//! role, grants), to log in to as each runtime role with [`TestDb::config_as`].
 //! With `DATABASE_URL` set, databases are made on that server; otherwise ONE throwaway
 //! cluster is started from the system's Postgres binaries for the whole process (or,
 //! through the `with-postgres` binary, for a whole `cargo test` run) and removed when

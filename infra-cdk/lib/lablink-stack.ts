@@ -507,6 +507,7 @@ export class LabLinkStack extends Stack {
 
     // ---- Functions, one per manifest entry ----
     const fnSecurity = { vpc, vpcSubnets: privateSubnets, securityGroups: [lambdaSg] };
+    const dbFunctions: lambda.Function[] = [];
     const makeFunction = (
       fn: string,
       description: string,
@@ -547,7 +548,10 @@ export class LabLinkStack extends Stack {
         ...(opts.db ? fnSecurity : {}),
       });
       Tags.of(f).add('lablink:function', fn);
-      if (opts.db) proxy.grantConnect(f, opts.db);
+      if (opts.db) {
+        proxy.grantConnect(f, opts.db);
+        dbFunctions.push(f);
+      }
       return f;
     };
     const grantJobs = (f: lambda.Function): void => {
@@ -801,6 +805,10 @@ export class LabLinkStack extends Stack {
       circuitBreaker: { enable: true, rollback: true },
       healthCheckGracePeriod: Duration.seconds(60),
     });
+    // A deploy updates the functions that use the database only after the holder service is
+    // steady, i.e. after a new task's db-setup has created any new role and applied any new
+    // migration: new function code never meets an older schema or a missing user.
+    for (const f of dbFunctions) f.node.addDependency(holderService);
 
     const albSg = new ec2.SecurityGroup(this, 'HolderLoadBalancerSecurityGroup', {
       vpc,

@@ -668,6 +668,14 @@ describe('holder', () => {
     assert.ok(Number(holderEnv.LABLINK_HOLDER_DEFAULT_WAIT_SECONDS) <= maxWait);
   });
 
+  test('functions that use the database are deployed after the holder service (so after its db-setup)', () => {
+    const [serviceId] = the('AWS::ECS::Service');
+    for (const f of allFunctions) {
+      const dependsOn: string[] = [fn(s, f.function).DependsOn ?? []].flat();
+      assert.equal(dependsOn.includes(serviceId), f.db, `${f.function}: ${dependsOn}`);
+    }
+  });
+
   test('starts after the db-setup container (its own image\'s setup-db: roles, migrations, grants) succeeded', () => {
     assert.deepEqual(holder.DependsOn, [{ ContainerName: 'db-setup', Condition: 'SUCCESS' }]);
     const setup = task.Properties.ContainerDefinitions.find((c: Json) => c.Name === 'db-setup');

@@ -79,6 +79,13 @@ pub const PUBLIC_GRANTS: &[TableGrant] = &[
         table: "seat_request_windows",
         privileges: "SELECT, INSERT, UPDATE, DELETE",
     },
+    // V6: the admin login form records the session it issues (`admin::create_session`);
+    // reading, ending and listing sessions are admin routes' (lablink_app). A row alone
+    // is no session: the cookie must also carry the session key's signature.
+    TableGrant {
+        table: "admin_sessions",
+        privileges: "INSERT (id_hash, admin_user, secret_epoch, address, expires_at)",
+    },
 ];
 
 /// What a [`setup`] did.

@@ -338,3 +338,49 @@ async fn what_the_earlier_setup_granted_lablink_app_is_taken_back() {
     refused(&app, "CREATE TABLE sneaky (x int)").await;
     refused(&app, "CREATE TEMP TABLE sneaky (x int)").await;
 }
+
+/// The grants listed for tables of a later migration (V6) apply once the tables exist:
+/// made here as the owner role (a no-op once V6 has made them), then set up again.
+#[tokio::test]
+async fn listed_tables_of_a_later_migration_are_granted_once_they_exist() {
+    let db = TestDb::with_roles().await;
+    let mut master = db.config_as(MASTER).connect().await.unwrap();
+    master
+        .batch_execute(&format!(
+            "SET ROLE {OWNER};
+             CREATE TABLE IF NOT EXISTS workshop_settings (id INT PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+                 access_code TEXT, participants TEXT[], seats_per_address INT NOT NULL,
+                 window_minutes INT NOT NULL, updated_by TEXT NOT NULL,
+                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS seat_request_windows (address TEXT PRIMARY KEY,
+                 requests INT NOT NULL, window_start TIMESTAMPTZ NOT NULL);
+             CREATE TABLE IF NOT EXISTS admin_sessions (id_hash BYTEA PRIMARY KEY,
+                 admin_user TEXT NOT NULL, secret_epoch TEXT NOT NULL, address TEXT NOT NULL,
+                 created_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ NOT NULL,
+                 ended_at TIMESTAMPTZ);
+             RESET ROLE;"
+        ))
+        .await
+        .unwrap();
+    let outcome = roles::setup(&mut master).await.unwrap();
+    assert!(outcome.absent_tables.is_empty(), "{:?}", outcome.absent_tables);
+    let public = db.config_as(PUBLIC).connect().await.unwrap();
+    public
+        .batch_execute(
+            "SELECT * FROM workshop_settings;
+             INSERT INTO seat_request_windows (address, requests, window_start) VALUES ('192.0.2.1', 1, now())
+                 ON CONFLICT (address) DO UPDATE SET requests = seat_request_windows.requests + 1;
+             UPDATE seat_request_windows SET requests = GREATEST(requests - 1, 0) WHERE address = '192.0.2.1';
+             INSERT INTO admin_sessions (id_hash, admin_user, secret_epoch, address, expires_at)
+                 VALUES ('\\x00', 'admin', 'e', '192.0.2.1', now() + interval '1 hour');",
+        )
+        .await
+        .unwrap();
+    refused(&public, "UPDATE workshop_settings SET access_code = 'x'").await;
+    refused(&public, "SELECT * FROM admin_sessions").await;
+    refused(&public, "UPDATE admin_sessions SET ended_at = NULL").await;
+    let app = db.config_as(APP).connect().await.unwrap();
+    app.batch_execute("UPDATE admin_sessions SET ended_at = now(); DELETE FROM workshop_settings")
+        .await
+        .unwrap();
+}

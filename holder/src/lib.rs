@@ -83,6 +83,25 @@ impl HolderConfig {
     }
 }
 
+/// `lablink-holder setup-db`: the deployment's database setup ([`lablink_db::roles::setup`]:
+/// roles, migrations as the owner role, grants), run as the master user before the
+/// holder starts (the task's `db-setup` container). Only the database settings are read;
+/// the master's password comes as `PGPASSWORD` and reaches no other container.
+pub fn setup_config_from_env() -> Result<DbConfig, ConfigError> {
+    let mut s = Settings::from_env();
+    let db = DbConfig::read(&mut s);
+    s.finish(|| {
+        db.expect("settings without errors build")
+            .with_application_name("lablink-db-setup")
+    })
+}
+
+/// Connect once and run the setup.
+pub async fn setup_db(db: &DbConfig) -> Result<lablink_db::roles::SetupOutcome, lablink_db::DbError> {
+    let mut client = db.connect().await?;
+    lablink_db::roles::setup(&mut client).await
+}
+
 /// Everything a request handler borrows.
 pub struct Holder {
     pub config: HolderConfig,

@@ -904,3 +904,67 @@ async fn an_export_opened_while_the_listening_connection_was_down_is_handed_over
     assert_eq!(task.upload_url, url);
     r.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn setup_db_prepares_an_empty_database_twice_over_and_the_holder_then_runs_as_lablink_app() {
+    use lablink_db::roles::{APP, PUBLIC};
+    let db = TestDb::empty().await;
+    // As the task's db-setup container runs it: the master user, before the holder.
+    let setup_db = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lablink-holder"))
+            .arg("setup-db")
+            .env(
+                "DATABASE_URL",
+                lablink_testkit::with_user(&db.url, lablink_testkit::MASTER),
+            )
+            .env("PGSSLMODE", "disable")
+            .output()
+            .unwrap()
+    };
+    for run in 0..2 {
+        let out = setup_db();
+        assert!(
+            out.status.success(),
+            "setup-db run {run}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let typo = std::process::Command::new(env!("CARGO_BIN_EXE_lablink-holder"))
+        .arg("setup-bd")
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(2));
+
+    let app = db.config_as(APP).connect().await.unwrap();
+    let vm = Vm {
+        host: Hostname::parse("hold-0").unwrap(),
+        secret: Secret::generate(),
+    };
+    vms::create_vms(
+        &app,
+        &[vms::NewVm {
+            hostname: vm.host.clone(),
+            instance_id: None,
+            credential_hash: Some(vm.secret.hash()),
+            status: VmStatus::Running,
+            provision: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let app_url = lablink_testkit::with_user(&db.url, APP);
+    let r = start(&db, &[("DATABASE_URL", app_url.as_str())]).await;
+    let http = reqwest::Client::new();
+    let waiter = spawn_poll(&http, &r, &vm, "20");
+    while r.holder.registry.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A participant route's assignment (lablink_public) wakes the holder (lablink_app).
+    let public = db.config_as(PUBLIC).connect().await.unwrap();
+    let (host, pin, _) = assign(&public, 1).await;
+    let (status, body, _) = waiter.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(pin.as_str()));
+    assert!(delivered(&app, &host).await);
+    r.shutdown().await.unwrap();
+}

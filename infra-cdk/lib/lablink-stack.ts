@@ -48,12 +48,15 @@ import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { DaemonBinary, LambdaCodeSource } from './lambda-code';
-import { EventFunction, ExportBucketAccess, HOLDER_ROUTE_PATHS, HttpFunction, Manifest, pascal } from './manifest';
+import { DbUser, EventFunction, ExportBucketAccess, HOLDER_ROUTE_PATHS, HttpFunction, Manifest, pascal } from './manifest';
 
 /** The tag every VM of a deployment carries; IAM conditions on it fence the provisioner. */
 export const DEPLOYMENT_TAG = 'lablink:deployment';
-/** The database user every process logs in as, with an IAM token (`rds_iam`). */
-export const DB_USER = 'lablink_app';
+/**
+ * The database user the holder logs in as, with an IAM token (`rds_iam`); each function's
+ * comes from its manifest entry (`db_user`). The holder image's `setup-db` creates them.
+ */
+export const HOLDER_DB_USER: DbUser = 'lablink_app';
 export const DB_NAME = 'lablink';
 /** What a jobs-table function may do to the table (the job store's calls), nothing more. */
 export const JOBS_TABLE_ACTIONS = [
@@ -374,8 +377,8 @@ export class LabLinkStack extends Stack {
       instanceType: new ec2.InstanceType(props.dbInstanceType),
       multiAz: props.dbMultiAz,
       databaseName: DB_NAME,
-      // The master user only bootstraps `lablink_app` (the holder's db-setup container);
-      // its generated password lives in Secrets Manager.
+      // The master user only runs the setup (the holder task's db-setup container: roles,
+      // migrations, grants); its generated password lives in Secrets Manager.
       credentials: rds.Credentials.fromGeneratedSecret('lablink_admin'),
       iamAuthentication: true,
       storageEncrypted: true,
@@ -422,14 +425,19 @@ export class LabLinkStack extends Stack {
       maxConnectionsPercent: 80,
       borrowTimeout: Duration.seconds(10),
     });
-    db.grantConnect(proxyRole, DB_USER);
+    // End-to-end IAM: the proxy logs in to the database as each client's user with its own
+    // IAM token (no secrets), so it may connect as every user a function uses.
+    const functionDbUsers = new Set(
+      [...props.manifest.http, ...props.manifest.events].flatMap((f) => (f.dbUser ? [f.dbUser] : [])),
+    );
+    for (const user of [...functionDbUsers].sort()) db.grantConnect(proxyRole, user);
     proxy.connections.allowFrom(lambdaSg, ec2.Port.tcp(5432), 'functions that use the database');
 
-    const dbEnvFor = (host: string): Record<string, string> => ({
+    const dbEnvFor = (host: string, user: DbUser): Record<string, string> => ({
       PGHOST: host,
       PGPORT: '5432',
       PGDATABASE: DB_NAME,
-      PGUSER: DB_USER,
+      PGUSER: user,
       PGSSLMODE: 'require',
       LABLINK_DB_IAM_AUTH: '1',
     });
@@ -528,10 +536,11 @@ export class LabLinkStack extends Stack {
 
     // ---- Functions, one per manifest entry ----
     const fnSecurity = { vpc, vpcSubnets: privateSubnets, securityGroups: [lambdaSg] };
+    const dbFunctions: lambda.Function[] = [];
     const makeFunction = (
       fn: string,
       description: string,
-      opts: { db: boolean; timeout: Duration; memory: number; env: Record<string, string> },
+      opts: { db: DbUser | null; timeout: Duration; memory: number; env: Record<string, string> },
     ): lambda.Function => {
       const id = pascal(fn);
       const logGroup = new logs.LogGroup(this, `${id}Logs`, {
@@ -562,13 +571,16 @@ export class LabLinkStack extends Stack {
         code: props.code.codeFor(fn),
         memorySize: opts.memory,
         timeout: opts.timeout,
-        environment: { RUST_LOG: 'info', ...(opts.db ? dbEnvFor(proxy.endpoint) : {}), ...opts.env },
+        environment: { RUST_LOG: 'info', ...(opts.db ? dbEnvFor(proxy.endpoint, opts.db) : {}), ...opts.env },
         role,
         logGroup,
         ...(opts.db ? fnSecurity : {}),
       });
       Tags.of(f).add('lablink:function', fn);
-      if (opts.db) proxy.grantConnect(f, DB_USER);
+      if (opts.db) {
+        proxy.grantConnect(f, opts.db);
+        dbFunctions.push(f);
+      }
       return f;
     };
     const grantJobs = (f: lambda.Function): void => {
@@ -634,7 +646,7 @@ export class LabLinkStack extends Stack {
         env.LABLINK_SEATS_WINDOW_MINUTES = seatsWindowMinutes;
       }
       const f = makeFunction(route.function, `${route.method} ${route.path} (${route.access})`, {
-        db: route.db,
+        db: route.dbUser,
         timeout: Duration.seconds(29),
         memory: 256,
         env,
@@ -666,7 +678,7 @@ export class LabLinkStack extends Stack {
       props.manifest.events.filter((e) => e.trigger === 'cloudwatch-logs-subscription'),
     );
     const logProcessor = makeFunction(logFn.function, 'CloudWatch Logs subscription of the VM log group', {
-      db: logFn.db,
+      db: logFn.dbUser,
       timeout: Duration.seconds(60),
       memory: 256,
       env: {},
@@ -686,7 +698,7 @@ export class LabLinkStack extends Stack {
     );
     const publicSubnetIds = vpc.publicSubnets.map((s) => s.subnetId);
     const provisioner = makeFunction(provFn.function, 'provisioner (jobs table stream)', {
-      db: provFn.db,
+      db: provFn.dbUser,
       // Lambda's maximum: a job's attempt lease (14 min, lablink_provision::ATTEMPT_LEASE)
       // is shorter, so a retry after a timeout can take the job over.
       timeout: Duration.minutes(15),
@@ -757,35 +769,47 @@ export class LabLinkStack extends Stack {
         operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
       },
     });
-    db.grantConnect(holderTask.taskRole, DB_USER);
-    // Creates `lablink_app` (IAM auth) on first start; idempotent, serialized by an advisory
-    // lock. The holder starts only after it succeeded, so the first deploy needs no manual
-    // step. The master password reaches this container only, as an ECS secret.
+    db.grantConnect(holderTask.taskRole, HOLDER_DB_USER);
+    const holderRepo = ecr.Repository.fromRepositoryName(
+      this,
+      'HolderRepository',
+      Fn.join('', ['lablink-holder-', environment]),
+    );
+    const holderImage = ecs.ContainerImage.fromEcrRepository(holderRepo, holderImageTag);
+    // `lablink-holder setup-db` from the holder's own image, as the master user: creates the
+    // roles (lablink_owner, lablink_app, lablink_public), applies the migrations as
+    // lablink_owner and grants each runtime role its privileges (shared/db/src/roles.rs);
+    // idempotent, serialized by an advisory lock. The holder starts only after it
+    // succeeded, so every deploy migrates before the new holders run. The master password
+    // reaches this container only (as an ECS secret), and only our own code reads it: no
+    // third-party image.
     const masterSecret = db.secret;
     if (!masterSecret) throw new Error('the database must have a generated master secret');
     const dbSetup = holderTask.addContainer('db-setup', {
-      image: ecs.ContainerImage.fromRegistry('public.ecr.aws/docker/library/postgres:15-alpine'),
+      image: holderImage,
       essential: false,
-      entryPoint: ['psql'],
-      command: ['-X', '-q', '-v', 'ON_ERROR_STOP=1', ...dbSetupSql().flatMap((s) => ['-c', s])],
-      environment: { PGHOST: db.dbInstanceEndpointAddress, PGPORT: '5432', PGDATABASE: DB_NAME, PGSSLMODE: 'require' },
+      command: ['setup-db'],
+      environment: {
+        PGHOST: db.dbInstanceEndpointAddress,
+        PGPORT: '5432',
+        PGDATABASE: DB_NAME,
+        PGSSLMODE: 'require',
+        // RDS's CA bundle in the image (the instance's certificate is not under a public root).
+        PGSSLROOTCERT: '/etc/lablink/rds-global-bundle.pem',
+        RUST_LOG: 'info',
+      },
       secrets: {
         PGUSER: ecs.Secret.fromSecretsManager(masterSecret, 'username'),
         PGPASSWORD: ecs.Secret.fromSecretsManager(masterSecret, 'password'),
       },
       logging: ecs.LogDrivers.awsLogs({ logGroup: holderLogs, streamPrefix: 'db-setup' }),
     });
-    const holderRepo = ecr.Repository.fromRepositoryName(
-      this,
-      'HolderRepository',
-      Fn.join('', ['lablink-holder-', environment]),
-    );
     const holderContainer = holderTask.addContainer('holder', {
-      image: ecs.ContainerImage.fromEcrRepository(holderRepo, holderImageTag),
+      image: holderImage,
       essential: true,
       portMappings: [{ containerPort: HOLDER_PORT, protocol: ecs.Protocol.TCP }],
       environment: {
-        ...dbEnvFor(db.dbInstanceEndpointAddress),
+        ...dbEnvFor(db.dbInstanceEndpointAddress, HOLDER_DB_USER),
         AWS_REGION: Aws.REGION,
         LABLINK_HOLDER_ADDR: `0.0.0.0:${HOLDER_PORT}`,
         LABLINK_HOLDER_DEFAULT_WAIT_SECONDS: '25',
@@ -818,6 +842,10 @@ export class LabLinkStack extends Stack {
       circuitBreaker: { enable: true, rollback: true },
       healthCheckGracePeriod: Duration.seconds(60),
     });
+    // A deploy updates the functions that use the database only after the holder service is
+    // steady, i.e. after a new task's db-setup has created any new role and applied any new
+    // migration: new function code never meets an older schema or a missing user.
+    for (const f of dbFunctions) f.node.addDependency(holderService);
 
     const albSg = new ec2.SecurityGroup(this, 'HolderLoadBalancerSecurityGroup', {
       vpc,
@@ -1025,18 +1053,4 @@ export const GATE_FUNCTIONS = ['index', 'request-vm', 'admin-home', 'admin-works
 /** The load balancer's idle timeout for a hold window: comfortably longer than it. */
 export function holderIdleTimeoutSeconds(maxWaitSeconds: number): number {
   return Math.max(60, maxWaitSeconds + 30);
-}
-
-/**
- * What the holder's db-setup container runs as the master user, one statement per `-c`
- * (one session, so the advisory lock serializes two tasks starting together).
- */
-export function dbSetupSql(): string[] {
-  return [
-    'SELECT pg_advisory_lock(7274552)',
-    `DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${DB_USER}') THEN CREATE ROLE ${DB_USER} LOGIN; END IF; END $$`,
-    `GRANT rds_iam TO ${DB_USER}`,
-    `GRANT CONNECT, TEMPORARY ON DATABASE ${DB_NAME} TO ${DB_USER}`,
-    `GRANT USAGE, CREATE ON SCHEMA public TO ${DB_USER}`,
-  ];
 }

@@ -8,6 +8,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 export type Access = 'participant' | 'vm' | 'admin' | 'public';
+/**
+ * The database user a function logs in as (an IAM token through the RDS Proxy); the
+ * setup step (`lablink-holder setup-db`, shared/db/src/roles.rs) creates both and grants
+ * what each may do. `lablink_public` may only what the participant and public routes'
+ * statements need; `lablink_app` reads and writes every table.
+ */
+export type DbUser = 'lablink_app' | 'lablink_public';
+export const DB_USERS: readonly DbUser[] = ['lablink_app', 'lablink_public'];
+/** Who calls these without an admin session or a VM credential: anyone on the internet. */
+const OPEN_ACCESS: ReadonlySet<string> = new Set(['participant', 'public']);
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 /**
  * Access to the data-export bucket: `read` (GetObject, to presign downloads) or
@@ -24,6 +34,8 @@ export interface HttpFunction {
   readonly access: Access;
   /** Connects to Postgres (through the RDS Proxy). */
   readonly db: boolean;
+  /** The manifest's `db_user`: whom it logs in as (`null` without `db`). */
+  readonly dbUser: DbUser | null;
   /** Reads or writes the DynamoDB jobs table. */
   readonly jobsTable: boolean;
   /**
@@ -42,6 +54,8 @@ export interface EventFunction {
   readonly function: string;
   readonly trigger: EventTrigger;
   readonly db: boolean;
+  /** The manifest's `db_user`: whom it logs in as (`null` without `db`). */
+  readonly dbUser: DbUser | null;
   readonly jobsTable: boolean;
   /** Runs and terminates the fleet's EC2 instances. */
   readonly ec2: boolean;
@@ -144,6 +158,22 @@ export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
     }
     return v as ExportBucketAccess;
   };
+  // Present exactly when `db` is; a route anyone may call logs in as lablink_public only.
+  const dbUser = (e: Record<string, unknown>, db: boolean, where: string, access?: string): DbUser | null => {
+    const v = e.db_user;
+    if (!db) {
+      if (v !== undefined) problems.push(`${where}: db_user without db`);
+      return null;
+    }
+    if (typeof v !== 'string' || !(DB_USERS as readonly string[]).includes(v)) {
+      problems.push(`${where}: db_user must be one of ${DB_USERS.join(', ')} (got ${JSON.stringify(v)})`);
+      return null;
+    }
+    if (access !== undefined && OPEN_ACCESS.has(access) && v !== 'lablink_public') {
+      problems.push(`${where}: access ${access} is open to anyone, so db_user must be lablink_public (got ${v})`);
+    }
+    return v as DbUser;
+  };
 
   const http = httpRaw.map((entry, i): HttpFunction => {
     const e = (entry ?? {}) as Record<string, unknown>;
@@ -158,12 +188,14 @@ export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
     const key = `${method} ${routePath}`;
     if (routes.has(key)) problems.push(`${where} (${fn}): route ${key} appears twice`);
     routes.add(key);
+    const db = flag(e, 'db', where);
     return {
       function: fn,
       method: method as HttpMethod,
       path: routePath,
       access: access as Access,
-      db: flag(e, 'db', where),
+      db,
+      dbUser: dbUser(e, db, `${where} (${fn})`, access),
       jobsTable: flag(e, 'jobs_table', where),
       adminSecret: flag(e, 'admin_secret', where, access === 'admin' || ADMIN_SESSION_READERS.has(fn)),
       exportBucket: exportBucket(e, `${where} (${fn})`),
@@ -176,10 +208,12 @@ export function parseManifest(raw: unknown, source = 'manifest'): Manifest {
     const fn = name(e, where);
     const trigger = String(e.trigger);
     if (!TRIGGERS.has(trigger)) problems.push(`${where} (${fn}): trigger ${trigger} is not one of ${[...TRIGGERS]}`);
+    const db = flag(e, 'db', where);
     return {
       function: fn,
       trigger: trigger as EventTrigger,
-      db: flag(e, 'db', where),
+      db,
+      dbUser: dbUser(e, db, `${where} (${fn})`),
       jobsTable: flag(e, 'jobs_table', where),
       ec2: flag(e, 'ec2', where, false),
       exportBucket: exportBucket(e, `${where} (${fn})`),

@@ -27,7 +27,7 @@ const realManifest = JSON.parse(fs.readFileSync(defaultManifestPath(), 'utf8'));
 function smallManifest(extra: object[] = []): object {
   return {
     http: [
-      { function: 'index', method: 'GET', path: '/', access: 'participant', db: true, jobs_table: false },
+      { function: 'index', method: 'GET', path: '/', access: 'participant', db: true, db_user: 'lablink_public', jobs_table: false },
       { function: 'admin-job', method: 'GET', path: '/admin/jobs/{id}', access: 'admin', db: false, jobs_table: true },
       ...extra,
     ],
@@ -67,6 +67,7 @@ describe('the manifest drives the routes', () => {
       path: '/api/exports',
       access: 'admin',
       db: true,
+      db_user: 'lablink_app',
       jobs_table: true,
     };
     const base = synth({ 'lablink:manifest': writeManifest(smallManifest()) });
@@ -76,6 +77,7 @@ describe('the manifest drives the routes', () => {
     assert.equal(functionId, functionsByName(more).get('export-data'));
     const env = more.resources[functionId!].Properties.Environment.Variables;
     assert.ok(env.LABLINK_JOBS_TABLE && env.LABLINK_ADMIN_SECRET_ID && env.PGHOST);
+    assert.equal(env.PGUSER, 'lablink_app');
   });
 
   test('an admin_secret flag in the manifest overrides the default', () => {
@@ -147,7 +149,7 @@ describe('the manifest drives the routes', () => {
   test('a manifest may not claim a holder route, each refused on its own', () => {
     assert.deepEqual([...HOLDER_ROUTE_PATHS].sort(), ['/vm_export', '/vm_startup']);
     for (const holderPath of HOLDER_ROUTE_PATHS) {
-      const claim = { function: 'holder-route', method: 'POST', path: holderPath, access: 'vm', db: true, jobs_table: false };
+      const claim = { function: 'holder-route', method: 'POST', path: holderPath, access: 'vm', db: true, db_user: 'lablink_app', jobs_table: false };
       assert.throws(
         () => parseManifest(smallManifest([claim])),
         (e: Error) => e.message.includes(`POST ${holderPath} is the holder's route`) && !e.message.includes('appears twice'),
@@ -160,11 +162,14 @@ describe('the manifest drives the routes', () => {
   test('a malformed manifest is refused with every problem listed', () => {
     const bad = {
       http: [
-        { function: 'index', method: 'GET', path: '/', access: 'participant', db: true, jobs_table: false },
+        { function: 'index', method: 'GET', path: '/', access: 'participant', db: true, db_user: 'lablink_public', jobs_table: false },
         { function: 'index', method: 'GET', path: '/', access: 'everyone', db: 'yes', jobs_table: false },
         { function: 'Bad_Name', method: 'FETCH', path: 'no-slash', access: 'vm', db: true, jobs_table: false },
         { function: 'holder', method: 'POST', path: '/vm_startup', access: 'vm', db: true, jobs_table: false },
         { function: 'holder-export', method: 'POST', path: '/vm_export', access: 'vm', db: true, jobs_table: false },
+        { function: 'open-as-app', method: 'GET', path: '/open', access: 'participant', db: true, db_user: 'lablink_app', jobs_table: false },
+        { function: 'master', method: 'GET', path: '/master', access: 'admin', db: true, db_user: 'lablink_admin', jobs_table: false },
+        { function: 'no-db', method: 'GET', path: '/no-db', access: 'admin', db: false, db_user: 'lablink_app', jobs_table: false },
       ],
       events: [{ function: 'log-processor', trigger: 'cloudwatch-logs-subscription', db: true, jobs_table: false }],
     };
@@ -181,6 +186,10 @@ describe('the manifest drives the routes', () => {
           'trigger dynamodb-stream',
           'POST /vm_startup',
           'POST /vm_export',
+          '(Bad_Name): db_user must be one of lablink_app, lablink_public (got undefined)',
+          '(open-as-app): access participant is open to anyone, so db_user must be lablink_public',
+          '(master): db_user must be one of lablink_app, lablink_public (got "lablink_admin")',
+          '(no-db): db_user without db',
         ]) {
           assert.ok(e.message.includes(want), `missing "${want}" in:\n${e.message}`);
         }

@@ -152,7 +152,7 @@ describe('routes and functions', () => {
 });
 
 describe('database access', () => {
-  test('only database functions get rds-db:connect, as lablink_app through the proxy', () => {
+  test('only database functions get rds-db:connect, through the proxy, as exactly their manifest user', () => {
     for (const f of allFunctions) {
       const connect = statementsOfFunction(s, f.function).filter((st) => st.Action.includes('rds-db:connect'));
       if (!f.db) {
@@ -160,8 +160,11 @@ describe('database access', () => {
         continue;
       }
       assert.equal(connect.length, 1, `${f.function} connects`);
-      const arn = JSON.stringify(connect[0]!.Resource);
-      assert.ok(arn.includes(proxyId) && arn.includes('/lablink_app'), `${f.function}: ${arn}`);
+      const resources = [connect[0]!.Resource].flat();
+      assert.equal(resources.length, 1, `${f.function}: one user`);
+      const arn = JSON.stringify(resources[0]);
+      assert.ok(arn.includes(proxyId), `${f.function}: ${arn}`);
+      assert.ok(arn.endsWith(`/${f.dbUser}"]]}`), `${f.function} connects as ${f.dbUser}: ${arn}`);
     }
     const holderRole = refId(task.Properties.TaskRoleArn)!;
     const roles = new Set(allStatements(s).filter((st) => st.Action.includes('rds-db:connect')).map((st) => st.role));
@@ -177,7 +180,7 @@ describe('database access', () => {
       const vpc = fn(s, f.function).Properties.VpcConfig;
       if (f.db) {
         assert.equal(refId(env.PGHOST), proxyId, `${f.function} uses the proxy`);
-        assert.equal(env.PGUSER, 'lablink_app');
+        assert.equal(env.PGUSER, f.dbUser, f.function);
         assert.equal(env.PGDATABASE, 'lablink');
         assert.equal(env.PGPORT, '5432');
         assert.equal(env.PGSSLMODE, 'require');
@@ -188,6 +191,36 @@ describe('database access', () => {
         assert.equal(vpc, undefined, f.function);
       }
     }
+  });
+
+  test('every route anyone may call logs in as lablink_public; the VM and admin routes and the event functions as lablink_app', () => {
+    for (const f of allFunctions) {
+      if (!f.db) continue;
+      const open = 'access' in f && (f.access === 'participant' || f.access === 'public');
+      assert.equal(envOf(s, f.function).PGUSER, open ? 'lablink_public' : 'lablink_app', f.function);
+    }
+    // The participant routes that reach Postgres, by name (the manifest cannot drift).
+    for (const name of ['index', 'request-vm', 'unassigned-vms-count', 'seat-page', 'seat-status', 'seat-code', 'health', 'admin-login']) {
+      assert.equal(envOf(s, name).PGUSER, 'lablink_public', name);
+    }
+  });
+
+  test('the proxy may log in as exactly the users the functions use, and the holder as lablink_app', () => {
+    const proxyConnect = allStatements(s).filter(
+      (st) => st.role === refId(proxy.Properties.RoleArn) && st.Action.includes('rds-db:connect'),
+    );
+    const users = proxyConnect
+      .flatMap((st) => [st.Resource].flat())
+      .map((r) => JSON.stringify(r).match(/dbuser:.*\/(lablink_\w+)/)?.[1])
+      .sort();
+    assert.deepEqual(users, ['lablink_app', 'lablink_public']);
+    const holderConnect = allStatements(s).filter(
+      (st) => st.role === refId(task.Properties.TaskRoleArn) && st.Action.includes('rds-db:connect'),
+    );
+    assert.equal(holderConnect.length, 1);
+    const holderUsers = [holderConnect[0]!.Resource].flat().map((r) => JSON.stringify(r));
+    assert.equal(holderUsers.length, 1);
+    assert.ok(holderUsers[0]!.endsWith('/lablink_app"]]}'), holderUsers[0]);
   });
 
   test('PostgreSQL 15 with IAM auth, encryption, backups, TLS and deletion protection from a parameter', () => {
@@ -630,13 +663,31 @@ describe('holder', () => {
     assert.ok(Number(holderEnv.LABLINK_HOLDER_DEFAULT_WAIT_SECONDS) <= maxWait);
   });
 
-  test('starts after the db-setup container has created lablink_app', () => {
+  test('functions that use the database are deployed after the holder service (so after its db-setup)', () => {
+    const [serviceId] = the('AWS::ECS::Service');
+    for (const f of allFunctions) {
+      const dependsOn: string[] = [fn(s, f.function).DependsOn ?? []].flat();
+      assert.equal(dependsOn.includes(serviceId), f.db, `${f.function}: ${dependsOn}`);
+    }
+  });
+
+  test('starts after the db-setup container (its own image\'s setup-db: roles, migrations, grants) succeeded', () => {
     assert.deepEqual(holder.DependsOn, [{ ContainerName: 'db-setup', Condition: 'SUCCESS' }]);
     const setup = task.Properties.ContainerDefinitions.find((c: Json) => c.Name === 'db-setup');
     assert.equal(setup.Essential, false);
-    const sql = setup.Command.join(' ');
-    assert.match(sql, /CREATE ROLE lablink_app LOGIN/);
-    assert.match(sql, /GRANT rds_iam TO lablink_app/);
+    // Our own image, not a third-party one, handles the master password.
+    assert.deepEqual(setup.Image, holder.Image);
+    assert.ok(!JSON.stringify(task).includes('postgres:'), 'no public postgres image');
+    assert.equal(setup.EntryPoint, undefined, "the image's entry point: lablink-holder");
+    assert.deepEqual(setup.Command, ['setup-db']);
+    const env = Object.fromEntries(setup.Environment.map((e: Json) => [e.Name, e.Value]));
+    assert.deepEqual(env.PGHOST, { 'Fn::GetAtt': [dbId, 'Endpoint.Address'] });
+    assert.equal(env.PGSSLMODE, 'require');
+    assert.equal(env.PGSSLROOTCERT, holderEnv.PGSSLROOTCERT);
+    assert.equal(env.LABLINK_DB_IAM_AUTH, undefined, 'the master logs in with its password');
+    assert.deepEqual(setup.Secrets.map((x: Json) => x.Name).sort(), ['PGPASSWORD', 'PGUSER']);
+    // The holder itself never gets the master secret.
+    assert.equal(holder.Secrets, undefined);
   });
 
   test('the holder image comes from the deployment\'s ECR repository at the given tag', () => {

@@ -22,6 +22,8 @@ pub enum DbError {
     Token(String),
     #[error("database migration failed: {0}")]
     Migrate(String),
+    #[error("database setup refused: {0}")]
+    Setup(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("query failed: {0}")]

@@ -1,5 +1,7 @@
 //! Postgres: configuration, a lazily made connection that is re-made after it breaks,
-//! embedded migrations, and the queries (one function each, in `vms` and `logs`).
+//! embedded migrations, the roles and their grants (`roles`: the setup step that applies
+//! the migrations on a deployed database), and the queries (one function each, in `vms`,
+//! `logs` and their siblings).
 //!
 //! Lambdas keep one [`Db`] across invocations: nothing connects until the first query,
 //! and a connection that died between invocations is replaced on the next call.
@@ -9,6 +11,7 @@ mod connect;
 pub mod exports;
 pub mod fleet;
 pub mod logs;
+pub mod roles;
 pub mod seats;
 pub mod vms;
 pub mod workshop;
@@ -19,8 +22,11 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// Apply every pending migration. Safe to run concurrently from several processes:
-/// refinery takes its own lock table, and every statement is versioned.
+/// Apply every pending migration, as the session's current role (which then owns what
+/// they create). Safe to run concurrently from several processes: an advisory lock
+/// serializes them, and every statement is versioned. A deployed database is migrated
+/// by [`roles::setup`] only (as the owner role); the local runner and the tests call
+/// this directly.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Option<i32>, DbError> {
     // A session-level advisory lock keeps two processes from racing on a fresh
     // database (both would try to create refinery's history table).

@@ -1,6 +1,7 @@
 //! Every POST route, in-process against a real Postgres, fed random bodies, truncated
 //! bodies and its valid fixture with fields replaced by random JSON values (proptest):
-//! it never answers 5xx, never panics, and a refusal (4xx) changes nothing.
+//! it never answers 5xx, never panics, and a refusal (4xx) changes nothing. Each route
+//! runs as its manifest database user, on a database set up as a deployment's.
 
 use std::path::PathBuf;
 
@@ -25,11 +26,31 @@ fn fixture(function: &str) -> Request {
     lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The fixtures' world: the fixture VMs, seat, enrollment, job store and admin session.
-async fn world() -> (TestDb, AppState, tokio_postgres::Client, tempfile::TempDir) {
-    let db = TestDb::new().await;
+/// The manifest's database user of `function`.
+fn db_user(function: &str) -> Option<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../functions/manifest.json");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    m["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["function"] == function)
+        .and_then(|e| e["db_user"].as_str())
+        .map(str::to_owned)
+}
+
+/// The fixtures' world: the fixture VMs, seat, enrollment, job store and admin session;
+/// one state logged in as `lablink_app`, one as `lablink_public`.
+async fn world() -> (
+    TestDb,
+    AppState,
+    AppState,
+    tokio_postgres::Client,
+    tempfile::TempDir,
+) {
+    let db = TestDb::with_roles().await;
     let config = AppConfig {
-        db: db.config.clone(),
+        db: db.config_as(lablink_db::roles::APP),
         legacy_vm_auth: false,
         admin: AdminSource::Env(std::sync::Arc::new(
             AdminAuth::new(
@@ -74,11 +95,15 @@ async fn world() -> (TestDb, AppState, tokio_postgres::Client, tempfile::TempDir
         base_url: "http://127.0.0.1:9".into(),
         key: vec![7; 32],
     };
+    let public = AppState::new(AppConfig {
+        db: db.config_as(lablink_db::roles::PUBLIC),
+        ..config.clone()
+    });
     let state = AppState::new(config)
         .with_local_jobs(store, "tests")
         .with_export_storage(std::sync::Arc::new(storage))
         .with_aws(lablink_testkit::moto::sdk_config());
-    (db, state, client, exports)
+    (db, state, public, client, exports)
 }
 
 /// Everything a refusal must leave untouched: every table the routes write, except the
@@ -189,10 +214,14 @@ fn bodies(valid: Vec<u8>) -> BoxedStrategy<Vec<u8>> {
 #[test]
 fn every_post_route_answers_random_and_truncated_bodies_with_4xx_and_changes_nothing_on_refusal() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_db, state, client, _exports) = rt.block_on(world());
+    let (_db, app, public, client, _exports) = rt.block_on(world());
     let mut checked = 0;
     for route in routes::ALL.iter().filter(|r| r.verb == Verb::Post) {
         let valid = fixture(route.function).body().as_ref().to_vec();
+        let state = match db_user(route.function).as_deref() {
+            Some(lablink_db::roles::PUBLIC) => &public,
+            _ => &app,
+        };
         let mut runner = TestRunner::new(Config {
             cases: 48,
             failure_persistence: None,
@@ -203,7 +232,7 @@ fn every_post_route_answers_random_and_truncated_bodies_with_4xx_and_changes_not
                 let mut req = fixture(route.function);
                 *req.body_mut() = Body::from(body.clone());
                 let before = rt.block_on(snapshot(&client));
-                let resp = rt.block_on(route.handle(&state, req));
+                let resp = rt.block_on(route.handle(state, req));
                 let status = resp.status();
                 let shown = String::from_utf8_lossy(&body)
                     .chars()

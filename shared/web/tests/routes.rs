@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use lablink_core::credential::Secret;
 use lablink_core::domain::{Hostname, VmStatus};
-use lablink_db::vms;
+use lablink_db::{roles, vms};
 use lablink_testkit::TestDb;
 use lablink_testkit::fixtures;
 use lablink_web::auth::SessionKey;
@@ -23,7 +23,11 @@ const SESSION_KEY: &str = "ababababababababababababababababababababababababababa
 
 struct Fixture {
     db: TestDb,
+    /// Logged in as `lablink_app`: the VM and admin routes' database user.
     state: AppState,
+    /// Logged in as `lablink_public`: the routes anyone may call.
+    public: AppState,
+    /// The server's admin user: seeds and inspects.
     client: tokio_postgres::Client,
     /// The export folder (the local runner's storage), holding the fixture export's zip.
     _exports: tempfile::TempDir,
@@ -45,10 +49,12 @@ fn admin_source() -> AdminSource {
     ))
 }
 
+/// A database set up as a deployment's (roles, migrations, grants); each route runs as
+/// its manifest's `db_user` ([`Fixture::state_for`]).
 async fn setup(legacy: bool) -> Fixture {
-    let db = TestDb::new().await;
+    let db = TestDb::with_roles().await;
     let config = AppConfig {
-        db: db.config.clone(),
+        db: db.config_as(roles::APP),
         legacy_vm_auth: legacy,
         admin: admin_source(),
         forwarder_token_hash: Some(Secret::presented(FORWARDER_TOKEN).hash()),
@@ -65,7 +71,7 @@ async fn setup(legacy: bool) -> Fixture {
     fixtures::seed_enrollment(&client).await;
     fixtures::seed_admin_session(&client).await;
     let store: std::sync::Arc<dyn lablink_ops::JobStore> = std::sync::Arc::new(
-        lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_db::Db::new(db.config.clone()))),
+        lablink_ops::pg::PgJobStore::new(std::sync::Arc::new(lablink_db::Db::new(db.config_as(roles::APP)))),
     );
     fixtures::seed_job(store.as_ref()).await;
     fixtures::seed_exports(&client, store.as_ref()).await;
@@ -87,7 +93,12 @@ async fn setup(legacy: bool) -> Fixture {
         provision: None,
     });
     vms::create_vms(&client, &new).await.unwrap();
+    let public = AppState::new(AppConfig {
+        db: db.config_as(roles::PUBLIC),
+        ..config.clone()
+    });
     Fixture {
+        public,
         state: AppState::new(config)
             .with_local_jobs(store, "tests")
             .with_export_storage(std::sync::Arc::new(storage))
@@ -96,6 +107,35 @@ async fn setup(legacy: bool) -> Fixture {
         client,
         _exports: exports,
     }
+}
+
+impl Fixture {
+    /// The state logged in as `function`'s database user in functions/manifest.json.
+    fn state_for(&self, function: &str) -> &AppState {
+        match manifest_db_user(function).as_deref() {
+            Some(roles::PUBLIC) => &self.public,
+            _ => &self.state,
+        }
+    }
+}
+
+fn manifest() -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../functions/manifest.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The manifest's `db_user` of `function` (`None` for a function without `db`).
+fn manifest_db_user(function: &str) -> Option<String> {
+    let m = manifest();
+    let entry = m["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(m["events"].as_array().unwrap())
+        .find(|e| e["function"] == function)
+        .unwrap_or_else(|| panic!("{function} is not in the manifest"))
+        .clone();
+    entry["db_user"].as_str().map(str::to_owned)
 }
 
 fn events_dir() -> PathBuf {
@@ -167,7 +207,10 @@ async fn every_fixture_gets_its_expected_answer_and_refusals_change_nothing() {
         );
         for name in names {
             let before = snapshot(&f.client).await;
-            let resp = route.handle(&f.state, fixture(&function, &name)).await;
+            // As the function's own database user: a grant its statements lack fails here.
+            let resp = route
+                .handle(f.state_for(&function), fixture(&function, &name))
+                .await;
             let status = resp.status();
             if name.starts_with("valid") {
                 assert!(
@@ -420,8 +463,8 @@ fn field(page: &str, id: &str) -> String {
 #[tokio::test]
 async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
     let f = setup(false).await;
-    let a = request_vm(&f.state, "ada@uni.edu", "4/0Aaaaa").await;
-    let b = request_vm(&f.state, "bob@uni.edu", "4/0Abbbb").await;
+    let a = request_vm(&f.public, "ada@uni.edu", "4/0Aaaaa").await;
+    let b = request_vm(&f.public, "bob@uni.edu", "4/0Abbbb").await;
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
     let (pa, pb) = (text(&a), text(&b));
     let (ha, hb) = (field(&pa, "hostname"), field(&pb, "hostname"));
@@ -452,7 +495,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
     // slow; the PIN generator's own test covers the distribution).
     assert!(pin_a != pin_b || pin_a != "123456");
     // The same person again with the same command gets the same VM and PIN.
-    let again = text(&request_vm(&f.state, "ADA@uni.edu", "4/0Aaaaa").await);
+    let again = text(&request_vm(&f.public, "ADA@uni.edu", "4/0Aaaaa").await);
     assert_eq!(
         (field(&again, "hostname"), field(&again, "pin")),
         (ha.clone(), pin_a.clone())
@@ -461,7 +504,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
 
     // With a new code moments later: refused for now (429), nothing changes.
     let before = snapshot(&f.client).await;
-    let soon = request_vm(&f.state, "ada@uni.edu", "4/0Acccc").await;
+    let soon = request_vm(&f.public, "ada@uni.edu", "4/0Acccc").await;
     assert_eq!(soon.status(), 429);
     let page = text(&soon);
     assert!(page.contains("role=\"alert\"") && page.contains("wait"), "{page}");
@@ -475,7 +518,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
         )
         .await
         .unwrap();
-    let fresh = text(&request_vm(&f.state, "ada@uni.edu", "4/0Acccc").await);
+    let fresh = text(&request_vm(&f.public, "ada@uni.edu", "4/0Acccc").await);
     assert_eq!(field(&fresh, "hostname"), ha);
     assert!(fresh.contains("your new code was sent"), "{fresh}");
     let (pin, command, changes): (String, String, i32) = {
@@ -502,11 +545,11 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
         )
         .await
         .unwrap();
-    let over = request_vm(&f.state, "ada@uni.edu", "4/0Adddd").await;
+    let over = request_vm(&f.public, "ada@uni.edu", "4/0Adddd").await;
     assert_eq!(over.status(), 429);
     assert!(text(&over).contains("the most one seat may"), "{}", text(&over));
     // Another email never reaches that seat: it gets another VM or none.
-    let other = text(&request_vm(&f.state, "eve@uni.edu", "4/0Aeeee").await);
+    let other = text(&request_vm(&f.public, "eve@uni.edu", "4/0Aeeee").await);
     assert!(!other.contains(&format!("id=\"hostname\">{ha}<")), "{other}");
 }
 
@@ -516,7 +559,7 @@ async fn a_success_page_shows_the_hostname_and_a_fresh_six_digit_pin() {
 #[tokio::test]
 async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     let f = setup(false).await;
-    let page = text(&request_vm(&f.state, "ada@uni.edu", "4/0Aaaaa").await);
+    let page = text(&request_vm(&f.public, "ada@uni.edu", "4/0Aaaaa").await);
     let link = page
         .split("href=\"/seat/")
         .nth(1)
@@ -530,7 +573,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
         let mut req = fixture("seat-status", "valid");
         *req.uri_mut() = format!("/api/seat/{wrong}").parse().unwrap();
         let r = route("seat-status")
-            .handle(&f.state, without_path_params(req))
+            .handle(&f.public, without_path_params(req))
             .await;
         assert_eq!(r.status(), 404, "{wrong}");
         assert!(!text(&r).contains(&host));
@@ -540,7 +583,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
         *req.uri_mut() = format!("/api/seat/{token}").parse().unwrap();
         without_path_params(req)
     };
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     assert_eq!(r.status(), 200);
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(
@@ -567,7 +610,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     vms::set_status_after_start_host(&f.client, &h, VmStatus::Error, None, Some(report(false)), None)
         .await
         .unwrap();
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(j["state"], "refused");
     // The page offers the form; a bad command is refused with the reason (400), a good
@@ -576,7 +619,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     *req.uri_mut() = format!("/seat/{link}").parse().unwrap();
     let page = text(
         &route("seat-page")
-            .handle(&f.state, without_path_params(req))
+            .handle(&f.public, without_path_params(req))
             .await,
     );
     assert!(
@@ -600,19 +643,19 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
         without_path_params(req)
     };
     let bad = route("seat-code")
-        .handle(&f.state, send("start-host --code=\"x\"; reboot"))
+        .handle(&f.public, send("start-host --code=\"x\"; reboot"))
         .await;
     assert_eq!(bad.status(), 400);
     let good = route("seat-code")
         .handle(
-            &f.state,
+            &f.public,
             send(
                 "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"4/0Anew\" --name=$(hostname)",
             ),
         )
         .await;
     assert_eq!(good.status(), 303, "{}", text(&good));
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(
         (j["state"].as_str(), j["hostname"].as_str()),
@@ -644,7 +687,7 @@ async fn the_seat_page_needs_its_token_and_follows_the_daemons_reports() {
     vms::set_status_after_start_host(&f.client, &h, VmStatus::Running, None, Some(ok), None)
         .await
         .unwrap();
-    let r = route("seat-status").handle(&f.state, seat(&link)).await;
+    let r = route("seat-status").handle(&f.public, seat(&link)).await;
     let j: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(
         (j["state"].as_str(), j["pin"].as_str()),
@@ -662,10 +705,10 @@ fn without_path_params(req: Request) -> Request {
 #[tokio::test]
 async fn no_free_vm_gives_the_form_back_and_public_pages_leak_nothing() {
     let f = setup(false).await;
-    request_vm(&f.state, "ada@uni.edu", "4/0Asecretcode1").await;
-    request_vm(&f.state, "bob@uni.edu", "4/0Asecretcode2").await;
+    request_vm(&f.public, "ada@uni.edu", "4/0Asecretcode1").await;
+    request_vm(&f.public, "bob@uni.edu", "4/0Asecretcode2").await;
     let before = snapshot(&f.client).await;
-    let full = request_vm(&f.state, "cy@uni.edu", "4/0Acode3").await;
+    let full = request_vm(&f.public, "cy@uni.edu", "4/0Acode3").await;
     assert_eq!(full.status(), 200);
     let page = text(&full);
     assert!(
@@ -679,14 +722,14 @@ async fn no_free_vm_gives_the_form_back_and_public_pages_leak_nothing() {
         (route("index"), "index"),
         (route("unassigned-vms-count"), "unassigned-vms-count"),
     ] {
-        let body = text(&route.handle(&f.state, fixture(function, "valid")).await);
+        let body = text(&route.handle(&f.public, fixture(function, "valid")).await);
         for secret in ["ada@uni.edu", "secretcode", "bob@"] {
             assert!(!body.contains(secret), "{function} shows {secret}");
         }
     }
     let count = text(
         &route("unassigned-vms-count")
-            .handle(&f.state, fixture("unassigned-vms-count", "valid"))
+            .handle(&f.public, fixture("unassigned-vms-count", "valid"))
             .await,
     );
     assert_eq!(count, "{\"count\":0}");
@@ -704,7 +747,7 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(r.status(), 413);
 
     let r = route("health")
-        .handle(&f.state, fixture("health", "invalid-method"))
+        .handle(&f.public, fixture("health", "invalid-method"))
         .await;
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()[header::ALLOW], "GET");
@@ -785,7 +828,9 @@ async fn logs_read_after_a_cursor_and_an_initializing_vm_without_logs_is_503() {
 #[tokio::test]
 async fn health_reports_the_schema_version() {
     let f = setup(false).await;
-    let r = route("health").handle(&f.state, fixture("health", "valid")).await;
+    let r = route("health")
+        .handle(&f.public, fixture("health", "valid"))
+        .await;
     let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
     assert_eq!(v["status"], "ok");
     assert_eq!(v["schema_version"], lablink_db::latest_known_version());
@@ -843,7 +888,7 @@ async fn a_login_next_with_control_characters_goes_to_the_dashboard() {
             "user=admin&password={}&csrf=fixture-login-form-token&next={next}",
             fixtures::ADMIN_PASSWORD
         ));
-        let r = route("admin-login").handle(&f.state, req).await;
+        let r = route("admin-login").handle(&f.public, req).await;
         assert_eq!(r.status(), 303, "{next}: {}", text(&r));
         assert_eq!(r.headers()[header::LOCATION], "/admin", "{next}");
     }
@@ -899,17 +944,23 @@ fn hidden(page: &str, name: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
-/// Log in through the real pages; returns the session cookie and its CSRF token.
-async fn log_in(state: &AppState) -> (String, String) {
+/// Log in through the real pages (each route as its own database user); returns the
+/// session cookie and its CSRF token.
+async fn log_in(f: &Fixture) -> (String, String) {
+    log_in_on(f.state_for("admin-login"), f.state_for("admin-home")).await
+}
+
+/// Log in with `public` serving the login routes and `app` the dashboard.
+async fn log_in_on(public: &AppState, app: &AppState) -> (String, String) {
     let page = route("admin-login-page")
-        .handle(state, bare("GET", "/admin/login"))
+        .handle(public, bare("GET", "/admin/login"))
         .await;
     assert_eq!(page.status(), 200);
     let login_cookie = set_cookie(&page, "lablink_login_csrf").unwrap();
     let token = hidden(&text(&page), "csrf");
     let r = route("admin-login")
         .handle(
-            state,
+            public,
             form_req(
                 "/admin/login",
                 &format!(
@@ -936,7 +987,7 @@ async fn log_in(state: &AppState) -> (String, String) {
     let mut home = bare("GET", "/admin");
     home.headers_mut()
         .insert(header::COOKIE, HeaderValue::from_str(&session).unwrap());
-    let page = route("admin-home").handle(state, home).await;
+    let page = route("admin-home").handle(app, home).await;
     assert_eq!(page.status(), 200);
     let csrf = hidden(&text(&page), "csrf");
     (session, csrf)
@@ -984,10 +1035,10 @@ async fn admin_routes_need_a_session_pages_redirect_and_json_answers_401() {
 #[tokio::test]
 async fn admin_writes_need_the_sessions_csrf_token_and_change_nothing_without_it() {
     let f = setup(false).await;
-    let (session, csrf) = log_in(&f.state).await;
+    let (session, csrf) = log_in(&f).await;
     // Another live session of the same admin (another browser).
     let other_session = {
-        let (cookie, _) = log_in(&f.state).await;
+        let (cookie, _) = log_in(&f).await;
         cookie
     };
     let cases: [(Route, &str); 5] = [
@@ -1116,15 +1167,15 @@ async fn the_sixth_failed_login_from_one_address_is_throttled() {
         )
     };
     for i in 1..=5 {
-        let r = route("admin-login").handle(&f.state, attempt("guess")).await;
+        let r = route("admin-login").handle(&f.public, attempt("guess")).await;
         assert_eq!(r.status(), 401, "attempt {i}");
     }
-    let r = route("admin-login").handle(&f.state, attempt("guess")).await;
+    let r = route("admin-login").handle(&f.public, attempt("guess")).await;
     assert_eq!(r.status(), 429, "the 6th");
     assert!(r.headers().contains_key(header::RETRY_AFTER));
     // Even the right password waits now: guessing must not tell.
     let r = route("admin-login")
-        .handle(&f.state, attempt(fixtures::ADMIN_PASSWORD))
+        .handle(&f.public, attempt(fixtures::ADMIN_PASSWORD))
         .await;
     assert_eq!(r.status(), 429);
     assert!(set_cookie(&r, "lablink_session").is_none());
@@ -1151,7 +1202,13 @@ async fn a_parallel_burst_of_logins_gets_at_most_the_limit_checked() {
                     std::slice::from_ref(&cookie),
                 ),
             );
-            tokio::spawn(async move { route("admin-login").handle(&f.state, req).await.status().as_u16() })
+            tokio::spawn(async move {
+                route("admin-login")
+                    .handle(&f.public, req)
+                    .await
+                    .status()
+                    .as_u16()
+            })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -1240,6 +1297,24 @@ fn the_function_manifest_matches_the_route_table_and_the_crates() {
         listed, table,
         "functions/manifest.json's http list is the route table"
     );
+    // Whom each function logs in as (the CDK app gives it exactly this user): a route
+    // anyone may call as lablink_public, which may only what those routes' statements
+    // need (shared/db/src/roles.rs); every other function as lablink_app.
+    for r in routes::ALL {
+        let want = r.reaches.db.then_some(match r.access {
+            routes::Access::Participant | routes::Access::Public => roles::PUBLIC,
+            routes::Access::Vm | routes::Access::Admin => roles::APP,
+        });
+        assert_eq!(
+            manifest_db_user(r.function).as_deref(),
+            want,
+            "{}'s db_user",
+            r.function
+        );
+    }
+    for e in m["events"].as_array().unwrap() {
+        assert_eq!(e["db_user"], roles::APP, "{}", e["function"]);
+    }
     // Each route's crate enables exactly the features its route declares, and its main
     // serves that route.
     for route in routes::ALL {
@@ -1344,13 +1419,15 @@ async fn request_vm_with(
     .unwrap();
     let mut req = fixture("request-vm", "valid");
     *req.body_mut() = Body::from(body);
-    route("request-vm").handle(state, from_ip(req, ip)).await
+    route("request-vm")
+        .handle(f.state_for("request-vm"), from_ip(req, ip))
+        .await
 }
 
 /// Save the workshop gate through the dashboard's form.
-async fn set_gate(state: &AppState, fields: &[(&str, &str)]) -> Response<Body> {
-    let (session, csrf) = log_in(state).await;
-    set_gate_as(state, &session, &csrf, fields).await
+async fn set_gate(f: &Fixture, fields: &[(&str, &str)]) -> Response<Body> {
+    let (session, csrf) = log_in(f).await;
+    set_gate_as(f.state_for("admin-workshop"), &session, &csrf, fields).await
 }
 
 async fn set_gate_as(state: &AppState, session: &str, csrf: &str, fields: &[(&str, &str)]) -> Response<Body> {
@@ -1369,10 +1446,14 @@ async fn set_gate_as(state: &AppState, session: &str, csrf: &str, fields: &[(&st
 async fn a_wrong_access_code_or_an_unlisted_email_gets_the_form_back_and_no_vm() {
     let f = setup(false).await;
     // Without a gate, the form has no code field.
-    let page = text(&route("index").handle(&f.state, fixture("index", "valid")).await);
+    let page = text(
+        &route("index")
+            .handle(f.state_for("index"), fixture("index", "valid"))
+            .await,
+    );
     assert!(!page.contains("name=\"access_code\""));
     let r = set_gate(
-        &f.state,
+        &f,
         &[
             ("access_code", " sleap-2026 "),
             ("participants", "Name,Email\nAda,ada@uni.edu\n@lab.org\n"),
@@ -1381,7 +1462,11 @@ async fn a_wrong_access_code_or_an_unlisted_email_gets_the_form_back_and_no_vm()
     )
     .await;
     assert_eq!(r.status(), 303, "{}", text(&r));
-    let page = text(&route("index").handle(&f.state, fixture("index", "valid")).await);
+    let page = text(
+        &route("index")
+            .handle(f.state_for("index"), fixture("index", "valid"))
+            .await,
+    );
     assert!(
         page.contains("name=\"access_code\""),
         "the form asks for the code"
@@ -1397,7 +1482,7 @@ async fn a_wrong_access_code_or_an_unlisted_email_gets_the_form_back_and_no_vm()
             "not on this workshop's participant list",
         ),
     ] {
-        let r = request_vm_with(&f.state, email, "4/0Agate", code, "198.51.100.1").await;
+        let r = request_vm_with(&f, email, "4/0Agate", code, "198.51.100.1").await;
         let body = text(&r);
         assert_eq!(r.status(), 403, "{email} {code:?}: {body}");
         assert!(body.contains(why), "{email} {code:?}: {body}");
@@ -1405,14 +1490,18 @@ async fn a_wrong_access_code_or_an_unlisted_email_gets_the_form_back_and_no_vm()
         assert_eq!(snapshot(&f.client).await, before, "{email} {code:?} changed data");
     }
     for email in ["ada@uni.edu", "bob@lab.org"] {
-        let r = request_vm_with(&f.state, email, "4/0Agate", "sleap-2026", "198.51.100.1").await;
+        let r = request_vm_with(&f, email, "4/0Agate", "sleap-2026", "198.51.100.1").await;
         assert_eq!(r.status(), 200, "{email}: {}", text(&r));
         assert!(text(&r).contains("id=\"pin\""), "{email} got a seat");
     }
     // Back to the deployment's defaults (none): the code is no longer asked.
-    let r = set_gate(&f.state, &[("action", "defaults")]).await;
+    let r = set_gate(&f, &[("action", "defaults")]).await;
     assert_eq!(r.status(), 303);
-    let page = text(&route("index").handle(&f.state, fixture("index", "valid")).await);
+    let page = text(
+        &route("index")
+            .handle(f.state_for("index"), fixture("index", "valid"))
+            .await,
+    );
     assert!(!page.contains("name=\"access_code\""));
 }
 
@@ -1420,15 +1509,15 @@ async fn a_wrong_access_code_or_an_unlisted_email_gets_the_form_back_and_no_vm()
 async fn an_address_gets_at_most_its_limit_of_new_seats_then_429_with_retry_after() {
     let f = setup(false).await;
     add_free_vms(&f.client, 6).await;
-    let r = set_gate(&f.state, &[("seats_per_address", "2"), ("window_minutes", "10")]).await;
+    let r = set_gate(&f, &[("seats_per_address", "2"), ("window_minutes", "10")]).await;
     assert_eq!(r.status(), 303, "{}", text(&r));
     let nat = "198.51.100.9";
     for email in ["a1@uni.edu", "a2@uni.edu"] {
-        let r = request_vm_with(&f.state, email, "4/0Alimit", "", nat).await;
+        let r = request_vm_with(&f, email, "4/0Alimit", "", nat).await;
         assert_eq!(r.status(), 200, "{email}: {}", text(&r));
     }
     let before = snapshot(&f.client).await;
-    let r = request_vm_with(&f.state, "a3@uni.edu", "4/0Alimit", "", nat).await;
+    let r = request_vm_with(&f, "a3@uni.edu", "4/0Alimit", "", nat).await;
     assert_eq!(r.status(), 429, "{}", text(&r));
     let wait: u64 = r.headers()[header::RETRY_AFTER]
         .to_str()
@@ -1443,10 +1532,10 @@ async fn an_address_gets_at_most_its_limit_of_new_seats_then_429_with_retry_afte
         "a refused request changes nothing"
     );
     // Someone who has a seat still reaches it from that address.
-    let r = request_vm_with(&f.state, "a1@uni.edu", "4/0Alimit", "", nat).await;
+    let r = request_vm_with(&f, "a1@uni.edu", "4/0Alimit", "", nat).await;
     assert_eq!(r.status(), 200, "{}", text(&r));
     // Another address has its own count.
-    let r = request_vm_with(&f.state, "a3@uni.edu", "4/0Alimit", "", "198.51.100.10").await;
+    let r = request_vm_with(&f, "a3@uni.edu", "4/0Alimit", "", "198.51.100.10").await;
     assert_eq!(r.status(), 200, "{}", text(&r));
 }
 
@@ -1456,22 +1545,16 @@ async fn an_address_gets_at_most_its_limit_of_new_seats_then_429_with_retry_afte
 async fn a_parallel_burst_from_one_address_gets_exactly_its_limit() {
     let f = std::sync::Arc::new(setup(false).await);
     add_free_vms(&f.client, 12).await;
-    let r = set_gate(&f.state, &[("seats_per_address", "3")]).await;
+    let r = set_gate(&f, &[("seats_per_address", "3")]).await;
     assert_eq!(r.status(), 303, "{}", text(&r));
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let f = f.clone();
             tokio::spawn(async move {
-                request_vm_with(
-                    &f.state,
-                    &format!("burst{i}@uni.edu"),
-                    "4/0Aburst",
-                    "",
-                    "198.51.100.77",
-                )
-                .await
-                .status()
-                .as_u16()
+                request_vm_with(&f, &format!("burst{i}@uni.edu"), "4/0Aburst", "", "198.51.100.77")
+                    .await
+                    .status()
+                    .as_u16()
             })
         })
         .collect();
@@ -1493,7 +1576,7 @@ async fn a_parallel_burst_from_one_address_gets_exactly_its_limit() {
 #[tokio::test]
 async fn the_workshop_settings_refuse_bad_input_and_change_nothing() {
     let f = setup(false).await;
-    let (session, csrf) = log_in(&f.state).await;
+    let (session, csrf) = log_in(&f).await;
     let before = snapshot(&f.client).await;
     for (fields, why) in [
         (vec![("participants", "ok@uni.edu broken@@uni")], "broken@@uni"),
@@ -1508,7 +1591,7 @@ async fn the_workshop_settings_refuse_bad_input_and_change_nothing() {
         (vec![("access_code", "a\u{7}b")], "control characters"),
         (vec![("action", "explode")], "action must be save or defaults"),
     ] {
-        let r = set_gate_as(&f.state, &session, &csrf, &fields).await;
+        let r = set_gate_as(f.state_for("admin-workshop"), &session, &csrf, &fields).await;
         assert_eq!(r.status(), 400, "{fields:?}");
         assert!(text(&r).contains(why), "{fields:?}: {}", text(&r));
         assert_eq!(snapshot(&f.client).await, before, "{fields:?} changed data");
@@ -1616,13 +1699,13 @@ async fn session_works(state: &AppState, session: &str) -> bool {
 #[tokio::test]
 async fn logout_ends_the_session_at_once_and_everywhere_ends_every_one() {
     let f = setup(false).await;
-    let (a, a_csrf) = log_in(&f.state).await;
-    let (b, b_csrf) = log_in(&f.state).await;
-    let (c, _) = log_in(&f.state).await;
+    let (a, a_csrf) = log_in(&f).await;
+    let (b, b_csrf) = log_in(&f).await;
+    let (c, _) = log_in(&f).await;
     assert!(session_works(&f.state, &a).await && session_works(&f.state, &b).await);
     let page = text(
         &route("admin-home")
-            .handle(&f.state, with_cookie(bare("GET", "/admin"), &b))
+            .handle(f.state_for("admin-home"), with_cookie(bare("GET", "/admin"), &b))
             .await,
     );
     assert!(
@@ -1658,7 +1741,7 @@ async fn logout_ends_the_session_at_once_and_everywhere_ends_every_one() {
     assert_eq!(r.status(), 303);
     assert!(!session_works(&f.state, &b).await && !session_works(&f.state, &c).await);
     // A fresh login works.
-    let (d, _) = log_in(&f.state).await;
+    let (d, _) = log_in(&f).await;
     assert!(session_works(&f.state, &d).await);
 }
 
@@ -1689,20 +1772,20 @@ async fn login_from(state: &AppState, ip: &str, password: &str, cookies: &[Strin
 async fn a_guesser_on_many_addresses_locks_new_browsers_out_but_not_the_admins_own() {
     let f = setup(false).await;
     // The admin logged in from this browser before: it holds a device cookie.
-    let r = login_from(&f.state, "198.51.100.1", fixtures::ADMIN_PASSWORD, &[]).await;
+    let r = login_from(&f.public, "198.51.100.1", fixtures::ADMIN_PASSWORD, &[]).await;
     assert_eq!(r.status(), 303);
     let device = set_cookie(&r, "lablink_device").expect("a device cookie");
     // 50 wrong guesses spread over 10 addresses (5 each, under the address limit).
     for n in 0..50 {
-        let r = login_from(&f.state, &format!("203.0.113.{}", n / 5 + 10), "guess", &[]).await;
+        let r = login_from(&f.public, &format!("203.0.113.{}", n / 5 + 10), "guess", &[]).await;
         assert_eq!(r.status(), 401, "guess {n}");
     }
     // The user is locked for browsers without a device cookie, even with the password.
-    let r = login_from(&f.state, "203.0.113.99", fixtures::ADMIN_PASSWORD, &[]).await;
+    let r = login_from(&f.public, "203.0.113.99", fixtures::ADMIN_PASSWORD, &[]).await;
     assert_eq!(r.status(), 429, "{}", text(&r));
     // The admin's own browser still gets in (from a new address, too).
     let r = login_from(
-        &f.state,
+        &f.public,
         "192.0.2.44",
         fixtures::ADMIN_PASSWORD,
         std::slice::from_ref(&device),
@@ -1712,11 +1795,11 @@ async fn a_guesser_on_many_addresses_locks_new_browsers_out_but_not_the_admins_o
     // A stolen device cookie is its own small budget: 10 wrong guesses lock it.
     for n in 0..10 {
         let ip = format!("192.0.2.{}", 100 + n / 5);
-        let r = login_from(&f.state, &ip, "guess", std::slice::from_ref(&device)).await;
+        let r = login_from(&f.public, &ip, "guess", std::slice::from_ref(&device)).await;
         assert_eq!(r.status(), 401, "device guess {n}");
     }
     let r = login_from(
-        &f.state,
+        &f.public,
         "192.0.2.200",
         fixtures::ADMIN_PASSWORD,
         std::slice::from_ref(&device),
@@ -1726,7 +1809,7 @@ async fn a_guesser_on_many_addresses_locks_new_browsers_out_but_not_the_admins_o
     // A device cookie is bound to its user and the session key: a forged one counts
     // as none.
     let forged = device.replacen("lablink_device=d1.", "lablink_device=d1.x", 1);
-    let r = login_from(&f.state, "192.0.2.201", fixtures::ADMIN_PASSWORD, &[forged]).await;
+    let r = login_from(&f.public, "192.0.2.201", fixtures::ADMIN_PASSWORD, &[forged]).await;
     assert_eq!(r.status(), 429, "no valid device cookie: the user's lock applies");
 }
 
@@ -1749,7 +1832,7 @@ async fn a_new_admin_secret_ends_old_sessions_and_passwords_within_the_ttl() {
     config.admin = AdminSource::SecretsManager(name.clone());
     config.admin_secret_ttl = std::time::Duration::from_millis(300);
     let state = AppState::new(config).with_aws(sdk);
-    let (session, _) = log_in(&state).await;
+    let (session, _) = log_in_on(&state, &state).await;
     assert!(session_works(&state, &session).await);
     // The admin rotates the password (a new hash in the secret).
     let new_password = "a-brand-new-admin-password";

@@ -519,8 +519,10 @@ impl LocalStack {
             .flatten()
             .flatten()
             .filter_map(|e| {
-                let host = std::fs::read_to_string(e.path().join("hostname")).ok()?;
-                Some((host.trim().to_owned(), e.path()))
+                // The daemon's enrollment record (client-daemon/src/enroll.rs).
+                let record = std::fs::read_to_string(e.path().join("enrollment.json")).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&record).ok()?;
+                Some((v["hostname"].as_str()?.to_owned(), e.path()))
             })
             .collect();
         out.sort();

@@ -5,8 +5,11 @@
 //!   [`storage::LocalStorage`] in the local runner) and the per-VM upload URLs.
 //! - [`assemble`]: every VM's archive into one streamed zip with `manifest.csv`.
 //! - [`zip`]: the streaming zip writer.
+//! - `spill`: what grows by a record per file (the central directory, `manifest.csv`),
+//!   in a temporary file past 64 KiB.
 
 pub mod assemble;
+mod spill;
 pub mod storage;
 pub mod zip;
 

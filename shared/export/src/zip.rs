@@ -3,8 +3,13 @@
 //! (participants' result files are mostly compressed formats already, and storing keeps
 //! the assembly I/O-bound); CRC-32 and sizes follow each entry in a data descriptor, and
 //! ZIP64 records appear only where a size, an offset or the entry count needs them.
+//! Each entry's central-directory record is made when the entry ends and goes to a
+//! `Spill` (a temporary file past 64 KiB), so the writer holds the same few bytes
+//! whether the zip has ten entries or a million.
 
 use std::io::{self, Write};
+
+use crate::spill::Spill;
 
 const LOCAL_HEADER: u32 = 0x0403_4b50;
 const DATA_DESCRIPTOR: u32 = 0x0807_4b50;
@@ -30,7 +35,9 @@ struct Entry {
 /// [`ZipWriter::finish_entry`]; [`ZipWriter::finish`] writes the central directory.
 pub struct ZipWriter<W: Write> {
     out: CountingWriter<W>,
-    entries: Vec<Entry>,
+    /// The central directory so far, one record per finished entry.
+    central: Spill,
+    entries: u64,
     open: Option<(Entry, crc32fast::Hasher, u64)>,
 }
 
@@ -38,9 +45,15 @@ impl<W: Write> ZipWriter<W> {
     pub fn new(out: W) -> Self {
         Self {
             out: CountingWriter { inner: out, count: 0 },
-            entries: Vec::new(),
+            central: Spill::default(),
+            entries: 0,
             open: None,
         }
+    }
+
+    /// The central directory's size so far (it is written at [`ZipWriter::finish`]).
+    pub fn central_directory_bytes(&self) -> u64 {
+        self.central.len()
     }
 
     /// Begin entry `name` (forward slashes; no leading slash, no `..`), modified at
@@ -122,7 +135,8 @@ impl<W: Write> ZipWriter<W> {
             put32(&mut d, size as u32);
         }
         self.out.write_all(&d)?;
-        self.entries.push(entry);
+        self.central.write_all(&central_record(&entry))?;
+        self.entries += 1;
         Ok(())
     }
 
@@ -140,54 +154,10 @@ impl<W: Write> ZipWriter<W> {
             self.finish_entry()?;
         }
         let cd_start = self.out.count;
-        for e in &self.entries {
-            let mut extra = Vec::new();
-            let big_size = e.size >= MAX32 || e.zip64;
-            let big_offset = e.offset >= MAX32;
-            if big_size {
-                put64(&mut extra, e.size);
-                put64(&mut extra, e.size);
-            }
-            if big_offset {
-                put64(&mut extra, e.offset);
-            }
-            let mut h = Vec::with_capacity(46 + e.name.len() + 4 + extra.len());
-            put32(&mut h, CENTRAL_HEADER);
-            put16(&mut h, (3 << 8) | 45); // made by: Unix, spec 4.5
-            put16(&mut h, if big_size || big_offset { 45 } else { 20 });
-            put16(&mut h, FLAGS);
-            put16(&mut h, 0);
-            put16(&mut h, e.dos_time);
-            put16(&mut h, e.dos_date);
-            put32(&mut h, e.crc);
-            let size32 = if big_size { MAX32 as u32 } else { e.size as u32 };
-            put32(&mut h, size32);
-            put32(&mut h, size32);
-            put16(&mut h, e.name.len() as u16);
-            put16(
-                &mut h,
-                if extra.is_empty() {
-                    0
-                } else {
-                    4 + extra.len() as u16
-                },
-            );
-            put16(&mut h, 0); // comment
-            put16(&mut h, 0); // disk
-            put16(&mut h, 0); // internal attributes
-            put32(&mut h, 0o100644 << 16); // a regular file, rw-r--r--
-            put32(&mut h, if big_offset { MAX32 as u32 } else { e.offset as u32 });
-            h.extend_from_slice(e.name.as_bytes());
-            if !extra.is_empty() {
-                put16(&mut h, 0x0001);
-                put16(&mut h, extra.len() as u16);
-                h.extend_from_slice(&extra);
-            }
-            self.out.write_all(&h)?;
-        }
+        self.central.copy_to(&mut self.out)?;
         let cd_end = self.out.count;
         let cd_size = cd_end - cd_start;
-        let n = self.entries.len() as u64;
+        let n = self.entries;
         let mut t = Vec::new();
         let zip64 = n >= 0xFFFF || cd_start >= MAX32 || cd_size >= MAX32;
         if zip64 {
@@ -224,6 +194,53 @@ impl<W: Write> ZipWriter<W> {
     pub fn into_inner(self) -> W {
         self.out.inner
     }
+}
+
+/// An entry's record in the central directory.
+fn central_record(e: &Entry) -> Vec<u8> {
+    let mut extra = Vec::new();
+    let big_size = e.size >= MAX32 || e.zip64;
+    let big_offset = e.offset >= MAX32;
+    if big_size {
+        put64(&mut extra, e.size);
+        put64(&mut extra, e.size);
+    }
+    if big_offset {
+        put64(&mut extra, e.offset);
+    }
+    let mut h = Vec::with_capacity(46 + e.name.len() + 4 + extra.len());
+    put32(&mut h, CENTRAL_HEADER);
+    put16(&mut h, (3 << 8) | 45); // made by: Unix, spec 4.5
+    put16(&mut h, if big_size || big_offset { 45 } else { 20 });
+    put16(&mut h, FLAGS);
+    put16(&mut h, 0);
+    put16(&mut h, e.dos_time);
+    put16(&mut h, e.dos_date);
+    put32(&mut h, e.crc);
+    let size32 = if big_size { MAX32 as u32 } else { e.size as u32 };
+    put32(&mut h, size32);
+    put32(&mut h, size32);
+    put16(&mut h, e.name.len() as u16);
+    put16(
+        &mut h,
+        if extra.is_empty() {
+            0
+        } else {
+            4 + extra.len() as u16
+        },
+    );
+    put16(&mut h, 0); // comment
+    put16(&mut h, 0); // disk
+    put16(&mut h, 0); // internal attributes
+    put32(&mut h, 0o100644 << 16); // a regular file, rw-r--r--
+    put32(&mut h, if big_offset { MAX32 as u32 } else { e.offset as u32 });
+    h.extend_from_slice(e.name.as_bytes());
+    if !extra.is_empty() {
+        put16(&mut h, 0x0001);
+        put16(&mut h, extra.len() as u16);
+        h.extend_from_slice(&extra);
+    }
+    h
 }
 
 /// The open entry's bytes.

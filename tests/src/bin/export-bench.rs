@@ -2,7 +2,11 @@
 //! by the daemon's own code, then assembled into one zip by the export's own code, in a
 //! child process whose peak RSS (`VmHWM`) is what we report.
 //!
-//! `scripts/bench-export [--vms 20] [--mb 1024] [--files-per-vm 5] [--s3]`
+//! `scripts/bench-export [--vms 20] [--mb 1024] [--files-per-vm 5] [--path-bytes 0] [--s3]`
+//!
+//! Many small files instead: `--vms 20 --files-per-vm 5000 --mb 20 --path-bytes 200` is
+//! 100,000 files of about 200 bytes, each under a path of about 200 bytes: what grows then
+//! is the per-file state (central directory, manifest rows), not the data.
 //!
 //! With `--s3` the archives go to a bucket on `moto_server` and the assembly runs the AWS
 //! code path (streamed GETs, a multipart upload of 8 MiB parts): its memory is what a
@@ -37,8 +41,9 @@ fn peak_rss_kib() -> u64 {
 /// Incompressible bytes, fast (xorshift).
 fn fill(path: &Path, bytes: u64, mut seed: u64) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut buf = vec![0u8; 1 << 20];
+    let size = bytes.clamp(8, 1 << 20) as usize;
+    let mut f = std::io::BufWriter::with_capacity(size, std::fs::File::create(path)?);
+    let mut buf = vec![0u8; size];
     let mut left = bytes;
     while left > 0 {
         for chunk in buf.chunks_mut(8) {
@@ -55,6 +60,22 @@ fn fill(path: &Path, bytes: u64, mut seed: u64) -> std::io::Result<()> {
 }
 
 const JOB: &str = "20261124T000000Z-be9cbe9c";
+
+/// The folder (relative to a workspace) the files go in: empty, or nested folders of up
+/// to 100 bytes, so that `<folder>/session<n>.slp` is about `path_bytes` long.
+fn folder(path_bytes: u64) -> PathBuf {
+    let mut left = path_bytes.saturating_sub("/session0000.slp".len() as u64) as usize;
+    let mut p = PathBuf::new();
+    let mut i = 0;
+    while left > 20 {
+        let len = left.min(100);
+        let name = format!("results-{i:02}-");
+        p.push(format!("{name}{}", "x".repeat(len - 1 - name.len())));
+        left -= len;
+        i += 1;
+    }
+    p
+}
 
 fn hosts(vms: u64) -> Vec<String> {
     (1..=vms).map(|i| format!("bench-vm-{i:03}")).collect()
@@ -130,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
     let vms = arg(&args, "--vms", 20);
     let mb = arg(&args, "--mb", 1024);
     let per_vm = arg(&args, "--files-per-vm", 5);
+    let path_bytes = arg(&args, "--path-bytes", 0);
     let s3 = args.iter().any(|a| a == "--s3");
     let bucket = format!("lablink-export-bench-{:08x}", rand::random::<u32>());
     let sdk = lablink_testkit::moto::sdk_config();
@@ -140,9 +162,15 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into()))?;
     let exe = std::env::current_exe()?;
     let file_bytes = mb * 1024 * 1024 / (vms * per_vm);
+    let sub = folder(path_bytes);
+    let size = if file_bytes >= 1 << 20 {
+        format!("{:.1} MiB", file_bytes as f64 / 1048576.0)
+    } else {
+        format!("{file_bytes} bytes")
+    };
     println!(
-        "export benchmark: {vms} VMs x {per_vm} files x {:.1} MiB = {mb} MiB",
-        file_bytes as f64 / 1048576.0
+        "export benchmark: {vms} VMs x {per_vm} files x {size} = {mb} MiB, paths of {} bytes",
+        sub.join("session0.slp").as_os_str().len()
     );
     let storage = LocalStorage {
         dir: dir.path().to_path_buf(),
@@ -151,10 +179,10 @@ async fn main() -> anyhow::Result<()> {
     };
     for (i, host) in hosts(vms).iter().enumerate() {
         let ws = dir.path().join("ws").join(host);
-        std::fs::create_dir_all(&ws)?;
+        std::fs::create_dir_all(ws.join(&sub))?;
         for f in 0..per_vm {
             fill(
-                &ws.join(format!("session{f}.slp")),
+                &ws.join(&sub).join(format!("session{f}.slp")),
                 file_bytes,
                 (i as u64 + 1) * 7919 + f,
             )?;
@@ -211,9 +239,23 @@ async fn main() -> anyhow::Result<()> {
     }
     let z = lablink_e2e::read_zip(&zip)?;
     anyhow::ensure!(z["bad"].is_null(), "the zip has a bad entry: {}", z["bad"]);
+    let entries = z["names"].as_array().map_or(0, Vec::len) as u64;
+    let rows = z["manifest"].as_str().map_or(0, |m| m.lines().count()) as u64;
+    anyhow::ensure!(
+        entries == vms * per_vm + 1 && rows == vms * per_vm + 1,
+        "expected {} files: the zip has {entries} entries, manifest.csv {rows} lines",
+        vms * per_vm
+    );
+    // The central directory: 46 bytes and the name a record (no ZIP64 extra here).
+    let central: usize = z["names"]
+        .as_array()
+        .map_or(0, |n| n.iter().map(|n| 46 + n.as_str().map_or(0, str::len)).sum());
+    let manifest = z["manifest"].as_str().map_or(0, str::len);
     println!(
-        "zip checked by Python's zipfile: {} entries, every CRC good",
-        z["names"].as_array().map_or(0, Vec::len)
+        "zip checked by Python's zipfile: {entries} entries, every CRC good; manifest.csv lists every file\n\
+         per-file records: central directory {:.1} MiB, manifest.csv {:.1} MiB",
+        central as f64 / 1048576.0,
+        manifest as f64 / 1048576.0
     );
     Ok(())
 }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 /// The name of the manifest entry, last in every VM archive.
 pub const MANIFEST_ENTRY: &str = ".lablink-export-manifest.json";
 
-/// The largest manifest the assembler reads.
+/// How much of a manifest the assembler may hold while reading it: every byte outside
+/// `files` counts (so `skipped` and any one string fit in it), and in `files`, which it
+/// skips over, only `[` and `{` (a byte per nesting level), so any number of files fits.
 pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

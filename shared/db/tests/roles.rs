@@ -372,7 +372,7 @@ async fn listed_tables_of_a_later_migration_are_granted_once_they_exist() {
                  ON CONFLICT (address) DO UPDATE SET requests = seat_request_windows.requests + 1;
              UPDATE seat_request_windows SET requests = GREATEST(requests - 1, 0) WHERE address = '192.0.2.1';
              INSERT INTO admin_sessions (id_hash, admin_user, secret_epoch, address, expires_at)
-                 VALUES ('\\x00', 'admin', 'e', '192.0.2.1', now() + interval '1 hour');",
+                 VALUES (decode(repeat('00', 32), 'hex'), 'admin', 'e', '192.0.2.1', now() + interval '1 hour');",
         )
         .await
         .unwrap();

@@ -1402,7 +1402,7 @@ async fn add_free_vms(c: &tokio_postgres::Client, n: usize) {
 
 /// A request for a VM with these form fields, from `ip`.
 async fn request_vm_with(
-    state: &AppState,
+    f: &Fixture,
     email: &str,
     code: &str,
     access_code: &str,

@@ -180,7 +180,11 @@ pub async fn start(config: HolderConfig) -> std::io::Result<Running> {
 
 /// Every minute (or a fifth of the deadline, if shorter): VMs whose bootstrap never
 /// finished are marked `error`, so the admin sees them (the holder is the one process
-/// that always runs; with two tasks the update is simply done twice).
+/// that always runs; with two tasks the update is simply done twice). Then one
+/// `"event":"vm_states"` line counts the VMs in `error` and those still `initializing`
+/// past the deadline: the stack's metric filters turn it into the alarms' metrics (a
+/// count, not an event, so an alarm lasts as long as the VMs are stuck; two tasks log
+/// the same count and the alarms take the maximum).
 async fn expire_bootstraps(holder: Arc<Holder>) {
     let deadline = holder.config.bootstrap_deadline;
     let every = (deadline / 5).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -201,6 +205,15 @@ async fn expire_bootstraps(holder: Arc<Holder>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "checking bootstrap deadlines failed"),
+        }
+        match holder.link.query(vms::stuck_counts(&client, deadline)).await {
+            Ok(c) => tracing::info!(
+                event = "vm_states",
+                in_error = c.error,
+                initializing_overdue = c.initializing_overdue,
+                "VMs that need the admin"
+            ),
+            Err(e) => tracing::warn!(error = %e, "counting VMs in error failed"),
         }
     }
 }

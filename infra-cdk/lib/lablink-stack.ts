@@ -15,13 +15,17 @@
 //   may touch it (and only under exports/); VMs and the holder never get a permission on
 //   it: VMs upload and admins download through presigned URLs;
 // - the client daemon ships with the deployment as one S3 object: VMs may read that object
-//   and nothing else in its bucket, and the provisioner tells them its SHA-256.
+//   and nothing else in its bucket, and the provisioner tells them its SHA-256;
+// - it is watched (./watch.ts): JSON logs from every function, alarms to one SNS topic, a
+//   dashboard, an optional budget; an optional custom domain gives the API a stable
+//   address, which the VMs and the outputs then use.
 
 import {
   Aws,
   CfnCondition,
   CfnOutput,
   CfnParameter,
+  CfnRule,
   Duration,
   Fn,
   RemovalPolicy,
@@ -30,6 +34,7 @@ import {
   Tags,
 } from 'aws-cdk-lib';
 import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
+import * as acm from 'aws-cdk-lib/aws-certificatemanager';
 import { HttpAlbIntegration, HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -42,6 +47,7 @@ import { DynamoEventSource, SqsDlq } from 'aws-cdk-lib/aws-lambda-event-sources'
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { LambdaDestination } from 'aws-cdk-lib/aws-logs-destinations';
 import * as rds from 'aws-cdk-lib/aws-rds';
+import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
@@ -49,6 +55,7 @@ import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { DaemonBinary, LambdaCodeSource } from './lambda-code';
 import { DbUser, EventFunction, ExportBucketAccess, HOLDER_ROUTE_PATHS, HttpFunction, Manifest, pascal } from './manifest';
+import { addWatching } from './watch';
 
 /** The tag every VM of a deployment carries; IAM conditions on it fence the provisioner. */
 export const DEPLOYMENT_TAG = 'lablink:deployment';
@@ -79,8 +86,9 @@ export const EXPORT_BUCKET_ACTIONS: Readonly<Record<Exclude<ExportBucketAccess, 
   // upload (Create/UploadPart/Complete are s3:PutObject) and cleaning up a failed one.
   readwrite: ['s3:GetObject', 's3:PutObject', 's3:AbortMultipartUpload', 's3:ListMultipartUploadParts'],
 };
-/** The holder's container port and health check. */
+/** The holder's container port and health check; how many tasks run it. */
 export const HOLDER_PORT = 8080;
+export const HOLDER_TASKS = 2;
 export const HOLDER_HEALTH_PATH = '/healthz';
 /** The VM image when `AmiId` is empty: AWS's current GPU base image, resolved at launch. */
 export const DEFAULT_AMI_SSM_PARAMETER =
@@ -95,6 +103,8 @@ export const SESSION_MANAGER_POLICY = 'AmazonSSMManagedInstanceCore';
  * characters in any case.)
  */
 export const STARTUP_SCRIPT_B64_MAX = 1400;
+/** Longest `DomainName`: it becomes the provisioner's LABLINK_API_URL (the same 4 KB). */
+export const DOMAIN_NAME_MAX = 128;
 
 export interface LabLinkStackProps extends StackProps {
   readonly manifest: Manifest;
@@ -319,6 +329,44 @@ export class LabLinkStack extends Stack {
       description: 'How long a data export waits for the VMs to upload their archives.',
     }).valueAsString;
 
+    // ---- Watching and a stable address (all optional) ----
+    const alarmEmail = new CfnParameter(this, 'AlarmEmail', {
+      type: 'String',
+      default: '',
+      allowedPattern: '^([^\\s@]+@[^\\s@]+\\.[^\\s@]+)?$',
+      maxLength: 254,
+      constraintDescription: 'empty, or one email address',
+      description: "Email address subscribed to the deployment's alarm topic (empty: none; confirm the first email SNS sends).",
+    }).valueAsString;
+    const monthlyBudgetUsd = new CfnParameter(this, 'MonthlyBudgetUsd', {
+      type: 'String',
+      default: '0',
+      allowedPattern: '^(|0|[1-9][0-9]{0,6})$',
+      maxLength: 7,
+      constraintDescription: 'whole US dollars; 0 or empty for no budget',
+      description:
+        "Monthly cost (USD) of the AWS account at which AWS Budgets alerts the alarm topic (at 80% spent and at a forecast over 100%); 0 or empty: no budget.",
+    }).valueAsString;
+    const domainName = new CfnParameter(this, 'DomainName', {
+      type: 'String',
+      default: '',
+      allowedPattern: '^(([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63})?$',
+      // Bounded, as everything in the provisioner's environment is (STARTUP_SCRIPT_B64_MAX).
+      maxLength: DOMAIN_NAME_MAX,
+      constraintDescription: `empty, or a lower-case DNS name of at most ${DOMAIN_NAME_MAX} characters, e.g. lablink.example.org`,
+      description:
+        'Optional stable address of the API (e.g. lablink.example.org), in the Route 53 hosted zone HostedZoneId: ' +
+        'a certificate, an API Gateway custom domain and an alias record; participants, admins and VMs then use it.',
+    }).valueAsString;
+    const hostedZoneId = new CfnParameter(this, 'HostedZoneId', {
+      type: 'String',
+      default: '',
+      allowedPattern: '^(Z[A-Z0-9]{1,31})?$',
+      maxLength: 32,
+      constraintDescription: 'empty, or a Route 53 hosted zone id like Z0123456789ABCDEFGHIJ',
+      description: 'The Route 53 public hosted zone DomainName is in (required with DomainName).',
+    }).valueAsString;
+
     // On every resource (a stack tag cannot hold a parameter's value).
     // CDK makes each function depend on its role's policy and on the role it also GetAtts;
     // the duplicate is how CDK orders a policy before its function (cfn-lint W3005).
@@ -331,6 +379,34 @@ export class LabLinkStack extends Stack {
     });
     const sessionManagerEnabled = new CfnCondition(this, 'SessionManagerEnabled', {
       expression: Fn.conditionEquals(enableSessionManager, 'true'),
+    });
+    const alarmEmailSet = new CfnCondition(this, 'AlarmEmailSet', {
+      expression: Fn.conditionNot(Fn.conditionEquals(alarmEmail, '')),
+    });
+    const budgetSet = new CfnCondition(this, 'BudgetSet', {
+      expression: Fn.conditionAnd(
+        Fn.conditionNot(Fn.conditionEquals(monthlyBudgetUsd, '')),
+        Fn.conditionNot(Fn.conditionEquals(monthlyBudgetUsd, '0')),
+      ),
+    });
+    const customDomain = new CfnCondition(this, 'CustomDomain', {
+      expression: Fn.conditionNot(Fn.conditionEquals(domainName, '')),
+    });
+    // A domain without its zone (or a zone without a domain) is refused before anything
+    // is created: rules cannot use conditions, hence the expressions again.
+    new CfnRule(this, 'DomainNameNeedsHostedZone', {
+      assertions: [
+        {
+          assert: Fn.conditionOr(
+            Fn.conditionAnd(Fn.conditionEquals(domainName, ''), Fn.conditionEquals(hostedZoneId, '')),
+            Fn.conditionAnd(
+              Fn.conditionNot(Fn.conditionEquals(domainName, '')),
+              Fn.conditionNot(Fn.conditionEquals(hostedZoneId, '')),
+            ),
+          ),
+          assertDescription: 'DomainName and HostedZoneId go together: set both, or neither.',
+        },
+      ],
     });
 
     // ---- Network: 2 AZs; public subnets for the VMs and NAT, private for everything else ----
@@ -537,6 +613,8 @@ export class LabLinkStack extends Stack {
     // ---- Functions, one per manifest entry ----
     const fnSecurity = { vpc, vpcSubnets: privateSubnets, securityGroups: [lambdaSg] };
     const dbFunctions: lambda.Function[] = [];
+    const allFunctions: lambda.Function[] = [];
+    const functionLogs = new Map<lambda.Function, logs.LogGroup>();
     const makeFunction = (
       fn: string,
       description: string,
@@ -574,9 +652,15 @@ export class LabLinkStack extends Stack {
         environment: { RUST_LOG: 'info', ...(opts.db ? dbEnvFor(proxy.endpoint, opts.db) : {}), ...opts.env },
         role,
         logGroup,
+        // JSON lines: Lambda's own (START, REPORT) and ours, which lambda_runtime's
+        // subscriber writes as JSON when Lambda sets AWS_LAMBDA_LOG_FORMAT=JSON, each in
+        // its invocation's span with the request id. The alarms' metric filters read them.
+        loggingFormat: lambda.LoggingFormat.JSON,
         ...(opts.db ? fnSecurity : {}),
       });
       Tags.of(f).add('lablink:function', fn);
+      allFunctions.push(f);
+      functionLogs.set(f, logGroup);
       if (opts.db) {
         proxy.grantConnect(f, opts.db);
         dbFunctions.push(f);
@@ -617,7 +701,15 @@ export class LabLinkStack extends Stack {
       throttle: { rateLimit: 500, burstLimit: 1000 },
       accessLogSettings: { destination: new apigwv2.LogGroupLogDestination(apiAccessLogs) },
     });
-    const apiUrl = stage.url; // https://<id>.execute-api.<region>.amazonaws.com/
+    // The custom domain when DomainName is set (what participants open and VMs call),
+    // else https://<id>.execute-api.<region>.amazonaws.com/. The execute-api address keeps
+    // working either way (VMs launched before the domain was set use it).
+    const apiUrl = Fn.conditionIf(
+      customDomain.logicalId,
+      Fn.join('', ['https://', domainName, '/']),
+      stage.url,
+    ).toString();
+    this.addCustomDomain({ api, stage, domainName, hostedZoneId, customDomain });
 
     const onlyOne = (what: string, found: EventFunction[]): EventFunction => {
       const [one] = found;
@@ -833,7 +925,7 @@ export class LabLinkStack extends Stack {
     const holderService = new ecs.FargateService(this, 'HolderService', {
       cluster,
       taskDefinition: holderTask,
-      desiredCount: 2,
+      desiredCount: HOLDER_TASKS,
       vpcSubnets: privateSubnets,
       securityGroups: [holderSg],
       assignPublicIp: false,
@@ -869,7 +961,7 @@ export class LabLinkStack extends Stack {
       dropInvalidHeaderFields: true,
     });
     const listener = alb.addListener('Http', { port: 80, protocol: elbv2.ApplicationProtocol.HTTP, open: false });
-    listener.addTargets('Holder', {
+    const holderTargets = listener.addTargets('Holder', {
       port: HOLDER_PORT,
       protocol: elbv2.ApplicationProtocol.HTTP,
       targets: [holderService],
@@ -901,6 +993,24 @@ export class LabLinkStack extends Stack {
       api.addRoutes({ path: holderPath, methods: [apigwv2.HttpMethod.POST], integration: holderIntegration });
     }
 
+    // ---- Watching: alarms to one topic, a dashboard, a budget (./watch.ts) ----
+    const alarmTopic = addWatching(this, {
+      environment,
+      alarmEmail,
+      alarmEmailSet,
+      monthlyBudgetUsd,
+      budgetSet,
+      api,
+      provisioner,
+      provisionerLogs: functionLogs.get(provisioner)!,
+      provisionerFailures,
+      holderLogs,
+      holderTargets,
+      holderTasks: HOLDER_TASKS,
+      database: db,
+      functions: allFunctions,
+    });
+
     // ---- Outputs ----
     new CfnOutput(this, 'ApiUrl', { value: apiUrl, description: 'LabLink: participants open this; VMs use it as LABLINK_API_URL' });
     new CfnOutput(this, 'HolderUrl', {
@@ -924,6 +1034,64 @@ export class LabLinkStack extends Stack {
     });
     new CfnOutput(this, 'HolderServiceName', { value: holderService.serviceName });
     new CfnOutput(this, 'ClusterName', { value: cluster.clusterName });
+    new CfnOutput(this, 'AlarmTopicArn', {
+      value: alarmTopic.topicArn,
+      description: 'Alarms and budget alerts are published here (subscribe more addresses to it)',
+    });
+    new CfnOutput(this, 'DashboardName', {
+      value: Fn.join('', ['lablink-', environment]),
+      description: 'CloudWatch dashboard of this deployment',
+    });
+  }
+
+  /**
+   * With DomainName set: an ACM certificate validated through a DNS record in HostedZoneId
+   * (CloudFormation writes it), a regional API Gateway custom domain (TLS 1.2, IPv4 and
+   * IPv6) mapped to the $default stage, and alias A and AAAA records to it. Without
+   * DomainName none of these exist.
+   */
+  private addCustomDomain(o: {
+    api: apigwv2.HttpApi;
+    stage: apigwv2.HttpStage;
+    domainName: string;
+    hostedZoneId: string;
+    customDomain: CfnCondition;
+  }): void {
+    const certificate = new acm.CfnCertificate(this, 'ApiCertificate', {
+      domainName: o.domainName,
+      validationMethod: 'DNS',
+      domainValidationOptions: [{ domainName: o.domainName, hostedZoneId: o.hostedZoneId }],
+    });
+    const domain = new apigwv2.CfnDomainName(this, 'ApiDomainName', {
+      domainName: o.domainName,
+      domainNameConfigurations: [
+        {
+          certificateArn: certificate.ref,
+          endpointType: 'REGIONAL',
+          securityPolicy: 'TLS_1_2',
+          ipAddressType: 'dualstack',
+        },
+      ],
+    });
+    const mapping = new apigwv2.CfnApiMapping(this, 'ApiDomainMapping', {
+      apiId: o.api.apiId,
+      domainName: domain.ref,
+      stage: (o.stage.node.defaultChild as apigwv2.CfnStage).ref,
+    });
+    const records = ['A', 'AAAA'].map(
+      (type) =>
+        new route53.CfnRecordSet(this, `ApiDomainRecord${type}`, {
+          hostedZoneId: o.hostedZoneId,
+          name: o.domainName,
+          type,
+          aliasTarget: {
+            dnsName: domain.attrRegionalDomainName,
+            hostedZoneId: domain.attrRegionalHostedZoneId,
+            evaluateTargetHealth: false,
+          },
+        }),
+    );
+    for (const r of [certificate, domain, mapping, ...records]) r.cfnOptions.condition = o.customDomain;
   }
 
   /**

@@ -241,7 +241,7 @@ describe('database access', () => {
     assert.deepEqual(proxy.Properties.DBProxyName, withEnv);
     for (const [id, r] of Object.entries(s.resources)) {
       for (const [k, v] of Object.entries((r as Json).Properties ?? {})) {
-        if (/^(DBProxyName|LogGroupName|FunctionName|TableName|RoleName|QueueName|ClusterName|DBInstanceIdentifier|BucketName)$/.test(k)) {
+        if (/^(DBProxyName|LogGroupName|FunctionName|TableName|RoleName|QueueName|ClusterName|DBInstanceIdentifier|BucketName|AlarmName|DashboardName|BudgetName)$/.test(k)) {
           assert.ok(typeof v !== 'string', `${id}.${k} is a fixed name: ${v}`);
         }
       }

@@ -138,30 +138,10 @@ export function mentions(v: Json, id: string): boolean {
 /**
  * The template as CloudFormation deploys it with these parameter values (the defaults for
  * the others): conditions evaluated, `Fn::If` replaced by its branch, `AWS::NoValue` and
- * resources whose condition is false dropped. Other intrinsics are left as they are.
+ * resources and outputs whose condition is false dropped. Other intrinsics are left as they are.
  */
 export function deployedWith(s: Synth, values: Record<string, string> = {}): Synth {
-  const params: Record<string, Json> = s.json.Parameters ?? {};
-  for (const k of Object.keys(values)) if (!params[k]) throw new Error(`no parameter ${k}`);
-  const scalar = (v: Json): string => {
-    if (typeof v === 'string') return v;
-    if (typeof v?.Ref === 'string' && params[v.Ref]) return String(values[v.Ref] ?? params[v.Ref].Default);
-    throw new Error(`cannot evaluate ${JSON.stringify(v)} in a condition`);
-  };
-  const conditions: Record<string, Json> = s.json.Conditions ?? {};
-  const holds = (name: string): boolean => {
-    const c = conditions[name];
-    if (c === undefined) throw new Error(`no condition ${name}`);
-    return evaluate(c);
-  };
-  const evaluate = (c: Json): boolean => {
-    if (c['Fn::Equals']) return scalar(c['Fn::Equals'][0]) === scalar(c['Fn::Equals'][1]);
-    if (c['Fn::Not']) return !evaluate(c['Fn::Not'][0]);
-    if (c['Fn::And']) return c['Fn::And'].every(evaluate);
-    if (c['Fn::Or']) return c['Fn::Or'].some(evaluate);
-    if (typeof c.Condition === 'string') return holds(c.Condition);
-    throw new Error(`cannot evaluate condition ${JSON.stringify(c)}`);
-  };
+  const { holds } = conditionsWith(s, values);
   const noValue = Symbol('AWS::NoValue');
   const walk = (v: Json): Json => {
     if (Array.isArray(v)) return v.map(walk).filter((x) => x !== noValue);
@@ -183,8 +163,56 @@ export function deployedWith(s: Synth, values: Record<string, string> = {}): Syn
     if (typeof r.Condition === 'string' && !holds(r.Condition)) continue;
     resources[id] = walk(r);
   }
-  const json = { ...s.json, Resources: resources };
+  const outputs: Record<string, Json> = {};
+  for (const [id, o] of Object.entries((s.json.Outputs ?? {}) as Record<string, Json>)) {
+    if (typeof o.Condition === 'string' && !holds(o.Condition)) continue;
+    outputs[id] = walk(o);
+  }
+  const json = { ...s.json, Resources: resources, Outputs: outputs };
   return { built: s.built, template: s.template, json, resources };
+}
+
+/**
+ * The descriptions of the template's rules (its `Rules` section) whose assertions fail
+ * with these parameter values (the defaults for the others): CloudFormation refuses such
+ * a deploy before it creates anything.
+ */
+export function brokenRules(s: Synth, values: Record<string, string> = {}): string[] {
+  const { evaluate } = conditionsWith(s, values);
+  const broken: string[] = [];
+  for (const rule of Object.values((s.json.Rules ?? {}) as Record<string, Json>)) {
+    if (rule.RuleCondition && !evaluate(rule.RuleCondition)) continue;
+    for (const a of rule.Assertions) if (!evaluate(a.Assert)) broken.push(a.AssertDescription);
+  }
+  return broken;
+}
+
+function conditionsWith(
+  s: Synth,
+  values: Record<string, string>,
+): { holds: (name: string) => boolean; evaluate: (c: Json) => boolean } {
+  const params: Record<string, Json> = s.json.Parameters ?? {};
+  for (const k of Object.keys(values)) if (!params[k]) throw new Error(`no parameter ${k}`);
+  const scalar = (v: Json): string => {
+    if (typeof v === 'string') return v;
+    if (typeof v?.Ref === 'string' && params[v.Ref]) return String(values[v.Ref] ?? params[v.Ref].Default);
+    throw new Error(`cannot evaluate ${JSON.stringify(v)} in a condition`);
+  };
+  const conditions: Record<string, Json> = s.json.Conditions ?? {};
+  const holds = (name: string): boolean => {
+    const c = conditions[name];
+    if (c === undefined) throw new Error(`no condition ${name}`);
+    return evaluate(c);
+  };
+  const evaluate = (c: Json): boolean => {
+    if (c['Fn::Equals']) return scalar(c['Fn::Equals'][0]) === scalar(c['Fn::Equals'][1]);
+    if (c['Fn::Not']) return !evaluate(c['Fn::Not'][0]);
+    if (c['Fn::And']) return c['Fn::And'].every(evaluate);
+    if (c['Fn::Or']) return c['Fn::Or'].some(evaluate);
+    if (typeof c.Condition === 'string') return holds(c.Condition);
+    throw new Error(`cannot evaluate condition ${JSON.stringify(c)}`);
+  };
+  return { holds, evaluate };
 }
 
 /**
@@ -258,6 +286,11 @@ export function worstCaseLength(s: Synth, v: Json): number {
     const [sep, parts] = v['Fn::Join'];
     if (!Array.isArray(parts)) throw new Error(`Fn::Join of ${JSON.stringify(parts)}`);
     return parts.reduce((n: number, p: Json) => n + worstCaseLength(s, p), 0) + sep.length * Math.max(0, parts.length - 1);
+  }
+  if (Array.isArray(v['Fn::If'])) {
+    // Either branch may be deployed: the longer one.
+    const [, yes, no] = v['Fn::If'];
+    return Math.max(worstCaseLength(s, yes), worstCaseLength(s, no));
   }
   if (typeof v['Fn::Sub'] === 'string') {
     return (v['Fn::Sub'] as string).replace(/\$\{([^}]+)\}/g, (_, name) => 'x'.repeat(worstCaseLength(s, { Ref: name }))).length;

@@ -355,6 +355,35 @@ pub async fn expire_bootstraps(
     rows.iter().map(|r| host(r.get(0))).collect()
 }
 
+/// VMs that need the admin, counted for the deployment's alarms (the holder logs these
+/// every minute, docs/operations.md "Alarms").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StuckVms {
+    /// In `error`: a failed bootstrap, image pull or startup script (under `fail`), or a
+    /// bootstrap the holder gave up on.
+    pub error: i64,
+    /// Still `initializing` `deadline` after launch although the daemon reports (its image
+    /// pull or startup script has not finished). The ones that never reported are in
+    /// `error` instead ([`expire_bootstraps`]).
+    pub initializing_overdue: i64,
+}
+
+pub async fn stuck_counts(client: &Client, deadline: std::time::Duration) -> Result<StuckVms, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'error'),
+                    count(*) FILTER (WHERE status = 'initializing'
+                                       AND created_at < now() - make_interval(secs => $1))
+             FROM vms",
+            &[&(deadline.as_secs_f64())],
+        )
+        .await?;
+    Ok(StuckVms {
+        error: row.get(0),
+        initializing_overdue: row.get(1),
+    })
+}
+
 pub async fn get_status(client: &Client, hostname: &Hostname) -> Result<Option<VmStatus>, DbError> {
     let row = client
         .query_opt(

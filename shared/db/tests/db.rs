@@ -421,7 +421,7 @@ async fn timings_are_recorded_and_total_startup_spans_provisioning_to_the_last_e
 }
 
 #[tokio::test]
-async fn vms_initializing_past_the_bootstrap_deadline_are_marked_error() {
+async fn vms_initializing_past_the_bootstrap_deadline_are_marked_error_and_counted_for_the_alarms() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let hosts = running_vms(&c, 3).await;
@@ -467,6 +467,15 @@ async fn vms_initializing_past_the_bootstrap_deadline_are_marked_error() {
     assert!(
         vms::expire_bootstraps(&c, deadline).await.unwrap().is_empty(),
         "once"
+    );
+    // What the holder logs for the alarms: the expired one is in error; the one that
+    // reports but is still initializing past the deadline is overdue; the new one is not.
+    assert_eq!(
+        vms::stuck_counts(&c, deadline).await.unwrap(),
+        vms::StuckVms {
+            error: 1,
+            initializing_overdue: 1
+        }
     );
 }
 

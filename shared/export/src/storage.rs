@@ -294,8 +294,13 @@ impl ZipSink for MultipartSink {
                 .send(),
         );
         if let Err(e) = r {
-            // The bucket's lifecycle rule removes abandoned uploads after a day.
-            tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(e), "could not abort the zip's upload");
+            // The bucket's lifecycle rule removes abandoned uploads after a day; until then
+            // its parts are billed. `event` is what the stack's alarm counts.
+            tracing::warn!(
+                event = "export_upload_not_aborted",
+                error = %aws_sdk_s3::error::DisplayErrorContext(e),
+                "could not abort the zip's upload"
+            );
         }
     }
 }

@@ -23,6 +23,16 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// The stored `kind` tag: `launch`, `destroy`, `export`, `replace`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Launch { .. } => "launch",
+            JobKind::Destroy => "destroy",
+            JobKind::Export => "export",
+            JobKind::Replace { .. } => "replace",
+        }
+    }
+
     pub fn label(&self) -> String {
         match self {
             JobKind::Launch { num_vms } => {
@@ -182,6 +192,7 @@ mod tests {
         j.event(Utc::now(), "hello");
         let v = serde_json::to_value(&j).unwrap();
         assert_eq!(v["kind"], "launch");
+        assert_eq!(v["kind"], j.kind.name(), "name() is the stored tag");
         assert_eq!(v["num_vms"], 3);
         assert_eq!(v["state"], "queued");
         let back: Job = serde_json::from_value(v).unwrap();

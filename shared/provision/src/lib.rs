@@ -222,6 +222,9 @@ impl Provisioner {
             Err(Failed(reason)) => {
                 job.state = JobState::Failed;
                 job.event(now, format!("failed: {reason}"));
+                // One stable field for the stack's "failed jobs" metric filter
+                // (docs/operations.md, "Alarms"); the reason is the job page's.
+                tracing::error!(event = "job_failed", job = %job.id, kind = job.kind.name(), "job failed");
                 job.error = Some(reason);
             }
         }

@@ -241,6 +241,156 @@ async fn every_fixture_gets_its_expected_answer_and_refusals_change_nothing() {
     }
 }
 
+/// A `MakeWriter` that appends every log line to one buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// STYLE.md: never log a secret, a CRD code or a PIN. Every route's fixtures (the CRD
+/// codes of `request-vm` and `seat-code`, the admin password, the enrollment secret, the
+/// stored AWS keys, the VMs' credentials, the session and seat tokens), a fresh seat with
+/// its PIN and a fresh code, a room access code saved and typed, and a wrong password run
+/// with the JSON subscriber Lambda uses:
+/// our own crates at TRACE, everything else at INFO, the level the stack deploys
+/// (`RUST_LOG=info`; at DEBUG the AWS SDK may print what it sends and receives).
+#[tokio::test]
+async fn no_log_line_carries_a_pin_a_code_a_password_or_a_credential() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let f = setup(false).await;
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let _guard = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,lablink_web=trace,lablink_db=trace,lablink_core=trace,lablink_ops=trace,lablink_export=trace",
+        ))
+        .with_writer(move || sink.clone())
+        .set_default();
+
+    let mut functions: Vec<_> = std::fs::read_dir(events_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f != "log-processor" && f != "provisioner")
+        .collect();
+    functions.sort();
+    for function in &functions {
+        let mut names: Vec<String> = std::fs::read_dir(events_dir().join(function))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".json")
+                    .to_owned()
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            route(function)
+                .handle(f.state_for(function), fixture(function, &name))
+                .await;
+            f.client.execute("DELETE FROM ops_locks", &[]).await.unwrap();
+        }
+    }
+    // A seat of our own on a VM of its own: its PIN, then a fresh code on it.
+    vms::create_vms(
+        &f.client,
+        &[vms::NewVm {
+            hostname: Hostname::parse("lablink-vm-test-3").unwrap(),
+            instance_id: None,
+            credential_hash: None,
+            status: VmStatus::Running,
+            provision: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let page = text(&request_vm(&f.public, "lin@uni.edu", "4/0AsecretCodeOfLin").await);
+    let pin = field(&page, "pin");
+    f.client
+        .execute(
+            "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let fresh = text(&request_vm(&f.public, "lin@uni.edu", "4/0AfreshCodeOfLin").await);
+    let fresh_pin = field(&fresh, "pin");
+    // The room's access code: saved by the admin, mistyped, then typed right.
+    let r = set_gate(&f, &[("access_code", "room-code-7319"), ("action", "save")]).await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    for typed in ["room-code-7318", "room-code-7319"] {
+        request_vm_with(&f, "kim@uni.edu", "4/0AcodeOfKim", typed, "198.51.100.9").await;
+    }
+    // A wrong password: logged as a failure, without the password.
+    let login = route("admin-login-page")
+        .handle(&f.state, bare("GET", "/admin/login"))
+        .await;
+    let cookie = set_cookie(&login, "lablink_login_csrf").unwrap();
+    let token = hidden(&text(&login), "csrf");
+    let wrong = form_req(
+        "/admin/login",
+        &format!("user=admin&password=not-the-password-42&csrf={token}"),
+        std::slice::from_ref(&cookie),
+    );
+    assert_eq!(route("admin-login").handle(&f.public, wrong).await.status(), 401);
+
+    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = captured.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("failed admin login")),
+        "the wrong password was logged as such: {captured}"
+    );
+    for line in &lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
+    let secrets = [
+        // CRD codes (the fixtures' and ours), as sent and as stored.
+        "FixtureCode",
+        "4/0AsecretCodeOfLin",
+        "4/0AfreshCodeOfLin",
+        "4/0AcodeOfKim",
+        "oauthredirect",
+        // PINs.
+        &format!("\"{pin}\""),
+        &format!("\"{fresh_pin}\""),
+        &format!("pin={pin}"),
+        // The room's access code (and the wrong one typed), passwords, keys, tokens.
+        "room-code-731",
+        fixtures::ADMIN_PASSWORD,
+        "not-the-password-42",
+        fixtures::ENROLL_SECRET,
+        "fixture/secret/key",
+        "fixture%2Fsecret",
+        TOKEN,
+        OTHER_TOKEN,
+        FORWARDER_TOKEN,
+        SESSION_KEY,
+        fixtures::ADMIN_SESSION_ID,
+        fixtures::SEAT_TOKEN,
+        &token,
+    ];
+    for secret in secrets {
+        if let Some(line) = lines.iter().find(|l| l.contains(secret)) {
+            panic!("{secret:?} is in a log line: {line}");
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Caller {
     Nobody,

@@ -281,6 +281,12 @@ def fixtures():
         headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "participants": "ada@uni.edu, broken@@uni"}))
     yield "admin-workshop", "invalid-limit", event("POST", "/api/admin/workshop", "/api/admin/workshop",
         headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "seats_per_address": "0"}))
+    yield "admin-fleet-end", "valid", event("POST", "/api/admin/fleet-end", "/api/admin/fleet-end", headers=FORM,
+        cookies=ADMIN, body=admin_form({"csrf": csrf(), "ends_in_hours": "6"}))
+    yield "admin-fleet-end", "invalid-hours", event("POST", "/api/admin/fleet-end", "/api/admin/fleet-end",
+        headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "ends_in_hours": "500"}))
+    yield "admin-fleet-end", "invalid-past", event("POST", "/api/admin/fleet-end", "/api/admin/fleet-end",
+        headers=FORM, cookies=ADMIN, body=admin_form({"csrf": csrf(), "ends_at": "2020-01-01T00:00:00Z"}))
     yield "admin-workshop", "invalid-no-csrf", event("POST", "/api/admin/workshop", "/api/admin/workshop",
         headers=FORM, cookies=ADMIN, body=admin_form({"access_code": "open-sesame"}))
 

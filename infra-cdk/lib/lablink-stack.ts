@@ -41,6 +41,8 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecr from 'aws-cdk-lib/aws-ecr';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as eventsTargets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { DynamoEventSource, SqsDlq } from 'aws-cdk-lib/aws-lambda-event-sources';
@@ -213,6 +215,13 @@ export class LabLinkStack extends Stack {
       minValue: 1,
       maxValue: 1440,
       description: 'The window of SeatsPerAddress, in minutes.',
+    }).valueAsString;
+    const fleetHours = new CfnParameter(this, 'FleetHours', {
+      type: 'Number',
+      default: 12,
+      minValue: 1,
+      maxValue: 168,
+      description: 'A launched fleet is destroyed this many hours later unless the launch or the admin says otherwise.',
     }).valueAsString;
     const holderImageTag = new CfnParameter(this, 'HolderImageTag', {
       type: 'String',
@@ -729,6 +738,8 @@ export class LabLinkStack extends Stack {
         env.LABLINK_MAX_VMS = maxVms;
         env.LABLINK_DEPLOYMENT = environment;
       }
+      // The fleet's default life: the launch form and route, the dashboard.
+      if (FLEET_HOURS_FUNCTIONS.includes(route.function)) env.LABLINK_FLEET_HOURS = fleetHours;
       // The workshop gate's defaults: where participants ask, and where the admin sees
       // and changes the gate.
       if (GATE_FUNCTIONS.includes(route.function)) {
@@ -846,6 +857,13 @@ export class LabLinkStack extends Stack {
     if (provFn.ec2) {
       this.allowFleetControl(provisioner, { environment, amiId, amiIdGiven, publicSubnetIds, vmSg, vmRole });
     }
+    // A fleet cannot be forgotten: every minute the provisioner checks the fleet's end
+    // time and, once it has passed, submits its destroy job (lablink_provision::schedule).
+    new events.Rule(this, 'FleetEndSchedule', {
+      description: "LabLink: destroy the fleet at its end time (checked every minute)",
+      schedule: events.Schedule.rate(Duration.minutes(1)),
+      targets: [new eventsTargets.LambdaFunction(provisioner, { retryAttempts: 2 })],
+    });
 
     // ---- Holder: ECS Fargate behind an internal ALB, reached through a VPC link ----
     const cluster = new ecs.Cluster(this, 'Cluster', { vpc });
@@ -1214,6 +1232,9 @@ export class LabLinkStack extends Stack {
     );
   }
 }
+
+/** The functions that use the fleet's default life (`LABLINK_FLEET_HOURS`). */
+export const FLEET_HOURS_FUNCTIONS = ['launch', 'admin-create', 'admin-home', 'admin-fleet-end'];
 
 /** The functions that apply or show the workshop gate (its defaults are their environment). */
 export const GATE_FUNCTIONS = ['index', 'request-vm', 'admin-home', 'admin-workshop'];

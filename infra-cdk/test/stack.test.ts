@@ -807,6 +807,28 @@ describe('parameters and outputs', () => {
     assert.deepEqual(unread, [], 'set by the infrastructure but read nowhere');
   });
 
+  test('the fleet end time: a schedule invokes the provisioner every minute; the launch pages get the default life', () => {
+    const rules = ofType(s, 'AWS::Events::Rule');
+    assert.equal(rules.length, 1, 'one schedule');
+    const [, rule] = rules[0]!;
+    assert.equal(rule.Properties.ScheduleExpression, 'rate(1 minute)');
+    assert.equal(rule.Properties.State ?? 'ENABLED', 'ENABLED');
+    const targets = rule.Properties.Targets as Json[];
+    assert.equal(targets.length, 1);
+    assert.equal(refId(targets[0].Arn), functionsByName(s).get(provisionerName));
+    // EventBridge may invoke the provisioner (and only it).
+    const perms = ofType(s, 'AWS::Lambda::Permission').filter(([, p]) => p.Properties.Principal === 'events.amazonaws.com');
+    assert.equal(perms.length, 1);
+    assert.equal(refId(perms[0]![1].Properties.FunctionName), functionsByName(s).get(provisionerName));
+    assert.equal(s.json.Parameters.FleetHours.Default, 12);
+    for (const r of manifest.http) {
+      const env = envOf(s, r.function);
+      const wanted = ['launch', 'admin-create', 'admin-home', 'admin-fleet-end'].includes(r.function);
+      if (wanted) assert.ok(mentions(env.LABLINK_FLEET_HOURS, 'FleetHours'), r.function);
+      else assert.equal(env.LABLINK_FLEET_HOURS, undefined, r.function);
+    }
+  });
+
   test('admin routes get the allowed CIDRs', () => {
     for (const r of manifest.http.filter((x) => x.access === 'admin')) {
       assert.ok(mentions(envOf(s, r.function).LABLINK_ADMIN_ALLOWED_CIDRS, 'AllowedCidrs'), r.function);

@@ -362,6 +362,29 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
+    // The schedule's stand-in (AWS: EventBridge every minute): destroy the fleet once
+    // its end time has passed. LABLINK_FLEET_TICK_SECONDS (default 30) compresses it.
+    let tick_every = {
+        let mut s = lablink_core::config::Settings::from_env();
+        let secs = s.ranged("LABLINK_FLEET_TICK_SECONDS", 30u64, 1, 3600);
+        s.finish(|| std::time::Duration::from_secs(secs))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    tokio::spawn({
+        let (store, db) = (Arc::clone(&store), Arc::clone(&db));
+        async move {
+            let mut every = tokio::time::interval(tick_every);
+            loop {
+                every.tick().await;
+                match lablink_provision::schedule::tick(store.as_ref(), &db, chrono::Utc::now()).await {
+                    Ok(t @ lablink_provision::schedule::Tick::Submitted(_)) => tracing::warn!(tick = ?t, "fleet end"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "the fleet's end-time check failed"),
+                }
+            }
+        }
+    });
+
     // The workshop gate's defaults and the admin allowlist, from the same variables a
     // deployment sets (LABLINK_WORKSHOP_*, LABLINK_SEATS_*, LABLINK_ADMIN_ALLOWED_CIDRS).
     let (gate, admin_cidrs) = {
@@ -374,8 +397,19 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         );
         s.finish(|| (gate, cidrs)).map_err(|e| anyhow::anyhow!("{e}"))?
     };
+    // The fleet's end: LABLINK_FLEET_HOURS (each launch's default), and how long before it
+    // the participants' pages announce it (LABLINK_FLEET_NOTICE_SECONDS).
+    let (fleet_hours, fleet_notice) = {
+        let mut s = lablink_core::config::Settings::from_env();
+        let hours = s.ranged("LABLINK_FLEET_HOURS", 12u32, 1, 168);
+        let notice = s.ranged("LABLINK_FLEET_NOTICE_SECONDS", 900i64, 1, 86_400);
+        s.finish(|| (hours, chrono::Duration::seconds(notice)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    };
     let config = AppConfig {
         gate,
+        fleet_hours,
+        fleet_notice,
         admin_cidrs,
         admin_secret_ttl: std::time::Duration::from_secs(60),
         db: db_config.clone(),

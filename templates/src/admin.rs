@@ -136,6 +136,10 @@ pub struct Home<'a> {
     pub workshop: Workshop<'a>,
     /// Live sessions of this admin (this one included).
     pub live_sessions: i64,
+    /// When the fleet is destroyed (`YYYY-MM-DD HH:MM` UTC) and who set it.
+    pub fleet_end: Option<(String, String)>,
+    /// Minutes until then (negative: overdue, the destroy job is on its way).
+    pub fleet_end_minutes: Option<i64>,
 }
 
 /// The workshop's gate as the dashboard shows and edits it.
@@ -190,6 +194,25 @@ pub fn home_page(h: &Home<'_>) -> Markup {
                             button type="submit" { "Check and store" }
                         }
                     }
+                }
+            }
+            div.card #fleet-end {
+                h2 style="font-size:1.1rem;margin-top:0" { "When the fleet ends" }
+                @match (&h.fleet_end, h.fleet_end_minutes) {
+                    (Some((at, by)), Some(m)) => {
+                        p #fleet-end-line {
+                            "The fleet is destroyed at " b #fleet-end-at { (at) } " UTC"
+                            @if m >= 0 { " (in " (m / 60) " h " (m % 60) " min)" } @else { " (now: its destroy job is on its way)" }
+                            ", set by " (by) ". Participants see a notice shortly before."
+                        }
+                    }
+                    _ => { p.hint #fleet-end-line { "No end is set: a launch sets one (its form's hours, by default the deployment's)." } }
+                }
+                form method="post" action="/api/admin/fleet-end" #fleet-end-form {
+                    input type="hidden" name="csrf" value=(h.session.csrf);
+                    label for="ends_in_hours" { "End the fleet in (hours from now)" }
+                    input #ends_in_hours type="number" name="ends_in_hours" min="1" max="168" required value="2";
+                    button type="submit" { "Set the end" }
                 }
             }
             (workshop_card(&h.workshop, h.session.csrf))
@@ -302,6 +325,8 @@ pub struct Create<'a> {
     pub instance_type: &'a str,
     pub client_image: &'a str,
     pub tutorial_repo: &'a str,
+    /// The deployment's default life of a fleet, in hours (`LABLINK_FLEET_HOURS`).
+    pub fleet_hours: u32,
 }
 
 pub fn create_page(c: &Create<'_>) -> Markup {
@@ -319,6 +344,9 @@ pub fn create_page(c: &Create<'_>) -> Markup {
                 p { "The fleet has " strong #current { (c.current) } " VM(s); the limit is " strong { (c.max_vms) } "." }
                 label for="num_vms" { "How many more" }
                 input #num_vms type="number" name="num_vms" min="1" max=(room.max(1)) value="1" required;
+                label for="ends_in_hours" { "Destroy the fleet after (hours)" }
+                input #ends_in_hours type="number" name="ends_in_hours" min="1" max="168" value=(c.fleet_hours) required;
+                p.hint { "So a forgotten fleet stops costing. The dashboard can extend it; a launch never shortens an end already set." }
                 @if !c.defaults.is_empty() {
                     h2 style="font-size:1.05rem" { "The deployment's VM settings" }
                     dl #vm-settings {
@@ -713,6 +741,7 @@ mod tests {
             instance_type: "g4dn.xlarge",
             client_image: "img:1",
             tutorial_repo: "none",
+            fleet_hours: 12,
         })
         .into_string();
         assert!(page.contains(r#"name="csrf" value="tok&lt;en""#));

@@ -121,6 +121,8 @@ pub struct SeatPage<'a> {
     pub error: Option<&'a str>,
     /// What was typed, kept when the form comes back with an error.
     pub crd_command: &'a str,
+    /// When the workshop's VMs are destroyed (`YYYY-MM-DD HH:MM`, UTC), once that is near.
+    pub fleet_ends_at: Option<&'a str>,
 }
 
 /// The seat's live page: the state, the PIN and what to do, updated without reload
@@ -134,6 +136,11 @@ pub fn seat_page(p: &SeatPage<'_>) -> Markup {
             h1 { "Your VM" }
             @if let Some(n) = p.notice {
                 p.card #notice role="status" { (n) }
+            }
+            p.card.error #fleet-end role="alert" hidden[p.fleet_ends_at.is_none()] {
+                "The workshop's VMs will be shut down at "
+                strong #fleet-end-time { (p.fleet_ends_at.unwrap_or("")) }
+                " (UTC). Save your work before then: download it, or push it to your own repository."
             }
             div.card #seat data-token=(p.token) data-state=(p.state) {
                 p { "Your VM: " }
@@ -198,6 +205,7 @@ const SEAT_JS: &str = r#"
 (function(){var seat=document.getElementById('seat'),token=seat.getAttribute('data-token');
 var states=['connecting','ready','refused','released','reassigned','gone'],ended=['released','reassigned','gone'];
 function show(j){seat.setAttribute('data-state',j.state);
+var fe=document.getElementById('fleet-end');fe.hidden=!j.fleet_ends_at;if(j.fleet_ends_at){document.getElementById('fleet-end-time').textContent=j.fleet_ends_at.replace('T',' ').replace(/:\d\d(\.\d+)?(Z|\+00:00)$/,'');}
 states.forEach(function(s){document.getElementById('state-'+s).hidden=(s!==j.state);});
 var over=ended.indexOf(j.state)>=0;document.getElementById('code-form').hidden=over;
 document.getElementById('pin-box').hidden=over||!j.pin;if(j.pin){document.getElementById('pin').textContent=j.pin;}
@@ -243,6 +251,7 @@ mod tests {
             notice: None,
             error: Some("<i>late</i>"),
             crd_command: "",
+            fleet_ends_at: None,
         };
         let page = seat_page(&p).into_string();
         assert!(page.contains("id=\"hostname\">vm-1<") && page.contains("id=\"pin\">012345<"));

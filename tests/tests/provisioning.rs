@@ -157,6 +157,8 @@ fn state_for(w: &World) -> AppState {
         export_bucket: None,
         vm: Default::default(),
         gate: Default::default(),
+        fleet_hours: 12,
+        fleet_notice: chrono::Duration::minutes(15),
         admin_cidrs: None,
         admin_secret_ttl: std::time::Duration::from_secs(60),
     };

@@ -2,6 +2,8 @@
 //! job; the job's stored state decides what runs (see `lablink_provision`), so a
 //! redelivered batch launches nothing twice. Our own outages (job store, database)
 //! fail the invocation so the stream retries it; provider errors end the job as failed.
+//! Also invoked every minute by an EventBridge schedule: the fleet's end time
+//! (`lablink_provision::schedule`).
 
 use lablink_core::config::{Settings, exit_on_error};
 use lablink_provision::stream::{ProvisionerConfig, ProvisionerRuntime};
@@ -20,6 +22,10 @@ async fn main() -> Result<(), Error> {
     // AWS clients are configured here (no network); the database connects on first use.
     let rt: &'static ProvisionerRuntime = Box::leak(Box::new(ProvisionerRuntime::new(cfg).await));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        if ProvisionerRuntime::is_schedule_tick(&event.payload) {
+            let tick = rt.tick().await?;
+            return Ok::<_, Error>(json!({ "tick": format!("{tick:?}") }));
+        }
         let done = rt.handle(&event.payload).await?;
         let jobs: Vec<Value> = done
             .iter()

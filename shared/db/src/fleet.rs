@@ -154,9 +154,11 @@ pub async fn delete_instances(client: &Client, instance_ids: &[String]) -> Resul
 /// destroy leaves once all instances are terminated. One statement; returns the number
 /// of VM rows removed.
 pub async fn clear_fleet(client: &Client) -> Result<u64, DbError> {
+    // The fleet's end time goes with the fleet (the next launch sets a new one).
     let r = client
         .query_one(
             "WITH secrets AS (DELETE FROM vm_enrollment_secrets),
+                  schedule AS (DELETE FROM fleet_schedule),
                   gone AS (DELETE FROM vms RETURNING 1)
              SELECT count(*) FROM gone",
             &[],
@@ -203,4 +205,49 @@ pub async fn counts(client: &Client) -> Result<FleetCounts, DbError> {
         in_use: r.get(6),
         free: r.get(7),
     })
+}
+
+/// When the fleet is destroyed, and who set it (`None`: no end is set).
+pub async fn end(client: &Client) -> Result<Option<(DateTime<Utc>, String)>, DbError> {
+    let row = client
+        .query_opt("SELECT ends_at, set_by FROM fleet_schedule WHERE id = 1", &[])
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// When the fleet is destroyed (what the participants' pages read).
+pub async fn ends_at(client: &Client) -> Result<Option<DateTime<Utc>>, DbError> {
+    let row = client
+        .query_opt("SELECT ends_at FROM fleet_schedule WHERE id = 1", &[])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Set the fleet's end. `later_only`: keep an end that is already later (a launch
+/// never shortens the fleet's life; the admin's extend sets it as given). Returns the
+/// end in force.
+pub async fn set_end(
+    client: &Client,
+    ends_at: DateTime<Utc>,
+    by: &str,
+    later_only: bool,
+) -> Result<DateTime<Utc>, DbError> {
+    let row = client
+        .query_one(
+            "INSERT INTO fleet_schedule AS f (id, ends_at, set_by, set_at) VALUES (1, $1, $2, now())
+             ON CONFLICT (id) DO UPDATE SET
+                 ends_at = CASE WHEN $3 AND f.ends_at > EXCLUDED.ends_at THEN f.ends_at ELSE EXCLUDED.ends_at END,
+                 set_by = CASE WHEN $3 AND f.ends_at > EXCLUDED.ends_at THEN f.set_by ELSE EXCLUDED.set_by END,
+                 set_at = CASE WHEN $3 AND f.ends_at > EXCLUDED.ends_at THEN f.set_at ELSE now() END
+             RETURNING ends_at",
+            &[&ends_at, &by, &later_only],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Forget the fleet's end (nothing left to destroy).
+pub async fn clear_end(client: &Client) -> Result<(), DbError> {
+    client.execute("DELETE FROM fleet_schedule", &[]).await?;
+    Ok(())
 }

@@ -86,6 +86,11 @@ pub const PUBLIC_GRANTS: &[TableGrant] = &[
         table: "admin_sessions",
         privileges: "INSERT (id_hash, admin_user, secret_epoch, address, expires_at)",
     },
+    // V7: when the fleet is destroyed (the participants' pages announce it).
+    TableGrant {
+        table: "fleet_schedule",
+        privileges: "SELECT (ends_at)",
+    },
 ];
 
 /// What a [`setup`] did.

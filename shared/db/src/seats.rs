@@ -213,6 +213,10 @@ pub struct SeatView {
     /// never shown).
     #[serde(skip)]
     pub email: Option<String>,
+    /// When the fleet is destroyed, while the seat is the participant's (the route
+    /// shows it only within the notice before it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_ends_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The seat `token` names, or `None` for a token that was never issued (404: a wrong
@@ -223,7 +227,8 @@ pub async fn view(client: &Client, token: &str, limits: CodeLimits) -> Result<Op
         .query_opt(
             "SELECT t.hostname, t.ended, v.hostname IS NOT NULL, v.pin, v.crd_command IS NOT NULL,
                     v.status, v.acknowledged_at IS NOT NULL, v.start_host_ok,
-                    v.credential_hash IS NULL, v.delivered_at IS NOT NULL, v.code_changes, t.email
+                    v.credential_hash IS NULL, v.delivered_at IS NOT NULL, v.code_changes, t.email,
+                    (SELECT f.ends_at FROM fleet_schedule f WHERE f.id = 1)
              FROM seat_tokens t
              LEFT JOIN vms v ON v.hostname = t.hostname AND v.user_email = t.email
              WHERE t.token_hash = $1",
@@ -270,6 +275,7 @@ pub async fn view(client: &Client, token: &str, limits: CodeLimits) -> Result<Op
             0
         },
         email: if mine { r.get(11) } else { None },
+        fleet_ends_at: if mine { r.get(12) } else { None },
     }))
 }
 

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod compute;
 pub mod ec2;
 pub mod local;
+pub mod schedule;
 pub mod stream;
 
 use std::sync::Arc;

@@ -199,6 +199,17 @@ impl ProvisionerRuntime {
         }
     }
 
+    /// Whether `event` is the EventBridge schedule's tick (not a stream batch).
+    pub fn is_schedule_tick(event: &Value) -> bool {
+        event["source"] == "aws.events" && event["detail-type"] == "Scheduled Event"
+    }
+
+    /// The schedule's tick: destroy the fleet once its end time has passed
+    /// ([`crate::schedule`]).
+    pub async fn tick(&self) -> Result<crate::schedule::Tick, ProvisionError> {
+        crate::schedule::tick(self.store.as_ref(), &self.db, chrono::Utc::now()).await
+    }
+
     /// Process every job a stream batch names. EC2 is called with the admin's stored
     /// credentials when there are some, else with the function's role.
     pub async fn handle(&self, event: &Value) -> Result<Vec<(JobId, Processed)>, ProvisionError> {

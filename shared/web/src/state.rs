@@ -95,6 +95,12 @@ pub struct AppConfig {
     /// `LABLINK_WORKSHOP_PARTICIPANTS`, `LABLINK_SEATS_PER_ADDRESS`,
     /// `LABLINK_SEATS_WINDOW_MINUTES`) until the admin sets them on the dashboard.
     pub gate: lablink_core::workshop::Gate,
+    /// `LABLINK_FLEET_HOURS` (1..168, default 12): a launch's fleet is destroyed this
+    /// long after it, unless the launch or the admin says otherwise.
+    pub fleet_hours: u32,
+    /// `LABLINK_FLEET_NOTICE_SECONDS` (default 900): how long before the fleet's end the
+    /// participants' pages announce it.
+    pub fleet_notice: chrono::Duration,
     /// `LABLINK_ADMIN_ALLOWED_CIDRS`: the networks the admin console and the admin API
     /// answer (403 elsewhere). Unset: everywhere.
     #[cfg(feature = "admin")]
@@ -136,6 +142,9 @@ impl AppConfig {
             .unwrap_or_else(|| DeploymentName::parse("local").expect("a valid name"));
         let vm = lablink_core::vm_settings::VmSettings::read(s);
         let gate = lablink_core::workshop::Gate::read(s);
+        let fleet_hours = s.ranged("LABLINK_FLEET_HOURS", 12u32, 1, 168);
+        let fleet_notice =
+            chrono::Duration::seconds(s.ranged("LABLINK_FLEET_NOTICE_SECONDS", 900i64, 1, 86_400));
         #[cfg(feature = "admin")]
         let admin_cidrs = s.optional_with(
             "LABLINK_ADMIN_ALLOWED_CIDRS",
@@ -147,6 +156,8 @@ impl AppConfig {
             std::time::Duration::from_secs(s.ranged("LABLINK_ADMIN_SECRET_TTL_SECONDS", 60u64, 0, 3600));
         Some(Self {
             gate,
+            fleet_hours,
+            fleet_notice,
             #[cfg(feature = "admin")]
             admin_cidrs,
             #[cfg(feature = "admin")]

@@ -67,6 +67,8 @@ async fn world() -> (
         export_bucket: None,
         vm: Default::default(),
         gate: Default::default(),
+        fleet_hours: 12,
+        fleet_notice: chrono::Duration::minutes(15),
         admin_cidrs: None,
         admin_secret_ttl: std::time::Duration::from_secs(60),
     };

@@ -64,6 +64,8 @@ async fn setup(legacy: bool) -> Fixture {
         export_bucket: None,
         vm: Default::default(),
         gate: Default::default(),
+        fleet_hours: 12,
+        fleet_notice: chrono::Duration::minutes(15),
         admin_cidrs: None,
         admin_secret_ttl: std::time::Duration::from_secs(60),
     };
@@ -1004,6 +1006,8 @@ async fn health_without_a_database_tells_no_details() {
         export_bucket: None,
         vm: Default::default(),
         gate: Default::default(),
+        fleet_hours: 12,
+        fleet_notice: chrono::Duration::minutes(15),
         admin_cidrs: None,
         admin_secret_ttl: std::time::Duration::from_secs(60),
     };
@@ -1999,4 +2003,75 @@ async fn a_new_admin_secret_ends_old_sessions_and_passwords_within_the_ttl() {
     assert_eq!(r.status(), 401, "the old password no longer works");
     let r = login_from(&state, "198.51.100.3", new_password, &[]).await;
     assert_eq!(r.status(), 303, "{}", text(&r));
+}
+
+// ---- the fleet's end --------------------------------------------------------------
+
+#[tokio::test]
+async fn a_launch_sets_the_fleets_end_and_the_seat_page_announces_it_only_when_near() {
+    let f = setup(false).await;
+    let (session, csrf) = log_in(&f).await;
+    let post = |function: &'static str, path: &'static str, body: String| {
+        let session = session.clone();
+        let f = &f;
+        async move {
+            route(function)
+                .handle(f.state_for(function), form_req(path, &body, &[session]))
+                .await
+        }
+    };
+    let seat = || async {
+        let r = route("seat-status")
+            .handle(f.state_for("seat-status"), fixture("seat-status", "valid"))
+            .await;
+        serde_json::from_str::<serde_json::Value>(&text(&r)).unwrap()
+    };
+    let before = snapshot(&f.client).await;
+    for (body, why) in [
+        (format!("csrf={csrf}&num_vms=1&ends_in_hours=0"), "ends_in_hours must be a number from 1 to 168"),
+        (format!("csrf={csrf}&num_vms=1&ends_at=2020-01-01T00:00:00Z"), "ends_at must be in the future"),
+        (format!("csrf={csrf}&num_vms=1&ends_at=tomorrow"), "ends_at must be a time"),
+    ] {
+        let r = post("launch", "/api/launch", body).await;
+        assert_eq!(r.status(), 400, "{why}");
+        assert!(text(&r).contains(why), "{}", text(&r));
+    }
+    assert_eq!(snapshot(&f.client).await, before);
+    assert_eq!(lablink_db::fleet::end(&f.client).await.unwrap(), None, "a refused launch sets no end");
+    let r = post("launch", "/api/launch", format!("csrf={csrf}&num_vms=1&ends_in_hours=3")).await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    let (end, by) = lablink_db::fleet::end(&f.client).await.unwrap().expect("an end");
+    let hours = (end - chrono::Utc::now()).num_minutes();
+    assert!((175..=180).contains(&hours), "{hours} minutes");
+    assert_eq!(by, "admin");
+    // Hours away: not announced to participants yet.
+    assert!(seat().await.get("fleet_ends_at").is_none());
+    // The admin brings it within the notice (15 minutes): announced.
+    let r = post(
+        "admin-fleet-end",
+        "/api/admin/fleet-end",
+        format!(
+            "csrf={csrf}&ends_at={}",
+            (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), 303, "{}", text(&r));
+    assert!(seat().await["fleet_ends_at"].is_string());
+    let page = text(
+        &route("seat-page")
+            .handle(f.state_for("seat-page"), fixture("seat-page", "valid"))
+            .await,
+    );
+    assert!(page.contains("will be shut down at"));
+    let home = text(
+        &route("admin-home")
+            .handle(f.state_for("admin-home"), with_cookie(bare("GET", "/admin"), &session))
+            .await,
+    );
+    assert!(home.contains("id=\"fleet-end-at\""), "the dashboard shows the end");
+    // Without a fleet there is nothing to schedule.
+    lablink_db::fleet::clear_fleet(&f.client).await.unwrap();
+    let r = post("admin-fleet-end", "/api/admin/fleet-end", format!("csrf={csrf}&ends_in_hours=2")).await;
+    assert_eq!(r.status(), 409);
 }

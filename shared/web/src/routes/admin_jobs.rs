@@ -95,6 +95,12 @@ struct JobForm {
     /// Release: keep the participant's files for the next data export (`on`/`true`).
     #[serde(default)]
     keep_files: Option<String>,
+    /// Launch: when the fleet is destroyed, in hours from now (1..168; default
+    /// `LABLINK_FLEET_HOURS`), or as a time (RFC 3339).
+    #[serde(default)]
+    ends_in_hours: Option<String>,
+    #[serde(default)]
+    ends_at: Option<String>,
 }
 
 impl JobForm {
@@ -143,6 +149,8 @@ fn job_form(req: &Request) -> Result<JobForm, ApiError> {
                 serde_json::Value::Bool(b) => Some(b.to_string()),
                 _ => s("keep_files"),
             },
+            ends_in_hours: s("ends_in_hours"),
+            ends_at: s("ends_at"),
         })
     } else {
         request::form(req, SMALL_BODY)
@@ -247,7 +255,13 @@ async fn submit(state: &AppState, req: &Request, admin: &Admin, id: JobId, kind:
 
 async fn submit_job(state: &AppState, req: &Request, job: Job) -> Reply {
     let store = state.jobs().await?;
-    let (job, status) = match lablink_ops::submit(store.as_ref(), job, Utc::now()).await? {
+    submitted_reply(req, lablink_ops::submit(store.as_ref(), job, Utc::now()).await?)
+}
+
+/// The answer to a submission: the job (a browser goes to its page), or 409 while
+/// another job holds the fleet.
+fn submitted_reply(req: &Request, submitted: Submitted) -> Reply {
+    let (job, status) = match submitted {
         Submitted::Created(j) => (j, StatusCode::ACCEPTED),
         Submitted::Existing(j) => (j, StatusCode::OK),
         Submitted::Busy(holder) => {
@@ -315,9 +329,22 @@ async fn launch(state: &AppState, req: &Request) -> Reply {
             (i64::from(max) - current).max(0)
         )));
     }
-    let mut job = Job::new(id, JobKind::Launch { num_vms: n }, &admin.user, Utc::now());
+    let now = Utc::now();
+    let ends_at = crate::routes::workshop::fleet_end(
+        form.ends_at.as_deref(),
+        form.ends_in_hours.as_deref(),
+        state.config.fleet_hours,
+        now,
+    )?;
+    let mut job = Job::new(id, JobKind::Launch { num_vms: n }, &admin.user, now);
     job.overrides = overrides;
-    submit_job(state, req, job).await
+    let submitted = lablink_ops::submit(state.jobs().await?.as_ref(), job, now).await?;
+    if matches!(submitted, Submitted::Created(_)) {
+        // A launch never shortens the fleet's life (the admin's "end" form may).
+        let end = fleet::set_end(&client, ends_at, &admin.user, true).await?;
+        tracing::info!(%end, "the fleet's end time");
+    }
+    submitted_reply(req, submitted)
 }
 
 pub const DESTROY: Route = Route {

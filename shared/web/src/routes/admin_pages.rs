@@ -337,6 +337,9 @@ pub(crate) async fn render_home(
         .unwrap_or_default();
     let auth_now = state.admin().await?;
     let live_sessions = admin_db::live_sessions(&client, &admin.user, &auth_now.epoch()).await?;
+    let fleet_end = fleet::end(&client).await?;
+    let fleet_end_minutes = fleet_end.as_ref().map(|(t, _)| (*t - Utc::now()).num_minutes());
+    let fleet_end = fleet_end.map(|(t, by)| (t.format("%Y-%m-%d %H:%M").to_string(), by));
     let rows: Vec<pages::JobRow<'_>> = jobs
         .iter()
         .map(|j| pages::JobRow {
@@ -378,6 +381,8 @@ pub(crate) async fn render_home(
                 from_dashboard,
             },
             live_sessions,
+            fleet_end,
+            fleet_end_minutes,
         }),
     ))
 }
@@ -456,6 +461,7 @@ async fn create(state: &AppState, req: &Request) -> Reply {
             instance_type: &state.config.vm.instance_type,
             client_image: &state.config.vm.client_image,
             tutorial_repo: state.config.vm.tutorial_repo.as_deref().unwrap_or("none"),
+            fleet_hours: state.config.fleet_hours,
         }),
     ))
 }

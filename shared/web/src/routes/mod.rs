@@ -161,7 +161,7 @@ impl std::fmt::Debug for Route {
 /// Every route, in the manifest's order (with every feature; the local runner and the
 /// tests use it, a Lambda never does).
 #[cfg(feature = "full")]
-pub const ALL: [Route; 35] = [
+pub const ALL: [Route; 36] = [
     participant::INDEX,
     participant::REQUEST_VM,
     participant::UNASSIGNED_VMS_COUNT,
@@ -197,6 +197,7 @@ pub const ALL: [Route; 35] = [
     participant::SEAT_CODE,
     admin_jobs::VM_ACTION,
     workshop::WORKSHOP,
+    workshop::FLEET_END,
 ];
 
 /// The route served by `function` (tests and tools).

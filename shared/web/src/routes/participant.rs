@@ -319,6 +319,7 @@ async fn seat_page(state: &AppState, req: &Request) -> Reply {
     let Some(view) = seats::view(&client, &token, CodeLimits::default()).await? else {
         return Ok(missing());
     };
+    let ends = announced(state, view.fleet_ends_at).map(|t| t.format("%Y-%m-%d %H:%M").to_string());
     Ok(html(
         StatusCode::OK,
         pages::seat_page(&pages::SeatPage {
@@ -329,6 +330,7 @@ async fn seat_page(state: &AppState, req: &Request) -> Reply {
             notice: None,
             error: None,
             crd_command: "",
+            fleet_ends_at: ends.as_deref(),
         }),
     ))
 }
@@ -349,10 +351,17 @@ pub const SEAT_STATUS: Route = Route {
 async fn seat_status(state: &AppState, req: &Request) -> Reply {
     let token = path_token(req)?;
     let client = state.db.client().await?;
-    let view = seats::view(&client, &token, CodeLimits::default())
+    let mut view = seats::view(&client, &token, CodeLimits::default())
         .await?
         .ok_or_else(no_such_seat)?;
+    view.fleet_ends_at = announced(state, view.fleet_ends_at);
     Ok(json(StatusCode::OK, &view))
+}
+
+/// The fleet's end, once it is within the notice before it (`LABLINK_FLEET_NOTICE_SECONDS`):
+/// the participant's pages announce it then, so work can be saved.
+fn announced(state: &AppState, ends_at: Option<chrono::DateTime<chrono::Utc>>) -> Option<chrono::DateTime<chrono::Utc>> {
+    ends_at.filter(|t| *t - chrono::Utc::now() <= state.config.fleet_notice)
 }
 
 pub const SEAT_CODE: Route = Route {

@@ -1,9 +1,12 @@
-//! The admin sets who may take a seat: the workshop's access code, its participant
-//! list and the limit of new seats per address (rules: `lablink_core::workshop`; the
-//! request route applies them). A form from the dashboard or JSON from a script.
+//! The admin's workshop settings: who may take a seat (the workshop's access code, its
+//! participant list and the limit of new seats per address; rules:
+//! `lablink_core::workshop`; the request route applies them), and when the fleet is
+//! destroyed (`lablink_provision::schedule` does it). A form from the dashboard or JSON
+//! from a script.
 
+use chrono::{DateTime, Duration, Utc};
 use lablink_core::workshop::{Gate, ParticipantList, parse_access_code};
-use lablink_db::workshop;
+use lablink_db::{fleet, workshop};
 use lambda_http::Request;
 use lambda_http::http::{StatusCode, header};
 use serde::Deserialize;
@@ -156,4 +159,104 @@ async fn set_workshop(state: &AppState, req: &Request) -> Reply {
             "window_minutes": gate.window_minutes,
         }),
     ))
+}
+
+/// The longest a fleet may be scheduled ahead.
+pub const MAX_FLEET_HOURS: u32 = 168;
+
+/// When the fleet ends: `ends_at` (RFC 3339, in the future, at most a week ahead), or
+/// `ends_in_hours` from now (1..168), or `default_hours` from now.
+pub fn fleet_end(
+    ends_at: Option<&str>,
+    ends_in_hours: Option<&str>,
+    default_hours: u32,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    let latest = now + Duration::hours(i64::from(MAX_FLEET_HOURS));
+    if let Some(t) = ends_at.map(str::trim).filter(|t| !t.is_empty()) {
+        let t = DateTime::parse_from_rfc3339(t)
+            .map_err(|_| ApiError::bad_request("ends_at must be a time like 2026-12-02T18:00:00Z"))?
+            .with_timezone(&Utc);
+        if t <= now || t > latest {
+            return Err(ApiError::bad_request(format!(
+                "ends_at must be in the future and at most {MAX_FLEET_HOURS} hours ahead"
+            )));
+        }
+        return Ok(t);
+    }
+    let hours = number(ends_in_hours, "ends_in_hours", default_hours, 1, MAX_FLEET_HOURS)?;
+    Ok(now + Duration::hours(i64::from(hours)))
+}
+
+pub const FLEET_END: Route = Route {
+    function: "admin-fleet-end",
+    verb: Verb::Post,
+    path: "/api/admin/fleet-end",
+    access: Access::Admin,
+    features: &["admin"],
+    reaches: Reaches::DB,
+    on_error: OnError::PageOrJson {
+        back: "/admin#fleet-end",
+        label: "Back to the dashboard",
+    },
+    handler: handler!(set_fleet_end),
+};
+
+#[derive(Deserialize, Default)]
+struct FleetEndForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    ends_in_hours: Option<String>,
+    #[serde(default)]
+    ends_at: Option<String>,
+}
+
+/// `POST /api/admin/fleet-end` (`ends_in_hours` or `ends_at`): when the running fleet
+/// is destroyed, as given (to extend it, or to end it sooner). 409 without a fleet.
+/// A browser goes back to the dashboard; a script gets `{"ends_at"}`.
+async fn set_fleet_end(state: &AppState, req: &Request) -> Reply {
+    let form: FleetEndForm = if req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+    {
+        let v: serde_json::Value = request::json(req, request::SMALL_BODY)?;
+        let s = |k: &str| match &v[k] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        FleetEndForm {
+            csrf: s("csrf"),
+            ends_in_hours: s("ends_in_hours"),
+            ends_at: s("ends_at"),
+        }
+    } else {
+        request::form(req, request::SMALL_BODY)?
+    };
+    let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
+    if form.ends_at.as_deref().is_none_or(|v| v.trim().is_empty())
+        && form.ends_in_hours.as_deref().is_none_or(|v| v.trim().is_empty())
+    {
+        return Err(ApiError::bad_request("give ends_in_hours (1 to 168) or ends_at"));
+    }
+    let now = Utc::now();
+    let ends_at = fleet_end(
+        form.ends_at.as_deref(),
+        form.ends_in_hours.as_deref(),
+        state.config.fleet_hours,
+        now,
+    )?;
+    let client = state.db.client().await?;
+    if fleet::counts(&client).await?.total == 0 {
+        return Err(ApiError::Conflict("there is no fleet to schedule: launch VMs first".into()));
+    }
+    let end = fleet::set_end(&client, ends_at, &admin.user, false).await?;
+    tracing::info!(admin = %admin.user, %end, "the fleet's end time set");
+    if wants_html(req) {
+        return Ok(redirect("/admin#fleet-end"));
+    }
+    Ok(json(StatusCode::OK, &json!({ "ends_at": end })))
 }

@@ -377,7 +377,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             loop {
                 every.tick().await;
                 match lablink_provision::schedule::tick(store.as_ref(), &db, chrono::Utc::now()).await {
-                    Ok(t @ lablink_provision::schedule::Tick::Submitted(_)) => tracing::warn!(tick = ?t, "fleet end"),
+                    Ok(t @ lablink_provision::schedule::Tick::Submitted(_)) => {
+                        tracing::warn!(tick = ?t, "fleet end")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "the fleet's end-time check failed"),
                 }

@@ -40,17 +40,25 @@ async fn the_end_time_submits_one_destroy_job_and_a_destroy_clears_it() {
     let end = now + chrono::Duration::hours(2);
     assert_eq!(fleet::set_end(&c, end, "admin", true).await.unwrap(), end);
     assert_eq!(
-        fleet::set_end(&c, now + chrono::Duration::hours(1), "admin", true).await.unwrap(),
+        fleet::set_end(&c, now + chrono::Duration::hours(1), "admin", true)
+            .await
+            .unwrap(),
         end,
         "a launch keeps the later end"
     );
     let soon = now + chrono::Duration::minutes(5);
     assert_eq!(fleet::set_end(&c, soon, "admin", false).await.unwrap(), soon);
-    assert_eq!(schedule::tick(&store, &pool, now).await.unwrap(), Tick::NotYet(soon));
+    assert_eq!(
+        schedule::tick(&store, &pool, now).await.unwrap(),
+        Tick::NotYet(soon)
+    );
 
     // Past the end with no VM: nothing to destroy, the end is forgotten.
     let later = soon + chrono::Duration::seconds(1);
-    assert_eq!(schedule::tick(&store, &pool, later).await.unwrap(), Tick::NothingToDestroy);
+    assert_eq!(
+        schedule::tick(&store, &pool, later).await.unwrap(),
+        Tick::NothingToDestroy
+    );
     assert_eq!(fleet::end(&c).await.unwrap(), None);
 
     // With VMs: one destroy job, however many ticks.
@@ -65,17 +73,26 @@ async fn the_end_time_submits_one_destroy_job_and_a_destroy_clears_it() {
     assert_eq!(schedule::tick(&store, &pool, later).await.unwrap(), Tick::Busy);
     store.release_lock(&launch.id).await.unwrap();
     let id = schedule::destroy_job_id(soon);
-    assert_eq!(schedule::tick(&store, &pool, later).await.unwrap(), Tick::Submitted(id.clone()));
+    assert_eq!(
+        schedule::tick(&store, &pool, later).await.unwrap(),
+        Tick::Submitted(id.clone())
+    );
     for _ in 0..3 {
         assert_eq!(
-            schedule::tick(&store, &pool, later + chrono::Duration::minutes(1)).await.unwrap(),
+            schedule::tick(&store, &pool, later + chrono::Duration::minutes(1))
+                .await
+                .unwrap(),
             Tick::AlreadySubmitted(id.clone())
         );
     }
     let job = store.get(&id).await.unwrap().expect("the destroy job");
     assert_eq!(job.kind, JobKind::Destroy);
     assert_eq!(job.requested_by, schedule::SCHEDULER);
-    let all: i64 = c.query_one("SELECT count(*) FROM ops_jobs", &[]).await.unwrap().get(0);
+    let all: i64 = c
+        .query_one("SELECT count(*) FROM ops_jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(all, 2, "the launch and one destroy");
 
     // The destroy clears the end with the fleet.
@@ -121,12 +138,25 @@ async fn the_local_runner_announces_the_end_then_destroys_the_fleet() {
     let token = page[at..at + 64].to_owned();
     let seat = |http: reqwest::Client| {
         let url = format!("{base}/api/seat/{token}");
-        async move { http.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
     };
-    assert!(seat(http.clone()).await.get("fleet_ends_at").is_none(), "no end, no notice");
+    assert!(
+        seat(http.clone()).await.get("fleet_ends_at").is_none(),
+        "no end, no notice"
+    );
 
     // The admin sets the end 12 s ahead (a script: Basic, JSON).
-    let ends_at = (Utc::now() + chrono::Duration::seconds(12)).with_nanosecond(0).unwrap();
+    let ends_at = (Utc::now() + chrono::Duration::seconds(12))
+        .with_nanosecond(0)
+        .unwrap();
     let r = http
         .post(format!("{base}/api/admin/fleet-end"))
         .basic_auth(admin.0, Some(admin.1))
@@ -140,7 +170,14 @@ async fn the_local_runner_announces_the_end_then_destroys_the_fleet() {
     let v = seat(http.clone()).await;
     let announced: chrono::DateTime<Utc> = v["fleet_ends_at"].as_str().expect("announced").parse().unwrap();
     assert_eq!(announced, ends_at);
-    let html = http.get(format!("{base}/seat/{token}")).send().await.unwrap().text().await.unwrap();
+    let html = http
+        .get(format!("{base}/seat/{token}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("will be shut down at"), "{html}");
 
     // At the end a destroy job runs, like one the admin submits; the fleet is gone.
@@ -176,5 +213,8 @@ async fn the_local_runner_announces_the_end_then_destroys_the_fleet() {
         .unwrap();
     assert_eq!(left, serde_json::json!([]), "no VM left");
     assert_eq!(seat(http.clone()).await["state"], "gone");
-    assert!(seat(http.clone()).await.get("fleet_ends_at").is_none(), "the end went with the fleet");
+    assert!(
+        seat(http.clone()).await.get("fleet_ends_at").is_none(),
+        "the end went with the fleet"
+    );
 }

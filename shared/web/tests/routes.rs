@@ -2028,17 +2028,35 @@ async fn a_launch_sets_the_fleets_end_and_the_seat_page_announces_it_only_when_n
     };
     let before = snapshot(&f.client).await;
     for (body, why) in [
-        (format!("csrf={csrf}&num_vms=1&ends_in_hours=0"), "ends_in_hours must be a number from 1 to 168"),
-        (format!("csrf={csrf}&num_vms=1&ends_at=2020-01-01T00:00:00Z"), "ends_at must be in the future"),
-        (format!("csrf={csrf}&num_vms=1&ends_at=tomorrow"), "ends_at must be a time"),
+        (
+            format!("csrf={csrf}&num_vms=1&ends_in_hours=0"),
+            "ends_in_hours must be a number from 1 to 168",
+        ),
+        (
+            format!("csrf={csrf}&num_vms=1&ends_at=2020-01-01T00:00:00Z"),
+            "ends_at must be in the future",
+        ),
+        (
+            format!("csrf={csrf}&num_vms=1&ends_at=tomorrow"),
+            "ends_at must be a time",
+        ),
     ] {
         let r = post("launch", "/api/launch", body).await;
         assert_eq!(r.status(), 400, "{why}");
         assert!(text(&r).contains(why), "{}", text(&r));
     }
     assert_eq!(snapshot(&f.client).await, before);
-    assert_eq!(lablink_db::fleet::end(&f.client).await.unwrap(), None, "a refused launch sets no end");
-    let r = post("launch", "/api/launch", format!("csrf={csrf}&num_vms=1&ends_in_hours=3")).await;
+    assert_eq!(
+        lablink_db::fleet::end(&f.client).await.unwrap(),
+        None,
+        "a refused launch sets no end"
+    );
+    let r = post(
+        "launch",
+        "/api/launch",
+        format!("csrf={csrf}&num_vms=1&ends_in_hours=3"),
+    )
+    .await;
     assert_eq!(r.status(), 303, "{}", text(&r));
     let (end, by) = lablink_db::fleet::end(&f.client).await.unwrap().expect("an end");
     let hours = (end - chrono::Utc::now()).num_minutes();
@@ -2052,7 +2070,8 @@ async fn a_launch_sets_the_fleets_end_and_the_seat_page_announces_it_only_when_n
         "/api/admin/fleet-end",
         format!(
             "csrf={csrf}&ends_at={}",
-            (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            (chrono::Utc::now() + chrono::Duration::minutes(10))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
     )
     .await;
@@ -2066,12 +2085,23 @@ async fn a_launch_sets_the_fleets_end_and_the_seat_page_announces_it_only_when_n
     assert!(page.contains("will be shut down at"));
     let home = text(
         &route("admin-home")
-            .handle(f.state_for("admin-home"), with_cookie(bare("GET", "/admin"), &session))
+            .handle(
+                f.state_for("admin-home"),
+                with_cookie(bare("GET", "/admin"), &session),
+            )
             .await,
     );
-    assert!(home.contains("id=\"fleet-end-at\""), "the dashboard shows the end");
+    assert!(
+        home.contains("id=\"fleet-end-at\""),
+        "the dashboard shows the end"
+    );
     // Without a fleet there is nothing to schedule.
     lablink_db::fleet::clear_fleet(&f.client).await.unwrap();
-    let r = post("admin-fleet-end", "/api/admin/fleet-end", format!("csrf={csrf}&ends_in_hours=2")).await;
+    let r = post(
+        "admin-fleet-end",
+        "/api/admin/fleet-end",
+        format!("csrf={csrf}&ends_in_hours=2"),
+    )
+    .await;
     assert_eq!(r.status(), 409);
 }

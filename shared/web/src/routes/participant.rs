@@ -195,6 +195,7 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
                     notice,
                     error: None,
                     crd_command: "",
+                    fleet_ends_at: None,
                 }),
             ))
         }
@@ -233,6 +234,7 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
                             ),
                             error: None,
                             crd_command: "",
+                            fleet_ends_at: None,
                         }),
                     ))
                 }
@@ -360,7 +362,10 @@ async fn seat_status(state: &AppState, req: &Request) -> Reply {
 
 /// The fleet's end, once it is within the notice before it (`LABLINK_FLEET_NOTICE_SECONDS`):
 /// the participant's pages announce it then, so work can be saved.
-fn announced(state: &AppState, ends_at: Option<chrono::DateTime<chrono::Utc>>) -> Option<chrono::DateTime<chrono::Utc>> {
+fn announced(
+    state: &AppState,
+    ends_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
     ends_at.filter(|t| *t - chrono::Utc::now() <= state.config.fleet_notice)
 }
 
@@ -403,6 +408,7 @@ async fn seat_code(state: &AppState, req: &Request) -> Reply {
                 notice: None,
                 error: Some(error),
                 crd_command: &form.crd_command,
+                fleet_ends_at: None,
             }),
         )
     };

@@ -251,7 +251,9 @@ async fn set_fleet_end(state: &AppState, req: &Request) -> Reply {
     )?;
     let client = state.db.client().await?;
     if fleet::counts(&client).await?.total == 0 {
-        return Err(ApiError::Conflict("there is no fleet to schedule: launch VMs first".into()));
+        return Err(ApiError::Conflict(
+            "there is no fleet to schedule: launch VMs first".into(),
+        ));
     }
     let end = fleet::set_end(&client, ends_at, &admin.user, false).await?;
     tracing::info!(admin = %admin.user, %end, "the fleet's end time set");

@@ -89,7 +89,7 @@ pub const PUBLIC_GRANTS: &[TableGrant] = &[
     // V7: when the fleet is destroyed (the participants' pages announce it).
     TableGrant {
         table: "fleet_schedule",
-        privileges: "SELECT (ends_at)",
+        privileges: "SELECT (id, ends_at)",
     },
 ];
 

@@ -173,8 +173,8 @@ impl FixtureWorld {
     }
 
     /// The environment of `function` (an HTTP route's), as the infrastructure gives it:
-    /// the jobs table (its own, `jobs-<variant>-<function>`, created here) and the export
-    /// bucket only when its route reaches them (the CDK app sets those variables with the
+    /// the database, the jobs table (its own, `jobs-<variant>-<function>`, created here)
+    /// and the export bucket only when its route reaches them (the CDK app sets those variables with the
     /// grants), so a function that works here works with no more access than it has.
     pub async fn route_env(&self, variant: &str, function: &str) -> Vec<(String, String)> {
         use lablink_testkit::fixtures;
@@ -182,7 +182,6 @@ impl FixtureWorld {
             .unwrap_or_else(|| panic!("no route for {function}"))
             .reaches;
         let mut env: Vec<(String, String)> = [
-            ("DATABASE_URL", self.db.url.as_str()),
             ("LABLINK_SESSION_KEY", fixtures::SESSION_KEY),
             ("LABLINK_ADMIN_USER", fixtures::ADMIN_USER),
             ("LABLINK_ADMIN_PASSWORD_HASH", self.admin_hash.as_str()),
@@ -191,6 +190,11 @@ impl FixtureWorld {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        // The database only for functions whose route reaches it, as the CDK app gives it:
+        // a function that needs one without saying so fails here, not on AWS.
+        if reaches.db {
+            env.push(("DATABASE_URL".into(), self.db.url.clone()));
+        }
         if reaches.jobs_table {
             let table = format!("jobs-{variant}-{function}");
             Self::jobs_table(&table).await;

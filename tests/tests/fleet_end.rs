@@ -33,7 +33,8 @@ async fn the_end_time_submits_one_destroy_job_and_a_destroy_clears_it() {
     let c = db.client().await;
     let pool = Arc::new(Db::new(db.config.clone()));
     let store = PgJobStore::new(Arc::clone(&pool));
-    let now = Utc::now();
+    // Postgres keeps microseconds: whole seconds compare exactly.
+    let now = Utc::now().with_nanosecond(0).unwrap();
     assert_eq!(schedule::tick(&store, &pool, now).await.unwrap(), Tick::NoEnd);
 
     // A launch sets the end; a later launch never shortens it; the admin may.
@@ -85,7 +86,7 @@ async fn the_end_time_submits_one_destroy_job_and_a_destroy_clears_it() {
             Tick::AlreadySubmitted(id.clone())
         );
     }
-    let job = store.get(&id).await.unwrap().expect("the destroy job");
+    let mut job = store.get(&id).await.unwrap().expect("the destroy job");
     assert_eq!(job.kind, JobKind::Destroy);
     assert_eq!(job.requested_by, schedule::SCHEDULER);
     let all: i64 = c
@@ -94,6 +95,18 @@ async fn the_end_time_submits_one_destroy_job_and_a_destroy_clears_it() {
         .unwrap()
         .get(0);
     assert_eq!(all, 2, "the launch and one destroy");
+    // The destroy failed (EC2 refused): the next tick submits another attempt.
+    job.state = lablink_ops::JobState::Failed;
+    assert!(store.replace(&job).await.unwrap());
+    store.release_lock(&id).await.unwrap();
+    let Tick::Submitted(again) = schedule::tick(&store, &pool, later).await.unwrap() else {
+        panic!("a new attempt after a failed destroy");
+    };
+    assert_ne!(again, id);
+    assert_eq!(
+        schedule::tick(&store, &pool, later).await.unwrap(),
+        Tick::AlreadySubmitted(again)
+    );
 
     // The destroy clears the end with the fleet.
     fleet::clear_fleet(&c).await.unwrap();
@@ -195,6 +208,8 @@ async fn the_local_runner_announces_the_end_then_destroys_the_fleet() {
                 .json()
                 .await
                 .ok()?;
+            // Not submitted yet: 404 {"error"}.
+            v.get("state")?;
             assert_ne!(v["state"], "failed", "{v}");
             assert_eq!(v["requested_by"], schedule::SCHEDULER);
             (v["state"] == "succeeded").then_some(())

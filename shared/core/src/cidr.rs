@@ -31,6 +31,17 @@ impl Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
         };
+        // An IPv4 range written as IPv6 (`::ffff:10.0.0.0/104`) is that IPv4 range, as
+        // addresses are compared (`canonical`).
+        if let IpAddr::V6(v6) = base
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Self {
+                base: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Self { base, prefix })
     }
 
@@ -100,6 +111,9 @@ mod tests {
             l.allows("::ffff:10.1.2.3"),
             "IPv4-mapped IPv6 is the IPv4 address"
         );
+        let mapped = CidrList::parse("::ffff:198.51.100.0/120").unwrap();
+        assert!(mapped.allows("198.51.100.9") && mapped.allows("::ffff:198.51.100.9"));
+        assert!(!mapped.allows("198.51.101.9"));
         assert!(!l.allows("unknown") && !l.allows(""));
         let all = CidrList::parse("0.0.0.0/0,::/0").unwrap();
         assert!(all.allows("203.0.113.9") && all.allows("2001:db8::1"));

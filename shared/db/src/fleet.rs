@@ -100,12 +100,12 @@ pub enum Enrollment {
 /// storing `credential`'s hash. One statement does the work; a second one runs only to
 /// say why nothing happened.
 ///
-/// Recoverable: while the secret is valid and the VM is still `initializing` (it has not
-/// reported in with a credential), the same instance may enroll again; the new
-/// credential replaces, and so invalidates, the earlier one. So a lost response or a
-/// failed write on the VM is retried instead of refused forever. Once the VM reported
-/// `running` (or `error`) the enrollment is settled (`AlreadyEnrolled`), so the launch's
-/// shared secret cannot take over a VM that serves participants.
+/// Recoverable: while the secret is valid and the VM has never reported in with a
+/// credential (`initializing`, no `last_seen_at`), the same instance may enroll again;
+/// the new credential replaces, and so invalidates, the earlier one. So a lost response
+/// or a failed write on the VM is retried instead of refused forever. Once the VM has
+/// made any call with its credential the enrollment is settled (`AlreadyEnrolled`), so
+/// the launch's shared secret cannot take over a VM that is running or booting.
 pub async fn enroll(
     client: &Client,
     instance_id: &InstanceId,
@@ -117,7 +117,8 @@ pub async fn enroll(
     let row = client
         .query_opt(
             "UPDATE vms SET credential_hash = $3, enrolled_at = now(), updated_at = now()
-             WHERE instance_id = $1 AND (credential_hash IS NULL OR status = 'initializing')
+             WHERE instance_id = $1
+               AND (credential_hash IS NULL OR (status = 'initializing' AND last_seen_at IS NULL))
                AND EXISTS (SELECT 1 FROM vm_enrollment_secrets e
                            WHERE e.job_id = vms.job_id AND e.secret_hash = $2 AND e.expires_at > now())
              RETURNING hostname",
@@ -132,7 +133,8 @@ pub async fn enroll(
     }
     let why = client
         .query_opt(
-            "SELECT credential_hash IS NOT NULL AND status <> 'initializing' FROM vms WHERE instance_id = $1",
+            "SELECT credential_hash IS NOT NULL AND NOT (status = 'initializing' AND last_seen_at IS NULL)
+             FROM vms WHERE instance_id = $1",
             &[&instance_id],
         )
         .await?;

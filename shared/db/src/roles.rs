@@ -77,7 +77,7 @@ pub const PUBLIC_GRANTS: &[TableGrant] = &[
     // V6: the per-address counter of seat requests.
     TableGrant {
         table: "seat_request_windows",
-        privileges: "SELECT, INSERT, UPDATE, DELETE",
+        privileges: "SELECT, INSERT, UPDATE",
     },
     // V6: the admin login form records the session it issues (`admin::create_session`);
     // reading, ending and listing sessions are admin routes' (lablink_app). A row alone

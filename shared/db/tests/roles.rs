@@ -183,6 +183,47 @@ async fn the_public_role_may_assign_count_and_follow_a_seat_but_nothing_else() {
         .expect("the seat");
     assert_eq!(view.hostname, a.hostname.as_str());
     assert_eq!(view.state, seats::SeatState::Connecting);
+    // V6/V7's statements of the participant routes and the login form.
+    let defaults = lablink_core::workshop::Gate::default();
+    assert_eq!(
+        lablink_db::workshop::gate(&public, &defaults).await.unwrap(),
+        defaults
+    );
+    let now = Utc::now();
+    assert_eq!(
+        lablink_db::workshop::reserve_seat(&public, "192.0.2.9", 100, chrono::Duration::minutes(10), now)
+            .await
+            .unwrap(),
+        None
+    );
+    lablink_db::workshop::give_back_seat(&public, "192.0.2.9")
+        .await
+        .unwrap();
+    assert!(vms::holds_seat(&public, &email).await.unwrap());
+    admin::create_session(
+        &public,
+        &[7; 32],
+        "admin",
+        "epoch",
+        "192.0.2.9",
+        now + chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    refused(&public, "SELECT * FROM admin_sessions").await;
+    refused(&public, "DELETE FROM seat_request_windows").await;
+    lablink_db::fleet::set_end(&app, now + chrono::Duration::minutes(5), "admin", false)
+        .await
+        .unwrap();
+    let view = seats::view(&public, token.expose(), CodeLimits::default())
+        .await
+        .unwrap()
+        .expect("the seat");
+    assert!(
+        view.fleet_ends_at.is_some(),
+        "the seat view reads the fleet's end"
+    );
+    refused(&public, "DELETE FROM fleet_schedule").await;
     let change = seats::send_code(
         &public,
         &a.hostname,

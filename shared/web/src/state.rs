@@ -322,10 +322,12 @@ impl AppState {
                 *slot = Some((std::time::Instant::now(), Arc::clone(&fresh)));
                 Ok(fresh)
             }
-            Err(e) => match slot.as_ref() {
+            Err(e) => match slot.take() {
                 Some((_, old)) => {
                     tracing::error!(error = %e, "re-reading the admin secret failed; using the copy in hand");
-                    Ok(Arc::clone(old))
+                    // Tried again after another TTL, not on every request meanwhile.
+                    *slot = Some((std::time::Instant::now(), Arc::clone(&old)));
+                    Ok(old)
                 }
                 None => Err(e),
             },

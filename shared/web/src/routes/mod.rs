@@ -238,6 +238,14 @@ impl Route {
         if !method_ok {
             return self.refused(ApiError::MethodNotAllowed(self.verb.as_str()), None);
         }
+        // The admin console answers only its allowed networks, before anything of the
+        // request (its body included) is looked at.
+        #[cfg(feature = "admin")]
+        if self.access == Access::Admin
+            && let Err(e) = crate::auth::admin_network(state, &req)
+        {
+            return self.refused(e, Some(&req));
+        }
         match (self.handler)(state, &req).await {
             Ok(r) => r,
             Err(e) => self.refused(e, Some(&req)),

@@ -62,9 +62,9 @@ struct VmRequestForm {
     #[serde(default)]
     crd_command: String,
     /// The workshop's access code, when the admin set one (an additive field: classic
-    /// forms have only the two above).
+    /// forms have only the two above). Present, even empty, when the form showed it.
     #[serde(default)]
-    access_code: String,
+    access_code: Option<String>,
 }
 
 /// `POST /api/request_vm` (form). Bad input re-renders the form with the reason, keeping
@@ -74,7 +74,7 @@ struct VmRequestForm {
 /// back, and a NEW code is sent to it as a fresh code (within the seat's limits: 429
 /// past them). The workshop's gate comes first: a wrong access code or an email off the
 /// participant list is 403, and an address past its limit of new seats 429 with
-/// `Retry-After`. Nothing is written on any refusal.
+/// `Retry-After`. No seat or code is written on any refusal.
 async fn request_vm(state: &AppState, req: &Request) -> Reply {
     let form: VmRequestForm = request::form(req, SMALL_BODY)?;
     let form_again = |status: StatusCode, error: &str, free: i64| {
@@ -85,9 +85,9 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
                 email: &form.email,
                 crd_command: &form.crd_command,
                 error: Some(error),
-                // A form that comes back asks for the code whenever one was typed or
-                // is required (the gate is read below; before that, what was sent).
-                ask_code: !form.access_code.is_empty() || state.config.gate.wants_code(),
+                // A form that comes back asks for the code whenever the form it came
+                // from did, or the deployment requires one (the gate is read below).
+                ask_code: form.access_code.is_some() || state.config.gate.wants_code(),
             }),
         )
     };
@@ -124,9 +124,10 @@ async fn request_vm(state: &AppState, req: &Request) -> Reply {
             }),
         )
     };
-    if let Err(refusal) = gate.admits(&form.access_code, &email) {
+    let typed_code = form.access_code.as_deref().unwrap_or("");
+    if let Err(refusal) = gate.admits(typed_code, &email) {
         let why = match refusal {
-            Refusal::AccessCode if form.access_code.trim().is_empty() => {
+            Refusal::AccessCode if typed_code.trim().is_empty() => {
                 "This workshop needs its access code: type the code the staff gave you."
             }
             Refusal::AccessCode => "That is not this workshop's access code. Check it with the staff.",

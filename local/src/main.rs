@@ -362,13 +362,33 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
-    // The schedule's stand-in (AWS: EventBridge every minute): destroy the fleet once
-    // its end time has passed. LABLINK_FLEET_TICK_SECONDS (default 30) compresses it.
-    let tick_every = {
+    // The settings a deployment gives its functions, from the same variables: the
+    // workshop gate's defaults (LABLINK_WORKSHOP_*, LABLINK_SEATS_*), the admin allowlist
+    // (LABLINK_ADMIN_ALLOWED_CIDRS), the fleet's default life and notice
+    // (LABLINK_FLEET_HOURS, LABLINK_FLEET_NOTICE_SECONDS), and the end-time check's
+    // period, the stand-in of AWS's EventBridge minute (LABLINK_FLEET_TICK_SECONDS,
+    // default 30, so tests can compress it).
+    let (gate, admin_cidrs, fleet_hours, fleet_notice, tick_every) = {
         let mut s = lablink_core::config::Settings::from_env();
-        let secs = s.ranged("LABLINK_FLEET_TICK_SECONDS", 30u64, 1, 3600);
-        s.finish(|| std::time::Duration::from_secs(secs))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+        let gate = lablink_core::workshop::Gate::read(&mut s);
+        let cidrs = s.optional_with(
+            "LABLINK_ADMIN_ALLOWED_CIDRS",
+            "comma-separated address ranges, e.g. 127.0.0.1/32",
+            lablink_core::cidr::CidrList::parse,
+        );
+        let hours = s.ranged("LABLINK_FLEET_HOURS", 12u32, 1, 168);
+        let notice = s.ranged("LABLINK_FLEET_NOTICE_SECONDS", 900i64, 1, 86_400);
+        let tick = s.ranged("LABLINK_FLEET_TICK_SECONDS", 30u64, 1, 3600);
+        s.finish(|| {
+            (
+                gate,
+                cidrs,
+                hours,
+                chrono::Duration::seconds(notice),
+                std::time::Duration::from_secs(tick),
+            )
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?
     };
     tokio::spawn({
         let (store, db) = (Arc::clone(&store), Arc::clone(&db));
@@ -387,27 +407,6 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
-    // The workshop gate's defaults and the admin allowlist, from the same variables a
-    // deployment sets (LABLINK_WORKSHOP_*, LABLINK_SEATS_*, LABLINK_ADMIN_ALLOWED_CIDRS).
-    let (gate, admin_cidrs) = {
-        let mut s = lablink_core::config::Settings::from_env();
-        let gate = lablink_core::workshop::Gate::read(&mut s);
-        let cidrs = s.optional_with(
-            "LABLINK_ADMIN_ALLOWED_CIDRS",
-            "comma-separated address ranges, e.g. 127.0.0.1/32",
-            lablink_core::cidr::CidrList::parse,
-        );
-        s.finish(|| (gate, cidrs)).map_err(|e| anyhow::anyhow!("{e}"))?
-    };
-    // The fleet's end: LABLINK_FLEET_HOURS (each launch's default), and how long before it
-    // the participants' pages announce it (LABLINK_FLEET_NOTICE_SECONDS).
-    let (fleet_hours, fleet_notice) = {
-        let mut s = lablink_core::config::Settings::from_env();
-        let hours = s.ranged("LABLINK_FLEET_HOURS", 12u32, 1, 168);
-        let notice = s.ranged("LABLINK_FLEET_NOTICE_SECONDS", 900i64, 1, 86_400);
-        s.finish(|| (hours, chrono::Duration::seconds(notice)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-    };
     let config = AppConfig {
         gate,
         fleet_hours,

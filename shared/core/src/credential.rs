@@ -88,6 +88,12 @@ pub fn admin_epoch(password_hash: &str, session_key_hex: &str) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// Equality whose time depends on the lengths only, not on where the bytes differ (the
+/// access code, CSRF tokens, user names).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

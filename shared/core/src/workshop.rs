@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::config::Settings;
+use crate::credential::constant_time_eq;
 use crate::domain::Email;
 
 /// Longest access code (it is typed by people).
@@ -127,11 +128,6 @@ pub fn parse_access_code(v: &str) -> Result<Option<String>, String> {
         return Err("the access code must not contain control characters".into());
     }
     Ok(Some(v.to_owned()))
-}
-
-/// Equality whose time depends on the lengths only, not on where the bytes differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Allowed participants: whole emails (`name@example.org`) and domains (`@example.org`:

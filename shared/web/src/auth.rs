@@ -83,28 +83,37 @@ pub fn hash_password(password: &str) -> String {
 /// A signed session cookie value: `user`, its expiry and the session's random id (the
 /// server-side record's key), under the session key's HMAC.
 pub fn issue_session(key: &SessionKey, user: &str, session_id: &str, expires: DateTime<Utc>) -> String {
-    let payload = format!("v2.{}.{}.{session_id}", B64.encode(user), expires.timestamp());
+    sign(
+        key,
+        format!("v2.{}.{}.{session_id}", B64.encode(user), expires.timestamp()),
+    )
+}
+
+#[cfg(feature = "admin")]
+/// `payload.<HMAC-SHA256 of payload>` under the session key (sessions, device cookies).
+fn sign(key: &SessionKey, payload: String) -> String {
     let sig = B64.encode(key.mac(&payload).finalize().into_bytes());
     format!("{payload}.{sig}")
+}
+
+#[cfg(feature = "admin")]
+/// The `N` fields of a `kind.<f1>…<fN>.<sig>` value whose signature is the session key's.
+fn signed_fields<'a, const N: usize>(key: &SessionKey, value: &'a str, kind: &str) -> Option<[&'a str; N]> {
+    let (payload, sig) = value.rsplit_once('.')?;
+    key.mac(payload).verify_slice(&B64.decode(sig).ok()?).ok()?;
+    let mut parts = payload.split('.');
+    if parts.next()? != kind {
+        return None;
+    }
+    let fields: Vec<&str> = parts.collect();
+    fields.try_into().ok()
 }
 
 #[cfg(feature = "admin")]
 /// The user and session id of a validly signed, unexpired session cookie value (the
 /// caller still checks the server-side record: [`admin_session`]).
 pub fn verify_session(key: &SessionKey, value: &str, now: DateTime<Utc>) -> Option<(String, String)> {
-    let (payload, sig) = value.rsplit_once('.')?;
-    let sig = B64.decode(sig).ok()?;
-    key.mac(payload).verify_slice(&sig).ok()?;
-    let mut parts = payload.split('.');
-    let (Some("v2"), Some(user), Some(exp), Some(id), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
+    let [user, exp, id] = signed_fields(key, value, "v2")?;
     if exp.parse::<i64>().ok()? <= now.timestamp() {
         return None;
     }
@@ -135,26 +144,16 @@ pub const MAX_FAILURES_PER_DEVICE: i32 = 10;
 pub fn issue_device(key: &SessionKey, user: &str, expires: DateTime<Utc>) -> String {
     let secret = lablink_core::credential::Secret::generate();
     let nonce = &secret.expose()[..32];
-    let payload = format!("d1.{}.{}.{nonce}", B64.encode(user), expires.timestamp());
-    let sig = B64.encode(key.mac(&payload).finalize().into_bytes());
-    format!("{payload}.{sig}")
+    sign(
+        key,
+        format!("d1.{}.{}.{nonce}", B64.encode(user), expires.timestamp()),
+    )
 }
 
 #[cfg(feature = "admin")]
 /// The nonce of a valid device cookie for `user`.
 pub fn verify_device(key: &SessionKey, value: &str, user: &str, now: DateTime<Utc>) -> Option<String> {
-    let (payload, sig) = value.rsplit_once('.')?;
-    key.mac(payload).verify_slice(&B64.decode(sig).ok()?).ok()?;
-    let mut parts = payload.split('.');
-    let (Some("d1"), Some(u), Some(exp), Some(nonce), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
+    let [u, exp, nonce] = signed_fields(key, value, "d1")?;
     let ok = exp.parse::<i64>().ok()? > now.timestamp() && B64.decode(u).ok()? == user.as_bytes();
     ok.then(|| nonce.to_owned())
 }
@@ -252,7 +251,7 @@ pub fn csrf_token(key: &SessionKey, session: &str) -> String {
 
 /// Constant-time string equality.
 pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    lablink_core::credential::constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 
 /// The client's address: API Gateway's `sourceIp` (the local runner fills it from the

@@ -38,6 +38,43 @@ pub fn form<T: DeserializeOwned>(req: &Request, limit: usize) -> Result<T, ApiEr
     serde_urlencoded::from_bytes(b).map_err(|e| ApiError::bad_request(format!("invalid form: {e}")))
 }
 
+/// A form, or (`Content-Type: application/json`) a JSON object of the same fields, where
+/// a number or boolean stands for its text and a list of strings for its lines (so
+/// scripts need not quote numbers). `null` is an absent field; any other value is 400.
+pub fn form_or_json<T: DeserializeOwned>(req: &Request, limit: usize) -> Result<T, ApiError> {
+    let is_json = req
+        .headers()
+        .get(lambda_http::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return form(req, limit);
+    }
+    use serde_json::Value;
+    let Value::Object(fields) = json::<Value>(req, limit)? else {
+        return Err(ApiError::bad_request("expected a JSON object"));
+    };
+    let mut text = serde_json::Map::new();
+    for (k, v) in fields {
+        let v = match v {
+            Value::Null => continue,
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::bad_request(format!("{k} must be a list of strings")))?
+                .join("\n"),
+            Value::Object(_) => return Err(ApiError::bad_request(format!("{k} has the wrong type"))),
+        };
+        text.insert(k, Value::String(v));
+    }
+    serde_json::from_value(Value::Object(text))
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
 /// A path parameter: from API Gateway's `pathParameters`, else the last path segment
 /// (for routes with one trailing `{param}`, as mounted by the local runner).
 pub fn path_param(req: &Request, name: &str) -> Option<String> {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use lablink_core::workshop::{Gate, ParticipantList, parse_access_code};
 use lablink_db::{fleet, workshop};
 use lambda_http::Request;
-use lambda_http::http::{StatusCode, header};
+use lambda_http::http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -36,7 +36,7 @@ pub const WORKSHOP: Route = Route {
 };
 
 /// The form's fields (JSON: the same names; `participants` may be a list, numbers
-/// may be numbers).
+/// may be numbers: [`request::form_or_json`]).
 #[derive(Deserialize, Default)]
 struct WorkshopForm {
     #[serde(default)]
@@ -52,41 +52,6 @@ struct WorkshopForm {
     /// `save` (default) or `defaults` (forget the dashboard's settings).
     #[serde(default)]
     action: Option<String>,
-}
-
-fn workshop_form(req: &Request) -> Result<WorkshopForm, ApiError> {
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !is_json {
-        return request::form(req, WORKSHOP_BODY);
-    }
-    let v: serde_json::Value = request::json(req, WORKSHOP_BODY)?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request("expected a JSON object"));
-    }
-    let s = |k: &str| match &v[k] {
-        serde_json::Value::String(s) => Ok(Some(s.clone())),
-        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::Array(items) if k == "participants" => items
-            .iter()
-            .map(|i| i.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .map(|l| Some(l.join("\n")))
-            .ok_or_else(|| ApiError::bad_request("participants must be a list of strings")),
-        _ => Err(ApiError::bad_request(format!("{k} has the wrong type"))),
-    };
-    Ok(WorkshopForm {
-        csrf: s("csrf")?,
-        access_code: s("access_code")?,
-        participants: s("participants")?,
-        seats_per_address: s("seats_per_address")?,
-        window_minutes: s("window_minutes")?,
-        action: s("action")?,
-    })
 }
 
 fn number(v: Option<&str>, name: &str, default: u32, min: u32, max: u32) -> Result<u32, ApiError> {
@@ -105,7 +70,7 @@ fn number(v: Option<&str>, name: &str, default: u32, min: u32, max: u32) -> Resu
 /// is written; a browser goes back to the dashboard, a script gets the gate as JSON
 /// (the access code is not echoed).
 async fn set_workshop(state: &AppState, req: &Request) -> Reply {
-    let form = workshop_form(req)?;
+    let form: WorkshopForm = request::form_or_json(req, WORKSHOP_BODY)?;
     let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
     let client = state.db.client().await?;
     let gate = match form.action.as_deref().unwrap_or("save") {
@@ -216,26 +181,7 @@ struct FleetEndForm {
 /// is destroyed, as given (to extend it, or to end it sooner). 409 without a fleet.
 /// A browser goes back to the dashboard; a script gets `{"ends_at"}`.
 async fn set_fleet_end(state: &AppState, req: &Request) -> Reply {
-    let form: FleetEndForm = if req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
-    {
-        let v: serde_json::Value = request::json(req, request::SMALL_BODY)?;
-        let s = |k: &str| match &v[k] {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        };
-        FleetEndForm {
-            csrf: s("csrf"),
-            ends_in_hours: s("ends_in_hours"),
-            ends_at: s("ends_at"),
-        }
-    } else {
-        request::form(req, request::SMALL_BODY)?
-    };
+    let form: FleetEndForm = request::form_or_json(req, request::SMALL_BODY)?;
     let admin = auth::require_admin_write(state, req, form.csrf.as_deref()).await?;
     if form.ends_at.as_deref().is_none_or(|v| v.trim().is_empty())
         && form.ends_in_hours.as_deref().is_none_or(|v| v.trim().is_empty())

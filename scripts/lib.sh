@@ -103,6 +103,64 @@ ensure_test_client_image() {
   echo "$image"
 }
 
+# Stand-ins for the holder image's two pinned base images (infra-cdk/holder/Dockerfile),
+# which no registry here can serve: the runtime is the Debian base above (glibc and
+# libgcc, as in distroless/cc); the builder is a minimal Debian with the C toolchain the
+# crates build with (gcc, make) and this machine's own Rust toolchain copied in, tagged
+# with its version. Both are kept in the engine's store. Prints "BUILDER RUNTIME".
+ensure_test_holder_bases() {
+  local runtime=lablink-test-base:bookworm
+  ensure_test_client_image >/dev/null
+  local sysroot version
+  sysroot="$(rustc --print sysroot)"
+  version="$(rustc --version | awk '{print $2}')"
+  local builder="lablink-test-rust:$version"
+  if ! docker image inspect "$builder" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    local root
+    root="$(mktemp -d)"
+    echo "building $builder with debootstrap and this machine's Rust $version (a few minutes)" >&2
+    as_root debootstrap --variant=minbase --include=gcc,libc6-dev,make,ca-certificates,git \
+      bookworm "$root" http://deb.debian.org/debian >/dev/null
+    as_root cp -a "$sysroot/bin/." "$root/usr/local/bin/"
+    as_root cp -a "$sysroot/lib/." "$root/usr/local/lib/"
+    # This machine's trusted CAs, so that cargo in the stand-in reaches crates.io through
+    # whatever this network puts in between, as cargo on the host does.
+    as_root cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    as_root tar -C "$root" -c . | docker import \
+      --change 'ENV CARGO_HOME=/usr/local/cargo' \
+      --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      - "$builder" >/dev/null
+    as_root rm -rf "$root"
+  fi
+  echo "$builder $runtime"
+}
+
+# The holder's image as the tests build it: scripts/build-holder-image, unchanged, on the
+# stand-in bases above, with a stand-in RDS CA bundle (a self-signed certificate made once
+# and kept) and its checksum as the pin. Layers are cached by the engine, so a rebuild
+# compiles the workspace's crates only. Prints "IMAGE CA_BUNDLE".
+ensure_test_holder_image() {
+  local bases
+  bases="$(ensure_test_holder_bases)" || return 1
+  local ca="$HOME/.cache/lablink/test-rds-ca.pem"
+  if [ ! -s "$ca" ]; then
+    mkdir -p "$(dirname "$ca")"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout /dev/null -days 3650 \
+      -subj '/CN=LabLink test stand-in for the RDS CA' -out "$ca.tmp" 2>/dev/null
+    mv "$ca.tmp" "$ca"
+  fi
+  local image=lablink-holder:test log
+  log="$(mktemp)"
+  if ! scripts/build-holder-image --quiet --tag "$image" --rds-ca "$ca" \
+      --rds-ca-sha256 "$(sha256sum "$ca" | cut -d' ' -f1)" \
+      --builder-image "${bases% *}" --runtime-image "${bases#* }" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; return 1
+  fi
+  rm -f "$log"
+  echo "$image $ca"
+}
+
 # cloud-init's own schema validator for the VMs' user-data tests (Debian's package; it
 # brings the python3-yaml the tests read the YAML back with).
 ensure_cloud_init() {

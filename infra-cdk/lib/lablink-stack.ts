@@ -21,10 +21,12 @@
 //   address, which the VMs and the outputs then use.
 
 import {
+  ArnFormat,
   Aws,
   CfnCondition,
   CfnOutput,
   CfnParameter,
+  CfnResource,
   CfnRule,
   Duration,
   Fn,
@@ -52,6 +54,7 @@ import * as rds from 'aws-cdk-lib/aws-rds';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as s3assets from 'aws-cdk-lib/aws-s3-assets';
+import * as scheduler from 'aws-cdk-lib/aws-scheduler';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
@@ -107,6 +110,19 @@ export const SESSION_MANAGER_POLICY = 'AmazonSSMManagedInstanceCore';
 export const STARTUP_SCRIPT_B64_MAX = 1400;
 /** Longest `DomainName`: it becomes the provisioner's LABLINK_API_URL (the same 4 KB). */
 export const DOMAIN_NAME_MAX = 128;
+/**
+ * The database functions' PGHOST while the deployment is paused (the proxy is gone): a
+ * name that never resolves (RFC 2606), so nothing can reach a database by accident. A
+ * paused function answers 503 before it would connect (lablink_web::routes).
+ */
+export const PAUSED_DB_HOST = 'paused.invalid';
+/**
+ * How often, while paused, a schedule stops the database again: RDS starts a stopped
+ * instance by itself after 7 days, and each hour it then runs costs an instance-hour.
+ * Hourly caps that at about an hour a week for a few cents of Scheduler invocations
+ * (free tier), where daily would let it run up to a day each week.
+ */
+export const KEEP_DB_STOPPED_RATE = 'rate(1 hour)';
 
 export interface LabLinkStackProps extends StackProps {
   readonly manifest: Manifest;
@@ -375,6 +391,16 @@ export class LabLinkStack extends Stack {
       constraintDescription: 'empty, or a Route 53 hosted zone id like Z0123456789ABCDEFGHIJ',
       description: 'The Route 53 public hosted zone DomainName is in (required with DomainName).',
     }).valueAsString;
+    // Between workshops (docs/deploy.md, "Between workshops: pause and resume"): set by
+    // `scripts/deploy --pause` / `--resume`, which also stop and start the database.
+    const paused = new CfnParameter(this, 'Paused', {
+      type: 'String',
+      default: 'false',
+      allowedValues: ['true', 'false'],
+      description:
+        'true between workshops: no holder tasks, no NAT gateway, no database proxy, every route answers 503 ' +
+        '(use scripts/deploy --pause / --resume, which also stop and start the database; data is kept).',
+    }).valueAsString;
 
     // On every resource (a stack tag cannot hold a parameter's value).
     // CDK makes each function depend on its role's policy and on the role it also GetAtts;
@@ -401,6 +427,10 @@ export class LabLinkStack extends Stack {
     const customDomain = new CfnCondition(this, 'CustomDomain', {
       expression: Fn.conditionNot(Fn.conditionEquals(domainName, '')),
     });
+    const isPaused = new CfnCondition(this, 'IsPaused', { expression: Fn.conditionEquals(paused, 'true') });
+    const notPaused = new CfnCondition(this, 'NotPaused', { expression: Fn.conditionNot(Fn.conditionEquals(paused, 'true')) });
+    /** `whenPaused` while paused, else `running` (an `Fn::If` on IsPaused). */
+    const ifPaused = <T>(whenPaused: T, running: T): T => Fn.conditionIf(isPaused.logicalId, whenPaused, running) as unknown as T;
     // A domain without its zone (or a zone without a domain) is refused before anything
     // is created: rules cannot use conditions, hence the expressions again.
     new CfnRule(this, 'DomainNameNeedsHostedZone', {
@@ -422,6 +452,7 @@ export class LabLinkStack extends Stack {
     const vpc = new ec2.Vpc(this, 'Vpc', {
       maxAzs: 2,
       natGateways: props.natGateways,
+      natGatewayProvider: new PausableNatGateways(),
       // The default security group is used by nothing here; restricting it would add a
       // custom-resource Lambda to the template.
       restrictDefaultSecurityGroup: false,
@@ -436,6 +467,24 @@ export class LabLinkStack extends Stack {
       },
     });
     const privateSubnets: ec2.SubnetSelection = { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS };
+    // Paused: no NAT gateway, no Elastic IP, no default route to them. Nothing in the
+    // private subnets needs the internet then (no holder task, and every function
+    // answers 503 before it calls anything); DynamoDB and S3 stay reachable through the
+    // gateway endpoints.
+    const natParts = vpc.node
+      .findAll()
+      .filter(
+        (c): c is CfnResource =>
+          c instanceof ec2.CfnNatGateway ||
+          c instanceof ec2.CfnEIP ||
+          (c instanceof ec2.CfnRoute && c.natGatewayId !== undefined),
+      );
+    const nats = natParts.filter((c) => c instanceof ec2.CfnNatGateway).length;
+    const natRoutes = natParts.filter((c) => c instanceof ec2.CfnRoute).length;
+    if (nats !== props.natGateways || natRoutes !== vpc.privateSubnets.length) {
+      throw new Error(`found ${nats} NAT gateways and ${natRoutes} routes to them: the Vpc construct changed its children`);
+    }
+    for (const c of natParts) c.cfnOptions.condition = notPaused;
 
     const lambdaSg = new ec2.SecurityGroup(this, 'FunctionsSecurityGroup', {
       vpc,
@@ -517,6 +566,22 @@ export class LabLinkStack extends Stack {
     );
     for (const user of [...functionDbUsers].sort()) db.grantConnect(proxyRole, user);
     proxy.connections.allowFrom(lambdaSg, ec2.Port.tcp(5432), 'functions that use the database');
+    // Paused: no proxy (it is billed per vCPU of the instance, used or not). What names it
+    // (the functions' PGHOST and rds-db:connect) takes Fn::If or the same condition, so
+    // the template is valid either way. Its role and security group stay (free).
+    const proxyParts = proxy.node
+      .findAll()
+      .filter((c): c is CfnResource => c instanceof rds.CfnDBProxy || c instanceof rds.CfnDBProxyTargetGroup);
+    if (proxyParts.length !== 2) throw new Error('the DatabaseProxy construct changed its children');
+    for (const c of proxyParts) c.cfnOptions.condition = notPaused;
+    /** rds-db:connect through the proxy as `user` (what proxy.grantConnect would allow). */
+    const proxyUserArn = (user: DbUser): string =>
+      this.formatArn({
+        service: 'rds-db',
+        resource: 'dbuser',
+        resourceName: `${this.splitArn(proxy.dbProxyArn, ArnFormat.COLON_RESOURCE_NAME).resourceName}/${user}`,
+        arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+      });
 
     const dbEnvFor = (host: string, user: DbUser): Record<string, string> => ({
       PGHOST: host,
@@ -658,7 +723,13 @@ export class LabLinkStack extends Stack {
         code: props.code.codeFor(fn),
         memorySize: opts.memory,
         timeout: opts.timeout,
-        environment: { RUST_LOG: 'info', ...(opts.db ? dbEnvFor(proxy.endpoint, opts.db) : {}), ...opts.env },
+        environment: {
+          RUST_LOG: 'info',
+          // "true" between workshops: every route answers 503 (lablink_web::routes).
+          LABLINK_PAUSED: paused,
+          ...(opts.db ? dbEnvFor(ifPaused(PAUSED_DB_HOST, proxy.endpoint), opts.db) : {}),
+          ...opts.env,
+        },
         role,
         logGroup,
         // JSON lines: Lambda's own (START, REPORT) and ours, which lambda_runtime's
@@ -671,7 +742,14 @@ export class LabLinkStack extends Stack {
       allFunctions.push(f);
       functionLogs.set(f, logGroup);
       if (opts.db) {
-        proxy.grantConnect(f, opts.db);
+        // A policy of its own, present only while the proxy it names is.
+        const connect = new iam.Policy(this, `${id}DatabaseConnect`, {
+          roles: [role],
+          statements: [
+            new iam.PolicyStatement({ sid: 'ConnectThroughProxy', actions: ['rds-db:connect'], resources: [proxyUserArn(opts.db)] }),
+          ],
+        });
+        (connect.node.defaultChild as iam.CfnPolicy).cfnOptions.condition = notPaused;
         dbFunctions.push(f);
       }
       return f;
@@ -859,11 +937,13 @@ export class LabLinkStack extends Stack {
     }
     // A fleet cannot be forgotten: every minute the provisioner checks the fleet's end
     // time and, once it has passed, submits its destroy job (lablink_provision::schedule).
-    new events.Rule(this, 'FleetEndSchedule', {
+    const fleetEndRule = new events.Rule(this, 'FleetEndSchedule', {
       description: "LabLink: destroy the fleet at its end time (checked every minute)",
       schedule: events.Schedule.rate(Duration.minutes(1)),
       targets: [new eventsTargets.LambdaFunction(provisioner, { retryAttempts: 2 })],
     });
+    // Paused: no fleet (scripts/deploy --pause refuses while one exists), nothing to check.
+    (fleetEndRule.node.defaultChild as events.CfnRule).state = ifPaused('DISABLED', 'ENABLED');
 
     // ---- Holder: ECS Fargate behind an internal ALB, reached through a VPC link ----
     const cluster = new ecs.Cluster(this, 'Cluster', { vpc });
@@ -952,6 +1032,8 @@ export class LabLinkStack extends Stack {
       circuitBreaker: { enable: true, rollback: true },
       healthCheckGracePeriod: Duration.seconds(60),
     });
+    // Paused: no holder task (the API's holder routes then get the load balancer's 503).
+    (holderService.node.defaultChild as ecs.CfnService).addPropertyOverride('DesiredCount', ifPaused(0, HOLDER_TASKS));
     // A deploy updates the functions that use the database only after the holder service is
     // steady, i.e. after a new task's db-setup has created any new role and applied any new
     // migration: new function code never meets an older schema or a missing user.
@@ -1011,6 +1093,39 @@ export class LabLinkStack extends Stack {
       api.addRoutes({ path: holderPath, methods: [apigwv2.HttpMethod.POST], integration: holderIntegration });
     }
 
+    // ---- Paused: keep the database stopped ----
+    // scripts/deploy --pause stops the instance (CloudFormation cannot); RDS starts a
+    // stopped instance by itself after 7 days, so while paused a schedule stops it again.
+    // Stopping an instance that is already stopped fails harmlessly (no retries).
+    const keepStoppedRole = new iam.Role(this, 'KeepDatabaseStoppedRole', {
+      assumedBy: new iam.ServicePrincipal('scheduler.amazonaws.com', {
+        conditions: { StringEquals: { 'aws:SourceAccount': Aws.ACCOUNT_ID } },
+      }),
+      description: 'LabLink while paused: EventBridge Scheduler stops the database again after RDS restarts it',
+      inlinePolicies: {
+        StopDatabase: new iam.PolicyDocument({
+          statements: [
+            new iam.PolicyStatement({ sid: 'StopDatabase', actions: ['rds:StopDBInstance'], resources: [db.instanceArn] }),
+          ],
+        }),
+      },
+    });
+    (keepStoppedRole.node.defaultChild as iam.CfnRole).cfnOptions.condition = isPaused;
+    const keepStopped = new scheduler.CfnSchedule(this, 'KeepDatabaseStopped', {
+      description: 'LabLink while paused: stop the database again (RDS starts a stopped instance after 7 days)',
+      scheduleExpression: KEEP_DB_STOPPED_RATE,
+      flexibleTimeWindow: { mode: 'OFF' },
+      state: 'ENABLED',
+      target: {
+        // EventBridge Scheduler's universal target: the RDS API's StopDBInstance.
+        arn: Fn.join('', ['arn:', Aws.PARTITION, ':scheduler:::aws-sdk:rds:stopDBInstance']),
+        roleArn: keepStoppedRole.roleArn,
+        input: this.toJsonString({ DbInstanceIdentifier: db.instanceIdentifier }),
+        retryPolicy: { maximumRetryAttempts: 0 },
+      },
+    });
+    keepStopped.cfnOptions.condition = isPaused;
+
     // ---- Watching: alarms to one topic, a dashboard, a budget (./watch.ts) ----
     const alarmTopic = addWatching(this, {
       environment,
@@ -1025,6 +1140,7 @@ export class LabLinkStack extends Stack {
       holderLogs,
       holderTargets,
       holderTasks: HOLDER_TASKS,
+      paused: isPaused,
       database: db,
       functions: allFunctions,
     });
@@ -1040,7 +1156,10 @@ export class LabLinkStack extends Stack {
     new CfnOutput(this, 'JobsTableName', { value: jobs.tableName });
     new CfnOutput(this, 'VmLogGroupName', { value: vmLogGroup.logGroupName });
     new CfnOutput(this, 'AdminSecretArn', { value: adminSecret.secretArn });
-    new CfnOutput(this, 'DatabaseInstanceId', { value: db.instanceIdentifier });
+    new CfnOutput(this, 'DatabaseInstanceId', {
+      value: db.instanceIdentifier,
+      description: 'scripts/deploy --pause stops this instance and --resume starts it',
+    });
     new CfnOutput(this, 'ProvisionerFailureQueueUrl', { value: provisionerFailures.queueUrl });
     new CfnOutput(this, 'ExportBucketName', {
       value: exportBucket.bucketName,
@@ -1230,6 +1349,26 @@ export class LabLinkStack extends Stack {
         conditions: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
       }),
     );
+  }
+}
+
+/**
+ * NAT gateways as CDK makes them (same resources, same logical ids), except that the
+ * private subnets' default routes are not "internet connectivity established": CDK makes
+ * every VPC function DependsOn those routes, and while paused the routes do not exist (a
+ * DependsOn on a resource whose condition is false is a template error). A function needs
+ * no route to be created.
+ */
+class PausableNatGateways extends ec2.NatGatewayProvider {
+  public override configureSubnet(subnet: ec2.PrivateSubnet): void {
+    const gateways = this.configuredGateways;
+    const gateway = gateways.find((g) => g.az === subnet.availabilityZone) ?? gateways[0];
+    if (!gateway) throw new Error('no NAT gateway configured');
+    subnet.addRoute('DefaultRoute', {
+      routerType: ec2.RouterType.NAT_GATEWAY,
+      routerId: gateway.gatewayId,
+      enablesInternetConnectivity: false,
+    });
   }
 }
 

@@ -59,6 +59,11 @@ export interface WatchProps {
   readonly holderTargets: elbv2.ApplicationTargetGroup;
   /** The holder service's desired task count: fewer healthy than this for 5 minutes alarms. */
   readonly holderTasks: number;
+  /**
+   * True between workshops: no holder task runs and every route answers 503 on purpose,
+   * so the holder and 5xx alarms must not fire (docs/operations.md, "While paused").
+   */
+  readonly paused: CfnCondition;
   readonly database: rds.DatabaseInstance;
   readonly functions: readonly lambda.Function[];
 }
@@ -184,6 +189,31 @@ export function addWatching(stack: Stack, p: WatchProps): sns.Topic {
   };
   const atLeast = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD;
   const notBreaching = cloudwatch.TreatMissingData.NOT_BREACHING;
+  const holderUnhealthy = alarm(
+    'HolderUnhealthy',
+    `Fewer than ${p.holderTasks} holder tasks healthy behind the load balancer for 5 minutes`,
+    healthyHolders,
+    {
+      threshold: p.holderTasks,
+      comparison: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+      periods: 5,
+      // No data from the load balancer is no healthy holder.
+      missing: cloudwatch.TreatMissingData.BREACHING,
+    },
+  );
+  // Paused: zero tasks is right. Fewer than 0 never holds, and missing data is fine.
+  const ifPaused = (whenPaused: unknown, running: unknown): unknown => Fn.conditionIf(p.paused.logicalId, whenPaused, running);
+  const holderAlarm = holderUnhealthy.node.defaultChild as cloudwatch.CfnAlarm;
+  holderAlarm.addPropertyOverride('Threshold', ifPaused(0, p.holderTasks));
+  holderAlarm.addPropertyOverride('TreatMissingData', ifPaused('notBreaching', 'breaching'));
+  const api5xx = alarm(
+    'Api5xxRate',
+    `More than ${API_5XX_PERCENT}% of API requests answered 5xx in 5 minutes`,
+    api5xxRate,
+    { threshold: API_5XX_PERCENT, comparison: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD, periods: 1, missing: notBreaching },
+  );
+  // Paused: every answer is a 503 on purpose; the alarm still shows its state, but notifies no one.
+  (api5xx.node.defaultChild as cloudwatch.CfnAlarm).addPropertyOverride('ActionsEnabled', ifPaused(false, true));
   const alarms = [
     alarm('JobsFailed', 'A launch, destroy, replace or export job failed', jobsFailed, {
       threshold: 1,
@@ -197,24 +227,8 @@ export function addWatching(stack: Stack, p: WatchProps): sns.Topic {
       deadLettered,
       { threshold: 1, comparison: atLeast, periods: 1, missing: notBreaching },
     ),
-    alarm(
-      'HolderUnhealthy',
-      `Fewer than ${p.holderTasks} holder tasks healthy behind the load balancer for 5 minutes`,
-      healthyHolders,
-      {
-        threshold: p.holderTasks,
-        comparison: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-        periods: 5,
-        // No data from the load balancer is no healthy holder.
-        missing: cloudwatch.TreatMissingData.BREACHING,
-      },
-    ),
-    alarm(
-      'Api5xxRate',
-      `More than ${API_5XX_PERCENT}% of API requests answered 5xx in 5 minutes`,
-      api5xxRate,
-      { threshold: API_5XX_PERCENT, comparison: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD, periods: 1, missing: notBreaching },
-    ),
+    holderUnhealthy,
+    api5xx,
     alarm('VmsInError', 'At least one VM is in error', vmsInError, {
       threshold: 1,
       comparison: atLeast,

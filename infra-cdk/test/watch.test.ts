@@ -25,7 +25,7 @@ const [queueId] = one(s, 'AWS::SQS::Queue');
 const [apiId] = one(s, 'AWS::ApiGatewayV2::Api');
 const [stageId] = one(s, 'AWS::ApiGatewayV2::Stage');
 const [targetGroupId] = one(s, 'AWS::ElasticLoadBalancingV2::TargetGroup');
-const [, service] = one(s, 'AWS::ECS::Service');
+const [serviceId] = one(s, 'AWS::ECS::Service');
 const [, task] = one(s, 'AWS::ECS::TaskDefinition');
 const holderLogGroup = refId(
   task.Properties.ContainerDefinitions.find((c: Json) => c.Name === 'holder').LogConfiguration.Options['awslogs-group'],
@@ -33,13 +33,18 @@ const holderLogGroup = refId(
 const provisionerLogGroup = refId(fn(s, provisionerName).Properties.LoggingConfig.LogGroup);
 const ourNamespace = { 'Fn::Join': ['/', ['LabLink', { Ref: 'Environment' }]] };
 
-/** The alarm named lablink-<environment>-<name>. */
-function alarm(name: string): Json {
+/** The logical id of the alarm named lablink-<environment>-<name>. */
+function alarmId(name: string): string {
   const found = ofType(s, 'AWS::CloudWatch::Alarm').filter(
     ([, r]) => JSON.stringify(r.Properties.AlarmName) === JSON.stringify({ 'Fn::Join': ['', ['lablink-', { Ref: 'Environment' }, `-${name}`]] }),
   );
   assert.equal(found.length, 1, `one alarm ${name}`);
-  return found[0]![1].Properties;
+  return found[0]![0];
+}
+
+/** The properties of the alarm named lablink-<environment>-<name>, as synthesized. */
+function alarm(name: string): Json {
+  return s.resources[alarmId(name)].Properties;
 }
 
 /** The metric filter that makes `metricName` in our namespace. */
@@ -175,10 +180,12 @@ describe('alarms', () => {
     const tg = a.Dimensions.find((d: Json) => d.Name === 'TargetGroup');
     assert.deepEqual(tg.Value, { 'Fn::GetAtt': [targetGroupId, 'TargetGroupFullName'] });
     assert.ok(a.Dimensions.some((d: Json) => d.Name === 'LoadBalancer'));
-    assert.equal(service.Properties.DesiredCount, HOLDER_TASKS);
+    const running = deployedWith(s);
+    const r = running.resources[alarmId('HolderUnhealthy')].Properties;
+    assert.equal(running.resources[serviceId].Properties.DesiredCount, HOLDER_TASKS);
     assert.deepEqual([a.Statistic, a.Period, a.EvaluationPeriods], ['Minimum', 60, 5]);
-    assert.deepEqual([a.ComparisonOperator, a.Threshold], ['LessThanThreshold', HOLDER_TASKS]);
-    assert.equal(a.TreatMissingData, 'breaching');
+    assert.deepEqual([r.ComparisonOperator, r.Threshold], ['LessThanThreshold', HOLDER_TASKS]);
+    assert.equal(r.TreatMissingData, 'breaching');
   });
 
   test(`API 5xx rate: over ${API_5XX_PERCENT}% of at least ${API_5XX_MIN_REQUESTS} requests in 5 minutes`, () => {

@@ -415,6 +415,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         admin_secret_ttl: std::time::Duration::from_secs(60),
         db: db_config.clone(),
         legacy_vm_auth: false,
+        paused: false,
         admin: AdminSource::Env(Arc::new(admin)),
         forwarder_token_hash: None,
         jobs_table: None,

@@ -188,6 +188,19 @@ pub fn seat_page(p: &SeatPage<'_>) -> Markup {
     )
 }
 
+/// Every page while the deployment is paused between workshops (503).
+pub fn paused_page(message: &str) -> Markup {
+    layout(
+        "Paused between workshops",
+        html! {
+            h1 { "Paused between workshops" }
+            div.card {
+                p role="status" #paused { (message) }
+            }
+        },
+    )
+}
+
 /// `GET /seat/{token}` for a token that names no seat (404).
 pub fn seat_missing_page() -> Markup {
     layout(

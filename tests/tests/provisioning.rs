@@ -149,6 +149,7 @@ fn state_for(w: &World) -> AppState {
     let config = AppConfig {
         db: w.db.config.clone(),
         legacy_vm_auth: false,
+        paused: false,
         admin: AdminSource::None,
         forwarder_token_hash: None,
         jobs_table: None,

@@ -30,6 +30,33 @@ pub fn html(status: StatusCode, page: lablink_templates::Markup) -> Response<Bod
         .expect("static headers are valid")
 }
 
+/// What every route answers while the deployment is paused between workshops.
+pub const PAUSED_MESSAGE: &str = "This LabLink deployment is paused between workshops; its data is kept. \
+     The admin resumes it with `scripts/deploy --env NAME --resume` (about 10 minutes).";
+/// Seconds a client is told to wait before asking a paused deployment again.
+pub const PAUSED_RETRY_AFTER_SECONDS: u32 = 3600;
+
+/// 503 with `Retry-After` while paused: `{"status":"paused","message"}` for the API and
+/// scripts (`json`), else a page.
+pub fn paused(json: bool) -> Response<Body> {
+    let mut r = if json {
+        self::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "paused", "message": PAUSED_MESSAGE }),
+        )
+    } else {
+        html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            lablink_templates::paused_page(PAUSED_MESSAGE),
+        )
+    };
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(PAUSED_RETRY_AFTER_SECONDS),
+    );
+    r
+}
+
 /// A 303 to `to` (after a form post, or to the login page). A target that is no valid
 /// header value (it came from a request) goes to `/` instead of failing the response.
 pub fn redirect(to: &str) -> Response<Body> {

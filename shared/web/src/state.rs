@@ -72,6 +72,10 @@ pub struct AppConfig {
     /// `LABLINK_LEGACY_VM_AUTH`: accept the classic unauthenticated VM calls so an
     /// unmodified classic client image works. Off by default; logged loudly when on.
     pub legacy_vm_auth: bool,
+    /// `LABLINK_PAUSED`: the deployment is paused between workshops (no database proxy,
+    /// no holder): every route answers 503 without touching anything
+    /// ([`crate::routes::Route::handle`]).
+    pub paused: bool,
     #[cfg(feature = "admin")]
     pub admin: AdminSource,
     /// `LABLINK_LOG_FORWARDER_TOKEN_SHA256`: SHA-256 (hex) of the token log forwarders
@@ -116,6 +120,7 @@ impl AppConfig {
     pub fn read(s: &mut Settings) -> Option<Self> {
         let db = DbConfig::read(s);
         let legacy_vm_auth = s.flag("LABLINK_LEGACY_VM_AUTH", false);
+        let paused = s.flag("LABLINK_PAUSED", false);
         #[cfg(feature = "admin")]
         let admin = read_admin(s);
         let forwarder_token_hash = s.optional_with(
@@ -165,6 +170,7 @@ impl AppConfig {
             vm: vm?,
             db: db?,
             legacy_vm_auth,
+            paused,
             #[cfg(feature = "admin")]
             admin,
             forwarder_token_hash,

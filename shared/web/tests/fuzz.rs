@@ -52,6 +52,7 @@ async fn world() -> (
     let config = AppConfig {
         db: db.config_as(lablink_db::roles::APP),
         legacy_vm_auth: false,
+        paused: false,
         admin: AdminSource::Env(std::sync::Arc::new(
             AdminAuth::new(
                 fixtures::ADMIN_USER,

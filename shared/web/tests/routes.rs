@@ -56,6 +56,7 @@ async fn setup(legacy: bool) -> Fixture {
     let config = AppConfig {
         db: db.config_as(roles::APP),
         legacy_vm_auth: legacy,
+        paused: false,
         admin: admin_source(),
         forwarder_token_hash: Some(Secret::presented(FORWARDER_TOKEN).hash()),
         jobs_table: None,
@@ -998,6 +999,7 @@ async fn health_without_a_database_tells_no_details() {
         )
         .unwrap(),
         legacy_vm_auth: false,
+        paused: false,
         admin: AdminSource::None,
         forwarder_token_hash: None,
         jobs_table: None,

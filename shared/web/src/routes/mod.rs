@@ -238,6 +238,15 @@ impl Route {
         if !method_ok {
             return self.refused(ApiError::MethodNotAllowed(self.verb.as_str()), None);
         }
+        // Paused between workshops: the proxy and the holder are gone and the database is
+        // stopped, so nothing is looked at or called (docs/deploy.md, "Between workshops").
+        if state.config.paused {
+            // A page for a browser's form post or page view; JSON for the API's reads and
+            // for scripts.
+            let page = crate::request::wants_html(&req)
+                && (!self.path.starts_with("/api/") || req.method() == Method::POST);
+            return crate::respond::paused(!page);
+        }
         // The admin console answers only its allowed networks, before anything of the
         // request (its body included) is looked at.
         #[cfg(feature = "admin")]

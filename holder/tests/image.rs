@@ -234,7 +234,7 @@ async fn the_image_sets_up_an_empty_database_then_answers_healthz_and_holds_a_lo
     let refused = http
         .post(format!("{base}/vm_startup?wait=20"))
         .bearer_auth(Secret::generate().expose())
-        .json(&serde_json::json!({ "hostname": host.as_str() }))
+        .json(&serde_json::json!({ "hostname": host.to_string() }))
         .send()
         .await
         .unwrap();
@@ -260,7 +260,10 @@ async fn the_image_sets_up_an_empty_database_then_answers_healthz_and_holds_a_lo
         })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!poll.is_finished(), "the long-poll was answered with nothing assigned");
+    assert!(
+        !poll.is_finished(),
+        "the long-poll was answered with nothing assigned"
+    );
 
     // ... until a participant route's assignment (lablink_public) wakes it.
     let public = db.config_as(PUBLIC).connect().await.unwrap();
@@ -307,7 +310,10 @@ fn the_build_refuses_a_ca_bundle_that_does_not_match_its_pin_or_holds_no_certifi
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("the pin is {wrong}")), "{stderr}");
-    assert!(!stderr.contains("docker build"), "refused before building: {stderr}");
+    assert!(
+        !stderr.contains("docker build"),
+        "refused before building: {stderr}"
+    );
 
     let empty = tempfile_with(b"not a certificate\n");
     let out = run(&[
@@ -318,6 +324,7 @@ fn the_build_refuses_a_ca_bundle_that_does_not_match_its_pin_or_holds_no_certifi
         "--rds-ca-sha256",
         &wrong,
     ]);
+    let _ = std::fs::remove_file(&empty);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
@@ -331,17 +338,10 @@ fn the_build_refuses_a_ca_bundle_that_does_not_match_its_pin_or_holds_no_certifi
 
 fn tempfile_with(bytes: &[u8]) -> PathBuf {
     let path = std::env::temp_dir().join(format!(
-        "lablink-not-a-ca-{}-{:x}.pem",
+        "lablink-not-a-ca-{}-{:016x}.pem",
         std::process::id(),
-        rand_suffix()
+        rand::random::<u64>()
     ));
     std::fs::write(&path, bytes).unwrap();
     path
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }

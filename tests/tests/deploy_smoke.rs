@@ -29,9 +29,7 @@ async fn the_deploy_smoke_test_passes_on_a_working_deployment_and_names_what_fai
     let db = TestDb::new().await;
     let state = tempfile::tempdir().unwrap();
     let admin = ("admin", "smoke-test-password");
-    let stack = LocalStack::start(&db.url, state.path(), 0, admin)
-        .await
-        .unwrap();
+    let stack = LocalStack::start(&db.url, state.path(), 0, admin).await.unwrap();
 
     let (ok, out, err) = smoke(&stack.url, admin.0, Some(admin.1));
     assert!(ok, "{out}{err}");

@@ -137,13 +137,32 @@ def resume(session, env, log=print, poll=30):
     set_paused(cfn, stack, False, log)
     api = output(describe(cfn, stack), "ApiUrl")
     health = api.rstrip("/") + "/api/health"
-    try:
-        with urllib.request.urlopen(health, timeout=30) as r:
-            body = json.load(r)
-    except urllib.error.HTTPError as e:
-        body = {"status": f"HTTP {e.code}", "detail": e.read(500).decode("utf-8", "replace")}
-    except (urllib.error.URLError, ValueError) as e:
-        raise PauseError(f"resumed, but GET {health} failed: {e}") from e
+    # A just-created proxy takes a minute or two to register the database: retry a
+    # failing answer for about two minutes, but not "paused" (the update did not apply).
+    for attempt in range(HEALTH_ATTEMPTS):
+        body = health_answer(health)
+        if body.get("status") in ("ok", "paused") or attempt == HEALTH_ATTEMPTS - 1:
+            break
+        log(f"GET {health}: {body.get('status')}; again in {HEALTH_RETRY_SECONDS} s")
+        time.sleep(HEALTH_RETRY_SECONDS)
     if body.get("status") != "ok":
         raise PauseError(f"resumed, but GET {health} says {body}")
     log(f"resumed: {api} (health ok)")
+
+
+HEALTH_ATTEMPTS = 12
+HEALTH_RETRY_SECONDS = 10
+
+
+def health_answer(url):
+    """GET /api/health's JSON, or what went wrong as {"status": ...}."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        try:
+            return json.loads(e.read(2000))
+        except ValueError:
+            return {"status": f"HTTP {e.code}"}
+    except (OSError, ValueError) as e:
+        return {"status": f"no answer ({e})"}

@@ -101,14 +101,47 @@ def wait_db(rds, db_id, wanted, poll, timeout=3600):
         time.sleep(poll)
 
 
+def deployment(desc):
+    """The stack's Environment parameter: what its VMs are tagged with and its schedule is
+    named after (not necessarily samconfig's environment name)."""
+    for p in desc.get("Parameters", []):
+        if p["ParameterKey"] == "Environment":
+            return p["ParameterValue"]
+    raise PauseError(f"stack {desc['StackName']} has no Environment parameter")
+
+
+def keep_stopped_schedule(environment):
+    """The schedule that stops the database while paused (infra-cdk: keepDatabaseStoppedName)."""
+    return f"lablink-{environment}-keep-database-stopped"
+
+
+def disable_keep_stopped(scheduler, environment, log):
+    """Before a resume starts the database: the paused stack's hourly stop must not catch
+    it while the update that deletes the schedule runs (15 minutes or more)."""
+    name = keep_stopped_schedule(environment)
+    try:
+        current = scheduler.get_schedule(Name=name)
+    except scheduler.exceptions.ResourceNotFoundException:
+        return
+    if current.get("State") == "DISABLED":
+        return
+    # UpdateSchedule replaces the whole definition: send it back as it is, disabled.
+    keep = ("GroupName", "ScheduleExpression", "ScheduleExpressionTimezone", "StartDate", "EndDate",
+            "Description", "FlexibleTimeWindow", "Target", "KmsKeyArn", "ActionAfterCompletion")
+    scheduler.update_schedule(Name=name, State="DISABLED", **{k: current[k] for k in keep if k in current})
+    log(f"schedule {name}: disabled (the stack update deletes it)")
+
+
 def pause(session, env, log=print, poll=30):
     stack = stack_name(env)
-    left = fleet(session.client("ec2"), env)
-    if left:
-        raise PauseError(f"{len(left)} VM(s) of {env} still exist: {', '.join(left)}. Destroy the fleet first "
-                         "(admin console, Destroy), then pause.")
     cfn, rds = session.client("cloudformation"), session.client("rds")
-    db_id = output(describe(cfn, stack), "DatabaseInstanceId")
+    desc = describe(cfn, stack)
+    environment = deployment(desc)
+    left = fleet(session.client("ec2"), environment)
+    if left:
+        raise PauseError(f"{len(left)} VM(s) of {environment} still exist: {', '.join(left)}. Destroy the fleet "
+                         "first (admin console, Destroy), then pause.")
+    db_id = output(desc, "DatabaseInstanceId")
     set_paused(cfn, stack, True, log)
     status = db_status(rds, db_id)
     if status == "available":
@@ -125,6 +158,7 @@ def resume(session, env, log=print, poll=30):
     cfn, rds = session.client("cloudformation"), session.client("rds")
     desc = describe(cfn, stack)
     db_id = output(desc, "DatabaseInstanceId")
+    disable_keep_stopped(session.client("scheduler"), deployment(desc), log)
     status = db_status(rds, db_id)
     if status == "stopping":
         wait_db(rds, db_id, "stopped", poll)

@@ -123,6 +123,9 @@ export const PAUSED_DB_HOST = 'paused.invalid';
  * (free tier), where daily would let it run up to a day each week.
  */
 export const KEEP_DB_STOPPED_RATE = 'rate(1 hour)';
+/** The paused-state schedule's name (scripts/lablink_pause.py disables it on resume). */
+export const keepDatabaseStoppedName = (environment: string): string =>
+  Fn.join('', ['lablink-', environment, '-keep-database-stopped']);
 
 export interface LabLinkStackProps extends StackProps {
   readonly manifest: Manifest;
@@ -480,9 +483,11 @@ export class LabLinkStack extends Stack {
           (c instanceof ec2.CfnRoute && c.natGatewayId !== undefined),
       );
     const nats = natParts.filter((c) => c instanceof ec2.CfnNatGateway).length;
-    const natRoutes = natParts.filter((c) => c instanceof ec2.CfnRoute).length;
-    if (nats !== props.natGateways || natRoutes !== vpc.privateSubnets.length) {
-      throw new Error(`found ${nats} NAT gateways and ${natRoutes} routes to them: the Vpc construct changed its children`);
+    const natRoutes = natParts.filter((c): c is ec2.CfnRoute => c instanceof ec2.CfnRoute);
+    if (nats !== props.natGateways || natRoutes.length !== vpc.privateSubnets.length) {
+      throw new Error(
+        `found ${nats} NAT gateways and ${natRoutes.length} routes to them: the Vpc construct changed its children`,
+      );
     }
     for (const c of natParts) c.cfnOptions.condition = notPaused;
 
@@ -1034,6 +1039,13 @@ export class LabLinkStack extends Stack {
     });
     // Paused: no holder task (the API's holder routes then get the load balancer's 503).
     (holderService.node.defaultChild as ecs.CfnService).addPropertyOverride('DesiredCount', ifPaused(0, HOLDER_TASKS));
+    // On resume the tasks need the NAT routes (ECR, the master secret) before they start:
+    // a tag that names the routes makes CloudFormation create them first (a DependsOn
+    // cannot be conditional; a Ref inside Fn::If orders the same way when it applies).
+    Tags.of(holderService).add(
+      'lablink:egress',
+      ifPaused('paused', Fn.join(',', natRoutes.map((r) => r.ref))),
+    );
     // A deploy updates the functions that use the database only after the holder service is
     // steady, i.e. after a new task's db-setup has created any new role and applied any new
     // migration: new function code never meets an older schema or a missing user.
@@ -1112,6 +1124,10 @@ export class LabLinkStack extends Stack {
     });
     (keepStoppedRole.node.defaultChild as iam.CfnRole).cfnOptions.condition = isPaused;
     const keepStopped = new scheduler.CfnSchedule(this, 'KeepDatabaseStopped', {
+      // Named, so that scripts/deploy --resume can disable it before it starts the
+      // database (the update that deletes it comes later, and an hourly stop must not
+      // catch the database in between).
+      name: keepDatabaseStoppedName(environment),
       description: 'LabLink while paused: stop the database again (RDS starts a stopped instance after 7 days)',
       scheduleExpression: KEEP_DB_STOPPED_RATE,
       flexibleTimeWindow: { mode: 'OFF' },

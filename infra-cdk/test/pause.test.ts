@@ -89,6 +89,17 @@ describe('pause', () => {
     assert.deepEqual(s.resources[serviceId!].Properties.DesiredCount, { 'Fn::If': ['IsPaused', 0, HOLDER_TASKS] });
     assert.equal(paused.resources[serviceId!].Properties.DesiredCount, 0);
     assert.equal(running.resources[serviceId!].Properties.DesiredCount, HOLDER_TASKS);
+    // Resuming: the tasks start only after the NAT routes exist (their image pull and the
+    // master secret need them); paused, the tag names no route.
+    const egress = (t: Synth) =>
+      (t.resources[serviceId!].Properties.Tags as Json[]).find((tag) => tag.Key === 'lablink:egress')?.Value;
+    const routeIds = ofType(running, 'AWS::EC2::Route')
+      .filter(([, r]) => r.Properties.NatGatewayId)
+      .map(([id]) => id)
+      .sort();
+    const named = JSON.stringify(egress(running));
+    assert.deepEqual(routeIds.filter((id) => named.includes(`{"Ref":"${id}"}`)), routeIds, named);
+    assert.equal(egress(paused), 'paused');
     const [ruleId] = idsOf(s, 'AWS::Events::Rule');
     assert.equal(paused.resources[ruleId!].Properties.State, 'DISABLED');
     assert.equal(running.resources[ruleId!].Properties.State, 'ENABLED');
@@ -127,6 +138,8 @@ describe('pause', () => {
     const [[, schedule]] = ofType(paused, 'AWS::Scheduler::Schedule') as [[string, Json]];
     const p = schedule.Properties;
     assert.equal(p.ScheduleExpression, KEEP_DB_STOPPED_RATE);
+    // Named after the deployment: scripts/lablink_pause.py disables it before a resume starts the database.
+    assert.deepEqual(p.Name, { 'Fn::Join': ['', ['lablink-', { Ref: 'Environment' }, '-keep-database-stopped']] });
     assert.equal(p.State, 'ENABLED');
     assert.deepEqual(p.Target.Arn, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':scheduler:::aws-sdk:rds:stopDBInstance']] });
     // The universal target's input is the API's request: {"DbInstanceIdentifier": <the instance>}.

@@ -10,21 +10,15 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lablink_core::credential::Secret;
 use lablink_core::domain::{CrdCommand, Email, Hostname, Pin, VmStatus};
 use lablink_db::roles::{APP, PUBLIC};
 use lablink_db::vms;
-use lablink_testkit::{MASTER, TestDb, with_user};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use lablink_testkit::docker::{docker, from_lib_sh, repo_root};
+use lablink_testkit::{MASTER, TestDb, free_port, with_user};
 
 /// (image, the stand-in CA bundle it was built with).
 fn image() -> (String, PathBuf) {
@@ -36,22 +30,7 @@ fn image() -> (String, PathBuf) {
                 std::env::var("LABLINK_TEST_HOLDER_CA"),
             ) {
                 (Ok(i), Ok(c)) if !i.is_empty() && !c.is_empty() => format!("{i} {c}"),
-                _ => {
-                    let out = Command::new("bash")
-                        .args([
-                            "-c",
-                            "source scripts/lib.sh && ensure_docker && ensure_test_holder_image",
-                        ])
-                        .current_dir(repo_root())
-                        .stderr(Stdio::inherit())
-                        .output()
-                        .expect("run bash for scripts/lib.sh");
-                    assert!(
-                        out.status.success(),
-                        "cannot start a Docker engine or build the holder image (scripts/lib.sh)"
-                    );
-                    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-                }
+                _ => from_lib_sh("ensure_test_holder_image"),
             };
             let (image, ca) = built.split_once(' ').expect("IMAGE CA_BUNDLE");
             (image.to_owned(), PathBuf::from(ca))
@@ -59,18 +38,9 @@ fn image() -> (String, PathBuf) {
         .clone()
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
+/// `docker` with `args`, its output whatever the outcome (for what may fail).
+fn docker_output(args: &[&str]) -> std::process::Output {
     Command::new("docker").args(args).output().expect("run docker")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A container removed when the test ends, pass or fail; its log is shown on failure.
@@ -79,29 +49,21 @@ struct Container(String);
 impl Drop for Container {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let logs = docker(&["logs", &self.0]);
+            let logs = docker_output(&["logs", &self.0]);
             eprintln!(
                 "holder container log:\n{}{}",
                 String::from_utf8_lossy(&logs.stdout),
                 String::from_utf8_lossy(&logs.stderr)
             );
         }
-        let _ = docker(&["rm", "-f", &self.0]);
+        let _ = docker_output(&["rm", "-f", &self.0]);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
 fn the_image_is_the_holder_for_linux_amd64_as_a_non_root_user_with_the_pinned_ca_bundle() {
     let (image, ca) = image();
-    let inspect = docker_ok(&[
+    let inspect = docker(&[
         "image",
         "inspect",
         "-f",
@@ -112,14 +74,14 @@ fn the_image_is_the_holder_for_linux_amd64_as_a_non_root_user_with_the_pinned_ca
         inspect,
         r#"linux/amd64 65532:65532 ["/usr/local/bin/lablink-holder"]"#
     );
-    let env = docker_ok(&["image", "inspect", "-f", "{{json .Config.Env}}", &image]);
+    let env = docker(&["image", "inspect", "-f", "{{json .Config.Env}}", &image]);
     assert!(
         env.contains("PGSSLROOTCERT=/etc/lablink/rds-global-bundle.pem"),
         "{env}"
     );
 
     // The bundle in the image is byte for byte the one the build was given and pinned.
-    let created = docker_ok(&["create", &image]);
+    let created = docker(&["create", &image]);
     let container = Container(created);
     let out = Command::new("docker")
         .args([
@@ -163,7 +125,7 @@ async fn the_image_sets_up_an_empty_database_then_answers_healthz_and_holds_a_lo
     // The task's db-setup container: the master user, twice over (every task runs it).
     let master_url = with_user(&db.url, MASTER);
     for run in 0..2 {
-        let out = docker(&[
+        let out = docker_output(&[
             "run",
             "--rm",
             "--network",
@@ -200,7 +162,7 @@ async fn the_image_sets_up_an_empty_database_then_answers_healthz_and_holds_a_lo
 
     // The holder as lablink_app, on a port of its own on this machine's network.
     let port = free_port();
-    let id = docker_ok(&[
+    let id = docker(&[
         "run",
         "-d",
         "--network",
@@ -329,7 +291,7 @@ fn the_build_refuses_a_ca_bundle_that_does_not_match_its_pin_or_holds_no_certifi
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
     assert!(
-        !docker(&["image", "inspect", "lablink-holder:refused"])
+        !docker_output(&["image", "inspect", "lablink-holder:refused"])
             .status
             .success(),
         "no image is tagged by a refused build"

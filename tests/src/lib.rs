@@ -316,37 +316,12 @@ pub fn test_client_image() -> String {
             {
                 return i;
             }
-            let out = std::process::Command::new("bash")
-                .args([
-                    "-c",
-                    "source scripts/lib.sh && ensure_docker && ensure_test_client_image",
-                ])
-                .current_dir(repo_root())
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run bash for scripts/lib.sh");
-            assert!(
-                out.status.success(),
-                "cannot start a Docker engine or build the test client image (scripts/lib.sh)"
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            lablink_testkit::docker::from_lib_sh("ensure_test_client_image")
         })
         .clone()
 }
 
-/// `docker` with `args`; its stdout, trimmed (panics with stderr when it fails).
-pub fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+pub use lablink_testkit::docker::docker;
 
 /// A git repository served by `git daemon` on loopback (the containers use the host's
 /// network): `git://127.0.0.1:<port>/tutorial.git` with one file.
@@ -405,13 +380,7 @@ pub async fn git_daemon(dir: &Path) -> (Proc, String) {
     (Proc { child }, url)
 }
 
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on loopback")
-}
+pub use lablink_testkit::free_port;
 
 /// The local runner (`lablink-local`), started as a person starts it, on free ports.
 pub struct LocalStack {

@@ -8,6 +8,7 @@
 //! through the `with-postgres` binary, for a whole `cargo test` run) and removed when
 //! the process that started it exits, however it exits.
 
+pub mod docker;
 pub mod fixtures;
 pub mod moto;
 pub mod pg;
@@ -16,6 +17,14 @@ use std::sync::OnceLock;
 
 use lablink_db::DbConfig;
 use rand::Rng;
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
 
 /// The server tests create their databases on.
 fn admin_url() -> &'static str {

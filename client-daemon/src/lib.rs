@@ -6,11 +6,14 @@
 //! checks the host can serve, reports `running` (or `error` with the reason), posts its
 //! start-up timings once, keeps GPU health and in-use current, and waits for its
 //! assignment on the holder: on one, it runs start-host as the desktop user (see
-//! [`starthost`]), reports the outcome, and remembers that on disk (see [`state`]).
+//! [`starthost`]), starts and supervises the Chrome Remote Desktop host in the workspace
+//! (see [`crd`]), reports the outcome once the host runs, and remembers that on disk
+//! (see [`state`]).
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod crd;
 pub mod enroll;
 pub mod export;
 pub mod logship;
@@ -284,15 +287,18 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
         tokio::spawn(async move { monitor::inuse_loop(&api, &software, ws.as_deref(), every).await })
     });
     let supervisor = workspace.clone().map(|ws| {
-        let (state, every, start_host) = (Arc::clone(&state), cfg.inuse_interval, cfg.start_host.clone());
+        let every = cfg.inuse_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                ws.supervise(&state, &start_host).await;
+                ws.supervise().await;
             }
         })
     });
+    let desktop = workspace
+        .as_ref()
+        .map(|ws| crd::Desktop::new(Arc::clone(ws), &cfg.start_host));
 
     retry("reporting running", || {
         api.status(VmStatus::Running, warning.as_deref())
@@ -331,6 +337,7 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
         &api,
         &state,
         workspace.as_deref(),
+        desktop.as_deref(),
         gpu_present,
         warning.as_deref(),
     )
@@ -402,6 +409,8 @@ struct Run<'a> {
     api: &'a Api,
     state: &'a StateDir,
     workspace: Option<&'a Workspace>,
+    /// The workspace's Chrome Remote Desktop host.
+    desktop: Option<&'a crd::Desktop>,
     /// The host has NVIDIA's tools: a new workspace gets the GPU.
     gpu: bool,
     /// What went wrong preparing the VM without stopping it, kept on every `running`.
@@ -417,6 +426,7 @@ async fn assignment_loop(
     api: &Api,
     state: &StateDir,
     workspace: Option<&Workspace>,
+    desktop: Option<&crd::Desktop>,
     gpu: bool,
     warning: Option<&str>,
 ) -> std::io::Result<()> {
@@ -425,6 +435,7 @@ async fn assignment_loop(
         api,
         state,
         workspace,
+        desktop,
         gpu,
         warning: warning.map(str::to_owned),
     };
@@ -444,20 +455,12 @@ async fn assignment_loop(
         Some(r)
             if r.phase == Phase::Received && !r.registered_before && crd_configured(cfg, workspace).await =>
         {
-            tracing::info!("an interrupted start-host run had registered this host; recording it as done");
-            save_or_log(state, &done(r.key.clone(), "ok".into()));
-            if let Some(w) = workspace {
-                w.desktop_started(state).await;
-            }
-            let outcome = StartHostOutcome {
-                ok: true,
-                exit_code: None,
-                output: "registered by a run the daemon's restart interrupted".into(),
-                assignment: Some(r.key),
-            };
-            retry("reporting running", || {
-                api.status_after_start_host(VmStatus::Running, run.warning.as_deref(), Some(&outcome))
-            })
+            tracing::info!("an interrupted start-host run had registered this host");
+            registered(
+                &run,
+                r.key,
+                "registered by a run the daemon's restart interrupted",
+            )
             .await;
         }
         Some(r) if r.phase == Phase::Received => {
@@ -471,6 +474,16 @@ async fn assignment_loop(
                 ok = r.succeeded(),
                 "this VM's assignment was run before; waiting for a fresh code or a release"
             );
+            // The registration is in the workspace's home: its host runs again (after
+            // a daemon or container restart), without start-host.
+            if let Some(d) = desktop.filter(|_| r.succeeded()) {
+                d.want(true);
+            }
+        }
+        Some(r) if r.phase == Phase::Registered => {
+            if let Some(d) = desktop {
+                d.want(true);
+            }
         }
         _ => {}
     }
@@ -489,7 +502,24 @@ async fn assignment_loop(
             }
             Ok(Poll::Assigned { command, pin }) => {
                 let key = AssignmentRecord::key_of(cfg.hostname.as_str(), &pin, &command);
-                if let Some(r) = saved_assignment(state).filter(|r| r.key == key && r.phase == Phase::Done) {
+                let saved = saved_assignment(state).filter(|r| r.key == key);
+                if let Some(r) = saved.as_ref().filter(|r| r.phase == Phase::Registered) {
+                    // Registered, host not seen running yet: acknowledged once it runs.
+                    if run.desktop.is_some_and(|d| d.state() == crd::HostState::Running) {
+                        registered(&run, r.key.clone(), "registered; the desktop host runs").await;
+                        backoff.reset();
+                    } else {
+                        run.desktop.inspect(|d| d.want(true));
+                        backoff.wait().await;
+                    }
+                    continue;
+                }
+                if saved.as_ref().is_some_and(|r| r.phase == Phase::Failed) {
+                    // This VM could not run it; the admin was told. Never run it again.
+                    backoff.wait().await;
+                    continue;
+                }
+                if let Some(r) = saved.filter(|r| r.phase == Phase::Done) {
                     // Handed over again: its outcome report did not land (or a classic
                     // server repeats itself). Never run again; report the outcome again,
                     // which acknowledges it.
@@ -567,8 +597,11 @@ async fn report_done_again(run: &Run<'_>, r: &AssignmentRecord) {
 }
 
 /// Record, run, record the outcome, report it (naming the assignment, which
-/// acknowledges it). True when start-host succeeded.
-async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
+/// acknowledges it). In a workspace: stop the host (a fresh code), make the runtime
+/// directory, register with start-host, then start the host; the outcome is reported
+/// `ok` only once the host runs. Only a refused registration is reported as the code's
+/// failure; anything else is this VM's `error`, and the assignment stays unacknowledged.
+async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) {
     let (cfg, api, state) = (run.cfg, run.api, run.state);
     save_or_log(
         state,
@@ -580,10 +613,21 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
             outcome: None,
             // A registration from an earlier success (a fresh code re-registers). Known
             // from the record, so no look into the workspace delays start-host.
-            registered_before: saved_assignment(state).is_some_and(|r| r.succeeded()),
+            registered_before: saved_assignment(state)
+                .is_some_and(|r| r.succeeded() || r.phase == Phase::Registered),
         },
     );
     tracing::info!(user = %cfg.desktop_user, in_workspace = run.workspace.is_some(), "assignment received; running start-host");
+    if let Some(d) = run.desktop {
+        // A fresh code: the running host goes before the registration is replaced.
+        d.stop().await;
+    }
+    if let Some(w) = run.workspace
+        && let Err(e) = w.ensure_runtime_dir().await
+    {
+        vm_failure(run, key, &format!("the desktop user's runtime directory: {e}")).await;
+        return;
+    }
     let runner = match run.workspace {
         Some(workspace) => starthost::Runner::Workspace {
             workspace,
@@ -594,45 +638,90 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
             user_name: running_as_root().then_some(cfg.desktop_user.as_str()),
         },
     };
-    let result = starthost::run(&runner, command, pin, &cfg.hostname, cfg.start_host_timeout).await;
-    let (outcome, mut report) = match &result {
+    match starthost::run(&runner, command, pin, &cfg.hostname, cfg.start_host_timeout).await {
         Ok(stdout) => {
-            tracing::info!(output = %stdout, "start-host succeeded");
-            let report = StartHostOutcome {
-                ok: true,
-                exit_code: Some(0),
-                output: stdout.clone(),
-                assignment: None,
-            };
-            ("ok".to_owned(), report)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "start-host failed");
-            (e.to_string(), e.outcome())
-        }
-    };
-    report.assignment = Some(key.clone());
-    save_or_log(state, &done(key, outcome.clone()));
-    match result {
-        Ok(_) => {
-            if let Some(w) = run.workspace {
-                w.desktop_started(state).await;
+            tracing::info!(output = %stdout, "start-host registered the desktop");
+            if let Some(w) = run.workspace
+                && !w.registered().await
+            {
+                vm_failure(run, key, "start-host exited 0 but wrote no host configuration").await;
+                return;
             }
-            retry("reporting running", || {
-                api.status_after_start_host(VmStatus::Running, run.warning.as_deref(), Some(&report))
-            })
-            .await;
-            true
+            registered(run, key, &stdout).await;
         }
-        Err(_) => {
-            let reason = format!("start-host failed: {outcome}");
+        Err(e) if e.is_refusal() => {
+            tracing::error!(error = %e, "start-host: the registration was refused");
+            let mut report = e.outcome();
+            report.assignment = Some(key.clone());
+            save_or_log(state, &done(key, e.to_string()));
+            let reason = format!("start-host failed: {e}");
             retry("reporting error", || {
                 api.status_after_start_host(VmStatus::Error, Some(&reason), Some(&report))
             })
             .await;
-            false
+        }
+        Err(e) => vm_failure(run, key, &format!("start-host could not register: {e}")).await,
+    }
+}
+
+/// start-host registered `key`: start the desktop host, and report the assignment done
+/// (acknowledged, the seat `ready`) once it runs. A host that does not start leaves the
+/// assignment registered but unacknowledged, the VM in `error` for the admin; the
+/// supervisor keeps trying, and the holder's next hand-over acknowledges it once the
+/// host runs.
+async fn registered(run: &Run<'_>, key: String, output: &str) {
+    let (api, state) = (run.api, run.state);
+    if let Some(d) = run.desktop {
+        save_or_log(
+            state,
+            &AssignmentRecord {
+                key: key.clone(),
+                phase: Phase::Registered,
+                command: None,
+                pin: None,
+                outcome: None,
+                registered_before: false,
+            },
+        );
+        if let Err(why) = d.start_and_wait(run.cfg.start_host_timeout).await {
+            let reason = format!("the desktop host does not start: {why}");
+            tracing::error!(%reason);
+            retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+            return;
         }
     }
+    save_or_log(state, &done(key.clone(), "ok".into()));
+    let report = StartHostOutcome {
+        ok: true,
+        exit_code: Some(0),
+        output: output.to_owned(),
+        assignment: Some(key),
+    };
+    retry("reporting running", || {
+        api.status_after_start_host(VmStatus::Running, run.warning.as_deref(), Some(&report))
+    })
+    .await;
+}
+
+/// The VM could not run `key` (not the participant's code): recorded as failed (never
+/// run again), reported as the VM's `error` without acknowledging the assignment.
+async fn vm_failure(run: &Run<'_>, key: String, reason: &str) {
+    tracing::error!(%reason, "the assignment could not be run on this VM");
+    save_or_log(
+        run.state,
+        &AssignmentRecord {
+            key,
+            phase: Phase::Failed,
+            command: None,
+            pin: None,
+            outcome: Some(reason.to_owned()),
+            registered_before: false,
+        },
+    );
+    retry("reporting error", || {
+        run.api.status(VmStatus::Error, Some(reason))
+    })
+    .await;
 }
 
 /// The admin released this VM's seat: remove the desktop's registration and the
@@ -642,6 +731,9 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) -> bool {
 async fn reset(run: &mut Run<'_>, id: u64, keep_files: bool) {
     let (cfg, api, state) = (run.cfg, run.api, run.state);
     tracing::info!(id, keep_files, "resetting after a release");
+    if let Some(d) = run.desktop {
+        d.stop().await;
+    }
     let result = match run.workspace {
         Some(ws) => match ws.reset(state, id, keep_files).await {
             Ok(()) => {

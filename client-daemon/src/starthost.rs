@@ -3,7 +3,8 @@
 //! is empty, the PIN goes twice on stdin, and the run is killed at the timeout.
 //!
 //! Never as root: in the workspace container it runs as the desktop user
-//! (`docker exec -u`); on the host, a daemon running as root passes Google's
+//! (`docker exec -u`) with `--no-start` and `--display-name` (CRD 148: it only
+//! registers; [`crate::crd`] starts the host); on the host, a daemon running as root passes Google's
 //! `--user-name=<desktop user>` (Google's start-host refuses root without it:
 //! `remoting/host/setup/start_host_as_root.cc`), and one that is not root runs it as
 //! itself. What it printed is reported with the code and the PIN removed.
@@ -44,6 +45,15 @@ pub enum RunError {
 }
 
 impl RunError {
+    /// Whether Google refused the registration (the participant's code): start-host
+    /// ran and exited with its own failure status (start_host_main.cc exits 1 on an
+    /// OAuth, network or registration error). A death by a signal (CRD 148's abort
+    /// without its runtime directory is SIGTRAP, exit 133), a program that could not
+    /// run (126, 127), a timeout or a bad command is this VM's problem, not the code's.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Failed { code: Some(c), .. } if (1..126).contains(c))
+    }
+
     /// What the API is told of this failure.
     pub fn outcome(&self) -> StartHostOutcome {
         let (exit_code, output) = match self {
@@ -133,6 +143,9 @@ pub async fn run(
                 start_host.display().to_string(),
             ];
             inner.extend(argv[1..].iter().cloned());
+            // Register only: the host is started without systemd by `crd`.
+            inner.push(format!("--display-name={host}"));
+            inner.push("--no-start".into());
             let cmd = workspace.exec_as_user(&crd.env(), &inner);
             (cmd, format!("{} in the workspace", start_host.display()), true)
         }

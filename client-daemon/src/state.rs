@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Received,
+    /// start-host registered the desktop, but its host has not been seen running yet
+    /// (the assignment is not acknowledged: the seat turns `ready` only with a host).
+    Registered,
+    /// The VM could not run the assignment (start-host aborted, could not run, or timed
+    /// out): this VM's problem, reported as `error` to the admin, not acknowledged (the
+    /// participant's code was not refused), and not run again.
+    Failed,
     Done,
 }
 

@@ -36,6 +36,17 @@ const SCRIPT_DIR: &str = "/tmp";
 const SCRIPT_NAME: &str = "lablink-startup-script";
 const MAX_SCRIPT_BYTES: u64 = 1024 * 1024;
 const REPORTED_LINES: usize = 15;
+/// The group Chrome Remote Desktop's host users belong to (its .deb's own group; newer
+/// postinst scripts no longer create it, so images do: talmolab/lablink a1a5c0aa).
+pub const CRD_GROUP: &str = "chrome-remote-desktop";
+/// The session Chrome Remote Desktop starts for every user without
+/// `~/.chrome-remote-desktop-session` (linux_me2me_host.py).
+pub const SESSION_FILE: &str = "/etc/chrome-remote-desktop-session";
+
+/// Chrome Remote Desktop's host script, beside start-host in the same install.
+pub fn crd_host_script(start_host: &Path) -> PathBuf {
+    start_host.with_file_name("chrome-remote-desktop")
+}
 
 /// Why the workspace is not ready.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,9 +80,6 @@ struct Record {
     /// Why this container can never serve (a failing startup script under `fail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
-    /// The container start (Docker's `StartedAt`) for which the desktop was last started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    desktop_started_for: Option<String>,
     /// The startup script was started in this container (kept before it runs, so a
     /// daemon restart never runs it a second time).
     #[serde(default)]
@@ -94,8 +102,31 @@ pub struct Workspace {
     name: String,
     volume: String,
     labels: Vec<String>,
-    home: OnceLock<String>,
+    user_info: OnceLock<UserInfo>,
 }
+
+/// The desktop user as the image's `/etc/passwd` has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+impl UserInfo {
+    /// Its runtime directory, as logind would make it (`/run/user/<uid>`); Chrome
+    /// Remote Desktop 148 aborts without it (talmolab/lablink e25ef87b).
+    pub fn runtime_dir(&self) -> String {
+        format!("/run/user/{}", self.uid)
+    }
+}
+
+/// Capabilities the workspace is started without: none of them is needed by the
+/// desktop, Chrome Remote Desktop or the daemon's own root steps in the container
+/// (creating the runtime directory needs CHOWN, removing a registration DAC_OVERRIDE
+/// and FOWNER, a root startup script's package installs SETUID/SETGID/FSETID/SETFCAP),
+/// and each one widens what a process that became root could do.
+pub const DROPPED_CAPABILITIES: [&str; 5] = ["AUDIT_WRITE", "MKNOD", "NET_RAW", "SETPCAP", "SYS_CHROOT"];
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -151,7 +182,7 @@ impl Workspace {
             name: format!("lablink-workspace-{host}"),
             volume: format!("lablink-home-{host}"),
             labels: cfg.labels.clone(),
-            home: OnceLock::new(),
+            user_info: OnceLock::new(),
         }
     }
 
@@ -162,10 +193,20 @@ impl Workspace {
 
     /// The desktop user's home in the container (known once the container runs).
     pub fn home(&self) -> String {
-        self.home
+        self.user_info
             .get()
-            .cloned()
+            .map(|u| u.home.clone())
             .unwrap_or_else(|| format!("/home/{}", self.user))
+    }
+
+    /// The desktop user's uid, gid and home, once the container ran.
+    pub fn user_info(&self) -> Option<&UserInfo> {
+        self.user_info.get()
+    }
+
+    /// The desktop user's name.
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     fn command(&self) -> Command {
@@ -295,9 +336,16 @@ impl Workspace {
             "unless-stopped".into(),
             // Docker's init reaps what start-host and the desktop leave behind.
             "--init".into(),
+            // Neither sudo nor any set-uid program in the image makes the desktop user
+            // root (the kernel ignores set-uid bits under no_new_privs).
+            "--security-opt".into(),
+            "no-new-privileges".into(),
             "--volume".into(),
             format!("{}:/home", self.volume),
         ];
+        for cap in DROPPED_CAPABILITIES {
+            a.extend(["--cap-drop".into(), cap.into()]);
+        }
         for l in &self.labels {
             a.extend(["--label".into(), l.clone()]);
         }
@@ -341,18 +389,42 @@ impl Workspace {
                 ))
             })?;
         let line = String::from_utf8_lossy(&out.stdout);
-        let home = line.trim().split(':').nth(5).unwrap_or_default().to_owned();
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        let home = fields.get(5).copied().unwrap_or_default().to_owned();
         if !home.starts_with('/') {
             return Err(PrepError::Fatal(format!(
                 "the client image's user {} has no home directory",
                 self.user
             )));
         }
-        let _ = self.home.set(home.clone());
+        let (Some(Ok(uid)), Some(Ok(gid))) = (
+            fields.get(2).map(|f| f.parse::<u32>()),
+            fields.get(3).map(|f| f.parse::<u32>()),
+        ) else {
+            return Err(PrepError::Fatal(format!(
+                "the client image's passwd entry for {} is malformed: {}",
+                self.user,
+                line.trim()
+            )));
+        };
+        if uid == 0 {
+            return Err(PrepError::Fatal(format!(
+                "the client image's desktop user {} is root (uid 0)",
+                self.user
+            )));
+        }
+        let _ = self.user_info.set(UserInfo {
+            uid,
+            gid,
+            home: home.clone(),
+        });
         Ok(home)
     }
 
     /// `docker exec` as the desktop user in its home, with `env`, running `argv`.
+    /// The desktop user's own `USER`, `LOGNAME`, `HOME` and `XDG_RUNTIME_DIR` are
+    /// always set: Chrome Remote Desktop 148 aborts on a `$USER` that is not the running
+    /// user, or without its runtime directory (talmolab/lablink 566cda91, e25ef87b).
     pub fn exec_as_user(&self, env: &[(&str, &str)], argv: &[String]) -> Command {
         let home = self.home();
         let mut c = self.command();
@@ -363,11 +435,94 @@ impl Workspace {
             .arg(format!("USER={}", self.user))
             .arg("--env")
             .arg(format!("LOGNAME={}", self.user));
+        if let Some(u) = self.user_info.get() {
+            c.arg("--env").arg(format!("XDG_RUNTIME_DIR={}", u.runtime_dir()));
+        }
         for (k, v) in env {
             c.arg("--env").arg(format!("{k}={v}"));
         }
         c.arg(&self.name).args(argv);
         c
+    }
+
+    /// Create the desktop user's runtime directory (`/run/user/<uid>`, 0700, the user's
+    /// own), as root in the container: Docker runs no logind, which makes it on a
+    /// desktop, and Chrome Remote Desktop 148 aborts without it. Needed after every
+    /// container start (a new container has none; `install` also repairs its mode).
+    pub async fn ensure_runtime_dir(&self) -> Result<(), String> {
+        let u = self
+            .user_info
+            .get()
+            .ok_or_else(|| "the desktop user is not known yet".to_owned())?;
+        let (uid, gid, dir) = (u.uid.to_string(), u.gid.to_string(), u.runtime_dir());
+        self.docker(
+            &[
+                "exec", "--user", "0", &self.name, "install", "-d", "-m", "0700", "-o", &uid, "-g", &gid,
+                &dir,
+            ],
+            Duration::from_secs(20),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("creating {dir}: {e}"))
+    }
+
+    /// Run `argv` as root in the container (the daemon's own steps); its output.
+    pub async fn exec_as_root(&self, argv: &[&str], timeout: Duration) -> Result<Output, String> {
+        let mut args = vec!["exec", "--user", "0", self.name.as_str()];
+        args.extend_from_slice(argv);
+        self.docker(&args, timeout).await
+    }
+
+    /// What of the client image contract (docs/deploy.md, "Client image") this image
+    /// lacks, checked in the running container whatever its label says: the desktop
+    /// user in group `chrome-remote-desktop`, start-host and the host script
+    /// executable, a session file. Empty when it meets it.
+    pub async fn contract_gaps(&self, start_host: &Path) -> Vec<String> {
+        let mut gaps = Vec::new();
+        match self
+            .exec_as_root(&["id", "-nG", &self.user], Duration::from_secs(20))
+            .await
+        {
+            Ok(out) => {
+                let groups = String::from_utf8_lossy(&out.stdout);
+                if !groups.split_whitespace().any(|g| g == CRD_GROUP) {
+                    gaps.push(format!("the user {} is not in the group {CRD_GROUP}", self.user));
+                }
+            }
+            Err(e) => gaps.push(format!("cannot read the groups of {}: {e}", self.user)),
+        }
+        let host_script = crd_host_script(start_host);
+        for (path, what) in [
+            (start_host.display().to_string(), "start-host"),
+            (
+                host_script.display().to_string(),
+                "Chrome Remote Desktop's host script",
+            ),
+        ] {
+            if self
+                .exec_as_root(&["test", "-x", &path], Duration::from_secs(20))
+                .await
+                .is_err()
+            {
+                gaps.push(format!("no {what} at {path}"));
+            }
+        }
+        let session = format!("{}/.chrome-remote-desktop-session", self.home());
+        let has_session = self
+            .exec_as_root(&["test", "-x", SESSION_FILE], Duration::from_secs(20))
+            .await
+            .is_ok()
+            || self
+                .exec_as_root(&["test", "-f", &session], Duration::from_secs(20))
+                .await
+                .is_ok();
+        if !has_session {
+            gaps.push(format!(
+                "no desktop session for Chrome Remote Desktop ({SESSION_FILE} or ~/.chrome-remote-desktop-session)"
+            ));
+        }
+        gaps
     }
 
     /// The host pids of the container's processes (`docker top`).
@@ -640,25 +795,14 @@ impl Workspace {
             Err(e) => return Err(PrepError::Retry(e)),
         }
         self.resolve_home().await?;
-        if self
-            .docker(
-                &[
-                    "exec",
-                    &self.name,
-                    "test",
-                    "-x",
-                    &start_host.display().to_string(),
-                ],
-                Duration::from_secs(20),
-            )
-            .await
-            .is_err()
-        {
+        let gaps = self.contract_gaps(start_host).await;
+        if !gaps.is_empty() {
             return Err(PrepError::Fatal(format!(
-                "the client image has no start-host at {}",
-                start_host.display()
+                "the client image cannot give a Chrome Remote Desktop desktop: {}",
+                gaps.join("; ")
             )));
         }
+        self.ensure_runtime_dir().await.map_err(PrepError::Retry)?;
         let mut record = Self::record(state);
         if record.container_id != container.id {
             record = Record {
@@ -775,72 +919,22 @@ impl Workspace {
         Ok(())
     }
 
-    /// Remember that the desktop runs for the container's current start (start-host
-    /// started it).
-    pub async fn desktop_started(&self, state: &StateDir) {
-        if let Ok(Some(c)) = self.state().await {
-            let mut r = Self::record(state);
-            if r.container_id == c.id {
-                r.desktop_started_for = Some(c.started_at);
-                Self::save(state, &r);
+    /// Keep the workspace container up: start it when it stopped (the desktop's own
+    /// supervisor, [`crate::crd::Desktop`], then starts the registered host again).
+    pub async fn supervise(&self) {
+        match self.state().await {
+            Ok(Some(c)) if c.running => {}
+            Ok(Some(_)) => {
+                tracing::warn!(container = %self.name, "the workspace container stopped; starting it");
+                if let Err(e) = self
+                    .docker(&["start", &self.name], Duration::from_secs(120))
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot start the workspace container");
+                }
             }
-        }
-    }
-
-    /// Keep the workspace up: start it when it stopped, and after a container restart
-    /// start the registered desktop again (Chrome Remote Desktop's own
-    /// `chrome-remote-desktop --start`, as the desktop user). Never runs start-host.
-    pub async fn supervise(&self, state: &StateDir, start_host: &Path) {
-        let c = match self.state().await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                tracing::error!(container = %self.name, "the workspace container is gone");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot inspect the workspace container");
-                return;
-            }
-        };
-        if !c.running {
-            tracing::warn!(container = %self.name, "the workspace container stopped; starting it");
-            if let Err(e) = self
-                .docker(&["start", &self.name], Duration::from_secs(120))
-                .await
-            {
-                tracing::error!(error = %e, "cannot start the workspace container");
-            }
-            return;
-        }
-        let mut r = Self::record(state);
-        // Only a container start after the one start-host ran in: before that, a
-        // registration can only be start-host's own, still running.
-        if r.container_id != c.id
-            || r.desktop_started_for.is_none()
-            || r.desktop_started_for.as_deref() == Some(c.started_at.as_str())
-        {
-            return;
-        }
-        if self.home.get().is_none() && self.resolve_home().await.is_err() {
-            return;
-        }
-        if !self.registered().await {
-            return;
-        }
-        let crd = start_host.with_file_name("chrome-remote-desktop");
-        tracing::info!(container = %self.name, "the workspace restarted; starting the registered desktop");
-        let mut cmd = self.exec_as_user(&[], &[crd.display().to_string(), "--start".into()]);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        // Recorded only when it worked: a failure is tried again at the next tick.
-        match tokio::time::timeout(Duration::from_secs(120), cmd.output()).await {
-            Ok(Ok(out)) if out.status.success() => {
-                tracing::info!("the desktop started");
-                r.desktop_started_for = Some(c.started_at);
-                Self::save(state, &r);
-            }
-            Ok(Ok(out)) => tracing::error!(error = %last_line(&out), "cannot start the desktop; will retry"),
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot run docker exec; will retry"),
-            Err(_) => tracing::error!("starting the desktop did not finish within 120 s; will retry"),
+            Ok(None) => tracing::error!(container = %self.name, "the workspace container is gone"),
+            Err(e) => tracing::warn!(error = %e, "cannot inspect the workspace container"),
         }
     }
 }
@@ -966,7 +1060,16 @@ mod tests {
             without.contains("--label lablink.hostname=lablink-vm-3 --network host --restart unless-stopped")
         );
         assert!(
-            without.contains("--volume lablink-home-lablink-vm-3:/home --label lablink.local-runner=/tmp/x")
+            without
+                .contains("--init --security-opt no-new-privileges --volume lablink-home-lablink-vm-3:/home"),
+            "{without}"
+        );
+        assert!(
+            without.contains(
+                "--cap-drop AUDIT_WRITE --cap-drop MKNOD --cap-drop NET_RAW --cap-drop SETPCAP --cap-drop SYS_CHROOT \
+                 --label lablink.local-runner=/tmp/x"
+            ),
+            "{without}"
         );
         assert!(without.ends_with(
             "--env VM_NAME=lablink-vm-3 --entrypoint sleep ghcr.io/talmolab/lablink-client-base-image:v1 infinity"

@@ -154,6 +154,12 @@ pub fn seat_page(p: &SeatPage<'_>) -> Markup {
                     strong { "Connecting your VM… " }
                     "Your code is on its way to " (p.hostname) "; this page changes by itself when it is registered (usually within a minute)."
                 }
+                // The VM itself failed (its desktop host does not start, start-host could
+                // not run): not the participant's code. Shown by the script from
+                // `vm_status`.
+                p.error #vm-trouble hidden {
+                    "Your VM has a problem starting its desktop; the workshop staff can see it. Your code was not refused: wait a few minutes, or ask the staff."
+                }
                 div #state-ready hidden[p.state != "ready"] {
                     p { strong { "Ready: " } "open " a href=(CRD_ACCESS_URL) target="_blank" rel="noopener" { "remotedesktop.google.com/access" }
                         " with the same Google account, click " strong { (p.hostname) } " and enter your PIN." }
@@ -220,6 +226,7 @@ var states=['connecting','ready','refused','released','reassigned','gone'],ended
 function show(j){seat.setAttribute('data-state',j.state);
 var fe=document.getElementById('fleet-end');fe.hidden=!j.fleet_ends_at;if(j.fleet_ends_at){document.getElementById('fleet-end-time').textContent=j.fleet_ends_at.replace('T',' ').replace(/:\d\d(\.\d+)?(Z|\+00:00)$/,'');}
 states.forEach(function(s){document.getElementById('state-'+s).hidden=(s!==j.state);});
+document.getElementById('vm-trouble').hidden=!(j.state==='connecting'&&j.vm_status==='error');
 var over=ended.indexOf(j.state)>=0;document.getElementById('code-form').hidden=over;
 document.getElementById('pin-box').hidden=over||!j.pin;if(j.pin){document.getElementById('pin').textContent=j.pin;}
 return over;}
@@ -279,6 +286,8 @@ mod tests {
         }
         assert!(!page.contains("id=\"state-connecting\" hidden"));
         assert!(page.contains("id=\"state-ready\" hidden"));
+        // The VM's own trouble is told apart from a refused code, by the live script.
+        assert!(page.contains("id=\"vm-trouble\" hidden") && page.contains("vm_status==='error'"));
         p.state = "reassigned";
         p.pin = None;
         let page = seat_page(&p).into_string();

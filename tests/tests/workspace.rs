@@ -1,9 +1,11 @@
 //! The participant's workspace, end to end against a real Docker engine: Postgres, the
 //! routes on HTTP, the holder, and client-daemon binaries that each run a workspace
-//! container from the stand-in client image (`tests/client-image`: a user `client`, a
-//! start-host that refuses root without `--user-name` as Google's does and records who
-//! ran it with what, `sleap-label`, an entrypoint that must not run). The tutorial
-//! repository is served by a local `git daemon`.
+//! container from CI's build of the client image recipe (`client-image/`, on a Debian
+//! base, with Chrome Remote Desktop replaced by the CRD 148 stand-ins of
+//! `tests/crd-standin`, which abort without the runtime directory, start no host from
+//! start-host, and run a host only as `--start --new-session`; `sleap-label` and a
+//! set-uid program from `tests/client-image`). The tutorial repository is served by a
+//! local `git daemon`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -133,6 +135,57 @@ fn start_host_runs(host: &str) -> Vec<String> {
         .collect()
 }
 
+/// The desktop host starts the stand-in `chrome-remote-desktop` recorded, one line each.
+fn host_starts(ctr: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["exec", ctr, "cat", "/tmp/crd-host-starts.log"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Desktop host processes running as `client` in the workspace.
+fn host_processes(ctr: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            ctr,
+            "pgrep",
+            "-u",
+            "client",
+            "-f",
+            "chrome-remote-desktop --start --new-session",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// What the host script says of itself (`--get-status`), asked as the daemon asks.
+fn host_status(ctr: &str) -> String {
+    docker(&[
+        "exec",
+        "--user",
+        "client",
+        "--env",
+        "USER=client",
+        "--env",
+        "XDG_RUNTIME_DIR=/run/user/1000",
+        ctr,
+        "/opt/google/chrome-remote-desktop/chrome-remote-desktop",
+        "--get-status",
+    ])
+}
+
+/// The stand-in's token for a code (its registration names it).
+fn code_token(code: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(code.as_bytes()))[..16].to_owned()
+}
+
 async fn vm_with(
     client: &tokio_postgres::Client,
     host: &lablink_core::domain::Hostname,
@@ -240,9 +293,33 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
             &ctr,
             "sh",
             "-c",
-            "test -e /var/tmp/classic-entrypoint-ran && echo ran || echo no"
+            "test -e /var/tmp/image-entrypoint-ran && echo ran || echo no"
         ]) == "no",
-        "the image's classic services must not run"
+        "the image's own entrypoint must not run"
+    );
+    // The desktop user cannot become root: no-new-privileges makes the kernel ignore
+    // the image's set-uid program (without it, `suid-id -u` prints 0).
+    assert_eq!(
+        docker(&["inspect", "--format", "{{json .HostConfig.SecurityOpt}}", &ctr]),
+        r#"["no-new-privileges"]"#
+    );
+    assert_eq!(
+        docker(&[
+            "exec",
+            "--user",
+            "root",
+            &ctr,
+            "stat",
+            "-c",
+            "%U %A",
+            "/usr/local/bin/suid-id"
+        ]),
+        "root -rwsr-xr-x",
+        "the image has a set-uid root program"
+    );
+    assert_eq!(
+        docker(&["exec", "--user", "client", &ctr, "suid-id", "-u"]),
+        "1000"
     );
     // The tutorial is on the desktop user's Desktop, owned by that user; the startup
     // script ran as root inside the workspace with the classic environment.
@@ -301,23 +378,72 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         runs,
         [format!(
             "user=client home=/home/client display=[] args=--code={CODE} \
-             --redirect-url=https://remotedesktop.google.com/_/oauthredirect --name={host} pin1={pin} pin2={pin}"
+             --redirect-url=https://remotedesktop.google.com/_/oauthredirect --name={host} \
+             --display-name={host} --no-start pin1={pin} pin2={pin}"
         )]
     );
     let done = vm_with(
         &client,
         &vm.hostname,
         "start-host's outcome",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         |v| v.start_host.is_some(),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    eprintln!(
+        "request → desktop host running (outcome reported) in {:?}",
+        asked.elapsed()
+    );
     let outcome = done.start_host.unwrap();
     assert!(outcome.ok && outcome.exit_code == Some(0), "{outcome:?}");
     assert_eq!(done.status, VmStatus::Running);
     let registration = "ls /home/client/.config/chrome-remote-desktop | grep -c '^host#'";
     assert_eq!(docker(&["exec", &ctr, "sh", "-c", registration]), "1");
+    // The outcome came only once the host ran: as `client`, the way the systemd unit
+    // starts it, from the registration of this code; one host process.
+    let starts = host_starts(&ctr);
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert!(
+        starts[0].starts_with("user=client args=--start --new-session config=")
+            && starts[0].contains(&format!("standin-{}", code_token(CODE))),
+        "{starts:?}"
+    );
+    assert_eq!(host_processes(&ctr), 1);
+    assert_eq!(host_status(&ctr), "STARTED");
+
+    // A fresh code (the participant's Google account was the wrong one): the host is
+    // stopped, start-host registers again, and the host runs on the new registration.
+    client
+        .execute(
+            "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let fresh = "4/0AVMBsJh1-workspaceFreshCodeAbC";
+    request_vm(&http, &api.url(), "ada@example.edu", fresh).await;
+    eventually(
+        "the host on the fresh registration",
+        Duration::from_secs(30),
+        || async {
+            let s = host_starts(&ctr);
+            (s.len() == 2 && s[1].contains(&format!("standin-{}", code_token(fresh)))).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    vm_with(
+        &client,
+        &vm.hostname,
+        "the fresh code acknowledged",
+        Duration::from_secs(20),
+        |v| v.start_host.as_ref().is_some_and(|o| o.ok) && v.acknowledged_at.is_some(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    assert_eq!(host_processes(&ctr), 1, "the old host was stopped");
+    assert_eq!(start_host_runs(&host).len(), 2);
 
     // The daemon restarts: nothing is prepared or run again.
     daemon.kill().await;
@@ -336,36 +462,39 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         start_host_runs(&host).len(),
+        2,
+        "no further start-host after a daemon restart"
+    );
+    assert_eq!(
+        host_processes(&ctr),
         1,
-        "no second start-host after a daemon restart"
+        "the running host is kept, not started twice"
     );
     assert_eq!(
         docker(&["exec", &ctr, "sh", "-c", "cat /var/tmp/startup-ran | wc -l"]),
         "1"
     );
 
-    // The container restarts: the registration is kept, the desktop is started again by
-    // Chrome Remote Desktop's own script as `client`, and start-host does not run again.
+    // The container restarts (its runtime directory must be made again): the host runs
+    // again from the kept registration, as `client`, and start-host does not run again.
+    docker(&["exec", "--user", "root", &ctr, "rm", "-rf", "/run/user/1000"]);
     docker(&["restart", "--time", "1", &ctr]);
     let starts = eventually(
-        "the desktop started after the restart",
-        Duration::from_secs(20),
-        || async {
-            let out = std::process::Command::new("docker")
-                .args(["exec", &ctr, "cat", "/tmp/crd-host-starts.log"])
-                .output()
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            (!text.is_empty()).then_some(text)
-        },
+        "the desktop host started after the restart",
+        Duration::from_secs(30),
+        || async { (host_starts(&ctr).len() == 3 && host_processes(&ctr) == 1).then(|| host_starts(&ctr)) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
-    assert_eq!(starts, "user=client args=--start");
+    assert!(
+        starts[2].starts_with("user=client args=--start --new-session config=")
+            && starts[2].contains(&format!("standin-{}", code_token(fresh))),
+        "{starts:?}"
+    );
     assert_eq!(
         start_host_runs(&host).len(),
-        1,
-        "no second start-host after a container restart"
+        2,
+        "no start-host after a container restart"
     );
     assert_eq!(
         docker(&["exec", &ctr, "sh", "-c", registration]),
@@ -492,9 +621,9 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
     assert!(!outcome.ok);
     assert_eq!(outcome.exit_code, Some(1));
     assert!(
-        outcome
-            .output
-            .contains("OAuth error: the code <code> was refused (PIN <pin> not stored)"),
+        outcome.output.contains(
+            "Couldn't start host: OAuth error. (the code <code> was refused; PIN <pin> not stored)"
+        ),
         "{outcome:?}"
     );
     assert!(!outcome.output.contains(expired) && !outcome.output.contains(&pin));
@@ -693,5 +822,183 @@ async fn a_daemon_killed_during_the_script_or_start_host_runs_neither_twice() {
     assert_eq!(
         docker(&["exec", &container(&host), "sh", "-c", registration]),
         "1"
+    );
+}
+
+/// `docker exec -i` in `ctr` with `args` (exec options, then the command), `stdin` fed;
+/// (exit code, stdout, stderr).
+fn exec_in(ctr: &str, opts: &[&str], argv: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("docker")
+        .arg("exec")
+        .arg("--interactive")
+        .args(opts)
+        .arg(ctr)
+        .args(argv)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The sequence the daemon ran before CRD 148 (start-host as the user with only `HOME`,
+/// no runtime directory, systemd left to start the host; plain `--start` after a
+/// container restart) fails against the stand-ins at each step, as the real CRD 148
+/// does in a container; the sequence the daemon runs now gives a running host.
+#[test]
+fn the_old_daemon_sequence_fails_against_crd_148_and_the_new_one_starts_a_host() {
+    let image = lablink_e2e::test_client_image();
+    let ctr = format!("lablink-crd148-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "--force", &self.0])
+                .output();
+        }
+    }
+    let _gone = Gone(ctr.clone());
+    docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &ctr,
+        "--init",
+        "--security-opt",
+        "no-new-privileges",
+        "--entrypoint",
+        "sleep",
+        &image,
+        "infinity",
+    ]);
+    let start_host = "/opt/google/chrome-remote-desktop/start-host";
+    let crd = "/opt/google/chrome-remote-desktop/chrome-remote-desktop";
+    let code = "--code=4/0AVMBsJh1-oldSequenceCode";
+    let pins = "123456\n123456\n";
+    let old_user = ["--user", "client", "--env", "HOME=/home/client"];
+    let env = [
+        "--user",
+        "client",
+        "--env",
+        "HOME=/home/client",
+        "--env",
+        "USER=client",
+        "--env",
+        "LOGNAME=client",
+        "--env",
+        "XDG_RUNTIME_DIR=/run/user/1000",
+    ];
+    let registered = || {
+        docker(&[
+            "exec",
+            &ctr,
+            "sh",
+            "-c",
+            "ls /home/client/.config/chrome-remote-desktop 2>/dev/null | grep -c '^host#' || true",
+        ])
+    };
+
+    // The old start-host run: no runtime directory (Docker runs no logind), no $USER.
+    let (code_, _, err) = exec_in(&ctr, &old_user, &[start_host, code, "--name=vm-1"], pins);
+    assert_eq!(
+        code_, 133,
+        "start-host dies of SIGTRAP without /run/user/1000: {err}"
+    );
+    assert_eq!(registered(), "0");
+    // As root without --user-name, as Google's refuses.
+    let (code_, _, err) = exec_in(
+        &ctr,
+        &["--user", "root"],
+        &[start_host, code, "--name=vm-1"],
+        pins,
+    );
+    assert_eq!(code_, 1);
+    assert!(err.contains("--user-name"), "{err}");
+    // With the runtime directory but a wrong $USER: the same silent abort.
+    docker(&[
+        "exec",
+        "--user",
+        "0",
+        &ctr,
+        "install",
+        "-d",
+        "-m",
+        "0700",
+        "-o",
+        "1000",
+        "-g",
+        "1000",
+        "/run/user/1000",
+    ]);
+    let mut wrong_user = env.to_vec();
+    wrong_user[5] = "USER=root";
+    let (code_, _, _) = exec_in(&ctr, &wrong_user, &[start_host, code, "--name=vm-1"], pins);
+    assert_eq!(code_, 133, "a $USER that is not the running user");
+    // Right environment, but no --no-start: it registers, then fails to start the host
+    // (no systemd, no sudo), and no host runs.
+    let (code_, _, err) = exec_in(&ctr, &env, &[start_host, code, "--name=vm-1"], pins);
+    assert_eq!(code_, 1, "{err}");
+    assert!(err.contains("Failed to start host"), "{err}");
+    assert_eq!(registered(), "1", "registered although it failed");
+    assert_eq!(
+        exec_in(&ctr, &env, &[crd, "--get-status"], "").1.trim(),
+        "STOPPED"
+    );
+    // The old restart path: plain --start needs `user-session`, which 148 does not ship.
+    let (code_, _, err) = exec_in(&ctr, &env, &[crd, "--start"], "");
+    assert_eq!(code_, 127, "{err}");
+    assert_eq!(
+        exec_in(&ctr, &env, &[crd, "--get-status"], "").1.trim(),
+        "STOPPED"
+    );
+    // --new-session outside the unit's session environment is not a host either.
+    let (code_, _, _) = exec_in(&ctr, &env, &[crd, "--start", "--new-session"], "");
+    assert_eq!(code_, 1);
+
+    // The sequence the daemon runs now.
+    let (code_, _, err) = exec_in(
+        &ctr,
+        &env,
+        &[
+            start_host,
+            code,
+            "--name=vm-1",
+            "--display-name=vm-1",
+            "--no-start",
+        ],
+        pins,
+    );
+    assert_eq!(code_, 0, "{err}");
+    let mut session = vec!["exec", "--detach"];
+    session.extend(env);
+    session.extend(["--env", "XDG_SESSION_CLASS=user", "--env", "XDG_SESSION_TYPE=x11"]);
+    session.extend([ctr.as_str(), crd, "--start", "--new-session"]);
+    docker(&session);
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = exec_in(&ctr, &env, &[crd, "--get-status"], "")
+            .1
+            .trim()
+            .to_owned();
+        if status == "STARTED" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status, "STARTED");
+    let (code_, out, _) = exec_in(&ctr, &env, &[crd, "--stop"], "");
+    assert_eq!(code_, 0);
+    assert!(out.starts_with("Killing process"), "{out}");
+    assert_eq!(
+        exec_in(&ctr, &env, &[crd, "--get-status"], "").1.trim(),
+        "STOPPED"
     );
 }

@@ -1,0 +1,281 @@
+//! Chrome Remote Desktop 148 in the workspace container: the desktop session, as a state
+//! the daemon names and changes in one place.
+//!
+//! CRD 148 in a container (no logind, no systemd) needs what a desktop login would do
+//! (Chromium `remoting/host/setup/`, `linux_me2me_host.py`, the
+//! `chrome-remote-desktop@.service` unit; talmolab/lablink e25ef87b):
+//! - `/run/user/<uid>` made by root (0700, the user's) and the user's own `USER`,
+//!   `LOGNAME`, `HOME` and `XDG_RUNTIME_DIR` on every command, or start-host aborts
+//!   (SIGTRAP, exit 133): [`Workspace::ensure_runtime_dir`], [`Workspace::exec_as_user`];
+//! - start-host with `--no-start`, which only registers (`host#<hash>.json`); without it
+//!   start-host tries systemd and fails after registering: [`crate::starthost`];
+//! - the host started as the unit starts it, `chrome-remote-desktop --start
+//!   --new-session` with `XDG_SESSION_CLASS=user` and `XDG_SESSION_TYPE=x11`, held by
+//!   this module's supervisor: started again at once when it exits 41 (its "restart
+//!   me", the unit's `RestartForceExitStatus=41`), with back-off after any other exit.
+//!   Plain `--start` needs the `user-session` helper, which CRD 148 no longer ships.
+//!
+//! Owns: whether the host should run ([`Desktop::want`]), starting, watching and
+//! stopping it. Must not: run start-host (the assignment loop does, once per code), or
+//! run anything of CRD as root.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::workspace::{Workspace, crd_host_script};
+
+/// The host's "start me again" exit (linux_me2me_host.py `RELAUNCH_EXIT_CODE`).
+pub const RELAUNCH_EXIT_CODE: i32 = 41;
+/// How often a host the daemon does not hold (started before a daemon restart) is looked at.
+const ADOPTED_CHECK: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The desktop session, as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostState {
+    /// Not wanted (no registration yet, a new code on its way, a reset).
+    Stopped,
+    /// Being started (the runtime directory, then the host).
+    Starting,
+    /// The host runs (`--get-status` says `STARTED`).
+    Running,
+    /// The last start failed; the supervisor tries again after a back-off.
+    Failed(String),
+}
+
+/// The CRD host of one workspace and its supervisor task.
+pub struct Desktop {
+    ws: Arc<Workspace>,
+    want: watch::Sender<bool>,
+    state: watch::Sender<HostState>,
+    host_script: String,
+}
+
+impl Desktop {
+    /// The desktop of `ws`, not wanted yet; its supervisor runs until the daemon stops.
+    pub fn new(ws: Arc<Workspace>, start_host: &std::path::Path) -> Arc<Self> {
+        let (want, _) = watch::channel(false);
+        let (state, _) = watch::channel(HostState::Stopped);
+        let d = Arc::new(Self {
+            ws,
+            want,
+            state,
+            host_script: crd_host_script(start_host).display().to_string(),
+        });
+        tokio::spawn(Arc::clone(&d).supervise());
+        d
+    }
+
+    pub fn state(&self) -> HostState {
+        self.state.borrow().clone()
+    }
+
+    /// Whether the host should run (a registration exists and no new one is on its way).
+    pub fn want(&self, on: bool) {
+        self.want.send_if_modified(|w| std::mem::replace(w, on) != on);
+    }
+
+    /// Stop the host (a new registration or a reset follows) and wait until it is down.
+    pub async fn stop(&self) {
+        self.want(false);
+        let mut rx = self.state.subscribe();
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(40), rx.wait_for(|s| *s == HostState::Stopped)).await;
+        if stopped.is_err() {
+            tracing::warn!("the desktop host did not stop within 40 s");
+        }
+        // A host started by an earlier daemon is not held by this one: stop it by name.
+        if let Err(e) = self.host_command(&["--stop"], &[]).await {
+            tracing::warn!(error = %e, "chrome-remote-desktop --stop failed");
+        }
+    }
+
+    /// Want the host and wait (up to `limit`) until it runs. Err: why it does not.
+    pub async fn start_and_wait(&self, limit: Duration) -> Result<(), String> {
+        self.want(true);
+        let mut rx = self.state.subscribe();
+        let mut last_failure = None;
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                match rx.borrow_and_update().clone() {
+                    HostState::Running => return,
+                    HostState::Failed(why) => last_failure = Some(why),
+                    _ => {}
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        match (waited, self.state()) {
+            (Ok(()), HostState::Running) => Ok(()),
+            _ => Err(last_failure.unwrap_or_else(|| format!("the host was not running after {limit:?}"))),
+        }
+    }
+
+    /// `chrome-remote-desktop <args>` as the desktop user; its stdout, or why it failed.
+    async fn host_command(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+        let mut argv = vec![self.host_script.clone()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut cmd = self.ws.exec_as_user(env, &argv);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        match tokio::time::timeout(Duration::from_secs(40), cmd.output()).await {
+            Err(_) => Err(format!("{} did not answer within 40 s", args.join(" "))),
+            Ok(Err(e)) => Err(format!("cannot run docker exec: {e}")),
+            Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Ok(Ok(out)) => Err(format!(
+                "{} exited {}: {}",
+                args.join(" "),
+                out.status.code().map_or("by a signal".into(), |c| c.to_string()),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    }
+
+    /// Whether the host runs, as its own script says (`--get-status`).
+    async fn started(&self) -> bool {
+        self.host_command(&["--get-status"], &[])
+            .await
+            .is_ok_and(|out| out.trim() == "STARTED")
+    }
+
+    fn set(&self, s: HostState) {
+        self.state.send_if_modified(|cur| {
+            if *cur == s {
+                return false;
+            }
+            tracing::info!(from = ?cur, to = ?s, "desktop host");
+            *cur = s;
+            true
+        });
+    }
+
+    /// The supervisor: while the host is wanted, keep one running.
+    async fn supervise(self: Arc<Self>) {
+        let mut want = self.want.subscribe();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if !*want.borrow_and_update() {
+                self.set(HostState::Stopped);
+                if want.changed().await.is_err() {
+                    return;
+                }
+                backoff = FIRST_BACKOFF;
+                continue;
+            }
+            // A host an earlier daemon started goes on in the container (killing
+            // `docker exec` does not stop it): watch it instead of starting another.
+            if self.ws.ensure_runtime_dir().await.is_ok() && self.started().await {
+                self.set(HostState::Running);
+                backoff = FIRST_BACKOFF;
+                let _ = tokio::time::timeout(ADOPTED_CHECK, want.changed()).await;
+                continue;
+            }
+            self.set(HostState::Starting);
+            let outcome = match self.ws.ensure_runtime_dir().await {
+                Ok(()) => self.run_host(&mut want).await,
+                Err(e) => HostExit::Failed(e),
+            };
+            match outcome {
+                HostExit::Stopped => {}
+                HostExit::Relaunch => {
+                    tracing::info!("the desktop host asked to be started again (exit 41)");
+                }
+                HostExit::Failed(why) => {
+                    tracing::error!(reason = %why, retry_in = ?backoff, "the desktop host is not running");
+                    self.set(HostState::Failed(why));
+                    // Sleep, unless the host stops being wanted meanwhile.
+                    let _ = tokio::time::timeout(backoff, want.wait_for(|w| !*w)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Start the host, held by this task, until it exits or is no longer wanted.
+    async fn run_host(&self, want: &mut watch::Receiver<bool>) -> HostExit {
+        let argv = [self.host_script.clone(), "--start".into(), "--new-session".into()];
+        // The environment of the chrome-remote-desktop@.service unit.
+        let env = [("XDG_SESSION_CLASS", "user"), ("XDG_SESSION_TYPE", "x11")];
+        let mut cmd = self.ws.exec_as_user(&env, &argv);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return HostExit::Failed(format!("cannot run docker exec: {e}")),
+        };
+        // Keep the end of what it says, for the reason of a failure.
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let said = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 16 * 1024 {
+                    buf.drain(..buf.len() - 8 * 1024);
+                }
+            }
+            String::from_utf8_lossy(&buf)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned()
+        });
+        let mut confirmed = false;
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        let exit = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                changed = want.changed() => {
+                    if changed.is_err() || !*want.borrow() {
+                        // `--stop` ends the host; the held exec then returns.
+                        if let Err(e) = self.host_command(&["--stop"], &[]).await {
+                            tracing::warn!(error = %e, "chrome-remote-desktop --stop failed");
+                        }
+                        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                        return HostExit::Stopped;
+                    }
+                }
+                _ = check.tick(), if !confirmed => {
+                    if self.started().await {
+                        confirmed = true;
+                        self.set(HostState::Running);
+                    }
+                }
+            }
+        };
+        let last = tokio::time::timeout(Duration::from_secs(2), said)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        match exit {
+            Ok(s) if s.code() == Some(RELAUNCH_EXIT_CODE) => HostExit::Relaunch,
+            Ok(s) => HostExit::Failed(format!(
+                "chrome-remote-desktop --start --new-session exited {}{}",
+                s.code().map_or("by a signal".into(), |c| c.to_string()),
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last}")
+                }
+            )),
+            Err(e) => HostExit::Failed(format!("waiting for the desktop host: {e}")),
+        }
+    }
+}
+
+enum HostExit {
+    Stopped,
+    Relaunch,
+    Failed(String),
+}

@@ -75,11 +75,10 @@ ensure_docker() {
   return 1
 }
 
-# The workspace tests' stand-in client image (tests/client-image), built FROM a minimal
-# Debian made by debootstrap (no image registry is needed). Both stay in the engine's
-# store between runs; the client image's tag is the hash of its build context, so an edit
-# rebuilds it. Prints the image name.
-ensure_test_client_image() {
+# The tests' stand-in for a registry's base image: a minimal Debian 12 made by debootstrap
+# (git and procps, as the client image needs; glibc and libgcc, as the holder's runtime
+# needs), kept in the engine's store between runs. Prints its name.
+ensure_test_base() {
   local base=lablink-test-base:bookworm
   if ! docker image inspect "$base" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || apt_install debootstrap
@@ -90,15 +89,75 @@ ensure_test_client_image() {
     as_root tar -C "$root" -c . | docker import - "$base" >/dev/null
     as_root rm -rf "$root"
   fi
+  echo "$base"
+}
+
+# CI's stand-in for Google's chrome-remote-desktop package, written to the .deb path $1:
+# the stand-ins under tests/crd-standin/root/ mirrored to /, on the 148 line, with a
+# postinst that creates the group chrome-remote-desktop as Google's does, and the part of
+# Google's dependencies that gives the session an X server (Xvfb, xauth, xdpyinfo), so that
+# tests can start the desktop as the host would. The client image's Dockerfile installs it
+# in the step that installs Google's package.
+build_standin_crd_deb() {
+  local out="$1" stage
+  stage="$(mktemp -d)" || return 1
+  chmod 0755 "$stage"
+  cp -a tests/crd-standin/root/. "$stage/"
+  mkdir -p "$stage/DEBIAN"
+  printf '%s\n' \
+    'Package: chrome-remote-desktop' \
+    'Version: 148.0.0.0-lablink-standin' \
+    'Architecture: amd64' \
+    'Depends: xvfb, xauth, x11-utils' \
+    'Maintainer: LabLink tests <tests@lablink.invalid>' \
+    'Section: misc' \
+    'Priority: optional' \
+    "Description: LabLink's test stand-in for Chrome Remote Desktop 148" \
+    " Shell scripts at Google's paths that behave as CRD 148's start-host and host script" \
+    ' do in a container (tests/crd-standin), installed by the client image'"'"'s Dockerfile' \
+    ' where no Google server is reachable.' >"$stage/DEBIAN/control"
+  printf '%s\n' '#!/bin/sh' 'set -e' \
+    "# As Google's postinst does: the group whose members may run the host." \
+    'getent group chrome-remote-desktop >/dev/null || groupadd --system chrome-remote-desktop' \
+    >"$stage/DEBIAN/postinst"
+  chmod 0755 "$stage/DEBIAN/postinst"
+  SOURCE_DATE_EPOCH=0 dpkg-deb --root-owner-group -Zgzip --build "$stage" "$out" >/dev/null
+  local rc=$?
+  rm -rf "$stage"
+  return $rc
+}
+
+# The workspace tests' client image: the real recipe (client-image/Dockerfile, built by
+# scripts/build-client-image) on the Debian base above, with Debian's firefox-esr, the
+# CRD stand-in .deb above instead of Google's repository, and tests/client-image/hook.sh
+# as the workshop hook (the sleap-label stand-in, a set-uid `suid-id`); no registry is needed.
+# Tagged with the hash of everything that goes into it (the recipe, the build script,
+# these functions, the stand-ins, the hook, the base image's id), so it is built once per
+# content and reused by every test; kept in the engine's store. Prints the image name.
+ensure_test_client_image() {
+  local base
+  base="$(ensure_test_base)" || return 1
+  local inputs=(client-image scripts/build-client-image tests/crd-standin/root tests/client-image)
   local tag
-  tag="$(cd tests/client-image && cat Dockerfile start-host chrome-remote-desktop sleap-label classic-entrypoint | sha256sum | cut -c1-12)"
+  tag="$( {
+    docker image inspect -f '{{.Id}}' "$base"
+    declare -f ensure_test_client_image build_standin_crd_deb
+    find "${inputs[@]}" -type f -print0 | sort -z | xargs -0 stat -c '%a %n'
+    find "${inputs[@]}" -type f -print0 | sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-12)"
   local image="lablink-test-client:$tag"
   if ! docker image inspect "$image" >/dev/null 2>&1; then
-    local log
-    log="$(mktemp)"
-    docker build -q --build-arg "BASE=$base" -t "$image" tests/client-image >"$log" 2>&1 \
-      || { cat "$log" >&2; rm -f "$log"; return 1; }
-    rm -f "$log"
+    echo "building $image (the client image recipe on $base, with the CRD stand-in)" >&2
+    local dir
+    dir="$(mktemp -d)" || return 1
+    local deb="$dir/chrome-remote-desktop_148.0.0.0-lablink-standin_amd64.deb"
+    if ! build_standin_crd_deb "$deb" \
+      || ! scripts/build-client-image --quiet --tag "$image" --base "$base" \
+        --browser distro-firefox-esr --crd-deb "$deb" --hook tests/client-image/hook.sh >/dev/null; then
+      rm -rf "$dir"
+      return 1
+    fi
+    rm -rf "$dir"
   fi
   echo "$image"
 }
@@ -109,8 +168,8 @@ ensure_test_client_image() {
 # crates build with (gcc, make) and this machine's own Rust toolchain copied in, tagged
 # with its version. Both are kept in the engine's store. Prints "BUILDER RUNTIME".
 ensure_test_holder_bases() {
-  local runtime=lablink-test-base:bookworm
-  ensure_test_client_image >/dev/null
+  local runtime
+  runtime="$(ensure_test_base)" || return 1
   local sysroot version
   sysroot="$(rustc --print sysroot)"
   version="$(rustc --version | awk '{print $2}')"

@@ -131,6 +131,8 @@ build_standin_crd_deb() {
 # scripts/build-client-image) on the Debian base above, with Debian's firefox-esr, the
 # CRD stand-in .deb above instead of Google's repository, and tests/client-image/hook.sh
 # as the workshop hook (the sleap-label stand-in, a set-uid `suid-id`); no registry is needed.
+# The build checks contract 1 and that XFCE and the browser start as the desktop user with
+# the workspace's settings.
 # Tagged with the hash of everything that goes into it (the recipe, the build script,
 # these functions, the stand-ins, the hook, the base image's id), so it is built once per
 # content and reused by every test; kept in the engine's store. Prints the image name.
@@ -153,7 +155,8 @@ ensure_test_client_image() {
     local deb="$dir/chrome-remote-desktop_148.0.0.0-lablink-standin_amd64.deb"
     if ! build_standin_crd_deb "$deb" \
       || ! scripts/build-client-image --quiet --tag "$image" --base "$base" \
-        --browser distro-firefox-esr --crd-deb "$deb" --hook tests/client-image/hook.sh >/dev/null; then
+        --browser distro-firefox-esr --crd-deb "$deb" --hook tests/client-image/hook.sh \
+        --check-desktop >/dev/null; then
       rm -rf "$dir"
       return 1
     fi

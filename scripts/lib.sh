@@ -161,6 +161,16 @@ ensure_test_client_image() {
       return 1
     fi
     rm -rf "$dir"
+    # Builds of other contents pile up (each content change is a new image): those older
+    # than two days go, unless a container uses them (docker rmi refuses then).
+    local old created now
+    now="$(date +%s)"
+    docker images lablink-test-client --format '{{.Tag}}|{{.CreatedAt}}' | while IFS='|' read -r old created; do
+      created="$(date -d "${created% *}" +%s 2>/dev/null)" || continue
+      if [ "$old" != "$tag" ] && [ $((now - created)) -gt 172800 ]; then
+        docker rmi "lablink-test-client:$old" >/dev/null 2>&1 || true
+      fi
+    done
   fi
   echo "$image"
 }

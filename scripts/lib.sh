@@ -94,7 +94,10 @@ ensure_test_base() {
 
 # CI's stand-in for Google's chrome-remote-desktop package, written to the .deb path $1:
 # the stand-ins under tests/crd-standin/root/ mirrored to /, on the 148 line, with a
-# postinst that creates the group chrome-remote-desktop as Google's does, and the part of
+# postinst that, as Google's current one does, does NOT create the group
+# chrome-remote-desktop (chromium/chromium 280f0da2's postinst only adds the system user
+# _crd_network; talmolab/lablink a1a5c0aa: "postinst skips creating it", so images must),
+# and the part of
 # Google's dependencies that gives the session an X server (Xvfb, xauth, xdpyinfo), so that
 # tests can start the desktop as the host would. The client image's Dockerfile installs it
 # in the step that installs Google's package.
@@ -117,8 +120,9 @@ build_standin_crd_deb() {
     ' do in a container (tests/crd-standin), installed by the client image'"'"'s Dockerfile' \
     ' where no Google server is reachable.' >"$stage/DEBIAN/control"
   printf '%s\n' '#!/bin/sh' 'set -e' \
-    "# As Google's postinst does: the group whose members may run the host." \
-    'getent group chrome-remote-desktop >/dev/null || groupadd --system chrome-remote-desktop' \
+    "# As Google's current postinst (chromium/chromium 280f0da2): a system user for the" \
+    "# host's network process; the group chrome-remote-desktop is left to the image." \
+    'getent passwd _crd_network >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin _crd_network' \
     >"$stage/DEBIAN/postinst"
   chmod 0755 "$stage/DEBIAN/postinst"
   SOURCE_DATE_EPOCH=0 dpkg-deb --root-owner-group -Zgzip --build "$stage" "$out" >/dev/null

@@ -340,6 +340,10 @@ impl Workspace {
             // root (the kernel ignores set-uid bits under no_new_privs).
             "--security-opt".into(),
             "no-new-privileges".into(),
+            // Browsers keep their renderers' memory in /dev/shm; Docker's 64 MB makes
+            // tabs crash.
+            "--shm-size".into(),
+            "1g".into(),
             "--volume".into(),
             format!("{}:/home", self.volume),
         ];
@@ -1061,7 +1065,7 @@ mod tests {
         );
         assert!(
             without
-                .contains("--init --security-opt no-new-privileges --volume lablink-home-lablink-vm-3:/home"),
+                .contains("--init --security-opt no-new-privileges --shm-size 1g --volume lablink-home-lablink-vm-3:/home"),
             "{without}"
         );
         assert!(

@@ -102,11 +102,49 @@ impl Daemon<'_> {
     }
 }
 
-async fn request_vm(http: &reqwest::Client, api: &str, email: &str, code: &str) -> String {
-    let pasted = format!(
+fn pasted(code: &str) -> String {
+    format!(
         "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
          --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
-    );
+    )
+}
+
+/// The seat's token, from the link on its page (`/seat/<token>`).
+fn seat_token(html: &str) -> String {
+    let at = html.find("href=\"/seat/").expect("a seat link on the page") + "href=\"/seat/".len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+/// A participant's request; the seat page's HTML.
+async fn request_vm_page(http: &reqwest::Client, api: &str, email: &str, code: &str) -> String {
+    let pasted = pasted(code);
+    let page = http
+        .post(format!("{api}/api/request_vm"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("email", email), ("crd_command", pasted.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    page.text().await.unwrap()
+}
+
+/// A fresh code from the seat's own page (`POST /api/seat/{token}/code`).
+async fn fresh_code(http: &reqwest::Client, api: &str, token: &str, code: &str) {
+    let pasted = pasted(code);
+    let page = http
+        .post(format!("{api}/api/seat/{token}/code"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("crd_command", pasted.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = page.status();
+    assert!(status.is_success(), "{status}: {}", page.text().await.unwrap());
+}
+
+async fn request_vm(http: &reqwest::Client, api: &str, email: &str, code: &str) -> String {
+    let pasted = pasted(code);
     let page = http
         .post(format!("{api}/api/request_vm"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -366,7 +404,16 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         .unwrap();
     let http = reqwest::Client::new();
     let asked = Instant::now();
-    let pin = request_vm(&http, &api.url(), "ada@example.edu", CODE).await;
+    let seat = request_vm_page(&http, &api.url(), "ada@example.edu", CODE).await;
+    let token = seat_token(&seat);
+    let pin = {
+        let start = seat.find("id=\"pin\"").expect("a PIN on the success page");
+        let rest = &seat[start..];
+        let open = rest.find('>').unwrap() + 1;
+        rest[open..open + rest[open..].find('<').unwrap()]
+            .trim()
+            .to_owned()
+    };
     let runs = eventually("start-host in the workspace", Duration::from_secs(20), || async {
         let r = start_host_runs(&host);
         (!r.is_empty()).then_some(r)
@@ -422,7 +469,7 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         .await
         .unwrap();
     let fresh = "4/0AVMBsJh1-workspaceFreshCodeAbC";
-    request_vm(&http, &api.url(), "ada@example.edu", fresh).await;
+    fresh_code(&http, &api.url(), &token, fresh).await;
     eventually(
         "the host on the fresh registration",
         Duration::from_secs(30),

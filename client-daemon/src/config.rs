@@ -212,7 +212,7 @@ pub struct Config {
     pub poll_wait: Duration,
     pub nvidia_smi: PathBuf,
     pub gpu_interval: Duration,
-    pub subject_software: Option<crate::monitor::SubjectSoftware>,
+    pub subject_software: Option<crate::software::SubjectSoftware>,
     pub inuse_interval: Duration,
     pub cloud_init_status: PathBuf,
     /// `None`: the workspace's home volume (with a client image) or `/home`.
@@ -382,7 +382,7 @@ impl Args {
         }
         let subject_software = match self.subject_software.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(s) => Some(crate::monitor::SubjectSoftware::parse(s)?),
+            Some(s) => Some(crate::software::SubjectSoftware::parse(s)?),
         };
         let workspace = match self.client_image.map(|i| i.trim().to_owned()) {
             None => None,

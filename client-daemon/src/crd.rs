@@ -8,7 +8,7 @@
 //!   `LOGNAME`, `HOME` and `XDG_RUNTIME_DIR` on every command, or start-host aborts
 //!   (SIGTRAP, exit 133): [`Workspace::ensure_runtime_dir`], [`Workspace::exec_as_user`];
 //! - start-host with `--no-start`, which only registers (`host#<hash>.json`); without it
-//!   start-host tries systemd and fails after registering: [`crate::starthost`];
+//!   start-host tries systemd and fails after registering (`starthost.rs`);
 //! - the host started as the unit starts it, `chrome-remote-desktop --start
 //!   --new-session` with `XDG_SESSION_CLASS=user` and `XDG_SESSION_TYPE=x11`, held by
 //!   this module's supervisor: started again at once when it exits 41 (its "restart
@@ -82,7 +82,13 @@ impl Desktop {
 
     /// Stop the host (a new registration or a reset follows) and wait until it is down.
     pub async fn stop(&self) {
+        // Nothing to stop when no host was wanted or seen (a first code): no exec is
+        // spent on the participant's path.
+        let maybe_running = *self.want.borrow() || self.state() != HostState::Stopped;
         self.want(false);
+        if !maybe_running {
+            return;
+        }
         let mut rx = self.state.subscribe();
         let stopped =
             tokio::time::timeout(Duration::from_secs(40), rx.wait_for(|s| *s == HostState::Stopped)).await;

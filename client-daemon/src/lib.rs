@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod export;
 pub mod logship;
 pub mod monitor;
+pub mod software;
 pub mod starthost;
 pub mod state;
 pub mod workspace;

@@ -547,7 +547,7 @@ impl Workspace {
         let Some(name) = program.file_name().map(|n| format!("={}", n.to_string_lossy())) else {
             return;
         };
-        let Ok(matcher) = crate::monitor::SubjectSoftware::parse(&name) else {
+        let Ok(matcher) = crate::software::SubjectSoftware::parse(&name) else {
             return;
         };
         let deadline = tokio::time::Instant::now() + limit;
@@ -924,7 +924,7 @@ impl Workspace {
     }
 
     /// Keep the workspace container up: start it when it stopped (the desktop's own
-    /// supervisor, [`crate::crd::Desktop`], then starts the registered host again).
+    /// supervisor, `crd::Desktop`, then starts the registered host again).
     pub async fn supervise(&self) {
         match self.state().await {
             Ok(Some(c)) if c.running => {}

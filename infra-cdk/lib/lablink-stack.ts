@@ -249,14 +249,18 @@ export class LabLinkStack extends Stack {
       description: 'Tag of the holder image in the ECR repository lablink-holder-<Environment>.',
     }).valueAsString;
     // ---- The workshop: what every VM runs (passed to the provisioner, which writes user data) ----
+    // No default, and only a digest: a tag can be moved under a deployment (the classic
+    // project's linux-amd64-latest lost Chrome Remote Desktop on 2026-05-14), and a default
+    // could only name a tag. A release's pin is its client-image.txt, which
+    // `scripts/deploy --release` sets (docs/deploy.md, "Client image").
     const clientImage = new CfnParameter(this, 'ClientImage', {
       type: 'String',
-      default: 'ghcr.io/talmolab/lablink-client-base-image:linux-amd64-latest',
-      // An image reference: registry/path:tag or @digest; no whitespace, nothing a shell reads.
-      allowedPattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$',
+      allowedPattern: '^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$',
       maxLength: 255,
-      constraintDescription: 'a container image reference without spaces, e.g. ghcr.io/org/image:tag',
-      description: "Container image of the participants' workspace on every VM.",
+      constraintDescription:
+        "an image pinned by digest, e.g. ghcr.io/org/lablink-client@sha256:<64 hex> (a release's client-image.txt)",
+      description:
+        "Container image of the participants' workspace on every VM, pinned by digest (this project's client image: a release's client-image.txt, or scripts/build-client-image --push).",
     }).valueAsString;
     const tutorialRepo = new CfnParameter(this, 'TutorialRepo', {
       type: 'String',

@@ -970,7 +970,6 @@ describe('VM settings', () => {
       MachineType: 'g4dn.xlarge',
       AmiId: '',
       AmiSsmParameter: DEFAULT_AMI_SSM_PARAMETER,
-      ClientImage: 'ghcr.io/talmolab/lablink-client-base-image:linux-amd64-latest',
       TutorialRepo: '',
       SubjectSoftware: 'sleap',
       StartupScriptB64: '',
@@ -981,6 +980,8 @@ describe('VM settings', () => {
       EnableSessionManager: 'false',
     };
     for (const [k, v] of Object.entries(defaults)) assert.deepEqual(p[k].Default, v, k);
+    // No default image: a default could only be a tag, and tags move.
+    assert.equal(p.ClientImage.Default, undefined, 'ClientImage is required');
     // Every default passes its own validation.
     for (const k of Object.keys(defaults)) {
       if (p[k].AllowedPattern) assert.match(String(p[k].Default), new RegExp(p[k].AllowedPattern), k);
@@ -1002,8 +1003,19 @@ describe('VM settings', () => {
     }
     const cases: Record<string, { ok: string[]; bad: string[] }> = {
       ClientImage: {
-        ok: ['ubuntu:22.04', 'registry.example.com:5000/team/image@sha256:0123abcd', 'lablink-test/client'],
-        bad: ['', 'image:tag extra', 'image\tx', 'image;reboot', '$(reboot)', '-image'],
+        ok: [
+          `ghcr.io/talmolab/lablink-client@sha256:${'0123456789abcdef'.repeat(4)}`,
+          `registry.example.com:5000/team/image@sha256:${'a'.repeat(64)}`,
+        ],
+        bad: [
+          '',
+          'ghcr.io/talmolab/lablink-client-base-image:linux-amd64-latest',
+          'ubuntu:22.04',
+          'registry.example.com:5000/team/image@sha256:0123abcd',
+          `image:tag extra@sha256:${'a'.repeat(64)}`,
+          `$(reboot)@sha256:${'a'.repeat(64)}`,
+          `-image@sha256:${'a'.repeat(64)}`,
+        ],
       },
       TutorialRepo: {
         ok: ['', 'https://github.com/talmolab/sleap-tutorial-data.git', 'git://127.0.0.1:9418/repo.git'],

@@ -118,10 +118,6 @@ pub struct Args {
     #[arg(long, env = "LABLINK_WORKSPACE_LABELS", default_value = "")]
     pub workspace_labels: String,
 
-    /// The Docker CLI (it honours DOCKER_HOST).
-    #[arg(long, env = "LABLINK_DOCKER", default_value = "docker")]
-    pub docker: PathBuf,
-
     /// Attempts at pulling the client image before the VM reports `error` (then it
     /// tries again every minute).
     #[arg(long, env = "LABLINK_PULL_ATTEMPTS", default_value_t = 5)]
@@ -182,7 +178,6 @@ pub struct WorkspaceConfig {
     pub startup_script: Option<PathBuf>,
     pub startup_on_error: OnError,
     pub startup_timeout: Duration,
-    pub docker: PathBuf,
     pub pull_attempts: u32,
     /// Extra `key=value` labels of the container.
     pub labels: Vec<String>,
@@ -427,7 +422,6 @@ impl Args {
                     startup_script,
                     startup_on_error,
                     startup_timeout: Duration::from_secs(self.startup_timeout_seconds),
-                    docker: self.docker,
                     pull_attempts: self.pull_attempts,
                 })
             }

@@ -6,7 +6,7 @@
 //! `chrome-remote-desktop@.service` unit; talmolab/lablink e25ef87b):
 //! - `/run/user/<uid>` made by root (0700, the user's) and the user's own `USER`,
 //!   `LOGNAME`, `HOME` and `XDG_RUNTIME_DIR` on every command, or start-host aborts
-//!   (SIGTRAP, exit 133): [`Workspace::ensure_runtime_dir`], [`Workspace::exec_as_user`];
+//!   (SIGTRAP, exit 133): [`Workspace::ensure_runtime_dir`], [`Workspace::as_user`];
 //! - start-host with `--no-start`, which only registers (`host#<hash>.json`); without it
 //!   start-host tries systemd and fails after registering (`starthost.rs`);
 //! - the host started as the unit starts it, `chrome-remote-desktop --start
@@ -19,11 +19,11 @@
 //! stopping it. Must not: run start-host (the assignment loop does, once per code), or
 //! run anything of CRD as root.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use bollard::container::LogOutput;
+use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::workspace::{Workspace, crd_host_script};
@@ -129,18 +129,20 @@ impl Desktop {
     async fn host_command(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
         let mut argv = vec![self.host_script.clone()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let mut cmd = self.ws.exec_as_user(env, &argv);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        match tokio::time::timeout(Duration::from_secs(40), cmd.output()).await {
-            Err(_) => Err(format!("{} did not answer within 40 s", args.join(" "))),
-            Ok(Err(e)) => Err(format!("cannot run docker exec: {e}")),
-            Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-            Ok(Ok(out)) => Err(format!(
+        let out = self
+            .ws
+            .exec(self.ws.as_user(env, &argv), Duration::from_secs(40))
+            .await
+            .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+        if out.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
                 "{} exited {}: {}",
                 args.join(" "),
-                out.status.code().map_or("by a signal".into(), |c| c.to_string()),
+                out.code.map_or("without a status".into(), |c| c.to_string()),
                 String::from_utf8_lossy(&out.stderr).trim()
-            )),
+            ))
         }
     }
 
@@ -204,50 +206,43 @@ impl Desktop {
         }
     }
 
-    /// Start the host, held by this task, until it exits or is no longer wanted.
+    /// Start the host, held by this task (an attached exec), until it exits or is no
+    /// longer wanted.
     async fn run_host(&self, want: &mut watch::Receiver<bool>) -> HostExit {
         let argv = [self.host_script.clone(), "--start".into(), "--new-session".into()];
         // The environment of the chrome-remote-desktop@.service unit.
         let env = [("XDG_SESSION_CLASS", "user"), ("XDG_SESSION_TYPE", "x11")];
-        let mut cmd = self.ws.exec_as_user(&env, &argv);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return HostExit::Failed(format!("cannot run docker exec: {e}")),
+        let (id, mut output) = match self.ws.exec_stream(self.ws.as_user(&env, &argv)).await {
+            Ok(started) => started,
+            Err(e) => return HostExit::Failed(format!("cannot start the host: {e}")),
         };
         // Keep the end of what it says, for the reason of a failure.
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let said = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut chunk).await {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > 16 * 1024 {
-                    buf.drain(..buf.len() - 8 * 1024);
-                }
-            }
-            String::from_utf8_lossy(&buf)
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .to_owned()
-        });
+        let mut said: Vec<u8> = Vec::new();
         let mut confirmed = false;
         let mut check = tokio::time::interval(Duration::from_millis(250));
-        let exit = loop {
+        loop {
             tokio::select! {
-                status = child.wait() => break status,
+                chunk = output.next() => match chunk {
+                    Some(Ok(LogOutput::StdErr { message } | LogOutput::StdOut { message })) => {
+                        said.extend_from_slice(&message);
+                        if said.len() > 16 * 1024 {
+                            said.drain(..said.len() - 8 * 1024);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    // The stream ends (or breaks) when the host's process does.
+                    Some(Err(_)) | None => break,
+                },
                 changed = want.changed() => {
                     if changed.is_err() || !*want.borrow() {
-                        // `--stop` ends the host; the held exec then returns.
+                        // `--stop` ends the host; its stream then ends.
                         if let Err(e) = self.host_command(&["--stop"], &[]).await {
                             tracing::warn!(error = %e, "chrome-remote-desktop --stop failed");
                         }
-                        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            while output.next().await.is_some() {}
+                        })
+                        .await;
                         return HostExit::Stopped;
                     }
                 }
@@ -258,24 +253,35 @@ impl Desktop {
                     }
                 }
             }
-        };
-        let last = tokio::time::timeout(Duration::from_secs(2), said)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        match exit {
-            Ok(s) if s.code() == Some(RELAUNCH_EXIT_CODE) => HostExit::Relaunch,
-            Ok(s) => HostExit::Failed(format!(
+        }
+        let last = String::from_utf8_lossy(&said)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        let mut code = None;
+        for _ in 0..50 {
+            match self.ws.exit_code(&id).await {
+                Ok(Some(c)) => {
+                    code = Some(c);
+                    break;
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => return HostExit::Failed(format!("the host's exit is unknown: {e}")),
+            }
+        }
+        match code {
+            Some(c) if c == i64::from(RELAUNCH_EXIT_CODE) => HostExit::Relaunch,
+            other => HostExit::Failed(format!(
                 "chrome-remote-desktop --start --new-session exited {}{}",
-                s.code().map_or("by a signal".into(), |c| c.to_string()),
+                other.map_or("without a status".into(), |c| c.to_string()),
                 if last.is_empty() {
                     String::new()
                 } else {
                     format!(": {last}")
                 }
             )),
-            Err(e) => HostExit::Failed(format!("waiting for the desktop host: {e}")),
         }
     }
 }

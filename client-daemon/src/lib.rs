@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crd;
+pub mod engine;
 pub mod enroll;
 pub mod export;
 pub mod logship;
@@ -261,7 +262,18 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     let workspace = cfg
         .workspace
         .as_ref()
-        .map(|w| Arc::new(Workspace::new(w, &cfg.hostname, &cfg.desktop_user)));
+        .map(|w| {
+            // One engine client for the daemon's life (the Docker Engine API over its
+            // socket; DOCKER_HOST when it names a unix socket).
+            let engine = engine::Engine::new().map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(Arc::new(Workspace::new(
+                Arc::new(engine),
+                w,
+                &cfg.hostname,
+                &cfg.desktop_user,
+            )))
+        })
+        .transpose()?;
 
     let (measured, warnings) = match &workspace {
         Some(ws) => prepare_workspace(&cfg, &api, &state, ws, gpu_present).await,

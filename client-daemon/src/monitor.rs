@@ -128,5 +128,4 @@ mod tests {
         assert_eq!(gpu_health(Path::new("/bin/true")).await, GpuHealth::Healthy);
         assert_eq!(gpu_health(Path::new("/bin/false")).await, GpuHealth::Unhealthy);
     }
-
 }

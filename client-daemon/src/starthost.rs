@@ -116,8 +116,9 @@ pub async fn run(
     let argv = crd.argv(host);
     let code = argv[1].strip_prefix("--code=").unwrap_or_default().to_owned();
     let secrets = [(code.as_str(), "<code>"), (pin, "<pin>")];
+    let pin_twice = format!("{pin}\n{pin}\n");
     // argv[0] is Google's path; the configured program replaces it.
-    let (mut cmd, path, in_container) = match runner {
+    let (status, code_, stdout, stderr, in_container) = match runner {
         Runner::Host {
             start_host,
             user_name,
@@ -127,13 +128,41 @@ pub async fn run(
             if let Some(u) = user_name {
                 cmd.arg(format!("--user-name={u}"));
             }
-            (cmd, start_host.display().to_string(), false)
+            // start-host and its children never see the VM's credential or enrollment
+            // secret.
+            cmd.env_remove("LABLINK_CREDENTIAL")
+                .env_remove("LABLINK_ENROLL_SECRET")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let path = start_host.display().to_string();
+            let mut child = cmd.spawn().map_err(|source| RunError::Spawn { path, source })?;
+            let mut stdin = child.stdin.take().expect("stdin is piped");
+            let write = async move {
+                // A program that exits without reading its stdin is not an error here.
+                let _ = stdin.write_all(pin_twice.as_bytes()).await;
+                let _ = stdin.shutdown().await;
+            };
+            let (_, out) = tokio::join!(write, tokio::time::timeout(timeout, child.wait_with_output()));
+            let out = match out {
+                Err(_) => return Err(RunError::Timeout(timeout)),
+                Ok(Err(e)) => return Err(RunError::Wait(e)),
+                Ok(Ok(out)) => out,
+            };
+            (
+                out.status.to_string(),
+                out.status.code(),
+                out.stdout,
+                out.stderr,
+                false,
+            )
         }
         Runner::Workspace {
             workspace,
             start_host,
         } => {
-            // `timeout` inside the container: killing `docker exec` would not stop it.
+            // `timeout` inside the container: ending the exec's stream would not stop it.
             let secs = timeout.as_secs().max(1).to_string();
             let mut inner: Vec<String> = vec![
                 "timeout".into(),
@@ -143,55 +172,40 @@ pub async fn run(
                 start_host.display().to_string(),
             ];
             inner.extend(argv[1..].iter().cloned());
-            // Register only: the host is started without systemd by `crd`.
+            // Register only: the host is started without systemd by the desktop's
+            // supervisor (`crd.rs`).
             inner.push(format!("--display-name={host}"));
             inner.push("--no-start".into());
-            let cmd = workspace.exec_as_user(&crd.env(), &inner);
-            (cmd, format!("{} in the workspace", start_host.display()), true)
+            let mut spec = workspace.as_user(&crd.env(), &inner);
+            spec.stdin = Some(pin_twice.into_bytes());
+            // In the container `timeout` ends it first; this is the backstop.
+            let out = workspace
+                .exec(spec, timeout + Duration::from_secs(15))
+                .await
+                .map_err(|e| RunError::Spawn {
+                    path: format!("{} in the workspace", start_host.display()),
+                    source: std::io::Error::other(e),
+                })?;
+            let code = out.code.and_then(|c| i32::try_from(c).ok());
+            let status = code.map_or_else(|| "no exit status".to_owned(), |c| format!("exit status: {c}"));
+            (status, code, out.stdout, out.stderr, true)
         }
     };
-    // start-host and its children never see the VM's credential or enrollment secret.
-    cmd.env_remove("LABLINK_CREDENTIAL")
-        .env_remove("LABLINK_ENROLL_SECRET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { path, source })?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let pin_twice = format!("{pin}\n{pin}\n");
-    let write = async move {
-        // A program that exits without reading its stdin is not an error here.
-        let _ = stdin.write_all(pin_twice.as_bytes()).await;
-        let _ = stdin.shutdown().await;
-    };
-    // In the container `timeout` ends it first; this is the backstop.
-    let limit = if in_container {
-        timeout + Duration::from_secs(15)
-    } else {
-        timeout
-    };
-    let (_, out) = tokio::join!(write, tokio::time::timeout(limit, child.wait_with_output()));
-    let out = match out {
-        Err(_) => return Err(RunError::Timeout(timeout)),
-        Ok(Err(e)) => return Err(RunError::Wait(e)),
-        Ok(Ok(out)) => out,
-    };
-    let stdout = redacted_tail(&clip(&out.stdout), &secrets);
-    let stderr = redacted_tail(&clip(&out.stderr), &secrets);
+    let stdout = redacted_tail(&clip(&stdout), &secrets);
+    let stderr = redacted_tail(&clip(&stderr), &secrets);
     if !stderr.is_empty() {
         tracing::info!(stderr = %stderr, "start-host stderr");
     }
-    if out.status.success() {
+    if code_ == Some(0) {
         return Ok(stdout);
     }
     // coreutils' `timeout` exits 124 (137 when it had to kill).
-    if in_container && matches!(out.status.code(), Some(124 | 137)) {
+    if in_container && matches!(code_, Some(124 | 137)) {
         return Err(RunError::Timeout(timeout));
     }
     Err(RunError::Failed {
-        status: out.status.to_string(),
-        code: out.status.code(),
+        status,
+        code: code_,
         output: if stderr.is_empty() { stdout } else { stderr },
     })
 }

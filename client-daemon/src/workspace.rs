@@ -1,5 +1,5 @@
 //! The participant's workspace: ONE long-lived container per VM, run from the client
-//! image on the host's Docker engine (through the `docker` CLI), as the classic system
+//! image on the host's Docker engine (through its API: [`crate::engine`]), as the classic system
 //! did (seed 003 §3, seed 004 §4.5), but prepared and supervised by this daemon.
 //!
 //! Owns: pulling the image (with retries), creating the container (labelled
@@ -16,16 +16,22 @@
 //! init), run anything in it as root but the admin's startup script, or pass a value
 //! through a shell.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bollard::container::{Config, LogOutput};
+use bollard::models::{DeviceRequest, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use lablink_core::domain::Hostname;
 use lablink_wire::RawTimings;
 use serde::{Deserialize, Serialize};
-use tokio::process::Command;
+use tokio::io::AsyncWriteExt;
+
+pub use crate::engine::ContainerState;
+use crate::engine::{Engine, ExecOutput, ExecSpec};
 
 use crate::config::{OnError, WorkspaceConfig};
 use crate::state::StateDir;
@@ -86,16 +92,8 @@ struct Record {
     script_started: bool,
 }
 
-/// The container as Docker sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerState {
-    pub id: String,
-    pub running: bool,
-    pub started_at: String,
-}
-
 pub struct Workspace {
-    docker: PathBuf,
+    engine: Arc<Engine>,
     image: String,
     host: Hostname,
     user: String,
@@ -132,17 +130,6 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The last non-empty line of a command's stderr (or stdout), for a reason.
-fn last_line(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr);
-    let std = String::from_utf8_lossy(&out.stdout);
-    err.lines()
-        .chain(std.lines())
-        .rfind(|l| !l.trim().is_empty())
-        .map(|l| l.trim().chars().take(300).collect())
-        .unwrap_or_else(|| out.status.to_string())
-}
-
 /// The last lines of `text`, for a report.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -173,9 +160,9 @@ pub fn clone_dir_name(repo: &str) -> String {
 }
 
 impl Workspace {
-    pub fn new(cfg: &WorkspaceConfig, host: &Hostname, user: &str) -> Self {
+    pub fn new(engine: Arc<Engine>, cfg: &WorkspaceConfig, host: &Hostname, user: &str) -> Self {
         Self {
-            docker: cfg.docker.clone(),
+            engine,
             image: cfg.image.clone(),
             host: host.clone(),
             user: user.to_owned(),
@@ -209,40 +196,14 @@ impl Workspace {
         &self.user
     }
 
-    fn command(&self) -> Command {
-        let mut c = Command::new(&self.docker);
-        // Nothing the daemon is given reaches Docker or the container.
-        c.env_remove("LABLINK_CREDENTIAL")
-            .env_remove("LABLINK_ENROLL_SECRET")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        c
-    }
-
-    /// Run the CLI; its output when it succeeded, else the reason.
-    async fn docker(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
-        let run = self.command().args(args).output();
-        match tokio::time::timeout(timeout, run).await {
-            Err(_) => Err(format!("docker {} did not finish within {timeout:?}", args[0])),
-            Ok(Err(e)) => Err(format!("cannot run {}: {e}", self.docker.display())),
-            Ok(Ok(out)) if out.status.success() => Ok(out),
-            Ok(Ok(out)) => Err(last_line(&out)),
-        }
-    }
-
     /// The engine answers (it may start after this daemon at boot: retried a minute).
-    async fn engine(&self) -> Result<(), PrepError> {
+    async fn engine_ready(&self) -> Result<(), PrepError> {
         let mut last = String::new();
         for _ in 0..30 {
-            match self
-                .docker(
-                    &["version", "--format", "{{.Server.Version}}"],
-                    Duration::from_secs(20),
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e,
+            match tokio::time::timeout(Duration::from_secs(20), self.engine.ready()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = "no answer within 20 s".into(),
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -253,59 +214,25 @@ impl Workspace {
 
     /// The container, if it exists.
     pub async fn state(&self) -> Result<Option<ContainerState>, String> {
-        let out = self
-            .command()
-            .args([
-                "inspect",
-                "--type",
-                "container",
-                "--format",
-                "{{.Id}}|{{.State.Running}}|{{.State.StartedAt}}",
-                &self.name,
-            ])
-            .output()
+        tokio::time::timeout(Duration::from_secs(30), self.engine.inspect(&self.name))
             .await
-            .map_err(|e| format!("cannot run {}: {e}", self.docker.display()))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            if err.contains("No such") {
-                return Ok(None);
-            }
-            return Err(last_line(&out));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut parts = text.trim().splitn(3, '|');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(id), Some(running), Some(started)) => Ok(Some(ContainerState {
-                id: id.to_owned(),
-                running: running == "true",
-                started_at: started.to_owned(),
-            })),
-            _ => Err(format!("docker inspect printed {text:?}")),
-        }
+            .unwrap_or_else(|_| Err("the engine did not answer within 30 s".into()))
     }
 
     /// Make the image present: kept when it is on the host, else pulled with retries.
     async fn pull(&self, attempts: u32) -> Result<(), PrepError> {
-        if self
-            .docker(
-                &["image", "inspect", "--format", "{{.Id}}", &self.image],
-                Duration::from_secs(30),
-            )
-            .await
-            .is_ok()
-        {
+        if self.engine.image_present(&self.image).await {
             tracing::info!(image = %self.image, "the client image is on this host");
             return Ok(());
         }
         let mut last = String::new();
         for attempt in 1..=attempts {
             tracing::info!(image = %self.image, attempt, "pulling the client image");
-            match self
-                .docker(&["pull", "--quiet", &self.image], Duration::from_secs(30 * 60))
+            let pulled = tokio::time::timeout(Duration::from_secs(30 * 60), self.engine.pull(&self.image))
                 .await
-            {
-                Ok(_) => return Ok(()),
+                .unwrap_or_else(|_| Err("did not finish within 30 minutes".into()));
+            match pulled {
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "pulling the client image failed");
                     last = e;
@@ -321,70 +248,69 @@ impl Workspace {
         )))
     }
 
-    /// The `docker run` arguments of the workspace container.
-    pub fn run_args(&self, gpu: bool, env: &[(&str, String)]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "run".into(),
-            "--detach".into(),
-            "--name".into(),
-            self.name.clone(),
-            "--label".into(),
-            format!("lablink.hostname={}", self.host),
-            "--network".into(),
-            "host".into(),
-            "--restart".into(),
-            "unless-stopped".into(),
+    /// The workspace container's settings (as `docker run` would have them: labelled,
+    /// host network, restart policy, Docker's init, no-new-privileges, capabilities
+    /// dropped, the home on its volume, the GPU when asked).
+    pub fn container_config(&self, gpu: bool, env: &[(&str, String)]) -> Config<String> {
+        let mut labels = HashMap::from([("lablink.hostname".to_owned(), self.host.to_string())]);
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        let host_config = HostConfig {
+            network_mode: Some("host".into()),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
             // Docker's init reaps what start-host and the desktop leave behind.
-            "--init".into(),
+            init: Some(true),
             // Neither sudo nor any set-uid program in the image makes the desktop user
             // root (the kernel ignores set-uid bits under no_new_privs).
-            "--security-opt".into(),
-            "no-new-privileges".into(),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
             // Browsers keep their renderers' memory in /dev/shm; Docker's 64 MB makes
             // tabs crash.
-            "--shm-size".into(),
-            "1g".into(),
-            "--volume".into(),
-            format!("{}:/home", self.volume),
-        ];
-        for cap in DROPPED_CAPABILITIES {
-            a.extend(["--cap-drop".into(), cap.into()]);
+            shm_size: Some(1 << 30),
+            binds: Some(vec![format!("{}:/home", self.volume)]),
+            // `--gpus all`.
+            device_requests: gpu.then(|| {
+                vec![DeviceRequest {
+                    driver: Some(String::new()),
+                    count: Some(-1),
+                    capabilities: Some(vec![vec!["gpu".into()]]),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        };
+        Config {
+            image: Some(self.image.clone()),
+            // Not the image's entrypoint (its classic services): a process that only waits.
+            entrypoint: Some(vec!["sleep".into()]),
+            cmd: Some(vec!["infinity".into()]),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
         }
-        for l in &self.labels {
-            a.extend(["--label".into(), l.clone()]);
-        }
-        if gpu {
-            a.extend(["--gpus".into(), "all".into()]);
-        }
-        for (k, v) in env {
-            a.extend(["--env".into(), format!("{k}={v}")]);
-        }
-        // Not the image's entrypoint (its classic services): a process that only waits.
-        a.extend([
-            "--entrypoint".into(),
-            "sleep".into(),
-            self.image.clone(),
-            "infinity".into(),
-        ]);
-        a
     }
 
     async fn create(&self, gpu: bool, env: &[(&str, String)]) -> Result<(), PrepError> {
-        let args = self.run_args(gpu, env);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.docker(&args, Duration::from_secs(120))
-            .await
-            .map(|_| ())
-            .map_err(|e| PrepError::Retry(format!("cannot start the workspace container: {e}")))
+        let config = self.container_config(gpu, env);
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            self.engine.create_and_start(&self.name, config),
+        )
+        .await
+        .unwrap_or_else(|_| Err("did not finish within 120 s".into()))
+        .map_err(|e| PrepError::Retry(format!("cannot start the workspace container: {e}")))
     }
 
     /// Find the desktop user's home (and that the user exists).
     async fn resolve_home(&self) -> Result<String, PrepError> {
         let out = self
-            .docker(
-                &["exec", &self.name, "getent", "passwd", &self.user],
-                Duration::from_secs(30),
-            )
+            .exec_as_root(&["getent", "passwd", &self.user], Duration::from_secs(30))
             .await
             .map_err(|e| {
                 PrepError::Fatal(format!(
@@ -425,28 +351,44 @@ impl Workspace {
         Ok(home)
     }
 
-    /// `docker exec` as the desktop user in its home, with `env`, running `argv`.
-    /// The desktop user's own `USER`, `LOGNAME`, `HOME` and `XDG_RUNTIME_DIR` are
-    /// always set: Chrome Remote Desktop 148 aborts on a `$USER` that is not the running
-    /// user, or without its runtime directory (talmolab/lablink 566cda91, e25ef87b).
-    pub fn exec_as_user(&self, env: &[(&str, &str)], argv: &[String]) -> Command {
+    /// `argv` as the desktop user in its home, with `env`. The desktop user's own
+    /// `USER`, `LOGNAME`, `HOME` and `XDG_RUNTIME_DIR` are always set: Chrome Remote
+    /// Desktop 148 aborts on a `$USER` that is not the running user, or without its
+    /// runtime directory (talmolab/lablink 566cda91, e25ef87b).
+    pub fn as_user(&self, env: &[(&str, &str)], argv: &[String]) -> ExecSpec {
         let home = self.home();
-        let mut c = self.command();
-        c.args(["exec", "--interactive", "--user", &self.user, "--workdir", &home])
-            .arg("--env")
-            .arg(format!("HOME={home}"))
-            .arg("--env")
-            .arg(format!("USER={}", self.user))
-            .arg("--env")
-            .arg(format!("LOGNAME={}", self.user));
+        let mut vars = vec![
+            format!("HOME={home}"),
+            format!("USER={}", self.user),
+            format!("LOGNAME={}", self.user),
+        ];
         if let Some(u) = self.user_info.get() {
-            c.arg("--env").arg(format!("XDG_RUNTIME_DIR={}", u.runtime_dir()));
+            vars.push(format!("XDG_RUNTIME_DIR={}", u.runtime_dir()));
         }
-        for (k, v) in env {
-            c.arg("--env").arg(format!("{k}={v}"));
+        vars.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        ExecSpec {
+            user: self.user.clone(),
+            workdir: Some(home),
+            env: vars,
+            cmd: argv.to_vec(),
+            stdin: None,
         }
-        c.arg(&self.name).args(argv);
-        c
+    }
+
+    /// Run `spec` in the workspace to its end (up to `limit`); its exit code and output.
+    pub async fn exec(&self, spec: ExecSpec, limit: Duration) -> Result<ExecOutput, String> {
+        self.engine.exec(&self.name, spec, limit).await
+    }
+
+    /// Start `spec` in the workspace and hand back its exec id and output stream (the
+    /// desktop host, held for its life).
+    pub async fn exec_stream(&self, spec: ExecSpec) -> Result<(String, crate::engine::ExecStream), String> {
+        self.engine.exec_stream(&self.name, spec).await
+    }
+
+    /// The exit code of an exec started with [`Self::exec_stream`] (`None` while it runs).
+    pub async fn exit_code(&self, exec_id: &str) -> Result<Option<i64>, String> {
+        self.engine.exit_code(exec_id).await
     }
 
     /// Create the desktop user's runtime directory (`/run/user/<uid>`, 0700, the user's
@@ -459,11 +401,8 @@ impl Workspace {
             .get()
             .ok_or_else(|| "the desktop user is not known yet".to_owned())?;
         let (uid, gid, dir) = (u.uid.to_string(), u.gid.to_string(), u.runtime_dir());
-        self.docker(
-            &[
-                "exec", "--user", "0", &self.name, "install", "-d", "-m", "0700", "-o", &uid, "-g", &gid,
-                &dir,
-            ],
+        self.exec_as_root(
+            &["install", "-d", "-m", "0700", "-o", &uid, "-g", &gid, &dir],
             Duration::from_secs(20),
         )
         .await
@@ -471,11 +410,36 @@ impl Workspace {
         .map_err(|e| format!("creating {dir}: {e}"))
     }
 
-    /// Run `argv` as root in the container (the daemon's own steps); its output.
-    pub async fn exec_as_root(&self, argv: &[&str], timeout: Duration) -> Result<Output, String> {
-        let mut args = vec!["exec", "--user", "0", self.name.as_str()];
-        args.extend_from_slice(argv);
-        self.docker(&args, timeout).await
+    /// Run `argv` as root in the container (the daemon's own steps); its output when it
+    /// exits 0, else the reason.
+    pub async fn exec_as_root(&self, argv: &[&str], timeout: Duration) -> Result<ExecOutput, String> {
+        let spec = ExecSpec {
+            user: "0".into(),
+            cmd: argv.iter().map(|a| (*a).to_owned()).collect(),
+            ..ExecSpec::default()
+        };
+        let out = self.exec(spec, timeout).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(out.last_line())
+        }
+    }
+
+    /// Run `argv` as the desktop user; its output when it exits 0, else the reason.
+    async fn exec_as_user_ok(
+        &self,
+        env: &[(&str, &str)],
+        argv: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecOutput, String> {
+        let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+        let out = self.exec(self.as_user(env, &argv), timeout).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(out.last_line())
+        }
     }
 
     /// What of the client image contract (docs/deploy.md, "Client image") this image
@@ -531,13 +495,9 @@ impl Workspace {
 
     /// The host pids of the container's processes (`docker top`).
     pub async fn pids(&self) -> Result<Vec<u32>, String> {
-        let out = self
-            .docker(&["top", &self.name, "-o", "pid"], Duration::from_secs(20))
-            .await?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect())
+        tokio::time::timeout(Duration::from_secs(20), self.engine.pids(&self.name))
+            .await
+            .unwrap_or_else(|_| Err("the engine did not answer within 20 s".into()))
     }
 
     /// Wait (up to `limit`) until no process named like `program` (its file name) runs in
@@ -575,19 +535,9 @@ impl Workspace {
     /// `host#*.json` in its config directory, on the home volume).
     pub async fn registered(&self) -> bool {
         let dir = format!("{}/.config/chrome-remote-desktop", self.home());
-        self.docker(
-            &[
-                "exec",
-                "--user",
-                &self.user,
-                &self.name,
-                "find",
-                &dir,
-                "-maxdepth",
-                "1",
-                "-name",
-                "host#*.json",
-            ],
+        self.exec_as_user_ok(
+            &[],
+            &["find", &dir, "-maxdepth", "1", "-name", "host#*.json"],
             Duration::from_secs(20),
         )
         .await
@@ -596,13 +546,7 @@ impl Workspace {
 
     /// Where the home volume lies on this host (the data export reads it).
     pub async fn home_volume_dir(&self) -> Result<PathBuf, String> {
-        let out = self
-            .docker(
-                &["volume", "inspect", "--format", "{{.Mountpoint}}", &self.volume],
-                Duration::from_secs(20),
-            )
-            .await?;
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        self.engine.volume_dir(&self.volume).await
     }
 
     /// Clone `repo` onto the desktop user's Desktop, as that user. `Ok(false)` when it
@@ -611,45 +555,33 @@ impl Workspace {
         let desktop = format!("{}/Desktop", self.home());
         let dest = format!("{desktop}/{}", clone_dir_name(repo));
         if self
-            .docker(
-                &["exec", &self.name, "test", "-e", &dest],
-                Duration::from_secs(20),
-            )
+            .exec_as_root(&["test", "-e", &dest], Duration::from_secs(20))
             .await
             .is_ok()
         {
             return Ok(false);
         }
-        self.docker(
-            &["exec", "--user", &self.user, &self.name, "mkdir", "-p", &desktop],
-            Duration::from_secs(20),
-        )
-        .await?;
-        let home = format!("HOME={}", self.home());
-        self.docker(
+        self.exec_as_user_ok(&[], &["mkdir", "-p", &desktop], Duration::from_secs(20))
+            .await?;
+        // A private repository fails instead of waiting for a password.
+        let mut spec = self.as_user(
+            &[("GIT_TERMINAL_PROMPT", "0")],
             &[
-                "exec",
-                "--user",
-                &self.user,
-                "--env",
-                &home,
-                // A private repository fails instead of waiting for a password.
-                "--env",
-                "GIT_TERMINAL_PROMPT=0",
-                "--workdir",
-                &desktop,
-                &self.name,
-                "git",
-                "clone",
-                "--quiet",
-                "--",
-                repo,
-                &dest,
+                "git".into(),
+                "clone".into(),
+                "--quiet".into(),
+                "--".into(),
+                repo.into(),
+                dest.clone(),
             ],
-            Duration::from_secs(15 * 60),
-        )
-        .await
-        .map(|_| true)
+        );
+        spec.workdir = Some(desktop);
+        let out = self.exec(spec, Duration::from_secs(15 * 60)).await?;
+        if out.success() {
+            Ok(true)
+        } else {
+            Err(out.last_line())
+        }
     }
 
     /// Copy the startup script into the container (mode 0755, owned by root) and run it
@@ -681,43 +613,48 @@ impl Workspace {
             .append_data(&mut header, SCRIPT_NAME, body.as_slice())
             .and_then(|()| archive.into_inner())
             .map_err(|e| fail(format!("packing the startup script: {e}")))?;
-        let mut cp = self.command();
-        cp.args(["cp", "-", &format!("{}:{SCRIPT_DIR}", self.name)])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cp
-            .spawn()
-            .map_err(|e| fail(format!("cannot run docker cp: {e}")))?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let write = async move {
-            use tokio::io::AsyncWriteExt;
-            let r = stdin.write_all(&tarball).await;
-            drop(stdin);
-            r
-        };
-        let (w, out) = tokio::join!(write, child.wait_with_output());
-        match (w, out) {
-            (Ok(()), Ok(o)) if o.status.success() => {}
-            (_, Ok(o)) => return Err(fail(format!("copying the startup script in: {}", last_line(&o)))),
-            (_, Err(e)) => return Err(fail(format!("copying the startup script in: {e}"))),
-        }
-        let file = std::fs::File::create(log).map_err(|e| fail(format!("{}: {e}", log.display())))?;
-        let err = file.try_clone().map_err(|e| fail(e.to_string()))?;
+        self.engine
+            .upload(&self.name, SCRIPT_DIR, tarball)
+            .await
+            .map_err(|e| fail(format!("copying the startup script in: {e}")))?;
+        let mut file = tokio::fs::File::create(log)
+            .await
+            .map_err(|e| fail(format!("{}: {e}", log.display())))?;
         let secs = timeout.as_secs().max(1).to_string();
-        let user = format!("LABLINK_DESKTOP_USER={}", self.user);
-        let home = format!("LABLINK_DESKTOP_HOME={}", self.home());
         let path = format!("{SCRIPT_DIR}/{SCRIPT_NAME}");
-        let mut run = self.command();
-        run.args([
-            "exec", "--user", "root", "--env", &user, "--env", &home, &self.name, "timeout", "-k", "10",
-            &secs, &path,
-        ])
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::from(err));
-        let status = match tokio::time::timeout(timeout + Duration::from_secs(30), run.status()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(fail(format!("cannot run docker exec: {e}"))),
+        let spec = ExecSpec {
+            user: "root".into(),
+            env: vec![
+                format!("LABLINK_DESKTOP_USER={}", self.user),
+                format!("LABLINK_DESKTOP_HOME={}", self.home()),
+            ],
+            cmd: ["timeout", "-k", "10", &secs, &path].map(str::to_owned).to_vec(),
+            ..ExecSpec::default()
+        };
+        // Its output goes to the log as it comes (stdout and stderr interleaved).
+        let run = async {
+            let (id, mut output) = self.engine.exec_stream(&self.name, spec).await?;
+            while let Some(chunk) = output.next().await {
+                let bytes = match chunk.map_err(|e| e.to_string())? {
+                    LogOutput::StdOut { message }
+                    | LogOutput::StdErr { message }
+                    | LogOutput::Console { message } => message,
+                    LogOutput::StdIn { .. } => continue,
+                };
+                file.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            }
+            let _ = file.flush().await;
+            for _ in 0..50 {
+                if let Some(code) = self.engine.exit_code(&id).await? {
+                    return Ok(code);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err("the engine reports no exit status".to_owned())
+        };
+        let code = match tokio::time::timeout(timeout + Duration::from_secs(30), run).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(fail(format!("cannot run the startup script: {e}"))),
             Err(_) => return Err(fail(format!("did not finish within {timeout:?}"))),
         };
         let output = std::fs::read(log).unwrap_or_default();
@@ -725,12 +662,11 @@ impl Workspace {
         for line in last.lines() {
             tracing::info!(target: "startup_script", "{line}");
         }
-        if status.success() {
-            Ok(())
-        } else if matches!(status.code(), Some(124 | 137)) {
-            Err((status.code(), format!("killed after {timeout:?}\n{last}")))
-        } else {
-            Err((status.code(), last))
+        let code = i32::try_from(code).ok();
+        match code {
+            Some(0) => Ok(()),
+            Some(124 | 137) => Err((code, format!("killed after {timeout:?}\n{last}"))),
+            _ => Err((code, last)),
         }
     }
 
@@ -761,17 +697,15 @@ impl Workspace {
         start_host: &Path,
     ) -> Result<Prepared, PrepError> {
         let mut t = RawTimings::default();
-        self.engine().await?;
+        self.engine_ready().await?;
         let existing = self.state().await.map_err(PrepError::Retry)?;
         let container = match existing {
             Some(c) => {
                 if !c.running {
                     tracing::info!(container = %self.name, "starting the stopped workspace container");
-                    self.docker(&["start", &self.name], Duration::from_secs(120))
-                        .await
-                        .map_err(|e| {
-                            PrepError::Retry(format!("cannot start the workspace container: {e}"))
-                        })?;
+                    self.engine.start(&self.name).await.map_err(|e| {
+                        PrepError::Retry(format!("cannot start the workspace container: {e}"))
+                    })?;
                 }
                 c
             }
@@ -895,7 +829,8 @@ impl Workspace {
             None
         };
         // The container first: nothing may write to the volume while it is moved.
-        self.docker(&["rm", "--force", &self.name], Duration::from_secs(120))
+        self.engine
+            .remove(&self.name)
             .await
             .map_err(|e| format!("removing the workspace container: {e}"))?;
         if let Some(home) = home {
@@ -909,13 +844,11 @@ impl Workspace {
                 }
             }
         }
-        // `--force`: a volume already gone (a retried reset) is no error.
-        self.docker(
-            &["volume", "rm", "--force", &self.volume],
-            Duration::from_secs(120),
-        )
-        .await
-        .map_err(|e| format!("removing the home volume: {e}"))?;
+        // A volume already gone (a retried reset) is no error.
+        self.engine
+            .remove_volume(&self.volume)
+            .await
+            .map_err(|e| format!("removing the home volume: {e}"))?;
         // What was done for the old container no longer applies.
         state
             .remove_file(RECORD)
@@ -930,10 +863,7 @@ impl Workspace {
             Ok(Some(c)) if c.running => {}
             Ok(Some(_)) => {
                 tracing::warn!(container = %self.name, "the workspace container stopped; starting it");
-                if let Err(e) = self
-                    .docker(&["start", &self.name], Duration::from_secs(120))
-                    .await
-                {
+                if let Err(e) = self.engine.start(&self.name).await {
                     tracing::error!(error = %e, "cannot start the workspace container");
                 }
             }
@@ -1044,40 +974,62 @@ mod tests {
     #[test]
     fn the_container_gets_the_gpu_only_when_asked_and_never_the_images_entrypoint() {
         let cfg = WorkspaceConfig {
-            image: "ghcr.io/talmolab/lablink-client-base-image:v1".into(),
+            image: "ghcr.io/org/lablink-client@sha256:00".into(),
             tutorial_repo: None,
             startup_script: None,
             startup_on_error: OnError::Continue,
             startup_timeout: Duration::from_secs(60),
-            docker: "docker".into(),
             pull_attempts: 1,
             labels: vec!["lablink.local-runner=/tmp/x".into()],
         };
         let host = Hostname::parse("lablink-vm-3").unwrap();
-        let w = Workspace::new(&cfg, &host, "client");
+        let w = Workspace::new(Arc::new(Engine::new().unwrap()), &cfg, &host, "client");
         let env = [("VM_NAME", "lablink-vm-3".to_owned())];
-        let with = w.run_args(true, &env).join(" ");
-        let without = w.run_args(false, &env).join(" ");
-        assert!(with.contains("--gpus all"), "{with}");
-        assert!(!without.contains("--gpus"), "{without}");
-        assert!(
-            without.contains("--label lablink.hostname=lablink-vm-3 --network host --restart unless-stopped")
+        let with = w.container_config(true, &env);
+        let without = w.container_config(false, &env);
+        let gpus = with
+            .host_config
+            .as_ref()
+            .unwrap()
+            .device_requests
+            .clone()
+            .unwrap();
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(
+            (gpus[0].count, gpus[0].driver.as_deref()),
+            (Some(-1), Some("")),
+            "--gpus all"
         );
-        assert!(
-            without
-                .contains("--init --security-opt no-new-privileges --shm-size 1g --volume lablink-home-lablink-vm-3:/home"),
-            "{without}"
+        assert_eq!(gpus[0].capabilities, Some(vec![vec!["gpu".to_owned()]]));
+        let h = without.host_config.clone().unwrap();
+        assert_eq!(h.device_requests, None, "no GPU unless asked");
+        assert_eq!(h.network_mode.as_deref(), Some("host"));
+        assert_eq!(
+            h.restart_policy.and_then(|r| r.name),
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
         );
-        assert!(
-            without.contains(
-                "--cap-drop AUDIT_WRITE --cap-drop MKNOD --cap-drop NET_RAW --cap-drop SETPCAP --cap-drop SYS_CHROOT \
-                 --label lablink.local-runner=/tmp/x"
-            ),
-            "{without}"
+        assert_eq!(h.init, Some(true));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!(h.shm_size, Some(1 << 30));
+        assert_eq!(h.binds, Some(vec!["lablink-home-lablink-vm-3:/home".to_owned()]));
+        assert_eq!(
+            h.cap_drop,
+            Some(
+                ["AUDIT_WRITE", "MKNOD", "NET_RAW", "SETPCAP", "SYS_CHROOT"]
+                    .map(String::from)
+                    .to_vec()
+            )
         );
-        assert!(without.ends_with(
-            "--env VM_NAME=lablink-vm-3 --entrypoint sleep ghcr.io/talmolab/lablink-client-base-image:v1 infinity"
-        ));
+        let labels = without.labels.clone().unwrap();
+        assert_eq!(labels["lablink.hostname"], "lablink-vm-3");
+        assert_eq!(labels["lablink.local-runner"], "/tmp/x");
+        assert_eq!(without.env, Some(vec!["VM_NAME=lablink-vm-3".to_owned()]));
+        assert_eq!(without.entrypoint, Some(vec!["sleep".to_owned()]));
+        assert_eq!(without.cmd, Some(vec!["infinity".to_owned()]));
+        assert_eq!(
+            without.image.as_deref(),
+            Some("ghcr.io/org/lablink-client@sha256:00")
+        );
     }
 
     #[test]

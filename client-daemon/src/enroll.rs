@@ -17,6 +17,8 @@ use lablink_wire::{EnrollRequest, Enrollment as Enrolled};
 use crate::Backoff;
 
 const IMDS: &str = "http://169.254.169.254";
+/// Refusals retried with the back-off (about two minutes in all) before the 5-minute waits.
+const EARLY_REFUSALS: u32 = 8;
 
 /// What enrollment needs.
 pub struct Enrollment<'a> {
@@ -102,6 +104,7 @@ pub async fn enroll(e: &Enrollment<'_>) -> String {
         instance_id: instance_id.clone(),
         enrollment_secret: e.secret.to_owned(),
     };
+    let mut refused = 0u32;
     loop {
         let resp = http
             .post(&url)
@@ -138,6 +141,15 @@ pub async fn enroll(e: &Enrollment<'_>) -> String {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
                 if matches!(status.as_u16(), 403 | 409) {
+                    // The launch job records its instances only once they exist: a VM
+                    // (a local one, at once) may ask before its record is there. The
+                    // first refusals are retried with the back-off; then every 5 minutes.
+                    refused += 1;
+                    if refused <= EARLY_REFUSALS {
+                        tracing::warn!(%status, body = %body.chars().take(300).collect::<String>(), refused, "enrollment refused; the launch may not have recorded this instance yet, retrying");
+                        backoff.wait().await;
+                        continue;
+                    }
                     tracing::error!(%status, body = %body.chars().take(300).collect::<String>(), "enrollment refused; retrying in 5 minutes");
                     tokio::time::sleep(Duration::from_secs(300)).await;
                 } else {

@@ -78,3 +78,50 @@ async fn a_lost_enrollment_answer_is_retried_and_saved_whole() {
     assert_eq!(cfg.hostname.as_str(), "lablink-vm-7");
     assert_eq!(cfg.credential.as_deref(), Some("credential-2"));
 }
+
+/// A VM that asks before its launch job recorded it (the local runner's VMs start at
+/// once) is refused at first: it asks again within seconds, not after five minutes.
+#[tokio::test]
+async fn an_enrollment_refused_before_the_launch_recorded_the_vm_is_retried_soon() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/api/enroll",
+        post({
+            let calls = Arc::clone(&calls);
+            move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if n <= 2 {
+                        return (
+                            axum::http::StatusCode::FORBIDDEN,
+                            "{\"error\":\"the enrollment secret is not this instance's launch job's\"}"
+                                .to_owned(),
+                        );
+                    }
+                    (
+                        axum::http::StatusCode::OK,
+                        "{\"hostname\":\"lablink-vm-8\",\"credential\":\"c\"}".to_owned(),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let state = tempfile::tempdir().unwrap();
+    let api: reqwest::Url = format!("http://{addr}/").parse().unwrap();
+    let enrolled = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        lablink_client_daemon::enroll::enroll(&lablink_client_daemon::enroll::Enrollment {
+            api_url: &api,
+            secret: "launch-secret",
+            instance_id: Some("i-0def"),
+            record_file: &state.path().join("enrollment.json"),
+        }),
+    )
+    .await
+    .expect("enrolled after two refusals, without a five-minute wait");
+    assert_eq!(enrolled, "lablink-vm-8");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

@@ -95,10 +95,6 @@ impl Desktop {
         if stopped.is_err() {
             tracing::warn!("the desktop host did not stop within 40 s");
         }
-        // A host started by an earlier daemon is not held by this one: stop it by name.
-        if let Err(e) = self.host_command(&["--stop"], &[]).await {
-            tracing::warn!(error = %e, "chrome-remote-desktop --stop failed");
-        }
     }
 
     /// Want the host and wait (up to `limit`) until it runs. Err: why it does not.
@@ -168,8 +164,16 @@ impl Desktop {
     async fn supervise(self: Arc<Self>) {
         let mut want = self.want.subscribe();
         let mut backoff = FIRST_BACKOFF;
+        // Watching a host an earlier daemon started (not held by this one).
+        let mut adopted = false;
         loop {
             if !*want.borrow_and_update() {
+                if std::mem::take(&mut adopted) {
+                    // Not held: stopped by name.
+                    if let Err(e) = self.host_command(&["--stop"], &[]).await {
+                        tracing::warn!(error = %e, "chrome-remote-desktop --stop failed");
+                    }
+                }
                 self.set(HostState::Stopped);
                 if want.changed().await.is_err() {
                     return;
@@ -180,11 +184,13 @@ impl Desktop {
             // A host an earlier daemon started goes on in the container (killing
             // `docker exec` does not stop it): watch it instead of starting another.
             if self.ws.ensure_runtime_dir().await.is_ok() && self.started().await {
+                adopted = true;
                 self.set(HostState::Running);
                 backoff = FIRST_BACKOFF;
                 let _ = tokio::time::timeout(ADOPTED_CHECK, want.changed()).await;
                 continue;
             }
+            adopted = false;
             self.set(HostState::Starting);
             let outcome = match self.ws.ensure_runtime_dir().await {
                 Ok(()) => self.run_host(&mut want).await,

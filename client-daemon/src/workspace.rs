@@ -101,6 +101,8 @@ pub struct Workspace {
     volume: String,
     labels: Vec<String>,
     user_info: OnceLock<UserInfo>,
+    /// The container start (`StartedAt`) the runtime directory was last made for.
+    runtime_dir_for: std::sync::Mutex<Option<String>>,
 }
 
 /// The desktop user as the image's `/etc/passwd` has it.
@@ -170,6 +172,7 @@ impl Workspace {
             volume: format!("lablink-home-{host}"),
             labels: cfg.labels.clone(),
             user_info: OnceLock::new(),
+            runtime_dir_for: std::sync::Mutex::new(None),
         }
     }
 
@@ -396,6 +399,18 @@ impl Workspace {
     /// desktop, and Chrome Remote Desktop 148 aborts without it. Needed after every
     /// container start (a new container has none; `install` also repairs its mode).
     pub async fn ensure_runtime_dir(&self) -> Result<(), String> {
+        // Once per container start: an inspect over the socket costs a few ms, an exec
+        // tens of them, and this is on the participant's path.
+        let started = self.state().await?.filter(|c| c.running).map(|c| c.started_at);
+        if started.is_some() && *self.runtime_dir_for.lock().unwrap_or_else(|p| p.into_inner()) == started {
+            return Ok(());
+        }
+        self.make_runtime_dir().await?;
+        *self.runtime_dir_for.lock().unwrap_or_else(|p| p.into_inner()) = started;
+        Ok(())
+    }
+
+    async fn make_runtime_dir(&self) -> Result<(), String> {
         let u = self
             .user_info
             .get()

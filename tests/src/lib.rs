@@ -303,7 +303,8 @@ pub fn aws_clients_linked(bin: &Path) -> std::io::Result<Vec<&'static str>> {
         .collect())
 }
 
-/// The workspace tests' stand-in client image (`tests/client-image`), on a running Docker
+/// The workspace tests' client image (CI's build of `client-image/` with the CRD 148
+/// stand-ins of `tests/crd-standin` and the hook `tests/client-image/hook.sh`), on a running Docker
 /// engine: `scripts/test` builds it and exports `LABLINK_TEST_CLIENT_IMAGE`; a bare
 /// `cargo test` builds it here with the same script function (the engine is started
 /// and the image built when missing, as for Postgres).

@@ -522,6 +522,40 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         "1"
     );
 
+    // The host dies (killed), and its next start asks to be started again (exit 41, as
+    // CRD's host does after a config change): the daemon's supervisor starts it again
+    // both times, from the registration, as `client`, without start-host.
+    docker(&[
+        "exec",
+        "--user",
+        "client",
+        &ctr,
+        "touch",
+        "/home/client/.config/chrome-remote-desktop/standin-relaunch",
+    ]);
+    docker(&[
+        "exec",
+        &ctr,
+        "pkill",
+        "-u",
+        "client",
+        "-f",
+        "chrome-remote-desktop --start --new-session",
+    ]);
+    eventually(
+        "the host started again twice (after the kill, after its exit 41)",
+        Duration::from_secs(30),
+        || async { (host_starts(&ctr).len() == 4 && host_processes(&ctr) == 1).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", host_starts(&ctr), d.log(&host)));
+    assert!(
+        d.log(&host)
+            .contains("the desktop host asked to be started again (exit 41)"),
+        "{}",
+        d.log(&host)
+    );
+
     // The container restarts (its runtime directory must be made again): the host runs
     // again from the kept registration, as `client`, and start-host does not run again.
     docker(&["exec", "--user", "root", &ctr, "rm", "-rf", "/run/user/1000"]);
@@ -529,13 +563,13 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     let starts = eventually(
         "the desktop host started after the restart",
         Duration::from_secs(30),
-        || async { (host_starts(&ctr).len() == 3 && host_processes(&ctr) == 1).then(|| host_starts(&ctr)) },
+        || async { (host_starts(&ctr).len() == 5 && host_processes(&ctr) == 1).then(|| host_starts(&ctr)) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
     assert!(
-        starts[2].starts_with("user=client args=--start --new-session config=")
-            && starts[2].contains(&format!("standin-{}", code_token(fresh))),
+        starts[4].starts_with("user=client args=--start --new-session config=")
+            && starts[4].contains(&format!("standin-{}", code_token(fresh))),
         "{starts:?}"
     );
     assert_eq!(

@@ -4,11 +4,13 @@
 //! and the holder. Prints each VM's launch → `running` and its phases (image, container
 //! start, clone, script) as the VM reported them, then one participant request per VM,
 //! one at a time, timed from the request to start-host's record appearing inside the
-//! workspace (read from the container's filesystem on the host, polled every 1 ms), and
+//! workspace (read from the container's filesystem on the host, polled every 1 ms) and to
+//! the desktop host running (the CRD 148 stand-in records its start), then `--rounds - 1`
+//! fresh codes per seat from the seat page, timed the same way; and
 //! `docker exec <container> true` alone for comparison.
 //!
 //! Run with `scripts/bench-workspace` (as root: it reads containers' filesystems).
-//! Usage: workspace-bench [--vms 10]
+//! Usage: workspace-bench [--vms 10] [--rounds 10]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,13 +41,19 @@ fn summary(mut v: Vec<f64>) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut n = 10usize;
+    let mut rounds = 10usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--vms" => n = args.next().context("--vms N")?.parse()?,
-            other => bail!("unknown argument {other}; usage: workspace-bench [--vms 10]"),
+            "--rounds" => rounds = args.next().context("--rounds R")?.parse()?,
+            other => bail!("unknown argument {other}; usage: workspace-bench [--vms 10] [--rounds 10]"),
         }
     }
+    anyhow::ensure!(
+        n > 0 && (1..=10).contains(&rounds),
+        "--vms at least 1, --rounds 1 to 10 (a seat takes 10 fresh codes)"
+    );
     let image = lablink_e2e::test_client_image();
     let db = TestDb::new().await;
     let client = db.client().await;
@@ -135,79 +143,134 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("docker exec <workspace> true:            {}", summary(exec));
 
-    // One request at a time, each to the next free VM.
+    // Round 1: one participant request at a time, each to the next free VM. Rounds 2..R:
+    // a fresh code for every seat from its page (the host is stopped, start-host
+    // registers again, the host starts again). Each timed from the request to
+    // start-host's record of that code inside the workspace, and to the desktop host's
+    // start from the registration of that code (the CRD 148 stand-in records it).
     let http = reqwest::Client::new();
-    let mut latencies = Vec::new();
-    let mut running = Vec::new();
-    for i in 0..n {
-        holder
-            .wait_for_waiters(&http, (n - i) as u64, Duration::from_secs(30))
-            .await?;
-        let code = format!("4/0AVMBsJh1-benchParticipantCode{i:04}");
-        let command = format!(
-            "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
-             --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
-        );
-        let t = Instant::now();
-        let page = http
-            .post(format!("{}/api/request_vm", api.url()))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded::to_string([
-                ("email", format!("p{i}@example.edu")),
-                ("crd_command", command),
-            ])?)
-            .send()
-            .await?
-            .text()
-            .await?;
-        let host = hosts
-            .iter()
-            .find(|h| page.contains(&format!(">{h}<")))
-            .context("the success page names a VM")?;
-        let merged = PathBuf::from(docker(&[
-            "inspect",
-            "--format",
-            "{{.GraphDriver.Data.MergedDir}}",
-            &format!("lablink-workspace-{host}"),
-        ]));
-        let record = merged.join("tmp/start-host-runs.log");
-        loop {
-            if has_code(&record, &code) {
-                latencies.push(ms(t.elapsed()));
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                bail!("start-host did not run on {host} within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    let (mut first, mut first_running) = (Vec::new(), Vec::new());
+    let (mut fresh, mut fresh_running) = (Vec::new(), Vec::new());
+    let mut seats: Vec<(String, String)> = Vec::new();
+    for round in 0..rounds {
+        if round > 0 {
+            // Past the seat's 20 s between codes, as a participant would be.
+            client
+                .execute(
+                    "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+                    &[],
+                )
+                .await?;
         }
-        // The CRD 148 stand-in host records its start with the registration it runs
-        // from, which names the code's token.
-        let hosts_log = merged.join("tmp/crd-host-starts.log");
-        let token = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(code.as_bytes()))[..16].to_owned()
-        };
-        loop {
-            if has_code(&hosts_log, &token) {
-                running.push(ms(t.elapsed()));
-                break;
+        for i in 0..n {
+            let code = format!("4/0AVMBsJh1-benchParticipantCode{round:02}x{i:04}");
+            let command = format!(
+                "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
+                 --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+            );
+            let t;
+            let host = if round == 0 {
+                holder
+                    .wait_for_waiters(&http, n as u64, Duration::from_secs(30))
+                    .await?;
+                t = Instant::now();
+                let page = http
+                    .post(format!("{}/api/request_vm", api.url()))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(serde_urlencoded::to_string([
+                        ("email", format!("p{i}@example.edu")),
+                        ("crd_command", command),
+                    ])?)
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                let host = hosts
+                    .iter()
+                    .find(|h| page.contains(&format!(">{h}<")))
+                    .context("the success page names a VM")?
+                    .clone();
+                let at = page.find("href=\"/seat/").context("a seat link")? + "href=\"/seat/".len();
+                let token = page[at..].split('"').next().unwrap_or_default().to_owned();
+                seats.push((host.clone(), token));
+                host
+            } else {
+                let (host, token) = seats[i].clone();
+                t = Instant::now();
+                let r = http
+                    .post(format!("{}/api/seat/{token}/code", api.url()))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(serde_urlencoded::to_string([("crd_command", command)])?)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    r.status().is_success(),
+                    "a fresh code was refused: {}",
+                    r.status()
+                );
+                host
+            };
+            let merged = PathBuf::from(docker(&[
+                "inspect",
+                "--format",
+                "{{.GraphDriver.Data.MergedDir}}",
+                &format!("lablink-workspace-{host}"),
+            ]));
+            let record = merged.join("tmp/start-host-runs.log");
+            loop {
+                if has_code(&record, &code) {
+                    if round == 0 { &mut first } else { &mut fresh }.push(ms(t.elapsed()));
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(30) {
+                    bail!("start-host did not run on {host} within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            if t.elapsed() > Duration::from_secs(60) {
-                bail!("the desktop host did not start on {host} within 60 s");
+            let hosts_log = merged.join("tmp/crd-host-starts.log");
+            let token = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(code.as_bytes()))[..16].to_owned()
+            };
+            loop {
+                if has_code(&hosts_log, &token) {
+                    if round == 0 {
+                        &mut first_running
+                    } else {
+                        &mut fresh_running
+                    }
+                    .push(ms(t.elapsed()));
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(60) {
+                    bail!("the desktop host did not start on {host} within 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     println!(
-        "request → start-host ran in the workspace: {}",
-        summary(latencies)
+        "request → start-host ran in the workspace (first code): {}",
+        summary(first.clone())
     );
     println!(
-        "request → desktop host running (CRD 148 stand-in): {}",
-        summary(running)
+        "request → desktop host running (first code): {}",
+        summary(first_running)
     );
-    println!("(command: scripts/bench-workspace --vms {n})");
+    if !fresh.is_empty() {
+        println!(
+            "fresh code → start-host ran (host stopped first): {}",
+            summary(fresh.clone())
+        );
+        println!(
+            "fresh code → desktop host running again: {}",
+            summary(fresh_running)
+        );
+        let mut all = first;
+        all.extend(fresh);
+        println!("every request → start-host ran: {}", summary(all));
+    }
+    println!("(command: scripts/bench-workspace --vms {n} --rounds {rounds})");
 
     drop(daemons);
     for h in &hosts {

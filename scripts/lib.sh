@@ -65,7 +65,9 @@ ensure_docker() {
   local log="$HOME/.cache/lablink-dockerd.log"
   mkdir -p "$(dirname "$log")"
   echo "starting dockerd (its log: $log)" >&2
-  as_root sh -c 'nohup dockerd >>"$1" 2>&1 </dev/null &' sh "$log"
+  # A session of its own: a test that started it, killed with its process group, must
+  # not take the engine with it.
+  as_root setsid sh -c 'nohup dockerd >>"$1" 2>&1 </dev/null &' sh "$log"
   local i
   for i in $(seq 1 120); do
     docker info >/dev/null 2>&1 && return 0

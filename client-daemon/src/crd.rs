@@ -34,6 +34,8 @@ pub const RELAUNCH_EXIT_CODE: i32 = 41;
 const ADOPTED_CHECK: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Exits 41 in a row started again at once; past that, the back-off applies.
+const MAX_RELAUNCHES: u32 = 5;
 
 /// The desktop session, as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,19 +50,30 @@ pub enum HostState {
     Failed(String),
 }
 
+/// Whether the host should run, and the request's epoch: every change of mind is a new
+/// epoch, and a state counts for a request only when the supervisor reached it while
+/// acting on that epoch or a later one (a `Running` left from the host before a fresh
+/// code must not confirm the new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Want {
+    on: bool,
+    epoch: u64,
+}
+
 /// The CRD host of one workspace and its supervisor task.
 pub struct Desktop {
     ws: Arc<Workspace>,
-    want: watch::Sender<bool>,
-    state: watch::Sender<HostState>,
+    want: watch::Sender<Want>,
+    /// The state, and the epoch the supervisor was acting on when it reached it.
+    state: watch::Sender<(HostState, u64)>,
     host_script: String,
 }
 
 impl Desktop {
     /// The desktop of `ws`, not wanted yet; its supervisor runs until the daemon stops.
     pub fn new(ws: Arc<Workspace>, start_host: &std::path::Path) -> Arc<Self> {
-        let (want, _) = watch::channel(false);
-        let (state, _) = watch::channel(HostState::Stopped);
+        let (want, _) = watch::channel(Want { on: false, epoch: 0 });
+        let (state, _) = watch::channel((HostState::Stopped, 0));
         let d = Arc::new(Self {
             ws,
             want,
@@ -72,51 +85,79 @@ impl Desktop {
     }
 
     pub fn state(&self) -> HostState {
-        self.state.borrow().clone()
+        self.state.borrow().0.clone()
     }
 
-    /// Whether the host should run (a registration exists and no new one is on its way).
-    pub fn want(&self, on: bool) {
-        self.want.send_if_modified(|w| std::mem::replace(w, on) != on);
+    /// The state as it changes (with the epoch each was reached for).
+    pub fn watch(&self) -> watch::Receiver<(HostState, u64)> {
+        self.state.subscribe()
     }
 
-    /// Stop the host (a new registration or a reset follows) and wait until it is down.
-    pub async fn stop(&self) {
+    /// Whether the host should run (a registration exists and no new one is on its way);
+    /// the epoch of that wish.
+    pub fn want(&self, on: bool) -> u64 {
+        self.want.send_if_modified(|w| {
+            if w.on == on {
+                return false;
+            }
+            *w = Want {
+                on,
+                epoch: w.epoch + 1,
+            };
+            true
+        });
+        self.want.borrow().epoch
+    }
+
+    /// Stop the host (a new registration or a reset follows) and wait until the
+    /// supervisor has it down. Err: it would not stop (the caller must not go on as if
+    /// it had).
+    pub async fn stop(&self) -> Result<(), String> {
         // Nothing to stop when no host was wanted or seen (a first code): no exec is
         // spent on the participant's path.
-        let maybe_running = *self.want.borrow() || self.state() != HostState::Stopped;
-        self.want(false);
+        let maybe_running = self.want.borrow().on || self.state() != HostState::Stopped;
+        let epoch = self.want(false);
         if !maybe_running {
-            return;
+            return Ok(());
         }
         let mut rx = self.state.subscribe();
-        let stopped =
-            tokio::time::timeout(Duration::from_secs(40), rx.wait_for(|s| *s == HostState::Stopped)).await;
-        if stopped.is_err() {
-            tracing::warn!("the desktop host did not stop within 40 s");
+        let limit = Duration::from_secs(90);
+        let reached = tokio::time::timeout(
+            limit,
+            rx.wait_for(|(s, e)| *e >= epoch && matches!(s, HostState::Stopped | HostState::Failed(_))),
+        )
+        .await;
+        match reached.ok().and_then(Result::ok).map(|r| r.0.clone()) {
+            Some(HostState::Stopped) => Ok(()),
+            Some(HostState::Failed(why)) => Err(format!("the running desktop host does not stop: {why}")),
+            _ => Err(format!("the running desktop host did not stop within {limit:?}")),
         }
     }
 
-    /// Want the host and wait (up to `limit`) until it runs. Err: why it does not.
+    /// Want the host and wait (up to `limit`) until it runs for this request. Err: why
+    /// it does not.
     pub async fn start_and_wait(&self, limit: Duration) -> Result<(), String> {
-        self.want(true);
+        let epoch = self.want(true);
         let mut rx = self.state.subscribe();
         let mut last_failure = None;
         let waited = tokio::time::timeout(limit, async {
             loop {
-                match rx.borrow_and_update().clone() {
-                    HostState::Running => return,
-                    HostState::Failed(why) => last_failure = Some(why),
-                    _ => {}
+                let (s, e) = rx.borrow_and_update().clone();
+                if e >= epoch {
+                    match s {
+                        HostState::Running => return true,
+                        HostState::Failed(why) => last_failure = Some(why),
+                        _ => {}
+                    }
                 }
                 if rx.changed().await.is_err() {
-                    return;
+                    return false;
                 }
             }
         })
         .await;
-        match (waited, self.state()) {
-            (Ok(()), HostState::Running) => Ok(()),
+        match waited {
+            Ok(true) => Ok(()),
             _ => Err(last_failure.unwrap_or_else(|| format!("the host was not running after {limit:?}"))),
         }
     }
@@ -149,78 +190,123 @@ impl Desktop {
             .is_ok_and(|out| out.trim() == "STARTED")
     }
 
-    fn set(&self, s: HostState) {
+    fn set(&self, s: HostState, epoch: u64) {
         self.state.send_if_modified(|cur| {
-            if *cur == s {
+            if *cur == (s.clone(), epoch) {
                 return false;
             }
-            tracing::info!(from = ?cur, to = ?s, "desktop host");
-            *cur = s;
+            if cur.0 != s {
+                tracing::info!(from = ?cur.0, to = ?s, "desktop host");
+            }
+            *cur = (s, epoch);
             true
         });
     }
 
-    /// The supervisor: while the host is wanted, keep one running.
+    /// The supervisor: while the host is wanted, keep one running; when it is not, have
+    /// none. Every state it reaches carries the epoch of the wish it acted on.
     async fn supervise(self: Arc<Self>) {
         let mut want = self.want.subscribe();
         let mut backoff = FIRST_BACKOFF;
+        // Exits 41 in a row: a host that asks again and again is backed off too.
+        let mut relaunches = 0u32;
         // Watching a host an earlier daemon started (not held by this one).
         let mut adopted = false;
         loop {
-            if !*want.borrow_and_update() {
-                if std::mem::take(&mut adopted) {
+            let w = *want.borrow_and_update();
+            if !w.on {
+                let mut down = HostState::Stopped;
+                if adopted {
                     // Not held: stopped by name.
-                    if let Err(e) = self.host_command(&["--stop"], &[]).await {
-                        tracing::warn!(error = %e, "chrome-remote-desktop --stop failed");
+                    match self.host_command(&["--stop"], &[]).await {
+                        Ok(_) => adopted = false,
+                        Err(e) => down = HostState::Failed(format!("chrome-remote-desktop --stop: {e}")),
                     }
                 }
-                self.set(HostState::Stopped);
+                self.set(down, w.epoch);
                 if want.changed().await.is_err() {
                     return;
                 }
                 backoff = FIRST_BACKOFF;
                 continue;
             }
-            // A host an earlier daemon started goes on in the container (killing
-            // `docker exec` does not stop it): watch it instead of starting another.
+            // A host an earlier daemon started goes on in the container (ending an
+            // exec's stream does not stop it): watch it instead of starting another.
             if self.ws.ensure_runtime_dir().await.is_ok() && self.started().await {
                 adopted = true;
-                self.set(HostState::Running);
+                self.set(HostState::Running, w.epoch);
                 backoff = FIRST_BACKOFF;
                 let _ = tokio::time::timeout(ADOPTED_CHECK, want.changed()).await;
                 continue;
             }
             adopted = false;
-            self.set(HostState::Starting);
+            self.set(HostState::Starting, w.epoch);
             let outcome = match self.ws.ensure_runtime_dir().await {
-                Ok(()) => self.run_host(&mut want).await,
-                Err(e) => HostExit::Failed(e),
+                Ok(()) => self.run_host(&mut want, w.epoch).await,
+                Err(e) => HostExit::Failed {
+                    why: e,
+                    ran_long: false,
+                },
             };
             match outcome {
-                HostExit::Stopped => {}
-                HostExit::Relaunch => {
+                HostExit::Stopped => relaunches = 0,
+                HostExit::StopFailed(why) => {
+                    // Still running, not held: watched (and stopped again) by name.
+                    tracing::error!(reason = %why, "the desktop host does not stop");
+                    adopted = true;
+                    self.set(HostState::Failed(why), w.epoch);
+                }
+                HostExit::Relaunch if relaunches < MAX_RELAUNCHES => {
+                    relaunches += 1;
                     tracing::info!("the desktop host asked to be started again (exit 41)");
                 }
-                HostExit::Failed(why) => {
-                    tracing::error!(reason = %why, retry_in = ?backoff, "the desktop host is not running");
-                    self.set(HostState::Failed(why));
-                    // Sleep, unless the host stops being wanted meanwhile.
-                    let _ = tokio::time::timeout(backoff, want.wait_for(|w| !*w)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                HostExit::Relaunch => {
+                    relaunches = 0;
+                    let why =
+                        format!("the desktop host asked to be started again {MAX_RELAUNCHES} times in a row");
+                    self.failed(&mut want, w.epoch, why, &mut backoff).await;
+                }
+                HostExit::Failed { why, ran_long } => {
+                    relaunches = 0;
+                    if ran_long {
+                        backoff = FIRST_BACKOFF;
+                    }
+                    self.failed(&mut want, w.epoch, why, &mut backoff).await;
                 }
             }
         }
     }
 
+    /// A start failed: say so, then wait the back-off (unless the host stops being
+    /// wanted meanwhile).
+    async fn failed(
+        &self,
+        want: &mut watch::Receiver<Want>,
+        epoch: u64,
+        why: String,
+        backoff: &mut Duration,
+    ) {
+        tracing::error!(reason = %why, retry_in = ?*backoff, "the desktop host is not running");
+        self.set(HostState::Failed(why), epoch);
+        let _ = tokio::time::timeout(*backoff, want.wait_for(|w| !w.on)).await;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    }
+
     /// Start the host, held by this task (an attached exec), until it exits or is no
     /// longer wanted.
-    async fn run_host(&self, want: &mut watch::Receiver<bool>) -> HostExit {
+    async fn run_host(&self, want: &mut watch::Receiver<Want>, epoch: u64) -> HostExit {
         let argv = [self.host_script.clone(), "--start".into(), "--new-session".into()];
         // The environment of the chrome-remote-desktop@.service unit.
         let env = [("XDG_SESSION_CLASS", "user"), ("XDG_SESSION_TYPE", "x11")];
+        let started_at = std::time::Instant::now();
         let (id, mut output) = match self.ws.exec_stream(self.ws.as_user(&env, &argv)).await {
             Ok(started) => started,
-            Err(e) => return HostExit::Failed(format!("cannot start the host: {e}")),
+            Err(e) => {
+                return HostExit::Failed {
+                    why: format!("cannot start the host: {e}"),
+                    ran_long: false,
+                };
+            }
         };
         // Keep the end of what it says, for the reason of a failure.
         let mut said: Vec<u8> = Vec::new();
@@ -240,22 +326,24 @@ impl Desktop {
                     Some(Err(_)) | None => break,
                 },
                 changed = want.changed() => {
-                    if changed.is_err() || !*want.borrow() {
+                    if changed.is_err() || !want.borrow().on {
                         // `--stop` ends the host; its stream then ends.
-                        if let Err(e) = self.host_command(&["--stop"], &[]).await {
-                            tracing::warn!(error = %e, "chrome-remote-desktop --stop failed");
-                        }
-                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        let stopped = self.host_command(&["--stop"], &[]).await;
+                        let ended = tokio::time::timeout(Duration::from_secs(10), async {
                             while output.next().await.is_some() {}
                         })
                         .await;
-                        return HostExit::Stopped;
+                        return match (stopped, ended) {
+                            (_, Ok(())) => HostExit::Stopped,
+                            (Err(e), Err(_)) => HostExit::StopFailed(format!("chrome-remote-desktop --stop: {e}")),
+                            (Ok(_), Err(_)) => HostExit::StopFailed("the host was still running 10 s after --stop".into()),
+                        };
                     }
                 }
                 _ = check.tick(), if !confirmed => {
                     if self.started().await {
                         confirmed = true;
-                        self.set(HostState::Running);
+                        self.set(HostState::Running, epoch);
                     }
                 }
             }
@@ -274,26 +362,39 @@ impl Desktop {
                     break;
                 }
                 Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(e) => return HostExit::Failed(format!("the host's exit is unknown: {e}")),
+                Err(e) => {
+                    return HostExit::Failed {
+                        why: format!("the host's exit is unknown: {e}"),
+                        ran_long: false,
+                    };
+                }
             }
         }
         match code {
             Some(c) if c == i64::from(RELAUNCH_EXIT_CODE) => HostExit::Relaunch,
-            other => HostExit::Failed(format!(
-                "chrome-remote-desktop --start --new-session exited {}{}",
-                other.map_or("without a status".into(), |c| c.to_string()),
-                if last.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {last}")
-                }
-            )),
+            other => HostExit::Failed {
+                why: format!(
+                    "chrome-remote-desktop --start --new-session exited {}{}",
+                    other.map_or("without a status".into(), |c| c.to_string()),
+                    if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {last}")
+                    }
+                ),
+                ran_long: started_at.elapsed() > Duration::from_secs(60),
+            },
         }
     }
 }
 
 enum HostExit {
+    /// Stopped as asked.
     Stopped,
+    /// Asked to stop, it did not: still running.
+    StopFailed(String),
+    /// Exit 41: start it again at once.
     Relaunch,
-    Failed(String),
+    /// Any other end; `ran_long`: it had run a while (the back-off starts over).
+    Failed { why: String, ran_long: bool },
 }

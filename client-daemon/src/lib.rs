@@ -312,6 +312,10 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     let desktop = workspace
         .as_ref()
         .map(|ws| crd::Desktop::new(Arc::clone(ws), &cfg.start_host));
+    let host_watch = desktop.as_ref().map(|d| {
+        let (api, states, warning) = (Arc::clone(&api), d.watch(), warning.clone());
+        tokio::spawn(async move { report_host_health(&api, states, warning.as_deref()).await })
+    });
 
     retry("reporting running", || {
         api.status(VmStatus::Running, warning.as_deref())
@@ -358,7 +362,7 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     let _ = metrics.await;
     let _ = gpu.await;
     let _ = exports.await;
-    for h in [inuse, supervisor].into_iter().flatten() {
+    for h in [inuse, supervisor, host_watch].into_iter().flatten() {
         let _ = h.await;
     }
     Ok(())
@@ -397,6 +401,55 @@ async fn prepare_workspace(
                     PrepError::Fatal(_) => std::future::pending::<()>().await,
                 }
             }
+        }
+    }
+}
+
+/// How long the desktop host may stay down, while wanted, before the VM reports `error`
+/// (a start, its retries and a container restart fit in it).
+const HOST_DOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// The desktop host's health on the VM's status: while it is wanted but has not run for
+/// [`HOST_DOWN_GRACE`] (it fails to start again and again, after the seat was ready),
+/// the VM reports `error` with the reason, for the admin; `running` again once it runs.
+async fn report_host_health(
+    api: &Api,
+    mut states: tokio::sync::watch::Receiver<(crd::HostState, u64)>,
+    warning: Option<&str>,
+) {
+    let mut reported_down = false;
+    loop {
+        let state = states.borrow_and_update().0.clone();
+        match state {
+            crd::HostState::Running if reported_down => {
+                reported_down = false;
+                tracing::info!("the desktop host runs again");
+                retry("reporting running", || api.status(VmStatus::Running, warning)).await;
+            }
+            crd::HostState::Failed(_) | crd::HostState::Starting if !reported_down => {
+                // Down: unless it runs (or stops being wanted) within the grace.
+                let settled = tokio::time::timeout(
+                    HOST_DOWN_GRACE,
+                    states.wait_for(|(s, _)| matches!(s, crd::HostState::Running | crd::HostState::Stopped)),
+                )
+                .await
+                .is_ok();
+                if !settled {
+                    let why = match &states.borrow().0 {
+                        crd::HostState::Failed(why) => why.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    let reason = format!("the desktop host is not running: {why}");
+                    tracing::error!(%reason);
+                    retry("reporting error", || api.status(VmStatus::Error, Some(&reason))).await;
+                    reported_down = true;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if states.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -522,7 +575,9 @@ async fn assignment_loop(
                         registered(&run, r.key.clone(), "registered; the desktop host runs").await;
                         backoff.reset();
                     } else {
-                        run.desktop.inspect(|d| d.want(true));
+                        if let Some(d) = run.desktop {
+                            d.want(true);
+                        }
                         backoff.wait().await;
                     }
                     continue;
@@ -616,6 +671,11 @@ async fn report_done_again(run: &Run<'_>, r: &AssignmentRecord) {
 /// failure; anything else is this VM's `error`, and the assignment stays unacknowledged.
 async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) {
     let (cfg, api, state) = (run.cfg, run.api, run.state);
+    // A registration from an earlier success (a fresh code re-registers), carried through
+    // the records of later codes that failed. Known from the record, so no look into the
+    // workspace delays start-host.
+    let had_registration = saved_assignment(state)
+        .is_some_and(|r| r.succeeded() || r.phase == Phase::Registered || r.registered_before);
     save_or_log(
         state,
         &AssignmentRecord {
@@ -624,21 +684,27 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) {
             command: Some(command.to_owned()),
             pin: Some(pin.to_owned()),
             outcome: None,
-            // A registration from an earlier success (a fresh code re-registers). Known
-            // from the record, so no look into the workspace delays start-host.
-            registered_before: saved_assignment(state)
-                .is_some_and(|r| r.succeeded() || r.phase == Phase::Registered),
+            registered_before: had_registration,
         },
     );
     tracing::info!(user = %cfg.desktop_user, in_workspace = run.workspace.is_some(), "assignment received; running start-host");
-    if let Some(d) = run.desktop {
-        // A fresh code: the running host goes before the registration is replaced.
-        d.stop().await;
+    // A fresh code: the running host goes before the registration is replaced.
+    if let Some(d) = run.desktop
+        && let Err(e) = d.stop().await
+    {
+        vm_failure(run, key, &e, had_registration).await;
+        return;
     }
     if let Some(w) = run.workspace
         && let Err(e) = w.ensure_runtime_dir().await
     {
-        vm_failure(run, key, &format!("the desktop user's runtime directory: {e}")).await;
+        vm_failure(
+            run,
+            key,
+            &format!("the desktop user's runtime directory: {e}"),
+            had_registration,
+        )
+        .await;
         return;
     }
     let runner = match run.workspace {
@@ -657,7 +723,13 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) {
             if let Some(w) = run.workspace
                 && !w.registered().await
             {
-                vm_failure(run, key, "start-host exited 0 but wrote no host configuration").await;
+                vm_failure(
+                    run,
+                    key,
+                    "start-host exited 0 but wrote no host configuration",
+                    had_registration,
+                )
+                .await;
                 return;
             }
             registered(run, key, &stdout).await;
@@ -666,14 +738,33 @@ async fn execute(run: &Run<'_>, key: String, command: &str, pin: &str) {
             tracing::error!(error = %e, "start-host: the registration was refused");
             let mut report = e.outcome();
             report.assignment = Some(key.clone());
-            save_or_log(state, &done(key, e.to_string()));
+            save_or_log(
+                state,
+                &AssignmentRecord {
+                    registered_before: had_registration,
+                    ..done(key, e.to_string())
+                },
+            );
+            // The earlier registration is still in place (start-host writes only on
+            // success): its desktop runs again meanwhile.
+            if let Some(d) = run.desktop.filter(|_| had_registration) {
+                d.want(true);
+            }
             let reason = format!("start-host failed: {e}");
             retry("reporting error", || {
                 api.status_after_start_host(VmStatus::Error, Some(&reason), Some(&report))
             })
             .await;
         }
-        Err(e) => vm_failure(run, key, &format!("start-host could not register: {e}")).await,
+        Err(e) => {
+            vm_failure(
+                run,
+                key,
+                &format!("start-host could not register: {e}"),
+                had_registration,
+            )
+            .await
+        }
     }
 }
 
@@ -718,7 +809,7 @@ async fn registered(run: &Run<'_>, key: String, output: &str) {
 
 /// The VM could not run `key` (not the participant's code): recorded as failed (never
 /// run again), reported as the VM's `error` without acknowledging the assignment.
-async fn vm_failure(run: &Run<'_>, key: String, reason: &str) {
+async fn vm_failure(run: &Run<'_>, key: String, reason: &str, had_registration: bool) {
     tracing::error!(%reason, "the assignment could not be run on this VM");
     save_or_log(
         run.state,
@@ -728,9 +819,13 @@ async fn vm_failure(run: &Run<'_>, key: String, reason: &str) {
             command: None,
             pin: None,
             outcome: Some(reason.to_owned()),
-            registered_before: false,
+            registered_before: had_registration,
         },
     );
+    // An earlier registration's desktop runs again meanwhile.
+    if let Some(d) = run.desktop.filter(|_| had_registration) {
+        d.want(true);
+    }
     retry("reporting error", || {
         run.api.status(VmStatus::Error, Some(reason))
     })
@@ -744,8 +839,11 @@ async fn vm_failure(run: &Run<'_>, key: String, reason: &str) {
 async fn reset(run: &mut Run<'_>, id: u64, keep_files: bool) {
     let (cfg, api, state) = (run.cfg, run.api, run.state);
     tracing::info!(id, keep_files, "resetting after a release");
-    if let Some(d) = run.desktop {
-        d.stop().await;
+    if let Some(d) = run.desktop
+        && let Err(e) = d.stop().await
+    {
+        // The container goes next, and the host with it.
+        tracing::warn!(error = %e, "the desktop host did not stop before the reset");
     }
     let result = match run.workspace {
         Some(ws) => match ws.reset(state, id, keep_files).await {

@@ -46,12 +46,15 @@ pub enum RunError {
 
 impl RunError {
     /// Whether Google refused the registration (the participant's code): start-host
-    /// ran and exited with its own failure status (start_host_main.cc exits 1 on an
-    /// OAuth, network or registration error). A death by a signal (CRD 148's abort
-    /// without its runtime directory is SIGTRAP, exit 133), a program that could not
-    /// run (126, 127), a timeout or a bad command is this VM's problem, not the code's.
+    /// ran, exited with its own failure status and said "OAuth error"
+    /// (start_host_main.cc: "Couldn't start host: OAuth error." for a code Google
+    /// refuses; it exits 1 for a network, permission or registration error too, which
+    /// are this VM's). A death by a signal (CRD 148's abort without its runtime directory
+    /// is SIGTRAP, exit 133), a program that could not run (126, 127), a timeout or a bad
+    /// command is this VM's problem, not the code's.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Failed { code: Some(c), .. } if (1..126).contains(c))
+        matches!(self, Self::Failed { code: Some(c), output, .. }
+            if (1..126).contains(c) && output.contains("OAuth error"))
     }
 
     /// What the API is told of this failure.

@@ -259,6 +259,23 @@ async fn with_a_client_image_each_local_vm_runs_a_workspace_and_the_admin_sees_s
         vm.startup_script.is_some() && vm.image_pull.is_some(),
         "the workspace's timings"
     );
+    // The outcome (the seat `ready`) came once Chrome Remote Desktop's host ran: started
+    // the CRD 148 way (`--start --new-session`) as `client`, from this code's registration.
+    let host_runs = docker(&[
+        "exec",
+        &ctr,
+        "pgrep",
+        "-u",
+        "client",
+        "-f",
+        "chrome-remote-desktop --start --new-session",
+    ]);
+    assert_eq!(host_runs.lines().count(), 1, "{host_runs}");
+    let starts = docker(&["exec", &ctr, "cat", "/tmp/crd-host-starts.log"]);
+    assert!(
+        starts.starts_with("user=client args=--start --new-session config="),
+        "{starts}"
+    );
 
     // Ctrl-C takes the workspaces with the VMs.
     let status = stack.interrupt(Duration::from_secs(60)).await.unwrap();

@@ -185,6 +185,15 @@ fn host_starts(ctr: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every `chrome-remote-desktop --start` asked for (the stand-in records each).
+fn host_start_attempts(ctr: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args(["exec", ctr, "cat", "/tmp/crd-host-start-attempts.log"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// Desktop host processes running as `client` in the workspace.
 fn host_processes(ctr: &str) -> usize {
     let out = std::process::Command::new("docker")
@@ -492,7 +501,9 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     assert_eq!(host_processes(&ctr), 1, "the old host was stopped");
     assert_eq!(start_host_runs(&host).len(), 2);
 
-    // The daemon restarts: nothing is prepared or run again.
+    // The daemon restarts: nothing is prepared or run again, and the running host is
+    // adopted (no start asked for).
+    let attempts = host_start_attempts(&ctr);
     daemon.kill().await;
     let _again = d.spawn(&vm, &env);
     eventually(
@@ -516,6 +527,11 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         host_processes(&ctr),
         1,
         "the running host is kept, not started twice"
+    );
+    assert_eq!(
+        host_start_attempts(&ctr),
+        attempts,
+        "no --start asked for after a daemon restart"
     );
     assert_eq!(
         docker(&["exec", &ctr, "sh", "-c", "cat /var/tmp/startup-ran | wc -l"]),
@@ -1081,5 +1097,90 @@ fn the_old_daemon_sequence_fails_against_crd_148_and_the_new_one_starts_a_host()
     assert_eq!(
         exec_in(&ctr, &env, &[crd, "--get-status"], "").1.trim(),
         "STOPPED"
+    );
+}
+
+/// A code Google accepts, but a desktop host that exits at once every time (its
+/// credentials turned out invalid): the seat is never `ready`, the participant is not
+/// told their code was refused, and the admin sees the VM's error; the assignment stays
+/// unacknowledged (the holder hands it over again, and it is not run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_host_that_will_not_start_is_the_vms_error_and_the_seat_is_not_ready() {
+    let image = lablink_e2e::test_client_image();
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let vm = create_vms(&client, &prefix("d"), 1, VmStatus::Initializing)
+        .await
+        .unwrap()
+        .remove(0);
+    let host = vm.hostname.as_str().to_owned();
+    let _cleanup = Cleanup(vec![host.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(&db.config).await.unwrap();
+    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
+        .await
+        .unwrap();
+    let d = Daemon {
+        bin: workspace_bin("lablink-client-daemon").unwrap(),
+        dir: dir.path(),
+        api: api.url(),
+        holder: holder.url(),
+        image,
+    };
+    let _daemon = d.spawn(&vm, &[("LABLINK_START_HOST_TIMEOUT_SECONDS", "8")]);
+    vm_with(&client, &vm.hostname, "running", Duration::from_secs(60), |v| {
+        v.status == VmStatus::Running
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    holder
+        .wait_for_waiters(&reqwest::Client::new(), 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let seat = request_vm_page(
+        &http,
+        &api.url(),
+        "dee@example.edu",
+        "4/0AVMBsJh1-badhost-participant-code",
+    )
+    .await;
+    let token = seat_token(&seat);
+    let failed = vm_with(
+        &client,
+        &vm.hostname,
+        "the VM's error",
+        Duration::from_secs(60),
+        |v| v.status == VmStatus::Error,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
+    let reason = failed.status_reason.unwrap_or_default();
+    assert!(reason.contains("the desktop host does not start"), "{reason}");
+    assert!(reason.contains("Host exited with code 102"), "{reason}");
+    assert!(
+        failed.acknowledged_at.is_none() && failed.start_host.is_none(),
+        "not acknowledged"
+    );
+    // The host was tried again and again; start-host ran once.
+    let ctr = container(&host);
+    assert!(host_starts(&ctr).len() >= 2, "{:?}", host_starts(&ctr));
+    assert_eq!(start_host_runs(&host).len(), 1);
+    // The participant's page: not ready, not "refused", the VM's trouble.
+    let view: serde_json::Value = http
+        .get(format!("{}/api/seat/{token}", api.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["state"], "connecting", "{view}");
+    assert_eq!(view["vm_status"], "error", "{view}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        start_host_runs(&host).len(),
+        1,
+        "handed over again, never run again"
     );
 }

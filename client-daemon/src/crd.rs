@@ -30,8 +30,9 @@ use crate::workspace::{Workspace, crd_host_script};
 
 /// The host's "start me again" exit (linux_me2me_host.py `RELAUNCH_EXIT_CODE`).
 pub const RELAUNCH_EXIT_CODE: i32 = 41;
-/// How often a host the daemon does not hold (started before a daemon restart) is looked at.
-const ADOPTED_CHECK: Duration = Duration::from_secs(2);
+/// How often a host the daemon does not hold (started before a daemon restart) is looked
+/// at: each look is an exec (tens of ms of runc), for as long as that host lives.
+const ADOPTED_CHECK: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Exits 41 in a row started again at once; past that, the back-off applies.

@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long, env = "LABLINK_START_HOST", default_value = START_HOST_PATH)]
     pub start_host: PathBuf,
 
-    /// Longest start-host may run before it is killed.
+    /// Longest start-host may run before it is killed, and longest the desktop host may
+    /// take to run once start-host registered it (then the VM reports `error`).
     #[arg(long, env = "LABLINK_START_HOST_TIMEOUT_SECONDS", default_value_t = 120)]
     pub start_host_timeout_seconds: u64,
 

@@ -233,7 +233,8 @@ impl Desktop {
             }
             // A host an earlier daemon started goes on in the container (ending an
             // exec's stream does not stop it): watch it instead of starting another.
-            if self.ws.ensure_runtime_dir().await.is_ok() && self.started().await {
+            let runtime_dir = self.ws.ensure_runtime_dir().await;
+            if runtime_dir.is_ok() && self.started().await {
                 adopted = true;
                 self.set(HostState::Running, w.epoch);
                 backoff = FIRST_BACKOFF;
@@ -242,7 +243,7 @@ impl Desktop {
             }
             adopted = false;
             self.set(HostState::Starting, w.epoch);
-            let outcome = match self.ws.ensure_runtime_dir().await {
+            let outcome = match runtime_dir {
                 Ok(()) => self.run_host(&mut want, w.epoch).await,
                 Err(e) => HostExit::Failed {
                     why: e,
@@ -355,28 +356,20 @@ impl Desktop {
             .last()
             .unwrap_or_default()
             .to_owned();
-        let mut code = None;
-        for _ in 0..50 {
-            match self.ws.exit_code(&id).await {
-                Ok(Some(c)) => {
-                    code = Some(c);
-                    break;
-                }
-                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(e) => {
-                    return HostExit::Failed {
-                        why: format!("the host's exit is unknown: {e}"),
-                        ran_long: false,
-                    };
-                }
+        let code = match self.ws.exit_status(&id).await {
+            Ok(c) => c,
+            Err(e) => {
+                return HostExit::Failed {
+                    why: format!("the host's exit is unknown: {e}"),
+                    ran_long: false,
+                };
             }
-        }
+        };
         match code {
-            Some(c) if c == i64::from(RELAUNCH_EXIT_CODE) => HostExit::Relaunch,
-            other => HostExit::Failed {
+            c if c == i64::from(RELAUNCH_EXIT_CODE) => HostExit::Relaunch,
+            c => HostExit::Failed {
                 why: format!(
-                    "chrome-remote-desktop --start --new-session exited {}{}",
-                    other.map_or("without a status".into(), |c| c.to_string()),
+                    "chrome-remote-desktop --start --new-session exited {c}{}",
                     if last.is_empty() {
                         String::new()
                     } else {

@@ -65,6 +65,15 @@ impl ExecOutput {
         self.code == Some(0)
     }
 
+    /// Itself when it exited 0, else its last line as the reason.
+    pub fn ok(self) -> Result<Self, String> {
+        if self.success() {
+            Ok(self)
+        } else {
+            Err(self.last_line())
+        }
+    }
+
     /// The last non-empty line of stderr (or stdout), for a reason.
     pub fn last_line(&self) -> String {
         let err = String::from_utf8_lossy(&self.stderr);
@@ -330,14 +339,17 @@ impl Engine {
         }
     }
 
-    /// The exit code of a finished exec (`None` while it runs).
-    pub async fn exit_code(&self, exec_id: &str) -> Result<Option<i64>, String> {
-        let e = self.api().inspect_exec(exec_id).await.map_err(reason)?;
-        Ok(if e.running == Some(true) {
-            None
-        } else {
-            e.exit_code
-        })
+    /// The exit code of an exec whose output stream has ended: the stream ends when the
+    /// process does, and the engine may record its exit a moment later.
+    pub async fn exit_status(&self, exec_id: &str) -> Result<i64, String> {
+        for _ in 0..50 {
+            let e = self.api().inspect_exec(exec_id).await.map_err(reason)?;
+            if let (Some(false) | None, Some(code)) = (e.running, e.exit_code) {
+                return Ok(code);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err("the engine reports no exit status".to_owned())
     }
 
     /// Run `spec` to its end (up to `limit`); its exit code and output.
@@ -354,16 +366,8 @@ impl Engine {
                     LogOutput::StdIn { .. } => {}
                 }
             }
-            // The stream ends when the process does; the engine may record its exit a
-            // moment later.
-            for _ in 0..50 {
-                if let Some(code) = self.exit_code(&id).await? {
-                    out.code = Some(code);
-                    return Ok(out);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err("the engine reports no exit status".to_owned())
+            out.code = Some(self.exit_status(&id).await?);
+            Ok(out)
         };
         match tokio::time::timeout(limit, run).await {
             Ok(r) => r,

@@ -389,9 +389,9 @@ impl Workspace {
         self.engine.exec_stream(&self.name, spec).await
     }
 
-    /// The exit code of an exec started with [`Self::exec_stream`] (`None` while it runs).
-    pub async fn exit_code(&self, exec_id: &str) -> Result<Option<i64>, String> {
-        self.engine.exit_code(exec_id).await
+    /// The exit code of an exec started with [`Self::exec_stream`], once its stream ended.
+    pub async fn exit_status(&self, exec_id: &str) -> Result<i64, String> {
+        self.engine.exit_status(exec_id).await
     }
 
     /// Create the desktop user's runtime directory (`/run/user/<uid>`, 0700, the user's
@@ -433,12 +433,7 @@ impl Workspace {
             cmd: argv.iter().map(|a| (*a).to_owned()).collect(),
             ..ExecSpec::default()
         };
-        let out = self.exec(spec, timeout).await?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(out.last_line())
-        }
+        self.exec(spec, timeout).await?.ok()
     }
 
     /// Run `argv` as the desktop user; its output when it exits 0, else the reason.
@@ -449,12 +444,7 @@ impl Workspace {
         timeout: Duration,
     ) -> Result<ExecOutput, String> {
         let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
-        let out = self.exec(self.as_user(env, &argv), timeout).await?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(out.last_line())
-        }
+        self.exec(self.as_user(env, &argv), timeout).await?.ok()
     }
 
     /// What of the client image contract (docs/deploy.md, "Client image") this image
@@ -591,12 +581,10 @@ impl Workspace {
             ],
         );
         spec.workdir = Some(desktop);
-        let out = self.exec(spec, Duration::from_secs(15 * 60)).await?;
-        if out.success() {
-            Ok(true)
-        } else {
-            Err(out.last_line())
-        }
+        self.exec(spec, Duration::from_secs(15 * 60))
+            .await?
+            .ok()
+            .map(|_| true)
     }
 
     /// Copy the startup script into the container (mode 0755, owned by root) and run it
@@ -659,13 +647,7 @@ impl Workspace {
                 file.write_all(&bytes).await.map_err(|e| e.to_string())?;
             }
             let _ = file.flush().await;
-            for _ in 0..50 {
-                if let Some(code) = self.engine.exit_code(&id).await? {
-                    return Ok(code);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err("the engine reports no exit status".to_owned())
+            self.engine.exit_status(&id).await
         };
         let code = match tokio::time::timeout(timeout + Duration::from_secs(30), run).await {
             Ok(Ok(c)) => c,

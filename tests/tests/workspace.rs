@@ -102,6 +102,60 @@ impl Daemon<'_> {
     }
 }
 
+/// What every test here starts: a database with `n` VMs (removed with their workspaces
+/// at the end), the routes on HTTP, the holder, and a directory for the daemons' files.
+struct Stack {
+    _db: TestDb,
+    client: tokio_postgres::Client,
+    vms: Vec<TestVm>,
+    hosts: Vec<String>,
+    _cleanup: Cleanup,
+    dir: tempfile::TempDir,
+    api: ApiServer,
+    holder: HolderProc,
+    image: String,
+}
+
+impl Stack {
+    async fn start(what: &str, n: usize) -> Self {
+        let image = lablink_e2e::test_client_image();
+        let db = TestDb::new().await;
+        let client = db.client().await;
+        let vms = create_vms(&client, &prefix(what), n, VmStatus::Initializing)
+            .await
+            .unwrap();
+        let hosts: Vec<String> = vms.iter().map(|v| v.hostname.as_str().to_owned()).collect();
+        let _cleanup = Cleanup(hosts.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let api = ApiServer::start(&db.config).await.unwrap();
+        let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
+            .await
+            .unwrap();
+        Self {
+            _db: db,
+            client,
+            vms,
+            hosts,
+            _cleanup,
+            dir,
+            api,
+            holder,
+            image,
+        }
+    }
+
+    /// How this stack's client daemons are started.
+    fn daemons(&self) -> Daemon<'_> {
+        Daemon {
+            bin: workspace_bin("lablink-client-daemon").unwrap(),
+            dir: self.dir.path(),
+            api: self.api.url(),
+            holder: self.holder.url(),
+            image: self.image.clone(),
+        }
+    }
+}
+
 fn pasted(code: &str) -> String {
     format!(
         "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
@@ -143,22 +197,18 @@ async fn fresh_code(http: &reqwest::Client, api: &str, token: &str, code: &str) 
     assert!(status.is_success(), "{status}: {}", page.text().await.unwrap());
 }
 
-async fn request_vm(http: &reqwest::Client, api: &str, email: &str, code: &str) -> String {
-    let pasted = pasted(code);
-    let page = http
-        .post(format!("{api}/api/request_vm"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded::to_string([("email", email), ("crd_command", pasted.as_str())]).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let html = page.text().await.unwrap();
+/// The PIN on a seat's page.
+fn pin_of(html: &str) -> String {
     let start = html.find("id=\"pin\"").expect("a PIN on the success page");
     let rest = &html[start..];
     let open = rest.find('>').unwrap() + 1;
     let close = rest[open..].find('<').unwrap();
     rest[open..open + close].trim().to_owned()
+}
+
+/// A participant's request; the PIN it got.
+async fn request_vm(http: &reqwest::Client, api: &str, email: &str, code: &str) -> String {
+    pin_of(&request_vm_page(http, api, email, code).await)
 }
 
 /// What the stand-in start-host recorded in a workspace, one line per run.
@@ -251,35 +301,17 @@ const CODE: &str = "4/0AVMBsJh1-workspaceParticipantCodeXyZ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_restarts_repeat_nothing() {
-    let image = lablink_e2e::test_client_image();
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let vm = create_vms(&client, &prefix("a"), 1, VmStatus::Initializing)
-        .await
-        .unwrap()
-        .remove(0);
-    let host = vm.hostname.as_str().to_owned();
-    let _cleanup = Cleanup(vec![host.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_git, repo) = lablink_e2e::git_daemon(dir.path()).await;
-    let script = dir.path().join("startup.sh");
+    let s = Stack::start("a", 1).await;
+    let (client, vm, host, dir) = (&s.client, &s.vms[0], s.hosts[0].clone(), s.dir.path());
+    let (_git, repo) = lablink_e2e::git_daemon(dir).await;
+    let script = dir.join("startup.sh");
     std::fs::write(
         &script,
         "#!/bin/sh\nset -e\necho \"startup as $(id -un) for $LABLINK_DESKTOP_USER in $VM_NAME\" > /var/tmp/startup-ran\necho installed\n",
     )
     .unwrap();
-    let cloud_init = cloud_init_fixture(dir.path());
-    let api = ApiServer::start(&db.config).await.unwrap();
-    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
-        .await
-        .unwrap();
-    let d = Daemon {
-        bin: workspace_bin("lablink-client-daemon").unwrap(),
-        dir: dir.path(),
-        api: api.url(),
-        holder: holder.url(),
-        image: image.clone(),
-    };
+    let cloud_init = cloud_init_fixture(dir);
+    let (api, holder, d) = (&s.api, &s.holder, s.daemons());
     let env = [
         ("LABLINK_TUTORIAL_REPO", repo.as_str()),
         ("LABLINK_STARTUP_SCRIPT", script.to_str().unwrap()),
@@ -288,11 +320,11 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         ("LABLINK_CLOUD_INIT_STATUS", cloud_init.to_str().unwrap()),
     ];
     let t0 = Instant::now();
-    let mut daemon = d.spawn(&vm, &env);
+    let mut daemon = d.spawn(vm, &env);
 
     // Running once the workspace is prepared, with every phase's timing reported.
     let running = vm_with(
-        &client,
+        client,
         &vm.hostname,
         "running with timings",
         Duration::from_secs(60),
@@ -389,19 +421,15 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
 
     // In use while the subject software (`sleap-label` matches `sleap`) runs inside.
     docker(&["exec", "--detach", "--user", "client", &ctr, "sleap-label"]);
-    vm_with(&client, &vm.hostname, "in use", Duration::from_secs(15), |v| {
+    vm_with(client, &vm.hostname, "in use", Duration::from_secs(15), |v| {
         v.in_use
     })
     .await
     .unwrap();
     docker(&["exec", &ctr, "pkill", "-f", "sleap-label"]);
-    vm_with(
-        &client,
-        &vm.hostname,
-        "not in use",
-        Duration::from_secs(15),
-        |v| !v.in_use,
-    )
+    vm_with(client, &vm.hostname, "not in use", Duration::from_secs(15), |v| {
+        !v.in_use
+    })
     .await
     .unwrap();
 
@@ -415,14 +443,7 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     let asked = Instant::now();
     let seat = request_vm_page(&http, &api.url(), "ada@example.edu", CODE).await;
     let token = seat_token(&seat);
-    let pin = {
-        let start = seat.find("id=\"pin\"").expect("a PIN on the success page");
-        let rest = &seat[start..];
-        let open = rest.find('>').unwrap() + 1;
-        rest[open..open + rest[open..].find('<').unwrap()]
-            .trim()
-            .to_owned()
-    };
+    let pin = pin_of(&seat);
     let runs = eventually("start-host in the workspace", Duration::from_secs(20), || async {
         let r = start_host_runs(&host);
         (!r.is_empty()).then_some(r)
@@ -439,7 +460,7 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         )]
     );
     let done = vm_with(
-        &client,
+        client,
         &vm.hostname,
         "start-host's outcome",
         Duration::from_secs(30),
@@ -490,7 +511,7 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
     vm_with(
-        &client,
+        client,
         &vm.hostname,
         "the fresh code acknowledged",
         Duration::from_secs(20),
@@ -505,7 +526,7 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     // adopted (no start asked for).
     let attempts = host_start_attempts(&ctr);
     daemon.kill().await;
-    let _again = d.spawn(&vm, &env);
+    let _again = d.spawn(vm, &env);
     eventually(
         "the restarted daemon to settle",
         Duration::from_secs(20),
@@ -598,38 +619,21 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
         "1",
         "the registration is kept"
     );
-    let vm_now = vms::get_vm(&client, &vm.hostname).await.unwrap().unwrap();
+    let vm_now = vms::get_vm(client, &vm.hostname).await.unwrap().unwrap();
     assert_eq!(vm_now.status, VmStatus::Running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_reach_the_admin() {
-    let image = lablink_e2e::test_client_image();
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let vms_ = create_vms(&client, &prefix("b"), 3, VmStatus::Initializing)
-        .await
-        .unwrap();
-    let hosts: Vec<String> = vms_.iter().map(|v| v.hostname.as_str().to_owned()).collect();
-    let _cleanup = Cleanup(hosts.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let failing = dir.path().join("failing.sh");
+    let s = Stack::start("b", 3).await;
+    let (client, vms_, hosts, dir) = (&s.client, &s.vms, &s.hosts, s.dir.path());
+    let failing = dir.join("failing.sh");
     std::fs::write(
         &failing,
         "#!/bin/sh\necho step one\necho 'apt-get: package sleap-extras not found' >&2\nexit 3\n",
     )
     .unwrap();
-    let api = ApiServer::start(&db.config).await.unwrap();
-    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
-        .await
-        .unwrap();
-    let d = Daemon {
-        bin: workspace_bin("lablink-client-daemon").unwrap(),
-        dir: dir.path(),
-        api: api.url(),
-        holder: holder.url(),
-        image: image.clone(),
-    };
+    let (api, holder, d) = (&s.api, &s.holder, s.daemons());
     let script = failing.to_str().unwrap();
     // `fail`: error, out of the pool. `continue`, with a repository that cannot be
     // cloned: running, both failures reported. An image no registry has: error.
@@ -653,13 +657,9 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
         &[("LABLINK_CLIENT_IMAGE", "lablink-test/no-such-image:1")],
     );
 
-    let failed = vm_with(
-        &client,
-        &vms_[0].hostname,
-        "error",
-        Duration::from_secs(60),
-        |v| v.status == VmStatus::Error,
-    )
+    let failed = vm_with(client, &vms_[0].hostname, "error", Duration::from_secs(60), |v| {
+        v.status == VmStatus::Error
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[0])));
     let reason = failed.status_reason.unwrap_or_default();
@@ -669,7 +669,7 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
         "the script's last lines: {reason}"
     );
     let cont = vm_with(
-        &client,
+        client,
         &vms_[1].hostname,
         "running",
         Duration::from_secs(60),
@@ -680,13 +680,9 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
     let reason = cont.status_reason.unwrap_or_default();
     assert!(reason.contains("tutorial repository not cloned"), "{reason}");
     assert!(reason.contains("startup script failed (exit 3)"), "{reason}");
-    let nopull = vm_with(
-        &client,
-        &vms_[2].hostname,
-        "error",
-        Duration::from_secs(60),
-        |v| v.status == VmStatus::Error,
-    )
+    let nopull = vm_with(client, &vms_[2].hostname, "error", Duration::from_secs(60), |v| {
+        v.status == VmStatus::Error
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[2])));
     let reason = nopull.status_reason.unwrap_or_default();
@@ -695,7 +691,7 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
         "{reason}"
     );
     // Only the `continue` VM is offered to participants.
-    assert_eq!(vms::free_seat_count(&client).await.unwrap(), 1);
+    assert_eq!(vms::free_seat_count(client).await.unwrap(), 1);
 
     // A code Google refuses: start-host's failure and its redacted output reach the
     // admin's view of the VM.
@@ -706,7 +702,7 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
     let expired = "4/0AVMBsJh1-expired-participant-code";
     let pin = request_vm(&reqwest::Client::new(), &api.url(), "bob@example.edu", expired).await;
     let vm = vm_with(
-        &client,
+        client,
         &vms_[1].hostname,
         "start-host's failure",
         Duration::from_secs(20),
@@ -738,7 +734,7 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
     let fresh = "4/0AVMBsJh1-fresh-participant-code";
     let new_pin = request_vm(&reqwest::Client::new(), &api.url(), "bob@example.edu", fresh).await;
     let vm = vm_with(
-        &client,
+        client,
         &vms_[1].hostname,
         "start-host's success with the fresh code",
         Duration::from_secs(20),
@@ -765,15 +761,15 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
         "-c",
         "echo tracked > /home/client/results.slp",
     ]);
-    assert_eq!(vms::free_seat_count(&client).await.unwrap(), 0);
-    let released = lablink_db::seats::release(&client, &vms_[1].hostname, true, "admin")
+    assert_eq!(vms::free_seat_count(client).await.unwrap(), 0);
+    let released = lablink_db::seats::release(client, &vms_[1].hostname, true, "admin")
         .await
         .unwrap();
     assert!(matches!(released, lablink_db::seats::ActionOutcome::Done { .. }));
     eventually(
         "the released VM back in the pool",
         Duration::from_secs(60),
-        || async { (vms::free_seat_count(&client).await.ok()? == 1).then_some(()) },
+        || async { (vms::free_seat_count(client).await.ok()? == 1).then_some(()) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&hosts[1])));
@@ -787,7 +783,7 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
         "ls -A /home/client; ls /home/client/.config/chrome-remote-desktop 2>&1 || true",
     ]);
     assert!(!left.contains("results.slp") && !left.contains("host#"), "{left}");
-    let kept_root = dir.path().join(format!("{}.state/kept", hosts[1]));
+    let kept_root = dir.join(format!("{}.state/kept", hosts[1]));
     let kept: Vec<_> = std::fs::read_dir(&kept_root).unwrap().flatten().collect();
     assert_eq!(kept.len(), 1);
     let kept_home = kept[0].path().join("home/client");
@@ -820,32 +816,14 @@ async fn startup_failures_follow_the_on_error_policy_and_start_host_failures_rea
 /// under `continue`; the host is found registered, so the one-time code is spent once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_during_the_script_or_start_host_runs_neither_twice() {
-    let image = lablink_e2e::test_client_image();
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let vm = create_vms(&client, &prefix("c"), 1, VmStatus::Initializing)
-        .await
-        .unwrap()
-        .remove(0);
-    let host = vm.hostname.as_str().to_owned();
-    let _cleanup = Cleanup(vec![host.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(&db.config).await.unwrap();
-    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
-        .await
-        .unwrap();
-    let d = Daemon {
-        bin: workspace_bin("lablink-client-daemon").unwrap(),
-        dir: dir.path(),
-        api: api.url(),
-        holder: holder.url(),
-        image,
-    };
+    let s = Stack::start("c", 1).await;
+    let (client, vm, host, dir) = (&s.client, &s.vms[0], s.hosts[0].clone(), s.dir.path());
+    let (api, holder, d) = (&s.api, &s.holder, s.daemons());
     // A startup script that takes a while: the daemon is killed while it runs, too.
-    let script = dir.path().join("slow-startup.sh");
+    let script = dir.join("slow-startup.sh");
     std::fs::write(&script, "#!/bin/sh\necho run >> /var/tmp/script-runs\nsleep 3\n").unwrap();
     let env = [("LABLINK_STARTUP_SCRIPT", script.to_str().unwrap())];
-    let daemon = d.spawn(&vm, &env);
+    let daemon = d.spawn(vm, &env);
     eventually("the startup script begun", Duration::from_secs(30), || async {
         let out = std::process::Command::new("docker")
             .args(["exec", &container(&host), "cat", "/var/tmp/script-runs"])
@@ -857,9 +835,9 @@ async fn a_daemon_killed_during_the_script_or_start_host_runs_neither_twice() {
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log(&host)));
     let mut killed = daemon;
     killed.kill().await;
-    let mut daemon = d.spawn(&vm, &env);
+    let mut daemon = d.spawn(vm, &env);
     let reported = vm_with(
-        &client,
+        client,
         &vm.hostname,
         "running after the interrupted script",
         Duration::from_secs(40),
@@ -890,9 +868,9 @@ async fn a_daemon_killed_during_the_script_or_start_host_runs_neither_twice() {
     .await
     .unwrap();
     daemon.kill().await;
-    let _again = d.spawn(&vm, &[]);
+    let _again = d.spawn(vm, &[]);
     let vm_now = vm_with(
-        &client,
+        client,
         &vm.hostname,
         "the interrupted run's outcome",
         Duration::from_secs(40),
@@ -1106,29 +1084,11 @@ fn the_old_daemon_sequence_fails_against_crd_148_and_the_new_one_starts_a_host()
 /// unacknowledged (the holder hands it over again, and it is not run again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desktop_host_that_will_not_start_is_the_vms_error_and_the_seat_is_not_ready() {
-    let image = lablink_e2e::test_client_image();
-    let db = TestDb::new().await;
-    let client = db.client().await;
-    let vm = create_vms(&client, &prefix("d"), 1, VmStatus::Initializing)
-        .await
-        .unwrap()
-        .remove(0);
-    let host = vm.hostname.as_str().to_owned();
-    let _cleanup = Cleanup(vec![host.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(&db.config).await.unwrap();
-    let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
-        .await
-        .unwrap();
-    let d = Daemon {
-        bin: workspace_bin("lablink-client-daemon").unwrap(),
-        dir: dir.path(),
-        api: api.url(),
-        holder: holder.url(),
-        image,
-    };
-    let _daemon = d.spawn(&vm, &[("LABLINK_START_HOST_TIMEOUT_SECONDS", "8")]);
-    vm_with(&client, &vm.hostname, "running", Duration::from_secs(60), |v| {
+    let s = Stack::start("d", 1).await;
+    let (client, vm, host) = (&s.client, &s.vms[0], s.hosts[0].clone());
+    let (api, holder, d) = (&s.api, &s.holder, s.daemons());
+    let _daemon = d.spawn(vm, &[("LABLINK_START_HOST_TIMEOUT_SECONDS", "8")]);
+    vm_with(client, &vm.hostname, "running", Duration::from_secs(60), |v| {
         v.status == VmStatus::Running
     })
     .await
@@ -1147,7 +1107,7 @@ async fn a_desktop_host_that_will_not_start_is_the_vms_error_and_the_seat_is_not
     .await;
     let token = seat_token(&seat);
     let failed = vm_with(
-        &client,
+        client,
         &vm.hostname,
         "the VM's error",
         Duration::from_secs(60),

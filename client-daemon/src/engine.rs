@@ -92,6 +92,9 @@ impl ExecOutput {
 /// The output of a running exec, a chunk at a time (stdout and stderr told apart).
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<LogOutput, Error>> + Send>>;
 
+/// The stdin of a running exec.
+pub type ExecInput = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
 /// One engine client, built once and shared.
 pub struct Engine {
     socket: Docker,
@@ -297,12 +300,40 @@ impl Engine {
     /// Start `spec` in the container; its id and its output as it comes. The process
     /// goes on in the container if the stream is dropped (as with `docker exec`).
     pub async fn exec_stream(&self, name: &str, spec: ExecSpec) -> Result<(String, ExecStream), String> {
+        let mut spec = spec;
+        let stdin = spec.stdin.take();
+        let attach = stdin.is_some();
+        let (id, output, mut input) = self.start_exec(name, spec, attach).await?;
+        if let Some(bytes) = stdin {
+            // A program that exits without reading its stdin is not an error.
+            let _ = input.write_all(&bytes).await;
+        }
+        let _ = input.shutdown().await;
+        Ok((id, output))
+    }
+
+    /// Start `spec` in the container with its stdin held open: its id, its output, and
+    /// its stdin (the workspace helper's channel). `spec.stdin` is not used.
+    pub async fn exec_attached(
+        &self,
+        name: &str,
+        spec: ExecSpec,
+    ) -> Result<(String, ExecStream, ExecInput), String> {
+        self.start_exec(name, spec, true).await
+    }
+
+    async fn start_exec(
+        &self,
+        name: &str,
+        spec: ExecSpec,
+        attach_stdin: bool,
+    ) -> Result<(String, ExecStream, ExecInput), String> {
         let created = self
             .api()
             .create_exec(
                 name,
                 CreateExecOptions {
-                    attach_stdin: Some(spec.stdin.is_some()),
+                    attach_stdin: Some(attach_stdin),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     user: Some(spec.user),
@@ -327,14 +358,7 @@ impl Engine {
             .await
             .map_err(reason)?;
         match started {
-            StartExecResults::Attached { output, mut input } => {
-                if let Some(bytes) = spec.stdin {
-                    // A program that exits without reading its stdin is not an error.
-                    let _ = input.write_all(&bytes).await;
-                    let _ = input.shutdown().await;
-                }
-                Ok((created.id, output))
-            }
+            StartExecResults::Attached { output, input } => Ok((created.id, output, input)),
             StartExecResults::Detached => Err("the engine detached an attached exec".to_owned()),
         }
     }

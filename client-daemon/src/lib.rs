@@ -17,6 +17,7 @@ pub mod crd;
 pub mod engine;
 pub mod enroll;
 pub mod export;
+pub mod helper;
 pub mod logship;
 pub mod monitor;
 pub mod software;
@@ -266,12 +267,16 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
             // One engine client for the daemon's life (the Docker Engine API over its
             // socket; DOCKER_HOST when it names a unix socket).
             let engine = engine::Engine::new().map_err(std::io::Error::other)?;
-            Ok::<_, std::io::Error>(Arc::new(Workspace::new(
-                Arc::new(engine),
-                w,
-                &cfg.hostname,
-                &cfg.desktop_user,
-            )))
+            let ws = Workspace::new(Arc::new(engine), w, &cfg.hostname, &cfg.desktop_user);
+            // Short commands in the workspace go through a helper (`helper.rs`); without
+            // one they are one exec each, as before.
+            Ok::<_, std::io::Error>(Arc::new(match helper::install(&cfg.state_dir) {
+                Ok(dir) => ws.with_helper(dir),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the workspace helper; one exec per command");
+                    ws
+                }
+            }))
         })
         .transpose()?;
 

@@ -5,6 +5,11 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
+    // In a workspace container, as its helper (`helper.rs`): no logging set-up, its
+    // stdout is the wire.
+    if lablink_client_daemon::helper::is_helper_invocation() {
+        std::process::exit(lablink_client_daemon::helper::serve().await);
+    }
     // journald adds its own timestamps; keep lines plain and greppable.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))

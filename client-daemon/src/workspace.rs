@@ -32,6 +32,7 @@ use tokio::io::AsyncWriteExt;
 
 pub use crate::engine::ContainerState;
 use crate::engine::{Engine, ExecOutput, ExecSpec};
+use crate::helper::{Helper, HelperError};
 
 use crate::config::{OnError, WorkspaceConfig};
 use crate::state::StateDir;
@@ -103,6 +104,18 @@ pub struct Workspace {
     user_info: OnceLock<UserInfo>,
     /// The container start (`StartedAt`) the runtime directory was last made for.
     runtime_dir_for: std::sync::Mutex<Option<String>>,
+    /// The helper's directory on this host, mounted read-only in the container.
+    helper_dir: Option<PathBuf>,
+    /// The helper running in the container, if any (`crate::helper`).
+    helper: tokio::sync::Mutex<HelperSlot>,
+}
+
+/// The workspace helper of the current container start.
+#[derive(Default)]
+struct HelperSlot {
+    running: Option<Arc<Helper>>,
+    /// The container start (`StartedAt`) a helper was last tried for.
+    tried_for: Option<String>,
 }
 
 /// The desktop user as the image's `/etc/passwd` has it.
@@ -173,7 +186,16 @@ impl Workspace {
             labels: cfg.labels.clone(),
             user_info: OnceLock::new(),
             runtime_dir_for: std::sync::Mutex::new(None),
+            helper_dir: None,
+            helper: tokio::sync::Mutex::new(HelperSlot::default()),
         }
+    }
+
+    /// Run short commands through a helper from `dir` (see [`crate::helper::install`]),
+    /// mounted read-only in containers this daemon creates.
+    pub fn with_helper(mut self, dir: PathBuf) -> Self {
+        self.helper_dir = Some(dir);
+        self
     }
 
     /// The container's name (`lablink-workspace-<hostname>`).
@@ -275,7 +297,15 @@ impl Workspace {
             // Browsers keep their renderers' memory in /dev/shm; Docker's 64 MB makes
             // tabs crash.
             shm_size: Some(1 << 30),
-            binds: Some(vec![format!("{}:/home", self.volume)]),
+            binds: Some(
+                std::iter::once(format!("{}:/home", self.volume))
+                    .chain(
+                        self.helper_dir
+                            .iter()
+                            .map(|d| format!("{}:{}:ro", d.display(), crate::helper::MOUNT_DIR)),
+                    )
+                    .collect(),
+            ),
             // `--gpus all`.
             device_requests: gpu.then(|| {
                 vec![DeviceRequest {
@@ -379,8 +409,47 @@ impl Workspace {
     }
 
     /// Run `spec` in the workspace to its end (up to `limit`); its exit code and output.
+    /// Through the workspace's helper when it runs (a line on a pipe), else as one exec.
     pub async fn exec(&self, spec: ExecSpec, limit: Duration) -> Result<ExecOutput, String> {
+        if let Some(helper) = self.helper().await {
+            match helper.run(spec.clone(), limit).await {
+                Ok(out) => return Ok(out),
+                Err(HelperError::Lost(e)) => return Err(e),
+                Err(HelperError::NotSent(e)) => {
+                    tracing::warn!(error = %e, "the workspace helper is gone; using one exec");
+                }
+            }
+        }
         self.engine.exec(&self.name, spec, limit).await
+    }
+
+    /// The running helper, started when the container has none yet (once per container
+    /// start: a container without the helper's mount, or an image whose C library is
+    /// too old for it, is told once and then uses one exec per command).
+    async fn helper(&self) -> Option<Arc<Helper>> {
+        self.helper_dir.as_ref()?;
+        let mut slot = self.helper.lock().await;
+        if let Some(h) = slot.running.as_ref().filter(|h| h.alive()) {
+            return Some(Arc::clone(h));
+        }
+        slot.running = None;
+        let started = self.state().await.ok()??.started_at;
+        if slot.tried_for.as_deref() == Some(started.as_str()) {
+            return None;
+        }
+        slot.tried_for = Some(started);
+        match Helper::start(&self.engine, &self.name).await {
+            Ok(h) => {
+                tracing::info!(container = %self.name, "the workspace helper runs");
+                let h = Arc::new(h);
+                slot.running = Some(Arc::clone(&h));
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!(container = %self.name, error = %e, "no workspace helper: one exec per command");
+                None
+            }
+        }
     }
 
     /// Start `spec` in the workspace and hand back its exec id and output stream (the

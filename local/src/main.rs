@@ -99,6 +99,8 @@ enum Command {
 }
 
 fn main() {
+    // A local VM's workspace helper runs this binary in its container.
+    lablink_client_daemon::helper::run_if_invoked();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::HashPassword) => {

@@ -359,8 +359,14 @@ pub async fn git_daemon(dir: &Path) -> (Proc, String) {
         dir,
     );
     let port = free_port();
-    let child = Command::new("git")
-        .arg("daemon")
+    // `git-daemon` itself: `git daemon` runs it as a child that outlives a kill of `git`
+    // (and holds the test's stdout open).
+    let exec_path = std::process::Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    let exec_path = String::from_utf8_lossy(&exec_path.stdout).trim().to_owned();
+    let child = Command::new(Path::new(&exec_path).join("git-daemon"))
         .arg("--export-all")
         .arg("--reuseaddr")
         .arg("--listen=127.0.0.1")

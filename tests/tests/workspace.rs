@@ -362,10 +362,51 @@ async fn a_participant_gets_start_host_in_the_workspace_as_the_desktop_user_and_
     let inspect = docker(&[
         "inspect",
         "--format",
-        "{{.HostConfig.NetworkMode}} {{.HostConfig.RestartPolicy.Name}} {{range .Mounts}}{{.Name}}:{{.Destination}}{{end}}",
+        "{{.HostConfig.NetworkMode}} {{.HostConfig.RestartPolicy.Name}} {{range .Mounts}}{{.Name}}:{{.Destination}}:{{.RW}} {{end}}",
         &ctr,
     ]);
-    assert_eq!(inspect, format!("host unless-stopped lablink-home-{host}:/home"));
+    assert_eq!(
+        inspect,
+        format!("host unless-stopped lablink-home-{host}:/home:true :/run/lablink-helper:false"),
+        "the home on its volume, the helper's directory read-only"
+    );
+    // The daemon's short commands go through one helper process in the workspace: root
+    // there, with the container's own limits (no_new_privs, the dropped capabilities
+    // out of its bounding set), and nothing of it open to the desktop user.
+    assert!(
+        d.log(&host).contains("the workspace helper runs"),
+        "{}",
+        d.log(&host)
+    );
+    let helper = docker(&[
+        "exec",
+        &ctr,
+        "pgrep",
+        "-u",
+        "root",
+        "-f",
+        "__lablink-workspace-helper",
+    ]);
+    assert_eq!(helper.lines().count(), 1, "one helper: {helper}");
+    let status = docker(&["exec", &ctr, "cat", &format!("/proc/{helper}/status")]);
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    // AUDIT_WRITE 29, MKNOD 27, NET_RAW 13, SETPCAP 8, SYS_CHROOT 18.
+    for bit in [29, 27, 13, 8, 18] {
+        assert_eq!(
+            bounding & (1 << bit),
+            0,
+            "capability {bit} is dropped: {bounding:x}"
+        );
+    }
+    for what in [format!("/proc/{helper}/fd"), "/run/lablink-helper".to_owned()] {
+        let (code, _, _) = exec_in(&ctr, &["--user", "client"], &["ls", &what], "");
+        assert_ne!(code, 0, "the desktop user lists {what}");
+    }
     assert!(
         docker(&[
             "exec",

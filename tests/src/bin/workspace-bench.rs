@@ -7,10 +7,12 @@
 //! workspace (read from the container's filesystem on the host, polled every 1 ms) and to
 //! the desktop host running (the CRD 148 stand-in records its start), then `--rounds - 1`
 //! fresh codes per seat from the seat page, timed the same way; and
-//! `docker exec <container> true` alone for comparison.
+//! `docker exec <container> true` alone for comparison. With `--seatings K`, every seat
+//! is released K − 1 times (its workspace reset, as between two classes) and taken again
+//! by a new participant, so first codes are measured K times per VM.
 //!
 //! Run with `scripts/bench-workspace` (as root: it reads containers' filesystems).
-//! Usage: workspace-bench [--vms 10] [--rounds 10]
+//! Usage: workspace-bench [--vms 10] [--rounds 10] [--seatings 1]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,17 +44,21 @@ fn summary(mut v: Vec<f64>) -> String {
 async fn main() -> anyhow::Result<()> {
     let mut n = 10usize;
     let mut rounds = 10usize;
+    let mut seatings = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--vms" => n = args.next().context("--vms N")?.parse()?,
             "--rounds" => rounds = args.next().context("--rounds R")?.parse()?,
-            other => bail!("unknown argument {other}; usage: workspace-bench [--vms 10] [--rounds 10]"),
+            "--seatings" => seatings = args.next().context("--seatings K")?.parse()?,
+            other => bail!(
+                "unknown argument {other}; usage: workspace-bench [--vms 10] [--rounds 10] [--seatings 1]"
+            ),
         }
     }
     anyhow::ensure!(
-        n > 0 && (1..=10).contains(&rounds),
-        "--vms at least 1, --rounds 1 to 10 (a seat takes 10 fresh codes)"
+        n > 0 && (1..=10).contains(&rounds) && seatings > 0,
+        "--vms at least 1, --rounds 1 to 10 (a seat takes 10 fresh codes), --seatings at least 1"
     );
     let image = lablink_e2e::test_client_image();
     let db = TestDb::new().await;
@@ -152,100 +158,130 @@ async fn main() -> anyhow::Result<()> {
     let (mut first, mut first_running) = (Vec::new(), Vec::new());
     let (mut fresh, mut fresh_running) = (Vec::new(), Vec::new());
     let mut seats: Vec<(String, String)> = Vec::new();
-    for round in 0..rounds {
-        if round > 0 {
-            // Past the seat's 20 s between codes, as a participant would be.
-            client
-                .execute(
-                    "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
-                    &[],
-                )
-                .await?;
-        }
-        for i in 0..n {
-            let code = format!("4/0AVMBsJh1-benchParticipantCode{round:02}x{i:04}");
-            let command = format!(
-                "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
-                 --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
-            );
-            let t;
-            let host = if round == 0 {
-                holder
-                    .wait_for_waiters(&http, n as u64, Duration::from_secs(30))
-                    .await?;
-                t = Instant::now();
-                let page = http
-                    .post(format!("{}/api/request_vm", api.url()))
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(serde_urlencoded::to_string([
-                        ("email", format!("p{i}@example.edu")),
-                        ("crd_command", command),
-                    ])?)
-                    .send()
-                    .await?
-                    .text()
-                    .await?;
-                let host = hosts
-                    .iter()
-                    .find(|h| page.contains(&format!(">{h}<")))
-                    .context("the success page names a VM")?
-                    .clone();
-                let at = page.find("href=\"/seat/").context("a seat link")? + "href=\"/seat/".len();
-                let token = page[at..].split('"').next().unwrap_or_default().to_owned();
-                seats.push((host.clone(), token));
-                host
-            } else {
-                let (host, token) = seats[i].clone();
-                t = Instant::now();
-                let r = http
-                    .post(format!("{}/api/seat/{token}/code", api.url()))
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(serde_urlencoded::to_string([("crd_command", command)])?)
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    r.status().is_success(),
-                    "a fresh code was refused: {}",
-                    r.status()
-                );
-                host
-            };
-            let merged = PathBuf::from(docker(&[
-                "inspect",
-                "--format",
-                "{{.GraphDriver.Data.MergedDir}}",
-                &format!("lablink-workspace-{host}"),
-            ]));
-            let record = merged.join("tmp/start-host-runs.log");
-            loop {
-                if has_code(&record, &code) {
-                    if round == 0 { &mut first } else { &mut fresh }.push(ms(t.elapsed()));
-                    break;
-                }
-                if t.elapsed() > Duration::from_secs(30) {
-                    bail!("start-host did not run on {host} within 30 s");
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+    for seating in 0..seatings {
+        if seating > 0 {
+            // Every seat released (its workspace reset) and back in the pool.
+            for h in &hosts {
+                let host = lablink_core::domain::Hostname::parse(h)?;
+                lablink_db::seats::release(&client, &host, false, "bench").await?;
             }
-            let hosts_log = merged.join("tmp/crd-host-starts.log");
-            let token = {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(code.as_bytes()))[..16].to_owned()
-            };
+            seats.clear();
+            let back = Instant::now();
             loop {
-                if has_code(&hosts_log, &token) {
-                    if round == 0 {
-                        &mut first_running
-                    } else {
-                        &mut fresh_running
+                let mut free = 0;
+                for vm in &vms_ {
+                    if vms::get_vm(&client, &vm.hostname)
+                        .await?
+                        .is_some_and(|v| v.status == VmStatus::Running && v.user_email.is_none())
+                    {
+                        free += 1;
                     }
-                    .push(ms(t.elapsed()));
+                }
+                if free == n {
                     break;
                 }
-                if t.elapsed() > Duration::from_secs(60) {
-                    bail!("the desktop host did not start on {host} within 60 s");
+                if back.elapsed() > Duration::from_secs(120) {
+                    bail!("only {free} of {n} released VMs were back in the pool within 120 s");
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let rounds_now = if seating + 1 == seatings { rounds } else { 1 };
+        for round in 0..rounds_now {
+            if round > 0 {
+                // Past the seat's 20 s between codes, as a participant would be.
+                client
+                    .execute(
+                        "UPDATE vms SET code_changed_at = now() - interval '1 minute'",
+                        &[],
+                    )
+                    .await?;
+            }
+            for i in 0..n {
+                let code = format!("4/0AVMBsJh1-benchParticipantCode{seating:02}r{round:02}x{i:04}");
+                let command = format!(
+                    "DISPLAY= /opt/google/chrome-remote-desktop/start-host --code=\"{code}\" \
+                 --redirect-url=\"https://remotedesktop.google.com/_/oauthredirect\" --name=$(hostname)"
+                );
+                let t;
+                let host = if round == 0 {
+                    holder
+                        .wait_for_waiters(&http, n as u64, Duration::from_secs(30))
+                        .await?;
+                    t = Instant::now();
+                    let page = http
+                        .post(format!("{}/api/request_vm", api.url()))
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(serde_urlencoded::to_string([
+                            ("email", format!("p{seating}-{i}@example.edu")),
+                            ("crd_command", command),
+                        ])?)
+                        .send()
+                        .await?
+                        .text()
+                        .await?;
+                    let host = hosts
+                        .iter()
+                        .find(|h| page.contains(&format!(">{h}<")))
+                        .context("the success page names a VM")?
+                        .clone();
+                    let at = page.find("href=\"/seat/").context("a seat link")? + "href=\"/seat/".len();
+                    let token = page[at..].split('"').next().unwrap_or_default().to_owned();
+                    seats.push((host.clone(), token));
+                    host
+                } else {
+                    let (host, token) = seats[i].clone();
+                    t = Instant::now();
+                    let r = http
+                        .post(format!("{}/api/seat/{token}/code", api.url()))
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(serde_urlencoded::to_string([("crd_command", command)])?)
+                        .send()
+                        .await?;
+                    anyhow::ensure!(
+                        r.status().is_success(),
+                        "a fresh code was refused: {}",
+                        r.status()
+                    );
+                    host
+                };
+                let merged = PathBuf::from(docker(&[
+                    "inspect",
+                    "--format",
+                    "{{.GraphDriver.Data.MergedDir}}",
+                    &format!("lablink-workspace-{host}"),
+                ]));
+                let record = merged.join("tmp/start-host-runs.log");
+                loop {
+                    if has_code(&record, &code) {
+                        if round == 0 { &mut first } else { &mut fresh }.push(ms(t.elapsed()));
+                        break;
+                    }
+                    if t.elapsed() > Duration::from_secs(30) {
+                        bail!("start-host did not run on {host} within 30 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let hosts_log = merged.join("tmp/crd-host-starts.log");
+                let token = {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(code.as_bytes()))[..16].to_owned()
+                };
+                loop {
+                    if has_code(&hosts_log, &token) {
+                        if round == 0 {
+                            &mut first_running
+                        } else {
+                            &mut fresh_running
+                        }
+                        .push(ms(t.elapsed()));
+                        break;
+                    }
+                    if t.elapsed() > Duration::from_secs(60) {
+                        bail!("the desktop host did not start on {host} within 60 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
         }
     }
@@ -270,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
         all.extend(fresh);
         println!("every request → start-host ran: {}", summary(all));
     }
-    println!("(command: scripts/bench-workspace --vms {n} --rounds {rounds})");
+    println!("(command: scripts/bench-workspace --vms {n} --rounds {rounds} --seatings {seatings})");
 
     drop(daemons);
     for h in &hosts {

@@ -181,6 +181,57 @@ ensure_test_client_image() {
   echo "$image"
 }
 
+# The boot rehearsal's VM image (tests/vm-rehearsal/Dockerfile): a debootstrapped
+# bookworm with systemd and Docker's engine (docker.io), then cloud-init, the AWS CLI v1
+# from wheels fetched here with the project's pip (>= 1.29: it honours endpoint_url), and
+# the stand-in metadata service. Tagged by the hash of its inputs: built once per content.
+ensure_test_vm_image() {
+  local base=lablink-test-vm-base:bookworm
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    local root
+    root="$(mktemp -d)"
+    echo "building $base with debootstrap (about a minute)" >&2
+    as_root debootstrap --variant=minbase \
+      --include=systemd,systemd-sysv,dbus,docker.io,iptables,ca-certificates,procps,python3 \
+      bookworm "$root" http://deb.debian.org/debian >/dev/null
+    as_root tar -C "$root" -c . | docker import - "$base" >/dev/null
+    as_root rm -rf "$root"
+  fi
+  local wheels="$HOME/.cache/lablink/awscli-wheels"
+  if [ ! -f "$wheels/.complete" ]; then
+    local venv_bin
+    venv_bin="$(ensure_venv)" || return 1
+    mkdir -p "$wheels"
+    "$venv_bin/pip" download -q --disable-pip-version-check --only-binary=:all: \
+      --python-version 3.11 --platform manylinux2014_x86_64 --platform any \
+      -d "$wheels" 'awscli>=1.29,<2' >&2 || return 1
+    touch "$wheels/.complete"
+  fi
+  local tag
+  tag="$( {
+    docker image inspect -f '{{.Id}}' "$base"
+    declare -f ensure_test_vm_image
+    (cd "$wheels" && ls)
+    find tests/vm-rehearsal -type f -print0 | sort -z | xargs -0 stat -c '%a %n'
+    find tests/vm-rehearsal -type f -print0 | sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-12)"
+  local image="lablink-test-vm:$tag"
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    echo "building $image (the boot rehearsal's VM)" >&2
+    local ctx
+    ctx="$(mktemp -d)" || return 1
+    cp -a tests/vm-rehearsal/. "$ctx/"
+    mkdir -p "$ctx/wheels" && cp "$wheels"/*.whl "$ctx/wheels/"
+    if ! docker build -q --build-arg "BASE=$base" -t "$image" "$ctx" >/dev/null; then
+      rm -rf "$ctx"
+      return 1
+    fi
+    rm -rf "$ctx"
+  fi
+  echo "$image"
+}
+
 # Stand-ins for the holder image's two pinned base images (infra-cdk/holder/Dockerfile),
 # which no registry here can serve: the runtime is the Debian base above (glibc and
 # libgcc, as in distroless/cc); the builder is a minimal Debian with the C toolchain the

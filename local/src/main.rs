@@ -453,21 +453,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             )
             .with_export_storage(export_storage.clone()),
     );
-    let http = reqwest::Client::new();
-    let mut app = lablink_web::local::router(state);
     // The VMs' long-polls go to the holder, as behind API Gateway.
-    for path in ["/vm_startup", "/vm_export"] {
-        let url = format!("http://{}{path}", holder.addr);
-        let http = http.clone();
-        app = app.route(
-            path,
-            axum::routing::post(move |req: axum::extract::Request| {
-                let (http, url) = (http.clone(), url.clone());
-                async move { pass_to_holder(&http, &url, req).await }
-            }),
-        );
-    }
-    let app = app.route(
+    let app = lablink_web::local::with_holder(
+        lablink_web::local::router(state),
+        &format!("http://{}", holder.addr),
+    )
+    .route(
         "/local-export/{job}/{host}",
         axum::routing::put({
             let storage = export_storage.clone();
@@ -520,8 +511,6 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `POST /vm_startup` as API Gateway does it: to the holder, with the body, the
-/// credential and `?wait=`.
 /// One settings file checked; its deploy parameters (`sam deploy --parameter-overrides`).
 fn validate_config(path: &Path) -> Result<String, String> {
     use base64::Engine;
@@ -600,47 +589,6 @@ async fn docker_engine(image: &str) -> anyhow::Result<()> {
         Err(e) => anyhow::bail!(
             "--client-image {image} needs Docker, and the docker command cannot run ({e}); install it (Debian: `sudo apt-get install docker.io`) and start the engine with `sudo systemctl start docker`"
         ),
-    }
-}
-
-async fn pass_to_holder(
-    http: &reqwest::Client,
-    url: &str,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-    let auth = req.headers().get("authorization").cloned();
-    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
-    };
-    let mut r = http
-        .post(format!("{url}{query}"))
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(a) = auth {
-        r = r.header("authorization", a);
-    }
-    match r.send().await {
-        Ok(resp) => {
-            let status = axum::http::StatusCode::from_u16(resp.status().as_u16())
-                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
-            let ct = resp.headers().get("content-type").cloned();
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let mut out = (status, bytes).into_response();
-            if let Some(ct) = ct
-                && let Ok(v) = axum::http::HeaderValue::from_bytes(ct.as_bytes())
-            {
-                out.headers_mut().insert("content-type", v);
-            }
-            out
-        }
-        Err(e) => (
-            axum::http::StatusCode::BAD_GATEWAY,
-            format!("holder unreachable: {e}"),
-        )
-            .into_response(),
     }
 }
 

@@ -205,13 +205,22 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub async fn start(db: &DbConfig) -> anyhow::Result<Self> {
+        Self::start_at(db, "127.0.0.1", None).await
+    }
+
+    /// On `host` (any free port), with the VMs' long-polls passed to the holder at
+    /// `holder` when given (one URL for both, as behind API Gateway).
+    pub async fn start_at(db: &DbConfig, host: &str, holder: Option<&str>) -> anyhow::Result<Self> {
         let mut s = lablink_core::config::Settings::from_pairs(&[("DATABASE_URL", "postgres://unused")]);
         let mut config = lablink_web::AppConfig::read(&mut s).context("app settings")?;
         config.db = db.clone();
         let state = Arc::new(lablink_web::AppState::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind((host, 0)).await?;
         let addr = listener.local_addr()?;
-        let app = lablink_web::local::router(state);
+        let mut app = lablink_web::local::router(state);
+        if let Some(h) = holder {
+            app = lablink_web::local::with_holder(app, h);
+        }
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -26,23 +26,29 @@ pub fn moto_server_bin() -> PathBuf {
 pub fn endpoint() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        start()
+        start("127.0.0.1")
             .unwrap_or_else(|e| panic!("cannot start moto_server: {e} (run scripts/test, which installs it)"))
     })
 }
 
-fn start() -> Result<String, String> {
+/// A moto server of its own listening on `host` (e.g. the Docker bridge's gateway, for
+/// the boot rehearsal's VM to reach), stopped with this process; its endpoint.
+pub fn start_on(host: &str) -> Result<String, String> {
+    start(host)
+}
+
+fn start(host: &str) -> Result<String, String> {
     let bin = moto_server_bin();
     if !bin.exists() {
         return Err(format!("{} does not exist", bin.display()));
     }
-    let port = TcpListener::bind("127.0.0.1:0")
+    let port = TcpListener::bind((host, 0))
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
     // A shell watches this process and stops moto when it is gone, however it ends.
     let script = format!(
-        "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; trap 'kill $m 2>/dev/null' EXIT; \
+        "'{}' -H {host} -p {port} >/dev/null 2>&1 & m=$!; trap 'kill $m 2>/dev/null' EXIT; \
          while kill -0 {} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done",
         bin.display(),
         std::process::id()
@@ -55,8 +61,8 @@ fn start() -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(format!("http://127.0.0.1:{port}"));
+        if std::net::TcpStream::connect((host, port)).is_ok() {
+            return Ok(format!("http://{host}:{port}"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -65,11 +71,16 @@ fn start() -> Result<String, String> {
 
 /// An SDK configuration pointed at moto, with throwaway credentials.
 pub fn sdk_config() -> aws_config::SdkConfig {
+    sdk_config_at(endpoint())
+}
+
+/// An SDK configuration pointed at the moto server at `url`.
+pub fn sdk_config_at(url: &str) -> aws_config::SdkConfig {
     let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "moto");
     aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint())
+        .endpoint_url(url)
         .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
             creds,
         ))

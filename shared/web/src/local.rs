@@ -117,3 +117,60 @@ fn to_axum(resp: lambda_http::Response<lambda_http::Body>) -> AxumResponse {
     };
     AxumResponse::from_parts(parts, AxumBody::from(bytes)).into_response()
 }
+
+/// `router` with the VMs' long-polls (`POST /vm_startup`, `POST /vm_export`) passed to the
+/// holder at `holder` (`http://host:port`), as API Gateway passes them behind one URL:
+/// the body, the credential and `?wait=`.
+pub fn with_holder(router: Router, holder: &str) -> Router {
+    let http = reqwest::Client::new();
+    let mut app = router;
+    for path in ["/vm_startup", "/vm_export"] {
+        let url = format!("{holder}{path}");
+        let http = http.clone();
+        app = app.route(
+            path,
+            axum::routing::post(move |req: AxumRequest| {
+                let (http, url) = (http.clone(), url.clone());
+                async move { pass_to_holder(&http, &url, req).await }
+            }),
+        );
+    }
+    app
+}
+
+async fn pass_to_holder(http: &reqwest::Client, url: &str, req: AxumRequest) -> AxumResponse {
+    use axum::response::IntoResponse;
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let auth = req.headers().get("authorization").cloned();
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
+    };
+    let mut r = http
+        .post(format!("{url}{query}"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(a) = auth {
+        r = r.header("authorization", a);
+    }
+    match r.send().await {
+        Ok(resp) => {
+            let status = axum::http::StatusCode::from_u16(resp.status().as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            let ct = resp.headers().get("content-type").cloned();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let mut out = (status, bytes).into_response();
+            if let Some(ct) = ct
+                && let Ok(v) = axum::http::HeaderValue::from_bytes(ct.as_bytes())
+            {
+                out.headers_mut().insert("content-type", v);
+            }
+            out
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_GATEWAY,
+            format!("holder unreachable: {e}"),
+        )
+            .into_response(),
+    }
+}

@@ -101,6 +101,7 @@ pub async fn enroll(e: &Enrollment<'_>) -> String {
     backoff.reset();
     let url = format!("{}/api/enroll", e.api_url.as_str().trim_end_matches('/'));
     let body = EnrollRequest {
+        bootstrap_failure: None,
         instance_id: instance_id.clone(),
         enrollment_secret: e.secret.to_owned(),
     };

@@ -7,7 +7,8 @@
 //! bootstrap, the CLI fetches the daemon from `moto_server`'s S3 with the instance role
 //! the stand-in metadata service hands out, checks its SHA-256, systemd starts it, and the
 //! daemon enrolls with the API, prepares its workspace on the VM's own engine and reports
-//! `running`. What differs from EC2 (the datasource, the CLI's endpoint, the metadata)
+//! `running`. A tampered daemon and an image without the AWS CLI run nothing and are
+//! reported by the bootstrap itself within seconds. What differs from EC2 (the datasource, the CLI's endpoint, the metadata)
 //! is only in the image and the seed, never in the user-data.
 
 use std::path::Path;
@@ -200,7 +201,14 @@ async fn launch(
 
 /// Boot the rehearsal VM for `launch`: the seed (NoCloud meta-data and the user-data as
 /// rendered; the metadata service's instance and role; the CLI's endpoint) in `dir`.
-fn boot(vm_image: &str, volume: &str, dir: &Path, launch: &Launch, moto_url: &str) -> Container {
+fn boot(
+    vm_image: &str,
+    volume: &str,
+    dir: &Path,
+    launch: &Launch,
+    moto_url: &str,
+    extra: &[&str],
+) -> Container {
     let seed = dir.join("nocloud");
     let rehearsal = dir.join("rehearsal");
     std::fs::create_dir_all(&seed).unwrap();
@@ -235,6 +243,7 @@ fn boot(vm_image: &str, volume: &str, dir: &Path, launch: &Launch, moto_url: &st
     let engine = format!("{volume}:/var/lib/docker");
     let seed_mount = format!("{}:/var/lib/cloud/seed/nocloud:ro", seed.display());
     let rehearsal_mount = format!("{}:/etc/lablink-rehearsal:ro", rehearsal.display());
+    args.extend_from_slice(extra);
     args.extend_from_slice(&["-v", &engine, "-v", &seed_mount, "-v", &rehearsal_mount, vm_image]);
     docker(&args);
     // Nothing is trusted at 169.254.169.254 but the stand-in: never a real metadata
@@ -319,7 +328,14 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
     // A good boot: cloud-init → bootstrap → daemon → enrolled → workspace → running.
     let good = launch(&client, &api.url(), &daemon, &vm).await;
     let (t0, booted_at) = (Instant::now(), Utc::now());
-    let ctr = boot(&vm_image, &volume, &dir.path().join("good"), &good, &moto_url);
+    let ctr = boot(
+        &vm_image,
+        &volume,
+        &dir.path().join("good"),
+        &good,
+        &moto_url,
+        &[],
+    );
     let running = eventually("the rehearsal VM running", Duration::from_secs(360), || async {
         vms::get_vm(&client, &good.hostname)
             .await
@@ -413,13 +429,39 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         &dir.path().join("tampered"),
         &tampered,
         &moto_url,
+        &[],
+    );
+    // Reported at once by the bootstrap itself, with the launch's secret: the admin sees
+    // why on the VM's row, not the 20-minute deadline.
+    let t = Instant::now();
+    let failed = eventually("the tampered VM's report", Duration::from_secs(180), || async {
+        vms::get_vm(&client, &tampered.hostname)
+            .await
+            .ok()
+            .flatten()
+            .filter(|v| v.status == VmStatus::Error)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", in_vm(&ctr.0, "cat /var/log/cloud-init-output.log")));
+    eprintln!(
+        "tampered daemon: reported {:.1} s after boot",
+        t.elapsed().as_secs_f64()
+    );
+    let reason = failed.status_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("bootstrap failed: the client daemon's SHA-256 is ")
+            && reason.ends_with(&format!("expected {sha}: refusing to run it")),
+        "{reason}"
     );
     let status = in_vm(
         &ctr.0,
         "timeout 300 cloud-init status --wait >/dev/null; cloud-init status",
     );
     let log = in_vm(&ctr.0, "cat /var/log/cloud-init-output.log");
-    assert!(log.contains("refusing to run it"), "{status}\n{log}");
+    assert!(
+        log.contains("refusing to run it") && log.contains("reported to the API"),
+        "{status}\n{log}"
+    );
     assert_eq!(
         in_vm(
             &ctr.0,
@@ -432,6 +474,38 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         "active"
     );
     assert_eq!(in_vm(&ctr.0, "test -e /tmp/pwned && echo ran || echo no"), "no");
-    let row = vms::get_vm(&client, &tampered.hostname).await.unwrap().unwrap();
-    assert_eq!(row.status, VmStatus::Initializing, "no daemon ever reported");
+    drop(ctr);
+
+    // An image without the AWS CLI (it is hidden): reported as such, nothing downloaded.
+    let no_cli = launch(&client, &api.url(), &daemon, &vm).await;
+    let ctr = boot(
+        &vm_image,
+        &volume,
+        &dir.path().join("no-cli"),
+        &no_cli,
+        &moto_url,
+        &["--tmpfs=/opt/awscli"],
+    );
+    let failed = eventually("the no-CLI VM's report", Duration::from_secs(180), || async {
+        vms::get_vm(&client, &no_cli.hostname)
+            .await
+            .ok()
+            .flatten()
+            .filter(|v| v.status == VmStatus::Error)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", in_vm(&ctr.0, "cat /var/log/cloud-init-output.log")));
+    assert_eq!(
+        failed.status_reason.as_deref(),
+        Some(
+            "bootstrap failed: no aws command on the PATH: the VM image needs the AWS CLI to fetch the client daemon"
+        )
+    );
+    assert_eq!(
+        in_vm(
+            &ctr.0,
+            "test -e /usr/local/bin/lablink-client-daemon && echo present || echo absent"
+        ),
+        "absent"
+    );
 }

@@ -107,6 +107,18 @@ async fn world(subnet_override: Option<&str>) -> World {
 }
 
 /// A stream batch naming `job` (what the jobs table's stream delivers on insert).
+/// A VM row's status and reason.
+async fn status_of(client: &tokio_postgres::Client, instance_id: &str) -> (String, Option<String>) {
+    let r = client
+        .query_one(
+            "SELECT status, status_reason FROM vms WHERE instance_id = $1",
+            &[&instance_id],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
 fn record(job: &JobId) -> Value {
     json!({ "Records": [{
         "eventName": "INSERT",
@@ -305,6 +317,42 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "an instance the job did not launch");
+    // A bootstrap's failure report: refused with a wrong secret or an empty reason
+    // (nothing changes); recorded with the job's secret, and the VM may still enroll
+    // (its daemon then reports its own status).
+    for (body, want) in [
+        (
+            json!({"instance_id": first, "enrollment_secret": "wrong", "bootstrap_failure": "x"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"instance_id": first, "enrollment_secret": secret, "bootstrap_failure": " \n\t "}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (st, v) = call(&state, routes::enrollment::ENROLL, body, None).await;
+        assert_eq!(st, want, "{v}");
+        assert_eq!(status_of(&client, first).await, ("initializing".to_owned(), None));
+    }
+    let (st, v) = call(
+        &state,
+        routes::enrollment::ENROLL,
+        json!({"instance_id": first, "enrollment_secret": secret,
+               "bootstrap_failure": "the client daemon's SHA-256 is 00, expected ff:\nrefusing to run it"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        status_of(&client, first).await,
+        (
+            "error".to_owned(),
+            Some(
+                "bootstrap failed: the client daemon's SHA-256 is 00, expected ff: refusing to run it"
+                    .to_owned()
+            )
+        )
+    );
     let (st, v) = call(
         &state,
         routes::enrollment::ENROLL,

@@ -101,7 +101,8 @@ pub enum Enrollment {
 /// say why nothing happened.
 ///
 /// Recoverable: while the secret is valid and the VM has never reported in with a
-/// credential (`initializing`, no `last_seen_at`), the same instance may enroll again;
+/// credential (`initializing`, or `error` from its bootstrap's report or the bootstrap
+/// deadline; no `last_seen_at`), the same instance may enroll again;
 /// the new credential replaces, and so invalidates, the earlier one. So a lost response
 /// or a failed write on the VM is retried instead of refused forever. Once the VM has
 /// made any call with its credential the enrollment is settled (`AlreadyEnrolled`), so
@@ -118,7 +119,7 @@ pub async fn enroll(
         .query_opt(
             "UPDATE vms SET credential_hash = $3, enrolled_at = now(), updated_at = now()
              WHERE instance_id = $1
-               AND (credential_hash IS NULL OR (status = 'initializing' AND last_seen_at IS NULL))
+               AND (credential_hash IS NULL OR (status IN ('initializing', 'error') AND last_seen_at IS NULL))
                AND EXISTS (SELECT 1 FROM vm_enrollment_secrets e
                            WHERE e.job_id = vms.job_id AND e.secret_hash = $2 AND e.expires_at > now())
              RETURNING hostname",
@@ -133,7 +134,7 @@ pub async fn enroll(
     }
     let why = client
         .query_opt(
-            "SELECT credential_hash IS NOT NULL AND NOT (status = 'initializing' AND last_seen_at IS NULL)
+            "SELECT credential_hash IS NOT NULL AND NOT (status IN ('initializing', 'error') AND last_seen_at IS NULL)
              FROM vms WHERE instance_id = $1",
             &[&instance_id],
         )
@@ -142,6 +143,58 @@ pub async fn enroll(
         None => Enrollment::UnknownInstance,
         Some(r) if r.get::<_, bool>(0) => Enrollment::AlreadyEnrolled,
         Some(_) => Enrollment::BadSecret,
+    })
+}
+
+/// What became of a bootstrap's failure report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapReport {
+    /// The VM's row is `error` with the reason.
+    Recorded(Hostname),
+    UnknownInstance,
+    /// Its daemon reported in since: the daemon's own status stands.
+    ReportedIn,
+    BadSecret,
+}
+
+/// A VM's bootstrap failed before its daemon ran (`POST /api/enroll` with a failure,
+/// authenticated as an enrollment is: the instance a launch job recorded, that job's
+/// unexpired secret): its row turns `error` with `reason`, at once rather than at the
+/// bootstrap deadline. Only while no daemon has reported (`initializing`, never seen).
+pub async fn bootstrap_failed(
+    client: &Client,
+    instance_id: &InstanceId,
+    secret: &Secret,
+    reason: &str,
+) -> Result<BootstrapReport, DbError> {
+    let instance_id: &str = instance_id.as_ref();
+    let secret_hash = secret.hash();
+    let row = client
+        .query_opt(
+            "UPDATE vms SET status = 'error', status_reason = $3, updated_at = now()
+             WHERE instance_id = $1 AND last_seen_at IS NULL AND status IN ('initializing', 'error')
+               AND EXISTS (SELECT 1 FROM vm_enrollment_secrets e
+                           WHERE e.job_id = vms.job_id AND e.secret_hash = $2 AND e.expires_at > now())
+             RETURNING hostname",
+            &[&instance_id, &secret_hash.as_bytes(), &reason],
+        )
+        .await?;
+    if let Some(r) = row {
+        let h: String = r.get(0);
+        return Hostname::parse(&h)
+            .map(BootstrapReport::Recorded)
+            .map_err(|e| DbError::Corrupt(format!("hostname: {e}")));
+    }
+    let seen = client
+        .query_opt(
+            "SELECT last_seen_at IS NOT NULL FROM vms WHERE instance_id = $1",
+            &[&instance_id],
+        )
+        .await?;
+    Ok(match seen {
+        None => BootstrapReport::UnknownInstance,
+        Some(r) if r.get::<_, bool>(0) => BootstrapReport::ReportedIn,
+        Some(_) => BootstrapReport::BadSecret,
     })
 }
 

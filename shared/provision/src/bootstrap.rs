@@ -165,6 +165,17 @@ RestartSec=5
 WantedBy=multi-user.target
 ";
 
+/// The bootstrap script as user-data carries it: without its comment lines (the shebang
+/// kept), which only cost user-data bytes (EC2's 16 KB hold the startup script too).
+pub fn bootstrap_script() -> String {
+    BOOTSTRAP_SCRIPT
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| *i == 0 || !l.trim_start().starts_with('#'))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect()
+}
+
 fn env_file(pairs: &[(&str, &str)]) -> String {
     pairs.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
@@ -212,7 +223,7 @@ impl Bootstrap<'_> {
             json!({"path": "/etc/systemd/system/lablink-client.service", "owner": "root:root",
                    "permissions": "0644", "content": UNIT}),
             json!({"path": "/usr/local/sbin/lablink-bootstrap", "owner": "root:root",
-                   "permissions": "0700", "content": BOOTSTRAP_SCRIPT}),
+                   "permissions": "0700", "content": bootstrap_script()}),
         ];
         if let Some(script) = &vm.startup_script {
             files.push(

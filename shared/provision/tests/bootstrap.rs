@@ -12,8 +12,8 @@ use std::process::Command;
 
 use lablink_ops::JobId;
 use lablink_provision::bootstrap::{
-    BOOTSTRAP_SCRIPT, Bootstrap, DaemonArtifact, MAX_STARTUP_SCRIPT_BYTES, OnError, USER_DATA_LIMIT,
-    VmSettings, load_workshop_file,
+    Bootstrap, DaemonArtifact, MAX_STARTUP_SCRIPT_BYTES, OnError, USER_DATA_LIMIT, VmSettings,
+    bootstrap_script, load_workshop_file,
 };
 use sha2::Digest;
 
@@ -248,7 +248,7 @@ fn run_bootstrap(dir: &Path, s3: &str, sha256: &str) -> (bool, String) {
         "#!/bin/sh\necho \"$*\" >> \"$LABLINK_TEST_SYSTEMCTL\"\n",
     );
     let boot = dir.join("lablink-bootstrap");
-    script(dir, "lablink-bootstrap", BOOTSTRAP_SCRIPT);
+    script(dir, "lablink-bootstrap", &bootstrap_script());
     let out = Command::new("sh")
         .arg(&boot)
         .env(
@@ -256,6 +256,8 @@ fn run_bootstrap(dir: &Path, s3: &str, sha256: &str) -> (bool, String) {
             format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
         )
         .env("LABLINK_BOOTSTRAP_ENV", &env)
+        // No daemon settings here: a failure is not reported (the rehearsal reports).
+        .env("LABLINK_CLIENT_ENV", dir.join("no-client.env"))
         .env("LABLINK_DAEMON_PATH", dir.join("installed-daemon"))
         .env("LABLINK_TEST_S3", s3)
         .env("LABLINK_TEST_SYSTEMCTL", dir.join("systemctl.log"))

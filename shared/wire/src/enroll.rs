@@ -11,6 +11,11 @@ use crate::REDACTED;
 pub struct EnrollRequest {
     pub instance_id: String,
     pub enrollment_secret: String,
+    /// The VM's bootstrap failed before its daemon could run (no AWS CLI, the daemon's
+    /// download or checksum, the unit's start): why, for the admin. No credential is
+    /// issued; the VM's row turns `error` with "bootstrap failed: <this>".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_failure: Option<String>,
 }
 
 impl std::fmt::Debug for EnrollRequest {
@@ -51,6 +56,7 @@ mod tests {
         round_trip(
             r#"{"instance_id":"i-0123456789abcdef0","enrollment_secret":"s3cret"}"#,
             &EnrollRequest {
+                bootstrap_failure: None,
                 instance_id: "i-0123456789abcdef0".into(),
                 enrollment_secret: "s3cret".into(),
             },
@@ -69,6 +75,7 @@ mod tests {
     #[test]
     fn secrets_are_not_shown() {
         let r = EnrollRequest {
+            bootstrap_failure: None,
             instance_id: "i-1".into(),
             enrollment_secret: "s3cret".into(),
         };

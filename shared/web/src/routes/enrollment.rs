@@ -35,6 +35,9 @@ async fn enroll(state: &AppState, req: &Request) -> Reply {
     if body.enrollment_secret.is_empty() || body.enrollment_secret.len() > 128 {
         return Err(ApiError::bad_request("enrollment_secret is required"));
     }
+    if let Some(why) = &body.bootstrap_failure {
+        return bootstrap_failed(state, &id, &body.enrollment_secret, why).await;
+    }
     let credential = Secret::generate();
     let client = state.db.client().await?;
     match fleet::enroll(
@@ -62,6 +65,50 @@ async fn enroll(state: &AppState, req: &Request) -> Reply {
             "instance {id} has enrolled already and reported in with its credential"
         ))),
         fleet::Enrollment::BadSecret => Err(ApiError::Refused(
+            "the enrollment secret is not this instance's launch job's, or it expired".into(),
+        )),
+    }
+}
+
+/// The longest bootstrap failure kept (the end of what the bootstrap said).
+const MAX_BOOTSTRAP_FAILURE: usize = 500;
+
+/// `POST /api/enroll` with `bootstrap_failure`: the VM's bootstrap says why its daemon
+/// cannot run; the row turns `error` ("bootstrap failed: …") at once. Control characters
+/// become spaces and the text is cut to its last 500 characters; an empty one is refused.
+async fn bootstrap_failed(state: &AppState, id: &InstanceId, secret: &str, why: &str) -> Reply {
+    let clean: String = why
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if clean.is_empty() {
+        return Err(ApiError::bad_request("bootstrap_failure is empty"));
+    }
+    let n = clean.chars().count();
+    let tail: String = clean
+        .chars()
+        .skip(n.saturating_sub(MAX_BOOTSTRAP_FAILURE))
+        .collect();
+    let reason = format!("bootstrap failed: {tail}");
+    let client = state.db.client().await?;
+    match fleet::bootstrap_failed(&client, id, &Secret::presented(secret), &reason).await? {
+        fleet::BootstrapReport::Recorded(hostname) => {
+            tracing::warn!(%hostname, instance_id = %id, %reason, "a VM's bootstrap failed");
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "hostname": hostname.to_string(), "status": "error" }),
+            ))
+        }
+        fleet::BootstrapReport::UnknownInstance => Err(ApiError::NotFound(format!(
+            "instance {id} is not (yet) a VM of this deployment"
+        ))),
+        fleet::BootstrapReport::ReportedIn => Err(ApiError::Conflict(format!(
+            "instance {id}'s daemon has reported in; its own status stands"
+        ))),
+        fleet::BootstrapReport::BadSecret => Err(ApiError::Refused(
             "the enrollment secret is not this instance's launch job's, or it expired".into(),
         )),
     }

@@ -256,10 +256,6 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     // The GPU goes to the workspace whenever the host has NVIDIA's tools: a check that
     // fails once (a slow first nvidia-smi) must not give the VM's container no GPU.
     let gpu_present = monitor::gpu_health(&cfg.nvidia_smi).await != GpuHealth::NotAvailable;
-    let gpu = tokio::spawn({
-        let (api, path, every) = (Arc::clone(&api), cfg.nvidia_smi.clone(), cfg.gpu_interval);
-        async move { monitor::gpu_loop(&api, &path, every).await }
-    });
     let workspace = cfg
         .workspace
         .as_ref()
@@ -279,6 +275,11 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
             }))
         })
         .transpose()?;
+    let gpu = tokio::spawn({
+        let (api, path, every) = (Arc::clone(&api), cfg.nvidia_smi.clone(), cfg.gpu_interval);
+        let ws = workspace.clone();
+        async move { monitor::gpu_loop(&api, &path, every, ws.as_deref(), gpu_present).await }
+    });
 
     let (measured, warnings) = match &workspace {
         Some(ws) => prepare_workspace(&cfg, &api, &state, ws, gpu_present).await,

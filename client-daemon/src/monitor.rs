@@ -1,6 +1,7 @@
-//! The periodic checks: GPU health (`nvidia-smi`) and in-use (the subject software's
-//! process present). Each posts only on change, and keeps going whatever happens (the
-//! classic GPU check gave up for good when nvidia-smi was missing).
+//! The periodic checks: GPU health (`nvidia-smi` on the host and, once the workspace
+//! runs with the GPU, inside it) and in-use (the subject software's process present).
+//! Each posts only on change, and keeps going whatever happens (the classic GPU check
+//! gave up for good when nvidia-smi was missing).
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use lablink_core::domain::GpuHealth;
 use tokio::process::Command;
 
 use crate::api::Api;
+use crate::engine::{ExecOutput, ExecSpec};
 use crate::software::SubjectSoftware;
+use crate::workspace::Workspace;
 
 /// One GPU check: `N/A` when the program is absent, `Healthy` when it exits 0,
 /// `Unhealthy` when it fails or hangs.
@@ -68,13 +71,63 @@ pub async fn in_use_now(
         .ok()
 }
 
+/// What `nvidia-smi` run in the workspace says of its GPU: `None` when it could not run
+/// there (no running container yet: the host's answer stands), `Unhealthy` when it
+/// fails (NVIDIA's "Failed to initialize NVML: Unknown Error" after a host
+/// `systemctl daemon-reload` cut the container off, docs.nvidia.com/datacenter/
+/// cloud-native/container-toolkit/latest/troubleshooting.html; or no nvidia-smi at all:
+/// the GPU was not given to the container).
+pub fn workspace_gpu_verdict(out: Result<ExecOutput, String>) -> Option<GpuHealth> {
+    match out {
+        Err(e) => {
+            tracing::debug!(error = %e, "nvidia-smi could not run in the workspace");
+            None
+        }
+        Ok(o) if o.success() => Some(GpuHealth::Healthy),
+        Ok(o) => {
+            tracing::warn!(
+                code = ?o.code,
+                output = %o.last_line(),
+                "nvidia-smi fails in the workspace: the desktop has no GPU although the host has one"
+            );
+            Some(GpuHealth::Unhealthy)
+        }
+    }
+}
+
+/// The GPU as the desktop sees it: the host's check, and while the workspace runs with
+/// the GPU (`gpu_given`), `nvidia-smi` inside it as root (a host that looks healthy can
+/// have a container that lost its GPU).
+pub async fn desktop_gpu_health(
+    nvidia_smi: &Path,
+    workspace: Option<&Workspace>,
+    gpu_given: bool,
+) -> GpuHealth {
+    let host = gpu_health(nvidia_smi).await;
+    let (GpuHealth::Healthy, true, Some(ws)) = (host, gpu_given, workspace) else {
+        return host;
+    };
+    let spec = ExecSpec {
+        user: "0".into(),
+        cmd: vec!["nvidia-smi".into()],
+        ..ExecSpec::default()
+    };
+    workspace_gpu_verdict(ws.exec(spec, Duration::from_secs(15)).await).unwrap_or(host)
+}
+
 /// Post GPU health every `interval`, on change only.
-pub async fn gpu_loop(api: &Api, nvidia_smi: &Path, interval: Duration) {
+pub async fn gpu_loop(
+    api: &Api,
+    nvidia_smi: &Path,
+    interval: Duration,
+    workspace: Option<&Workspace>,
+    gpu_given: bool,
+) {
     let mut posted: Option<GpuHealth> = None;
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let now = gpu_health(nvidia_smi).await;
+        let now = desktop_gpu_health(nvidia_smi, workspace, gpu_given).await;
         if posted == Some(now) {
             continue;
         }
@@ -127,5 +180,32 @@ mod tests {
         );
         assert_eq!(gpu_health(Path::new("/bin/true")).await, GpuHealth::Healthy);
         assert_eq!(gpu_health(Path::new("/bin/false")).await, GpuHealth::Unhealthy);
+    }
+
+    #[test]
+    fn nvidia_smi_in_the_workspace_decides_once_it_can_run_there() {
+        let out = |code: i64, stderr: &str| {
+            Ok(ExecOutput {
+                code: Some(code),
+                stdout: Vec::new(),
+                stderr: stderr.as_bytes().to_vec(),
+            })
+        };
+        assert_eq!(workspace_gpu_verdict(out(0, "")), Some(GpuHealth::Healthy));
+        assert_eq!(
+            workspace_gpu_verdict(out(255, "Failed to initialize NVML: Unknown Error")),
+            Some(GpuHealth::Unhealthy),
+            "the container lost its GPU while the host kept it"
+        );
+        assert_eq!(
+            workspace_gpu_verdict(out(127, "exec: nvidia-smi: not found")),
+            Some(GpuHealth::Unhealthy),
+            "the GPU was never given to the container"
+        );
+        assert_eq!(
+            workspace_gpu_verdict(Err("the workspace container is not running".into())),
+            None,
+            "no workspace yet: the host's answer stands"
+        );
     }
 }

@@ -97,7 +97,7 @@ export const HOLDER_TASKS = 2;
 export const HOLDER_HEALTH_PATH = '/healthz';
 /** The VM image when `AmiId` is empty: AWS's current GPU base image, resolved at launch. */
 export const DEFAULT_AMI_SSM_PARAMETER =
-  '/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id';
+  '/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id';
 /** The AWS managed policy a VM gets when `EnableSessionManager` is true. */
 export const SESSION_MANAGER_POLICY = 'AmazonSSMManagedInstanceCore';
 /**
@@ -182,7 +182,7 @@ export class LabLinkStack extends Stack {
       constraintDescription: 'empty, or an AMI id like ami-0123456789abcdef0',
       description:
         "Override of the VMs' image. Empty: AWS's current Deep Learning Base OSS Nvidia Driver GPU AMI " +
-        'for Ubuntu 22.04, resolved by the provisioner from the public SSM parameter AmiSsmParameter at launch.',
+        'for Ubuntu 24.04, resolved by the provisioner from the public SSM parameter AmiSsmParameter at launch.',
     }).valueAsString;
     const amiSsmParameter = new CfnParameter(this, 'AmiSsmParameter', {
       type: 'String',

@@ -895,14 +895,14 @@ describe('client daemon', () => {
 describe('VM image', () => {
   const p = s.json.Parameters;
 
-  test('AmiId is optional; AmiSsmParameter defaults to the Deep Learning Base GPU AMI for Ubuntu 22.04', () => {
+  test('AmiId is optional; AmiSsmParameter defaults to the Deep Learning Base GPU AMI for Ubuntu 24.04', () => {
     assert.equal(p.AmiId.Default, '');
     const ami = new RegExp(p.AmiId.AllowedPattern);
     for (const ok of ['', 'ami-12345678', 'ami-0123456789abcdef0']) assert.match(ok, ami);
     for (const bad of ['ami-', 'ami-XYZ12345', ' ami-12345678', 'ami-0123456789abcdef01']) assert.doesNotMatch(bad, ami);
     assert.equal(
       DEFAULT_AMI_SSM_PARAMETER,
-      '/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id',
+      '/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id',
     );
     assert.equal(p.AmiSsmParameter.Default, DEFAULT_AMI_SSM_PARAMETER);
     const ssm = new RegExp(p.AmiSsmParameter.AllowedPattern);

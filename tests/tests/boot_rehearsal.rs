@@ -401,6 +401,43 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         !docker(&["ps", "-a", "--format", "{{.Names}}"]).contains(&ws),
         "the workspace must not be on the CI machine's engine"
     );
+    // The metadata service (the user-data with the enrollment secret, the role's
+    // credentials) is closed to the desktop user in the workspace, which shares the
+    // VM's network; root (the daemon: it enrolled through it) still reaches it, and so
+    // does root in the workspace (the admin's startup script), which shows it is the
+    // guard, not the network, that refuses.
+    let reach = |user: &str| {
+        in_vm(
+            &ctr.0,
+            &format!(
+                "timeout 10 docker exec -u {user} {ws} bash -c 'echo > /dev/tcp/169.254.169.254/80' 2>/dev/null && echo reached || echo refused"
+            ),
+        )
+    };
+    assert_eq!(reach("client"), "refused");
+    assert_eq!(reach("0"), "reached");
+    let rules = in_vm(&ctr.0, "iptables -S OUTPUT");
+    assert!(
+        rules.lines().any(|r| r.contains("-d 169.254.169.254/32")
+            && r.contains("--socket-exists")
+            && r.contains("! --uid-owner 0")
+            && r.contains("-j REJECT")),
+        "{rules}"
+    );
+    assert_eq!(
+        in_vm(&ctr.0, "systemctl is-enabled lablink-imds-guard.service"),
+        "enabled",
+        "it holds after a reboot"
+    );
+    assert_eq!(
+        in_vm(&ctr.0, "stat -c '%a %U' /etc/lablink/client.env"),
+        "600 root"
+    );
+    // Docker's cgroup driver, as NVIDIA documents against losing the GPU on a reload.
+    assert_eq!(
+        in_vm(&ctr.0, "docker info --format '{{.CgroupDriver}}'"),
+        "cgroupfs"
+    );
     drop(ctr);
 
     // A tampered asset: same checksum in the user-data, other bytes in the bucket. The

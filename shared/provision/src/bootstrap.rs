@@ -23,9 +23,11 @@ pub const USER_DATA_LIMIT: usize = 16 * 1024;
 /// The bootstrap script user-data writes and runs (tested as is, see the tests).
 pub const BOOTSTRAP_SCRIPT: &str = include_str!("bootstrap/lablink-bootstrap.sh");
 /// AWS's public SSM parameter naming the current Deep Learning Base OSS Nvidia Driver GPU
-/// AMI (Ubuntu 22.04, x86_64): NVIDIA driver, Docker, NVIDIA container toolkit.
+/// AMI (Ubuntu 24.04, x86_64): NVIDIA driver, Docker, NVIDIA container toolkit, the AWS CLI.
+/// (AWS's naming rule: docs.aws.amazon.com/dlami/latest/devguide/find-dlami-id.html; the
+/// Ubuntu 22.04 DLAMI's patches end 2027-04-30.)
 pub const DEFAULT_AMI_PARAMETER: &str =
-    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id";
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id";
 
 /// A workshop settings file (JSON; `config/examples/`): the VM settings, with the
 /// startup script given as a file next to it. Read as the deploy reads it.
@@ -166,7 +168,8 @@ WantedBy=multi-user.target
 ";
 
 /// The bootstrap script as user-data carries it: without its comment lines (the shebang
-/// kept), which only cost user-data bytes (EC2's 16 KB hold the startup script too).
+/// kept), gzip'd (cloud-init's `write_files` encoding `gz+b64`), so it costs a fraction
+/// of EC2's 16 KB, which the startup script shares.
 pub fn bootstrap_script() -> String {
     BOOTSTRAP_SCRIPT
         .lines()
@@ -174,6 +177,16 @@ pub fn bootstrap_script() -> String {
         .filter(|(i, l)| *i == 0 || !l.trim_start().starts_with('#'))
         .map(|(_, l)| format!("{l}\n"))
         .collect()
+}
+
+/// [`bootstrap_script`], gzip'd and base64'd.
+pub fn bootstrap_script_gz_b64() -> String {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bootstrap_script().as_bytes())
+        .expect("gzip into memory cannot fail");
+    let bytes = gz.finish().expect("gzip into memory cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn env_file(pairs: &[(&str, &str)]) -> String {
@@ -223,7 +236,7 @@ impl Bootstrap<'_> {
             json!({"path": "/etc/systemd/system/lablink-client.service", "owner": "root:root",
                    "permissions": "0644", "content": UNIT}),
             json!({"path": "/usr/local/sbin/lablink-bootstrap", "owner": "root:root",
-                   "permissions": "0700", "content": bootstrap_script()}),
+                   "permissions": "0700", "encoding": "gz+b64", "content": bootstrap_script_gz_b64()}),
         ];
         if let Some(script) = &vm.startup_script {
             files.push(
@@ -344,6 +357,19 @@ mod tests {
         assert_eq!(ud.matches("s3cret-enroll").count(), 1);
         let config = b.config().unwrap();
         let files = config["write_files"].as_array().unwrap();
+        // The bootstrap travels gzip'd; cloud-init unpacks it to the script as written.
+        let boot = files
+            .iter()
+            .find(|f| f["path"] == "/usr/local/sbin/lablink-bootstrap")
+            .unwrap();
+        assert_eq!(boot["encoding"], "gz+b64");
+        let gz = base64::engine::general_purpose::STANDARD
+            .decode(boot["content"].as_str().unwrap())
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut text).unwrap();
+        assert_eq!(text, bootstrap_script());
+        assert!(text.contains("lablink-imds-guard") && !text.contains("\n# "));
         let env = files
             .iter()
             .find(|f| f["path"] == "/etc/lablink/client.env")

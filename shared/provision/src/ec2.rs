@@ -86,20 +86,48 @@ impl Ec2Compute {
         }
     }
 
-    /// The image's root device (the disk size applies to it), `/dev/sda1` if unknown.
-    async fn root_device(&self, image: &str) -> String {
-        self.client
+    /// The image's root device (the disk size applies to it; `/dev/sda1` if unknown) and
+    /// its snapshot's size in GB, when DescribeImages says.
+    async fn root_disk(&self, image: &str) -> (String, Option<i32>) {
+        let found = self
+            .client
             .describe_images()
             .image_ids(image)
             .send()
             .await
             .ok()
-            .and_then(|o| {
-                o.images()
-                    .first()
-                    .and_then(|i| i.root_device_name().map(str::to_owned))
-            })
-            .unwrap_or_else(|| "/dev/sda1".into())
+            .and_then(|o| o.images().first().cloned());
+        match found {
+            Some(i) => (
+                i.root_device_name().unwrap_or("/dev/sda1").to_owned(),
+                root_snapshot_gb(&i),
+            ),
+            None => ("/dev/sda1".into(), None),
+        }
+    }
+}
+
+/// The size (GB) of the image's root snapshot: its block device mapping named by
+/// `RootDeviceName` (EC2 API, `Image` and `EbsBlockDevice.VolumeSize`).
+pub fn root_snapshot_gb(image: &aws_sdk_ec2::types::Image) -> Option<i32> {
+    let root = image.root_device_name()?;
+    image
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(root))
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_size())
+}
+
+/// EC2 refuses a root volume smaller than the image's snapshot ("InvalidBlockDeviceMapping:
+/// Volume of size …GB is smaller than snapshot …"; EC2 API `EbsBlockDevice.VolumeSize`:
+/// "equal to or larger than the snapshot size"): said before RunInstances, naming both.
+pub fn check_disk(disk_gb: u32, snapshot_gb: Option<i32>, image: &str) -> Result<(), ComputeError> {
+    match snapshot_gb {
+        Some(snap) if i64::from(disk_gb) < i64::from(snap) => Err(ComputeError(format!(
+            "the VM disk is {disk_gb} GB, smaller than the root snapshot of image {image} ({snap} GB), which EC2 refuses: set the workshop's disk_gb (deploy parameter VmDiskGb) to at least {snap}"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -252,8 +280,10 @@ impl Compute for Ec2Compute {
         .user_data()
         .map_err(|e| ComputeError(e.to_string()))?;
         let image = self.image_id().await?;
+        let (root_device, snapshot_gb) = self.root_disk(&image).await;
+        check_disk(vm.disk_gb, snapshot_gb, &image)?;
         let root = BlockDeviceMapping::builder()
-            .device_name(self.root_device(&image).await)
+            .device_name(root_device)
             .ebs(
                 EbsBlockDevice::builder()
                     .volume_size(vm.disk_gb as i32)
@@ -473,6 +503,39 @@ mod tests {
             e.0.contains("reading the AMI id from SSM parameter /aws/service/deeplearning/ami/x86_64/nope"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_disk_smaller_than_the_images_root_snapshot_is_refused_naming_both_sizes() {
+        use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Image};
+        let image = Image::builder()
+            .root_device_name("/dev/sda1")
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/sdb")
+                    .ebs(EbsBlockDevice::builder().volume_size(500).build())
+                    .build(),
+            )
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/sda1")
+                    .ebs(EbsBlockDevice::builder().volume_size(75).build())
+                    .build(),
+            )
+            .build();
+        assert_eq!(
+            root_snapshot_gb(&image),
+            Some(75),
+            "the root device's, not another's"
+        );
+        let e = check_disk(30, Some(75), "ami-0abc").unwrap_err();
+        assert!(
+            e.0.contains("the VM disk is 30 GB, smaller than the root snapshot of image ami-0abc (75 GB)")
+                && e.0.contains("at least 75"),
+            "{e}"
+        );
+        assert!(check_disk(75, Some(75), "ami-0abc").is_ok());
+        assert!(check_disk(30, None, "ami-0abc").is_ok(), "unknown: EC2 decides");
     }
 
     #[test]

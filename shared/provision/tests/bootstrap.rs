@@ -12,8 +12,8 @@ use std::process::Command;
 
 use lablink_ops::JobId;
 use lablink_provision::bootstrap::{
-    Bootstrap, DaemonArtifact, MAX_STARTUP_SCRIPT_BYTES, OnError, USER_DATA_LIMIT, VmSettings,
-    bootstrap_script, load_workshop_file,
+    BOOTSTRAP_SCRIPT, Bootstrap, DaemonArtifact, MAX_STARTUP_SCRIPT_BYTES, OnError, USER_DATA_LIMIT,
+    VmSettings, load_workshop_file,
 };
 use sha2::Digest;
 
@@ -248,7 +248,7 @@ fn run_bootstrap(dir: &Path, s3: &str, sha256: &str) -> (bool, String) {
         "#!/bin/sh\necho \"$*\" >> \"$LABLINK_TEST_SYSTEMCTL\"\n",
     );
     let boot = dir.join("lablink-bootstrap");
-    script(dir, "lablink-bootstrap", &bootstrap_script());
+    script(dir, "lablink-bootstrap", BOOTSTRAP_SCRIPT);
     let out = Command::new("sh")
         .arg(&boot)
         .env(
@@ -258,6 +258,8 @@ fn run_bootstrap(dir: &Path, s3: &str, sha256: &str) -> (bool, String) {
         .env("LABLINK_BOOTSTRAP_ENV", &env)
         // No daemon settings here: a failure is not reported (the rehearsal reports).
         .env("LABLINK_CLIENT_ENV", dir.join("no-client.env"))
+        .env("LABLINK_DOCKER_DAEMON_JSON", dir.join("daemon.json"))
+        .env("LABLINK_SYSTEMD_DIR", dir)
         .env("LABLINK_DAEMON_PATH", dir.join("installed-daemon"))
         .env("LABLINK_TEST_S3", s3)
         .env("LABLINK_TEST_SYSTEMCTL", dir.join("systemctl.log"))
@@ -279,6 +281,13 @@ fn the_bootstrap_starts_the_daemon_only_when_its_sha256_matches() {
     let right = hex::encode(sha2::Sha256::digest(&body));
 
     let ok = tempfile::tempdir().unwrap();
+    // The image's Docker settings (the DLAMI's name the NVIDIA runtime): kept, with the
+    // cgroup driver set to cgroupfs (NVIDIA's advice against daemon-reload losing GPUs).
+    std::fs::write(
+        ok.path().join("daemon.json"),
+        r#"{"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}, "exec-opts": ["native.cgroupdriver=systemd"]}"#,
+    )
+    .unwrap();
     let (success, stderr) = run_bootstrap(ok.path(), &s3.url, &right);
     assert!(success, "{stderr}");
     assert!(stderr.contains("client daemon verified and started"), "{stderr}");
@@ -290,7 +299,23 @@ fn the_bootstrap_starts_the_daemon_only_when_its_sha256_matches() {
     );
     assert_eq!(
         std::fs::read_to_string(ok.path().join("systemctl.log")).unwrap(),
-        "daemon-reload\nenable --now lablink-client.service\n"
+        "daemon-reload\nenable --now lablink-imds-guard.service\nrestart docker.service\nenable --now lablink-client.service\n",
+        "the metadata guard first, Docker restarted once for its new cgroup driver, then the daemon"
+    );
+    let guard = std::fs::read_to_string(ok.path().join("lablink-imds-guard.service")).unwrap();
+    assert!(
+        guard.contains("-d 169.254.169.254/32 -m owner --socket-exists ! --uid-owner 0 -j REJECT")
+            && guard.contains("Before=network-pre.target docker.service lablink-client.service"),
+        "{guard}"
+    );
+    let docker: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ok.path().join("daemon.json")).unwrap()).unwrap();
+    assert_eq!(
+        docker,
+        serde_json::json!({
+            "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}},
+            "exec-opts": ["native.cgroupdriver=cgroupfs"]
+        })
     );
 
     let bad = tempfile::tempdir().unwrap();
@@ -308,5 +333,10 @@ fn the_bootstrap_starts_the_daemon_only_when_its_sha256_matches() {
         !bad.path().join("installed-daemon.download").exists(),
         "the download is removed"
     );
-    assert!(!bad.path().join("systemctl.log").exists(), "nothing started");
+    assert!(
+        !std::fs::read_to_string(bad.path().join("systemctl.log"))
+            .unwrap_or_default()
+            .contains("lablink-client"),
+        "the daemon was not started"
+    );
 }

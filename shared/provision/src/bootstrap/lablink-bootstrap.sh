@@ -54,6 +54,68 @@ fail() {
   exit 1
 }
 
+# Before anything of the participant's runs: only root on this host (the daemon, cloud-init,
+# the AWS CLI) reaches the metadata service, which holds this user-data (the enrollment
+# secret) and the role's credentials; the workspace shares the host's network.
+# A packet from a process in the workspace carries its uid (no user namespace), so an
+# owner match in OUTPUT sees the desktop user's 1000. --socket-exists: the kernel's own
+# packets (the ICMP error REJECT sends back) have no socket and must pass, or a refused
+# caller would wait out TCP's retries instead of failing at once (xt_owner matches a
+# socketless packet under `! --uid-owner` alone). The unit is ordered before Docker and
+# the daemon, so the rule holds after a reboot before any workspace runs.
+guard_unit="${LABLINK_SYSTEMD_DIR:-/etc/systemd/system}/lablink-imds-guard.service"
+cat > "$guard_unit" <<'UNIT'
+[Unit]
+Description=LabLink: only root on this host reaches the instance metadata service
+DefaultDependencies=no
+After=local-fs.target
+Wants=network-pre.target
+Before=network-pre.target docker.service lablink-client.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'iptables -w -C OUTPUT -d 169.254.169.254/32 -m owner --socket-exists ! --uid-owner 0 -j REJECT 2>/dev/null || iptables -w -I OUTPUT 1 -d 169.254.169.254/32 -m owner --socket-exists ! --uid-owner 0 -j REJECT'
+
+[Install]
+WantedBy=multi-user.target docker.service
+UNIT
+systemctl daemon-reload
+if ! systemctl enable --now lablink-imds-guard.service; then
+  fail "cannot keep the workspace from the metadata service (lablink-imds-guard.service did not start)"
+fi
+
+# Docker's cgroup driver: cgroupfs, as NVIDIA documents against a `systemctl daemon-reload`
+# cutting running containers off their GPU ("Failed to initialize NVML: Unknown Error";
+# docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/troubleshooting.html).
+# Merged into the image's daemon.json (the DLAMI's holds the NVIDIA runtime).
+daemon_json="${LABLINK_DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}"
+if command -v dockerd >/dev/null 2>&1 || [ -e "$daemon_json" ]; then
+  changed="$(python3 - "$daemon_json" <<'PY'
+import json, os, sys
+p = sys.argv[1]
+try:
+    with open(p) as f:
+        cfg = json.load(f)
+except FileNotFoundError:
+    cfg = {}
+opts = [o for o in cfg.get("exec-opts", []) if not o.startswith("native.cgroupdriver=")]
+want = opts + ["native.cgroupdriver=cgroupfs"]
+if cfg.get("exec-opts") != want:
+    cfg["exec-opts"] = want
+    os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+    with open(p + ".lablink", "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    os.replace(p + ".lablink", p)
+    print("changed")
+PY
+  )" || fail "cannot set Docker's cgroup driver in $daemon_json"
+  if [ "$changed" = changed ]; then
+    systemctl restart docker.service || fail "Docker did not restart with the cgroupfs driver"
+  fi
+fi
+
 if ! command -v aws >/dev/null 2>&1; then
   fail "no aws command on the PATH: the VM image needs the AWS CLI to fetch the client daemon"
 fi
@@ -75,7 +137,6 @@ if ! echo "$LABLINK_DAEMON_SHA256  $tmp" | sha256sum -c --status; then
 fi
 chmod 0755 "$tmp"
 mv -f "$tmp" "$dest"
-systemctl daemon-reload
 if ! systemctl enable --now lablink-client.service; then
   fail "the lablink-client service did not start (systemctl enable --now lablink-client.service failed)"
 fi

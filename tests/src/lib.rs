@@ -336,6 +336,12 @@ pub use lablink_testkit::docker::docker;
 /// A git repository served by `git daemon` on loopback (the containers use the host's
 /// network): `git://127.0.0.1:<port>/tutorial.git` with one file.
 pub async fn git_daemon(dir: &Path) -> (Proc, String) {
+    git_daemon_on(dir, "127.0.0.1").await
+}
+
+/// [`git_daemon`] listening on `host` (the boot rehearsal's VM reaches the Docker bridge's
+/// gateway).
+pub async fn git_daemon_on(dir: &Path, host: &str) -> (Proc, String) {
     let work = dir.join("tutorial-src");
     let base = dir.join("git");
     std::fs::create_dir_all(&work).unwrap();
@@ -378,7 +384,7 @@ pub async fn git_daemon(dir: &Path) -> (Proc, String) {
     let child = Command::new(Path::new(&exec_path).join("git-daemon"))
         .arg("--export-all")
         .arg("--reuseaddr")
-        .arg("--listen=127.0.0.1")
+        .arg(format!("--listen={host}"))
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", base.display()))
         .arg(&base)
@@ -386,10 +392,10 @@ pub async fn git_daemon(dir: &Path) -> (Proc, String) {
         .kill_on_drop(true)
         .spawn()
         .expect("git daemon");
-    let url = format!("git://127.0.0.1:{port}/tutorial.git");
+    let url = format!("git://{host}:{port}/tutorial.git");
     // Serving once it answers.
     eventually("git daemon", Duration::from_secs(10), || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        std::net::TcpStream::connect((host, port)).ok().map(|_| ())
     })
     .await
     .unwrap();

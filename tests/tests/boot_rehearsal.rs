@@ -287,6 +287,7 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
     let vm_image = vm_image();
     let client_image = lablink_e2e::test_client_image();
     let gw = gateway();
+    let dir = tempfile::tempdir().unwrap();
     let db = TestDb::new().await;
     let client = db.client().await;
     let holder = HolderProc::start(&db.url, "127.0.0.1:0".parse().unwrap(), &[])
@@ -313,9 +314,13 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         .await
         .unwrap();
     let volume = engine_volume(&vm_image, &client_image);
-    let dir = tempfile::tempdir().unwrap();
+    let (_git, repo) = lablink_e2e::git_daemon_on(dir.path(), &gw).await;
     let vm = VmSettings {
         client_image: client_image.clone(),
+        tutorial_repo: Some(repo),
+        startup_script: Some(
+            "#!/bin/sh\necho \"rehearsed for $LABLINK_DESKTOP_USER\" > /var/tmp/startup-ran\n".into(),
+        ),
         ..VmSettings::default()
     };
     let daemon = DaemonArtifact {
@@ -341,7 +346,7 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
             .await
             .ok()
             .flatten()
-            .filter(|v| v.status == VmStatus::Running && v.container.is_some())
+            .filter(|v| v.status == VmStatus::Running && v.startup_script.is_some())
     })
     .await
     .unwrap_or_else(|e| {
@@ -361,11 +366,22 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         .unwrap()
         .get::<_, Option<f64>>(0)
         .expect("enrolled");
+    // The bootstrap's own account of the download and the SHA-256 check.
+    let fetched = in_vm(
+        &ctr.0,
+        "sed -n 's/.*client daemon fetched and checked in \\([0-9]*\\) s.*/\\1/p' /var/log/cloud-init-output.log",
+    );
+    assert!(
+        !fetched.is_empty(),
+        "{}",
+        in_vm(&ctr.0, "cat /var/log/cloud-init-output.log")
+    );
     let secs = |p: Option<Phase>| p.map_or("-".to_owned(), |p| format!("{:.1} s", p.seconds()));
     eprintln!(
-        "rehearsal boot → running {:.1} s: cloud-init {}, enrolled at +{:.1} s, image {}, container {}, clone {}, script {}",
+        "rehearsal boot → running {:.1} s: cloud-init {}, daemon download and check {} s, enrolled at +{:.1} s, image {}, container {}, clone {}, script {}",
         boot_to_running.as_secs_f64(),
         secs(running.cloud_init),
+        fetched,
         enrolled - booted_at.timestamp_millis() as f64 / 1e3,
         secs(running.image_pull),
         secs(running.container),
@@ -376,6 +392,7 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         running.cloud_init.is_some(),
         "cloud-init's phase, from its own record"
     );
+    assert!(running.tutorial_clone.is_some() && running.startup_script.is_some());
     // The daemon the VM runs is the deployment's, checked; it runs under systemd.
     assert_eq!(
         in_vm(
@@ -400,6 +417,19 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
     assert!(
         !docker(&["ps", "-a", "--format", "{{.Names}}"]).contains(&ws),
         "the workspace must not be on the CI machine's engine"
+    );
+    // The workshop's set-up ran in the workspace: the tutorial on the desktop user's
+    // Desktop, the startup script from the user-data.
+    assert_eq!(
+        in_vm(&ctr.0, &format!("docker exec {ws} cat /var/tmp/startup-ran")),
+        "rehearsed for client"
+    );
+    assert_eq!(
+        in_vm(
+            &ctr.0,
+            &format!("docker exec {ws} stat -c %U /home/client/Desktop/tutorial/README.md")
+        ),
+        "client"
     );
     // The metadata service (the user-data with the enrollment secret, the role's
     // credentials) is closed to the desktop user in the workspace, which shares the

@@ -120,6 +120,7 @@ if ! command -v aws >/dev/null 2>&1; then
   fail "no aws command on the PATH: the VM image needs the AWS CLI to fetch the client daemon"
 fi
 
+fetch_start="$(date +%s)"
 attempt=1
 until aws s3 cp --only-show-errors --region "$LABLINK_AWS_REGION" \
     "s3://$LABLINK_DAEMON_BUCKET/$LABLINK_DAEMON_KEY" "$tmp"; do
@@ -135,6 +136,7 @@ if ! echo "$LABLINK_DAEMON_SHA256  $tmp" | sha256sum -c --status; then
   rm -f "$tmp"
   fail "the client daemon's SHA-256 is $got, expected $LABLINK_DAEMON_SHA256: refusing to run it"
 fi
+say "client daemon fetched and checked in $(( $(date +%s) - fetch_start )) s"
 chmod 0755 "$tmp"
 mv -f "$tmp" "$dest"
 if ! systemctl enable --now lablink-client.service; then

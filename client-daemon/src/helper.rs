@@ -57,6 +57,9 @@ const PROGRAM: &str = "lablink-helper";
 pub const PROTOCOL: u32 = 1;
 /// Output kept of a command's stdout and stderr each (their tails), as for an exec.
 const KEPT_OUTPUT: usize = 64 * 1024;
+/// How long a command's output is still read after it exited (a process it left behind
+/// may hold its stdout open).
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long a helper may take to say hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 
@@ -136,7 +139,9 @@ pub enum HelperError {
     Lost(String),
 }
 
-type Pending = std::sync::Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
+/// The waiters for replies; `None` once the helper's output ended (nothing more is
+/// taken: a request then was never handed over).
+type Pending = std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>;
 
 /// A running helper in one container.
 pub struct Helper {
@@ -154,8 +159,13 @@ impl Helper {
             cmd: vec![format!("{MOUNT_DIR}/{PROGRAM}"), HELPER_ARG.into()],
             ..ExecSpec::default()
         };
-        let (_id, output, input) = engine.exec_attached(container, spec).await?;
-        let pending: Arc<Pending> = Arc::default();
+        // The exec's own start is bounded too: a stalled engine must not hold the
+        // participant's request.
+        let (_id, output, mut input) =
+            tokio::time::timeout(HELLO_WITHIN, engine.exec_attached(container, spec))
+                .await
+                .map_err(|_| format!("the engine did not start the helper within {HELLO_WITHIN:?}"))??;
+        let pending: Arc<Pending> = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
         let alive = Arc::new(AtomicBool::new(true));
         let (hello_tx, hello_rx) = oneshot::channel();
         tokio::spawn(read_replies(
@@ -164,18 +174,23 @@ impl Helper {
             Arc::clone(&alive),
             hello_tx,
         ));
-        match tokio::time::timeout(HELLO_WITHIN, hello_rx).await {
-            Ok(Ok(Ok(PROTOCOL))) => Ok(Self {
-                input: Mutex::new(input),
-                pending,
-                alive,
-                next_id: AtomicU64::new(1),
-            }),
-            Ok(Ok(Ok(other))) => Err(format!("the helper speaks version {other}, not {PROTOCOL}")),
-            Ok(Ok(Err(why))) => Err(why),
-            Ok(Err(_)) => Err("the helper ended before it said hello".into()),
-            Err(_) => Err(format!("the helper said nothing within {HELLO_WITHIN:?}")),
-        }
+        let why = match tokio::time::timeout(HELLO_WITHIN, hello_rx).await {
+            Ok(Ok(Ok(PROTOCOL))) => {
+                return Ok(Self {
+                    input: Mutex::new(input),
+                    pending,
+                    alive,
+                    next_id: AtomicU64::new(1),
+                });
+            }
+            Ok(Ok(Ok(other))) => format!("the helper speaks version {other}, not {PROTOCOL}"),
+            Ok(Ok(Err(why))) => why,
+            Ok(Err(_)) => "the helper ended before it said hello".into(),
+            Err(_) => format!("the helper said nothing within {HELLO_WITHIN:?}"),
+        };
+        // Its stdin closed, a helper that did start ends (nothing is left running).
+        let _ = tokio::time::timeout(Duration::from_secs(2), input.shutdown()).await;
+        Err(why)
     }
 
     /// Whether the helper still runs (its output has not ended).
@@ -201,29 +216,38 @@ impl Helper {
         let mut line = serde_json::to_vec(&req).map_err(|e| HelperError::NotSent(e.to_string()))?;
         line.push(b'\n');
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
-        let sent = {
-            let mut input = self.input.lock().await;
-            match input.write_all(&line).await {
-                Ok(()) => input.flush().await,
-                Err(e) => Err(e),
+        match self.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(waiting) => waiting.insert(id, tx),
+            None => return Err(HelperError::NotSent("the helper has ended".into())),
+        };
+        let forget = || {
+            if let Some(w) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                w.remove(&id);
             }
         };
-        if let Err(e) = sent {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let mut input = self.input.lock().await;
+        if let Err(e) = input.write_all(&line).await {
+            drop(input);
+            forget();
             self.alive.store(false, Ordering::SeqCst);
-            // A partial line may have reached it, but a line is run only once whole.
+            // A line the helper never got whole is never run (it runs only lines that
+            // end in a newline, and the newline is the last byte written).
             return Err(HelperError::NotSent(format!("writing to the helper: {e}")));
         }
+        if let Err(e) = input.flush().await {
+            drop(input);
+            forget();
+            self.alive.store(false, Ordering::SeqCst);
+            // Written whole: it may run. Never run again another way.
+            return Err(HelperError::Lost(format!("writing to the helper: {e}")));
+        }
+        drop(input);
         // The helper kills the command at `limit`; this is the backstop.
         let reply = match tokio::time::timeout(limit + Duration::from_secs(10), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => return Err(HelperError::Lost("the helper ended while the command ran".into())),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                forget();
                 return Err(HelperError::Lost(format!(
                     "no answer from the helper within {limit:?}"
                 )));
@@ -288,7 +312,8 @@ async fn read_replies(
             if let Some(tx) = pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&reply.id)
+                .as_mut()
+                .and_then(|w| w.remove(&reply.id))
             {
                 let _ = tx.send(reply);
             }
@@ -303,7 +328,8 @@ async fn read_replies(
             last.trim()
         )));
     }
-    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    // Every waiter learns (its sender dropped); nothing more is taken.
+    *pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
 // ---------------------------------------------------------------------------------
@@ -345,17 +371,27 @@ pub async fn serve() -> i32 {
     {
         return 1;
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input = BufReader::new(tokio::io::stdin());
+    let mut buf: Vec<u8> = Vec::new();
     let mut running = tokio::task::JoinSet::new();
     loop {
-        let line = tokio::select! {
-            // Finished requests are collected as they end (`next_line` is cancel-safe).
+        let read = tokio::select! {
+            // Finished requests are collected as they end. `read_until` may be cut short
+            // here: what it read stays in `buf`, and the next call goes on from there.
             Some(_) = running.join_next(), if !running.is_empty() => continue,
-            line = lines.next_line() => line,
+            read = input.read_until(b'\n', &mut buf) => read,
+        };
+        let line = match read {
+            // Only a whole line (its newline read) is a request: a piece cut off by the
+            // daemon's end is dropped, never run.
+            Ok(n) if n > 0 && buf.ends_with(b"\n") => Ok(Some(std::mem::take(&mut buf))),
+            Ok(n) if n > 0 => continue,
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
         };
         match line {
             Ok(Some(line)) => {
-                let req: Request = match serde_json::from_str(&line) {
+                let req: Request = match serde_json::from_slice(&line) {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("lablink helper: unreadable request: {e}");
@@ -470,32 +506,62 @@ async fn run_request(req: Request) -> Result<Reply, String> {
             cmd.env(k, v);
         }
     }
-    if let Some(dir) = &req.workdir {
-        cmd.current_dir(dir);
-    }
+    // The working directory is entered as the user, after the switch (as runc does):
+    // a directory the user cannot enter (a symlink in their home) fails as it would for
+    // `docker exec -w`.
+    let workdir = match &req.workdir {
+        Some(d) => {
+            Some(std::ffi::CString::new(d.as_str()).map_err(|_| "a working directory with a NUL byte")?)
+        }
+        None => None,
+    };
     let (uid, gid, groups) = (who.uid, who.gid, who.groups.clone());
     // SAFETY: a plain system call.
     let same_user = unsafe { libc::geteuid() } == uid;
     // SAFETY: between fork and exec only async-signal-safe calls (setgroups, setgid,
-    // setuid are plain system calls); `groups` was allocated before the fork. In the
-    // order runc uses, so the user keeps no group of root's.
+    // setuid, chdir are plain system calls); `groups` and `workdir` were allocated before
+    // the fork. In the order runc uses, so the user keeps no group of root's.
     unsafe {
         cmd.pre_exec(move || {
             // The helper's own user (root, for the daemon's root steps) runs as the
             // helper does.
-            if same_user {
-                return Ok(());
+            if !same_user
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
+            if let Some(d) = &workdir
+                && libc::chdir(d.as_ptr()) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        // What `docker exec` reports for a program it cannot find (127) or run (126).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Ok(Reply {
+                id: req.id,
+                code: Some(if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                }),
+                stderr: format!("cannot run {program}: {e}").into_bytes(),
+                ..Reply::default()
+            });
+        }
+        Err(e) => return Err(format!("cannot run {program}: {e}")),
+    };
     let pgid = child.id().map(|p| p as i32);
     if let (Some(bytes), Some(mut stdin)) = (req.stdin, child.stdin.take()) {
         tokio::spawn(async move {
@@ -504,27 +570,24 @@ async fn run_request(req: Request) -> Result<Reply, String> {
             let _ = stdin.shutdown().await;
         });
     }
-    let mut out_pipe = child.stdout.take().ok_or("no stdout")?;
-    let mut err_pipe = child.stderr.take().ok_or("no stderr")?;
-    let collect = async {
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        let (ro, re) = tokio::join!(tail_of(&mut out_pipe, &mut o), tail_of(&mut err_pipe, &mut e));
-        let _ = (ro, re);
-        let status = child.wait().await;
-        (status, o, e)
-    };
-    match tokio::time::timeout(Duration::from_millis(req.limit_ms), collect).await {
-        Ok((Ok(status), stdout, stderr)) => Ok(Reply {
-            id: req.id,
-            code: status
-                .code()
-                .map(i64::from)
-                .or_else(|| status.signal().map(|s| 128 + i64::from(s))),
-            stdout,
-            stderr,
-            ..Reply::default()
-        }),
-        Ok((Err(e), _, _)) => Err(format!("waiting for {program}: {e}")),
+    // The output is read as it comes, into buffers kept outside the readers: a command
+    // that exits leaving a process behind with its stdout open ends when it exits (its
+    // output then gets a short grace), as a `docker exec` does.
+    let (out_buf, err_buf) = (
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let mut readers = tokio::task::JoinSet::new();
+    if let Some(pipe) = child.stdout.take() {
+        readers.spawn(tail_of(pipe, Arc::clone(&out_buf)));
+    }
+    if let Some(pipe) = child.stderr.take() {
+        readers.spawn(tail_of(pipe, Arc::clone(&err_buf)));
+    }
+    let limit = Duration::from_millis(req.limit_ms);
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(format!("waiting for {program}: {e}")),
         Err(_) => {
             if let Some(p) = pgid {
                 // SAFETY: a plain system call on the command's own process group.
@@ -532,25 +595,41 @@ async fn run_request(req: Request) -> Result<Reply, String> {
                     libc::kill(-p, libc::SIGKILL);
                 }
             }
-            Err(format!(
-                "did not finish within {:?}",
-                Duration::from_millis(req.limit_ms)
-            ))
+            return Err(format!("did not finish within {limit:?}"));
         }
-    }
+    };
+    let _ = tokio::time::timeout(OUTPUT_GRACE, async {
+        while readers.join_next().await.is_some() {}
+    })
+    .await;
+    readers.abort_all();
+    let take = |b: &Arc<std::sync::Mutex<Vec<u8>>>| {
+        std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()))
+    };
+    Ok(Reply {
+        id: req.id,
+        code: status
+            .code()
+            .map(i64::from)
+            .or_else(|| status.signal().map(|s| 128 + i64::from(s))),
+        stdout: take(&out_buf),
+        stderr: take(&err_buf),
+        ..Reply::default()
+    })
 }
 
 /// Read `pipe` to its end, keeping the last [`KEPT_OUTPUT`] bytes in `buf`.
-async fn tail_of<R: tokio::io::AsyncRead + Unpin>(pipe: &mut R, buf: &mut Vec<u8>) -> std::io::Result<()> {
+async fn tail_of<R: tokio::io::AsyncRead + Unpin>(mut pipe: R, buf: Arc<std::sync::Mutex<Vec<u8>>>) {
     let mut chunk = [0u8; 8192];
-    loop {
-        let n = pipe.read(&mut chunk).await?;
+    while let Ok(n) = pipe.read(&mut chunk).await {
         if n == 0 {
-            return Ok(());
+            return;
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > KEPT_OUTPUT {
-            buf.drain(..buf.len() - KEPT_OUTPUT);
+        let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
+        b.extend_from_slice(&chunk[..n]);
+        if b.len() > KEPT_OUTPUT {
+            let extra = b.len() - KEPT_OUTPUT;
+            b.drain(..extra);
         }
     }
 }
@@ -633,7 +712,7 @@ mod tests {
         let t = std::time::Instant::now();
         let e = run_request(Request {
             id: 4,
-            user: me,
+            user: me.clone(),
             workdir: None,
             env: vec![],
             cmd: vec!["sh".into(), "-c".into(), "sleep 30 & sleep 30".into()],
@@ -644,5 +723,38 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("did not finish"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
+
+        // A process left behind with the output open: the command ends when it exits.
+        let t = std::time::Instant::now();
+        let out = run_request(Request {
+            id: 5,
+            user: me.clone(),
+            workdir: None,
+            env: vec![],
+            cmd: vec!["sh".into(), "-c".into(), "sleep 30 & echo started".into()],
+            stdin: None,
+            limit_ms: 20_000,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (out.code, String::from_utf8_lossy(&out.stdout).trim()),
+            (Some(0), "started")
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+        // A program that is not there: 127, as `docker exec` reports it.
+        let out = run_request(Request {
+            id: 6,
+            user: me,
+            workdir: None,
+            env: vec![],
+            cmd: vec!["/nonexistent/nvidia-smi".into()],
+            stdin: None,
+            limit_ms: 5000,
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.code, Some(127));
     }
 }

@@ -411,7 +411,13 @@ impl Workspace {
     /// Run `spec` in the workspace to its end (up to `limit`); its exit code and output.
     /// Through the workspace's helper when it runs (a line on a pipe), else as one exec.
     pub async fn exec(&self, spec: ExecSpec, limit: Duration) -> Result<ExecOutput, String> {
-        if let Some(helper) = self.helper().await {
+        // Starting the helper is bounded (a stalled engine falls back to one exec, which
+        // has `limit` of its own).
+        let helper = tokio::time::timeout(Duration::from_secs(15), self.helper())
+            .await
+            .ok()
+            .flatten();
+        if let Some(helper) = helper {
             match helper.run(spec.clone(), limit).await {
                 Ok(out) => return Ok(out),
                 Err(HelperError::Lost(e)) => return Err(e),

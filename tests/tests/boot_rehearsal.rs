@@ -437,19 +437,30 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
     // does root in the workspace (the admin's startup script), which shows it is the
     // guard, not the network, that refuses.
     let reach = |user: &str| {
-        in_vm(
+        let t = Instant::now();
+        let said = in_vm(
             &ctr.0,
             &format!(
-                "timeout 10 docker exec -u {user} {ws} bash -c 'echo > /dev/tcp/169.254.169.254/80' 2>/dev/null && echo reached || echo refused"
+                "timeout 10 docker exec -u {user} {ws} bash -c 'echo > /dev/tcp/169.254.169.254/80' 2>&1; echo \"exit=$?\""
             ),
-        )
+        );
+        (said, t.elapsed())
     };
-    assert_eq!(reach("client"), "refused");
-    assert_eq!(reach("0"), "reached");
+    let (said, took) = reach("client");
+    assert!(
+        said.contains("Connection refused") && said.ends_with("exit=1"),
+        "the desktop user is refused at once: {said}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "refused, not left to time out: {took:?}"
+    );
+    let (said, _) = reach("0");
+    assert!(said.ends_with("exit=0"), "root reaches it: {said}");
     let rules = in_vm(&ctr.0, "iptables -S OUTPUT");
     assert!(
         rules.lines().any(|r| r.contains("-d 169.254.169.254/32")
-            && r.contains("--socket-exists")
+            && r.contains("-p tcp")
             && r.contains("! --uid-owner 0")
             && r.contains("-j REJECT")),
         "{rules}"
@@ -467,6 +478,10 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
     assert_eq!(
         in_vm(&ctr.0, "docker info --format '{{.CgroupDriver}}'"),
         "cgroupfs"
+    );
+    assert!(
+        in_vm(&ctr.0, "cat /etc/docker/daemon.json").contains("native.cgroupdriver=cgroupfs"),
+        "set by the bootstrap, not the engine's default"
     );
     drop(ctr);
 
@@ -536,9 +551,9 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         ),
         "absent"
     );
-    assert_ne!(
+    assert_eq!(
         in_vm(&ctr.0, "systemctl is-active lablink-client.service"),
-        "active"
+        "inactive"
     );
     assert_eq!(in_vm(&ctr.0, "test -e /tmp/pwned && echo ran || echo no"), "no");
     drop(ctr);

@@ -304,7 +304,7 @@ fn the_bootstrap_starts_the_daemon_only_when_its_sha256_matches() {
     );
     let guard = std::fs::read_to_string(ok.path().join("lablink-imds-guard.service")).unwrap();
     assert!(
-        guard.contains("-d 169.254.169.254/32 -m owner --socket-exists ! --uid-owner 0 -j REJECT")
+        guard.contains("-d 169.254.169.254/32 -p tcp -m owner ! --uid-owner 0 -j REJECT")
             && guard.contains("Before=network-pre.target docker.service lablink-client.service"),
         "{guard}"
     );

@@ -58,11 +58,11 @@ fail() {
 # the AWS CLI) reaches the metadata service, which holds this user-data (the enrollment
 # secret) and the role's credentials; the workspace shares the host's network.
 # A packet from a process in the workspace carries its uid (no user namespace), so an
-# owner match in OUTPUT sees the desktop user's 1000. --socket-exists: the kernel's own
-# packets (the ICMP error REJECT sends back) have no socket and must pass, or a refused
-# caller would wait out TCP's retries instead of failing at once (xt_owner matches a
-# socketless packet under `! --uid-owner` alone). The unit is ordered before Docker and
-# the daemon, so the rule holds after a reboot before any workspace runs.
+# owner match in OUTPUT sees the desktop user's 1000. TCP only (the service is HTTP): the
+# ICMP error REJECT answers with comes from the kernel's own socket, which has no file,
+# and xt_owner counts that as not root, so without `-p tcp` the refusal itself would be
+# dropped and a refused caller would wait out TCP's retries. The unit is ordered before
+# Docker and the daemon, so the rule holds after a reboot before any workspace runs.
 guard_unit="${LABLINK_SYSTEMD_DIR:-/etc/systemd/system}/lablink-imds-guard.service"
 cat > "$guard_unit" <<'UNIT'
 [Unit]
@@ -75,7 +75,7 @@ Before=network-pre.target docker.service lablink-client.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/sh -c 'iptables -w -C OUTPUT -d 169.254.169.254/32 -m owner --socket-exists ! --uid-owner 0 -j REJECT 2>/dev/null || iptables -w -I OUTPUT 1 -d 169.254.169.254/32 -m owner --socket-exists ! --uid-owner 0 -j REJECT'
+ExecStart=/bin/sh -c 'iptables -w -C OUTPUT -d 169.254.169.254/32 -p tcp -m owner ! --uid-owner 0 -j REJECT 2>/dev/null || iptables -w -I OUTPUT 1 -d 169.254.169.254/32 -p tcp -m owner ! --uid-owner 0 -j REJECT'
 
 [Install]
 WantedBy=multi-user.target docker.service

@@ -275,7 +275,8 @@ async fn launch_five_then_destroy_with_duplicate_deliveries_and_enrollment() {
         assert!(script.contains("LABLINK_API_URL=https://api.example\\n"));
         assert!(script.contains("LABLINK_CLIENT_IMAGE=ghcr.io/talmolab/lablink-client-base-image"));
         assert!(script.contains("LABLINK_DAEMON_SHA256=bbbbbbbb"));
-        assert!(script.contains("systemctl enable --now lablink-client.service"));
+        // The bootstrap travels gzip'd (cloud-init's gz+b64), exactly as rendered.
+        assert!(script.contains(&lablink_provision::bootstrap::bootstrap_script_gz_b64()));
         assert!(
             !script.contains("LABLINK_CREDENTIAL="),
             "user-data carries no VM credential"

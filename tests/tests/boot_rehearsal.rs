@@ -274,6 +274,23 @@ fn boot(
     name
 }
 
+/// The VM's row once its bootstrap reported a failure (`error`), within 3 minutes.
+async fn reported_error(client: &tokio_postgres::Client, host: &Hostname, ctr: &Container) -> vms::Vm {
+    eventually(
+        "the bootstrap's failure report",
+        Duration::from_secs(180),
+        || async {
+            vms::get_vm(client, host)
+                .await
+                .ok()
+                .flatten()
+                .filter(|v| v.status == VmStatus::Error)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", in_vm(&ctr.0, "cat /var/log/cloud-init-output.log")))
+}
+
 fn in_vm(ctr: &str, script: &str) -> String {
     let out = std::process::Command::new("docker")
         .args(["exec", ctr, "sh", "-c", script])
@@ -516,15 +533,7 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
     // Reported at once by the bootstrap itself, with the launch's secret: the admin sees
     // why on the VM's row, not the 20-minute deadline.
     let t = Instant::now();
-    let failed = eventually("the tampered VM's report", Duration::from_secs(180), || async {
-        vms::get_vm(&client, &tampered.hostname)
-            .await
-            .ok()
-            .flatten()
-            .filter(|v| v.status == VmStatus::Error)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", in_vm(&ctr.0, "cat /var/log/cloud-init-output.log")));
+    let failed = reported_error(&client, &tampered.hostname, &ctr).await;
     eprintln!(
         "tampered daemon: reported {:.1} s after boot",
         t.elapsed().as_secs_f64()
@@ -568,15 +577,7 @@ async fn a_vm_boots_from_its_rendered_user_data_to_running_and_a_tampered_daemon
         &moto_url,
         &["--tmpfs=/opt/awscli"],
     );
-    let failed = eventually("the no-CLI VM's report", Duration::from_secs(180), || async {
-        vms::get_vm(&client, &no_cli.hostname)
-            .await
-            .ok()
-            .flatten()
-            .filter(|v| v.status == VmStatus::Error)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", in_vm(&ctr.0, "cat /var/log/cloud-init-output.log")));
+    let failed = reported_error(&client, &no_cli.hostname, &ctr).await;
     assert_eq!(
         failed.status_reason.as_deref(),
         Some(
